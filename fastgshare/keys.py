@@ -1,0 +1,53 @@
+"""Every Redis key this project uses, built in one place. All start with ``fastgshare:``."""
+
+PREFIX = "fastgshare"
+
+
+def function(namespace: str, name: str) -> str:
+    """Hash field value: the stored FunctionDeployment (JSON) plus metadata, under ``functions``."""
+    return f"{PREFIX}:fn:{namespace}:{name}"
+
+
+def functions_index() -> str:
+    """Hash: ``<namespace>/<name>`` -> stored function record (JSON). Desired state of the provider."""
+    return f"{PREFIX}:functions"
+
+
+def secrets(namespace: str) -> str:
+    """Hash: secret name -> value (base64 of the raw bytes)."""
+    return f"{PREFIX}:secrets:{namespace}"
+
+
+def images() -> str:
+    """Hash: image name -> JSON {handler_dir, template_dir, lang}: the local build registry."""
+    return f"{PREFIX}:images"
+
+
+def replicas(namespace: str, name: str) -> str:
+    """Hash: replica id -> JSON record (pid, port, device, cores) of running replica processes."""
+    return f"{PREFIX}:replicas:{namespace}:{name}"
+
+
+def devices() -> str:
+    """Hash: device id -> JSON DeviceInfo, written by node agents."""
+    return f"{PREFIX}:devices"
+
+
+def device_heartbeat(device_id: str) -> str:
+    """String with expiry: present while the node agent that owns ``device_id`` is alive."""
+    return f"{PREFIX}:device:{device_id}:alive"
+
+
+def arbiter(device_id: str, part: str) -> str:
+    """Keys of one device's token arbiter (``part`` names the structure, e.g. ``holders``)."""
+    return f"{PREFIX}:arb:{{{device_id}}}:{part}"
+
+
+def metrics(namespace: str, name: str) -> str:
+    """Hash of per-function counters the scheduler reads (requests, busy time)."""
+    return f"{PREFIX}:metrics:{namespace}:{name}"
+
+
+def profile(name: str, device_type: str) -> str:
+    """String: the function's profile table (JSON) on one device type."""
+    return f"{PREFIX}:profile:{device_type}:{name}"

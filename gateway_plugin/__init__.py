@@ -1,0 +1,1 @@
+"""The OpenFaaS provider: the faas-provider HTTP contract over a pluggable ``Backend``."""
