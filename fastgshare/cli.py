@@ -1,0 +1,278 @@
+"""The ``fastgshare`` command line: run the embedded platform and talk to it without faas-cli.
+
+Every command except ``up``/``demo`` speaks the same HTTP API faas-cli uses (the provider's
+``/system/*`` routes with basic auth), so what works here works with faas-cli too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE_DIR = Path(os.environ.get("FASTGSHARE_STATE_DIR", ".fastgshare"))
+
+
+class Client:
+    """The provider API as faas-cli sees it."""
+
+    def __init__(self, url: str, auth: tuple[str, str] | None) -> None:
+        import requests
+
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        if auth:
+            self.session.auth = auth
+
+    def deploy(self, body: dict[str, Any]) -> int:
+        """PUT, then POST on 404: what faas-cli deploy does."""
+        resp = self.session.put(f"{self.url}/system/functions", json=body, timeout=60)
+        if resp.status_code == 404:
+            resp = self.session.post(f"{self.url}/system/functions", json=body, timeout=60)
+        if resp.status_code >= 300:
+            raise SystemExit(f"deploy {body['service']}: HTTP {resp.status_code}: {resp.text.strip()}")
+        return resp.status_code
+
+    def functions(self) -> list[dict[str, Any]]:
+        resp = self.session.get(f"{self.url}/system/functions", timeout=30)
+        resp.raise_for_status()
+        return list(resp.json())
+
+    def invoke(self, name: str, data: bytes, timeout_s: float = 300) -> Any:
+        return self.session.post(f"{self.url}/function/{name}", data=data, timeout=timeout_s)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from fastgshare.platform import read_info
+
+    url = args.gateway or os.environ.get("OPENFAAS_URL")
+    if url and not args.state_dir_given:
+        user = os.environ.get("FASTGSHARE_USER", "admin")
+        password = os.environ.get("FASTGSHARE_PASSWORD")
+        return Client(url, (user, password) if password else None)
+    info = read_info(args.state_dir)
+    return Client(url or info.url, info.auth)
+
+
+def _load_stack(path: Path) -> tuple[Any, list[Any]]:
+    import yaml
+
+    from fastgshare.stack import parse_stack
+
+    doc = yaml.safe_load(path.read_text())
+    return doc, parse_stack(doc, path.resolve().parent)
+
+
+def register_stack(redis_url: str, stack_path: Path) -> list[str]:
+    """``fastgshare build``: register each function's image as its handler folder."""
+    import redis
+
+    from fastgshare import keys
+    from gateway_plugin.local_backend import REPO_ROOT
+
+    _, functions = _load_stack(stack_path)
+    client = redis.Redis.from_url(redis_url)
+    done = []
+    for fn in functions:
+        if not (fn.handler_dir / "handler.py").is_file():
+            raise SystemExit(f"{fn.name}: handler folder {fn.handler_dir} has no handler.py")
+        template = REPO_ROOT / "function_templates" / (fn.lang or "python3-torch")
+        local_template = stack_path.resolve().parent / "template" / fn.lang
+        if local_template.is_dir():
+            template = local_template
+        if not (template / "index.py").is_file():
+            raise SystemExit(f"{fn.name}: no template for lang {fn.lang!r} at {template}")
+        rec = {"handler_dir": str(fn.handler_dir), "template_dir": str(template)}
+        client.hset(keys.images(), fn.image, json.dumps(rec))
+        done.append(fn.image)
+    client.close()
+    return done
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from fastgshare.platform import Platform
+
+    platform = Platform(args.state_dir, port=args.port, basic_auth=not args.no_auth,
+                        redis_url=os.environ.get("REDIS_URL"))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    info = platform.start()
+    try:
+        print(f"FaST-GShare is up at {info.url}")
+        print(f"  user:     {info.user}")
+        print(f"  password: {info.password}")
+        print(f"  (written to {Path(info.state_dir) / 'secrets'}/basic-auth-user and -password)")
+        print(f"  export OPENFAAS_URL={info.url}")
+        print(f"  echo -n {info.password} | faas-cli login -u {info.user} --password-stdin")
+        if args.file:
+            images = register_stack(info.redis_url, args.file)
+            _, functions = _load_stack(args.file)
+            client = Client(info.url, info.auth)
+            for fn in functions:
+                client.deploy(fn.body)
+            print(f"registered and deployed {len(images)} functions from {args.file}")
+        print("Press Ctrl-C to stop.", flush=True)
+        stop.wait()
+    finally:
+        print("stopping...", flush=True)
+        platform.stop()
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from fastgshare.platform import read_info
+
+    redis_url = os.environ.get("REDIS_URL") or read_info(args.state_dir).redis_url
+    for image in register_stack(redis_url, args.file):
+        print(f"registered image {image}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    if not args.no_build:
+        cmd_build(args)
+    _, functions = _load_stack(args.file)
+    client = _client(args)
+    for fn in functions:
+        code = client.deploy(fn.body)
+        print(f"deployed {fn.name} ({code})")
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    data = args.data.encode() if args.data is not None else (
+        b"{}" if sys.stdin.isatty() else sys.stdin.buffer.read())
+    resp = _client(args).invoke(args.name, data)
+    sys.stdout.write(resp.text)
+    if not resp.text.endswith("\n"):
+        sys.stdout.write("\n")
+    return 0 if resp.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fastgshare.report import print_status
+
+    client = _client(args)
+    print_status(client, args.state_dir)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    params = {"name": args.name, "follow": "true" if args.follow else "false"}
+    if args.tail is not None:
+        params["tail"] = str(args.tail)
+    with client.session.get(f"{client.url}/system/logs", params=params, stream=True,
+                            timeout=None) as resp:
+        if not resp.ok:
+            raise SystemExit(f"HTTP {resp.status_code}: {resp.text.strip()}")
+        for line in resp.iter_lines():
+            if line:
+                msg = json.loads(line)
+                print(f"{msg['timestamp']} {msg['instance']} {msg['text']}", flush=True)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    client = _client(args)
+    resp = client.session.delete(f"{client.url}/system/functions",
+                                 json={"functionName": args.name}, timeout=60)
+    print(f"remove {args.name}: HTTP {resp.status_code} {resp.text.strip()}")
+    return 0 if resp.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fastgshare.demo import run_demo
+
+    return run_demo(args.file, requests_per_function=args.requests, port=args.port,
+                    state_dir=args.state_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastgshare", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, stack: bool = False) -> None:
+        sp.add_argument("--state-dir", type=Path, default=None,
+                        help=f"platform state directory (default {DEFAULT_STATE_DIR})")
+        sp.add_argument("--gateway", "-g", default=None,
+                        help="provider URL (default: $OPENFAAS_URL, else the running `up`)")
+        if stack:
+            sp.add_argument("-f", "--file", type=Path, default=Path("stack.yml"),
+                            help="OpenFaaS stack file (default stack.yml)")
+
+    up = sub.add_parser("up", help="run the embedded platform in the foreground until Ctrl-C",
+                        description="Start Redis, the node agent and the provider; print the URL "
+                        "and credentials (also written under STATE/secrets/); a second up on the "
+                        "same state directory brings back every deployed function.")
+    up.add_argument("--port", type=int, default=8080, help="provider/gateway port (default 8080)")
+    up.add_argument("--state-dir", type=Path, default=None)
+    up.add_argument("--no-auth", action="store_true", help="disable basic auth on /system/*")
+    up.add_argument("-f", "--file", type=Path, default=None,
+                    help="also build and deploy this stack file once up")
+    up.set_defaults(func=cmd_up)
+
+    b = sub.add_parser("build", help="register each function's image as its handler folder",
+                       description="Local mode has no container images: this maps each "
+                       "function's image name to its handler folder, as faas-cli build would "
+                       "have produced an image. Then faas-cli deploy of that image works.")
+    common(b, stack=True)
+    b.set_defaults(func=cmd_build)
+
+    d = sub.add_parser("deploy", help="build, then deploy a stack file (PUT, POST on 404)")
+    common(d, stack=True)
+    d.add_argument("--no-build", action="store_true", help="skip registering images")
+    d.set_defaults(func=cmd_deploy)
+
+    i = sub.add_parser("invoke", help="call a function; body from --data or stdin ({} if a tty)")
+    common(i)
+    i.add_argument("name")
+    i.add_argument("--data", "-d", default=None)
+    i.set_defaults(func=cmd_invoke)
+
+    s = sub.add_parser("status", help="table of devices, replicas and their shares")
+    common(s)
+    s.set_defaults(func=cmd_status)
+
+    lg = sub.add_parser("logs", help="print a function's logs")
+    common(lg)
+    lg.add_argument("name")
+    lg.add_argument("--tail", type=int, default=None)
+    lg.add_argument("--follow", action="store_true")
+    lg.set_defaults(func=cmd_logs)
+
+    r = sub.add_parser("remove", help="remove a deployed function")
+    common(r)
+    r.add_argument("name")
+    r.set_defaults(func=cmd_remove)
+
+    dm = sub.add_parser("demo", help="the main job: platform up, stack deployed, load, report",
+                        description="Bring the embedded platform up on a fresh state directory, "
+                        "build and deploy the stack file, send requests to every function and "
+                        "print a report (function, replicas, device share, requests, p50/p99); "
+                        "then stop everything.")
+    dm.add_argument("-f", "--file", type=Path, default=Path("stack.yml"))
+    dm.add_argument("--requests", type=int, default=20, help="requests per function (default 20)")
+    dm.add_argument("--port", type=int, default=0, help="provider port (default: a free one)")
+    dm.add_argument("--state-dir", type=Path, default=None,
+                    help="state directory (default: a new temporary one)")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.state_dir_given = getattr(args, "state_dir", None) is not None
+    if getattr(args, "state_dir", None) is None and args.command != "demo":
+        args.state_dir = DEFAULT_STATE_DIR
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The embedded platform: Redis, node agent and provider as supervised local processes.
+
+``fastgshare up`` and ``fastgshare demo`` run it in the foreground; tests and benchmarks start it
+on a free port in a temporary state directory. Stopping it stops the provider, every replica,
+the node agent and, last, Redis (which flushes its append-only file), in that order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import requests
+
+from fastgshare.redis_server import EmbeddedRedis, _die_with_parent, free_port
+
+DEFAULT_USER = "admin"
+"""Basic-auth user written to ``STATE/secrets/basic-auth-user`` on first start."""
+START_TIMEOUT_S = 60.0
+"""How long the provider may take to answer ``/healthz``."""
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    """What clients need to reach a running platform; written to ``STATE/platform.json``."""
+
+    url: str
+    redis_url: str
+    user: str
+    password: str
+    state_dir: str
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.user, self.password)
+
+
+def read_info(state_dir: Path) -> PlatformInfo:
+    """The platform info of a running ``fastgshare up`` on ``state_dir``."""
+    path = Path(state_dir) / "platform.json"
+    try:
+        return PlatformInfo(**json.loads(path.read_text()))
+    except FileNotFoundError as e:
+        raise SystemExit(
+            f"no platform is running on state dir {state_dir} ({path} missing): "
+            "start one with `fastgshare up`, or pass --gateway and credentials"
+        ) from e
+
+
+def ensure_credentials(secrets_dir: Path) -> tuple[str, str]:
+    """Read the basic-auth credentials, creating them on first start (faas-provider convention)."""
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    user_file, pass_file = secrets_dir / "basic-auth-user", secrets_dir / "basic-auth-password"
+    if not user_file.exists():
+        user_file.write_text(DEFAULT_USER)
+    if not pass_file.exists():
+        pass_file.write_text(secrets.token_urlsafe(18))
+        pass_file.chmod(0o600)
+    return user_file.read_text().strip(), pass_file.read_text().strip()
+
+
+@dataclass
+class Platform:
+    """The embedded platform's processes. ``start()`` returns once the provider is healthy."""
+
+    state_dir: Path
+    port: int = 8080
+    """Provider (gateway) port on loopback; 0 picks a free one."""
+    basic_auth: bool = True
+    redis_url: str | None = None
+    """An external Redis; None starts the embedded one under ``STATE/redis``."""
+    bind: str = "127.0.0.1"
+    _redis: EmbeddedRedis | None = None
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _redis_url: str = ""
+    info: PlatformInfo | None = None
+
+    def start(self) -> PlatformInfo:
+        self.state_dir = Path(self.state_dir).resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        redis_url = self.redis_url
+        if redis_url is None:
+            self._redis = EmbeddedRedis(self.state_dir / "redis").start()
+            redis_url = self._redis.url
+        user, password = ensure_credentials(self.state_dir / "secrets")
+        self._redis_url = redis_url
+        try:
+            self._spawn("node-agent", [sys.executable, "-m", "fast_manager.node_agent",
+                                       "--redis-url", redis_url])
+            self._spawn_provider()
+        except BaseException:
+            self.stop()
+            raise
+        url = f"http://127.0.0.1:{self.port}"
+        self.info = PlatformInfo(url, redis_url, user, password, str(self.state_dir))
+        (self.state_dir / "platform.json").write_text(json.dumps(self.info.__dict__, indent=1))
+        return self.info
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "REDIS_URL": self._redis_url,
+            "FASTGSHARE_STATE_DIR": str(self.state_dir),
+            "secret_mount_path": str(self.state_dir / "secrets"),
+            "basic_auth": "true" if self.basic_auth else "false",
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        logs = self.state_dir / "platform-logs"
+        logs.mkdir(exist_ok=True)
+        with open(logs / f"{name}.log", "ab") as out:
+            self._procs[name] = subprocess.Popen(
+                argv, env=self._env(), cwd=str(REPO_ROOT), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            )
+
+    def _spawn_provider(self) -> None:
+        self._spawn("provider", [
+            sys.executable, "-m", "gunicorn", "-c",
+            str(REPO_ROOT / "gateway_plugin" / "gunicorn_conf.py"),
+            "--bind", f"{self.bind}:{self.port}", "gateway_plugin.wsgi:app",
+        ])
+        self._wait_healthy(f"http://127.0.0.1:{self.port}")
+
+    def _wait_healthy(self, url: str) -> None:
+        log_path = self.state_dir / "platform-logs" / "provider.log"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            proc = self._procs["provider"]
+            if proc.poll() is not None:
+                raise RuntimeError(f"the provider exited at start:\n{log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the provider did not become healthy:\n{log_path.read_text()[-3000:]}")
+
+    def restart_provider(self) -> None:
+        """Stop and start the provider process alone (replicas and Redis keep running)."""
+        self._terminate("provider")
+        self._spawn_provider()
+
+    def _terminate(self, name: str, timeout_s: float = 15.0) -> None:
+        proc = self._procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        """Provider, then replicas, then node agent, then Redis. Safe to call twice."""
+        from gateway_plugin.local_backend import stop_recorded_replicas
+
+        self._terminate("provider")
+        url = self._redis_url
+        if url:
+            try:
+                client = redis.Redis.from_url(url, socket_connect_timeout=1)
+                stop_recorded_replicas(client)
+                client.close()
+            except redis.RedisError:
+                pass
+        self._terminate("node-agent")
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+        platform_json = Path(self.state_dir) / "platform.json"
+        if platform_json.exists():
+            platform_json.unlink()
+
+    def __enter__(self) -> PlatformInfo:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
