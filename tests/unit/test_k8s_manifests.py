@@ -1,0 +1,149 @@
+"""Every object the spec builders make, and every manifest, against the Kubernetes OpenAPI schemas.
+
+``kubernetes-validate`` bundles the schemas, so this runs offline; strict mode also rejects unknown
+fields (a typo in a field name is otherwise silently dropped by the API server). Versions: the
+oldest and newest the installed package bundles, which bracket what the manifests support.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fastgshare.resources import GpuShare, ScaleBounds
+from gateway_plugin import k8s_specs as specs
+from gateway_plugin.backend import FunctionSpec, SecretValue
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "deploy" / "kubernetes"
+VERSIONS = ("1.25.0", "1.37.0")
+"""Oldest and newest Kubernetes versions supported (and bundled by kubernetes-validate 1.37)."""
+
+FULL = FunctionSpec(
+    name="resnet", image="registry.local/resnet:1", env_process="python index.py",
+    env_vars={"MODE": "fast", "FASTGSHARE_SM_PCT": "ignored: ours wins"},
+    constraints=("node.kubernetes.io/instance-type=p3.2xlarge", "gpu==v100"),
+    secrets=("db", "api-key"), labels={"team": "vision"},
+    annotations={specs.NODE_KEY: "node-a", specs.GPU_UUID_KEY: "GPU-1234",
+                 "topic": "images"},
+    limits={"memory": "2Gi", "cpu": "2"}, requests={"memory": "1Gi", "cpu": "500m"},
+    read_only_root_filesystem=True,
+    share=GpuShare(24, 0.4, 0.8, 2**30, 69.0, "resnet50"), scale=ScaleBounds(0, 5),
+)
+MINIMAL = FunctionSpec(name="echo", image="echo:1")
+
+
+def generated() -> list[tuple[str, dict[str, Any]]]:
+    pod = specs.PodSettings(runtime_class="nvidia")
+    config = specs.ReplicaConfig("sm50", GpuShare(sm_pct=50), 2, specs.Placement("n2", "GPU-9"))
+    return [
+        ("full deployment", specs.make_deployment(FULL, replicas=1, pod=pod)),
+        ("minimal deployment", specs.make_deployment(MINIMAL, replicas=0, pod=pod)),
+        ("configuration deployment",
+         specs.make_deployment(FULL, replicas=2, pod=pod, config=config)),
+        ("service", specs.make_service(FULL)),
+        ("secret", specs.make_secret(SecretValue("db", "openfaas-fn", b"\x00\xffbytes"))),
+    ]
+
+
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if doc:
+                out.append((f"{path.name}#{i} {doc['kind']}/{doc['metadata']['name']}", doc))
+    return out
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(("what", "obj"), generated() + manifests(),
+                         ids=[w for w, _ in generated() + manifests()])
+def test_valid_in_strict_mode(what: str, obj: dict[str, Any], version: str) -> None:
+    kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == on_disk
+
+
+def test_pod_carries_the_sidecar_contract() -> None:
+    dep = specs.make_deployment(FULL, replicas=1, pod=specs.PodSettings())
+    pod = dep["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert container["command"] == ["python", "-m", "fast_manager.sidecar"]
+    assert env["FASTGSHARE_SM_PCT"] == "24"  # the share wins over a user env var of that name
+    assert env["FASTGSHARE_DEVICE"] == "gpu:GPU-1234"
+    assert env["FASTGSHARE_MEM_BYTES"] == str(2**30)
+    assert env["FASTGSHARE_SECRETS_DIR"] == "/var/openfaas/secrets"
+    assert env["FASTGSHARE_REPLICA"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["fprocess"] == "python index.py"
+    assert env["FASTGSHARE_MODEL"] == "resnet50"
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "GPU-1234"
+    assert pod["spec"]["hostIPC"] is True
+    assert pod["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "p3.2xlarge",
+                                           "gpu": "v100"}
+    terms = pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchFields"][0]["values"] == ["node-a"]
+    assert pod["metadata"]["annotations"]["fastgshare/gpu_quota_limit"] == "0.8"
+    sources = pod["spec"]["volumes"][0]["projected"]["sources"]
+    assert [s["secret"]["items"][0]["path"] for s in sources] == ["db", "api-key"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/_/health", "port": 8080}
+
+
+def test_unplaced_pod_is_a_cpu_replica_without_host_ipc() -> None:
+    pod = specs.make_deployment(MINIMAL, replicas=1, pod=specs.PodSettings())["spec"]["template"]
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["FASTGSHARE_DEVICE"] == "cpu:0"
+    assert "hostIPC" not in pod["spec"] and "affinity" not in pod["spec"]
+
+
+def test_spec_round_trips_through_its_annotation() -> None:
+    assert specs.spec_from_json(specs.spec_as_json(FULL)) == FULL
+
+
+@pytest.mark.parametrize(("old", "new", "patch"), [
+    ({"a": 1, "b": {"c": 1, "d": 2}}, {"a": 1, "b": {"c": 3}}, {"b": {"c": 3, "d": None}}),
+    ({"l": [1, 2]}, {"l": [2]}, {"l": [2]}),
+    ({}, {"x": {"y": 1}}, {"x": {"y": 1}}),
+])
+def test_merge_patch(old: dict[str, Any], new: dict[str, Any], patch: dict[str, Any]) -> None:
+    assert specs.merge_patch(old, new) == patch
+
+
+@pytest.mark.parametrize(("raw", "text", "micros"), [
+    ("2025-01-01T00:00:01.123456789Z hello world", "hello world", 123456),
+    ("2025-01-01T00:00:01Z 2025-01-01T00:00:00.5+00:00 inner", "inner", 500000),
+])
+def test_log_lines(raw: str, text: str, micros: int) -> None:
+    line = specs.as_log_line(raw, namespace="ns", name="f", instance="p")
+    assert line is not None and line.text == text and line.timestamp.microsecond == micros
+
+
+def test_ready_addresses_skip_unready_and_bracket_ipv6() -> None:
+    slices = [{"ports": [{"port": 8080}], "endpoints": [
+        {"addresses": ["10.0.0.2"], "conditions": {"ready": True}},
+        {"addresses": ["10.0.0.3"], "conditions": {"ready": False}},
+        {"addresses": ["fd00::1"]}]}]
+    assert specs.ready_addresses(slices) == ["http://10.0.0.2:8080", "http://[fd00::1]:8080"]
+
+
+def test_compose_file_is_valid() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose; .ci/run does)")
+    result = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
