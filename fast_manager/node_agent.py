@@ -1,0 +1,289 @@
+"""The node agent: ``python -m fast_manager.node_agent --redis-url URL [--once]``.
+
+One per machine. Discovers devices (NVML; any NVMLError at init means "no GPU" and the CPU is
+registered as ``cpu:0`` with its cores as the spatial capacity), writes each as a JSON DeviceInfo
+into the hash ``keys.devices()``, and keeps ``keys.device_heartbeat(id)`` alive with an expiry so
+readers can tell a live node from a stale record. On GPU nodes it checks the MPS control daemon
+(and starts it with ``--start-mps``), and says clearly when SM shares will not be enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import redis
+
+from fast_manager.devices import (
+    DeviceInfo,
+    DeviceKind,
+    MpsState,
+    cpu_device,
+    device_from_json,
+    device_to_json,
+    gpu_device_id,
+)
+from fast_manager.logline import setup_logging
+from fastgshare import keys
+from fastgshare.errors import ValidationError
+
+log = logging.getLogger("node_agent")
+
+DEFAULT_INTERVAL_S = 5.0
+"""Seconds between heartbeats."""
+HEARTBEAT_TTL_FACTOR = 3
+"""A heartbeat lives this many intervals: two missed beats are tolerated, the third is death."""
+DEFAULT_MPS_PIPE_DIR = "/tmp/nvidia-mps"
+"""NVIDIA's default ``CUDA_MPS_PIPE_DIRECTORY``."""
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+# ---- discovery -------------------------------------------------------------------------------
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_bytes() -> int:
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:  # a container's memory limit is what replicas can really use
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if raw.isdigit():
+            total = min(total, int(raw))
+    except OSError:
+        pass
+    return int(total)
+
+
+def discover_cpu(node: str, now_s: float) -> DeviceInfo:
+    return cpu_device(node, _cpu_name(), tuple(os.sched_getaffinity(0)), _mem_bytes(), now_s)
+
+
+def mps_state(control_path: str | None, pipe_dir: str) -> MpsState:
+    """Whether the MPS control daemon is installed and answering on ``pipe_dir``."""
+    if control_path is None:
+        return MpsState.NOT_INSTALLED
+    return MpsState.RUNNING if Path(pipe_dir, "control").exists() else MpsState.NOT_RUNNING
+
+
+def start_mps(pipe_dir: str) -> bool:
+    """Start the MPS control daemon (``-d``); True if it now answers."""
+    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=pipe_dir)
+    try:
+        Path(pipe_dir).mkdir(parents=True, exist_ok=True)
+        subprocess.run([MPS_CONTROL, "-d"], env=env, check=True, timeout=10,
+                       capture_output=True)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.error("could not start the MPS control daemon: %s", e)
+        return False
+    for _ in range(20):
+        if Path(pipe_dir, "control").exists():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def discover_gpus(node: str, now_s: float, pipe_dir: str,
+                  allow_start_mps: bool) -> list[DeviceInfo]:
+    """Every GPU NVML sees; empty when NVML cannot start (no driver, no GPU)."""
+    try:
+        import pynvml
+    except ImportError:
+        log.info("nvidia-ml-py is not installed: treating this node as having no GPU")
+        return []
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        log.info("no GPU (NVML: %s): the CPU is the device", e)
+        return []
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        if count == 0:
+            return []
+        control = shutil.which(MPS_CONTROL)
+        state = mps_state(control, pipe_dir)
+        if state is MpsState.NOT_RUNNING and allow_start_mps and start_mps(pipe_dir):
+            state = MpsState.RUNNING
+            log.info("started the MPS control daemon on %s", pipe_dir)
+        if state is not MpsState.RUNNING:
+            log.warning("MPS control daemon %s (pipe dir %s): SM shares will NOT be enforced, "
+                        "replicas on these GPUs share by time only%s", state.value, pipe_dir,
+                        "" if allow_start_mps else "; pass --start-mps to start it")
+        extra = {"driver": _s(pynvml.nvmlSystemGetDriverVersion())}
+        out = []
+        for i in range(count):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = _s(pynvml.nvmlDeviceGetUUID(h))
+            sm_count = None
+            try:
+                sm_count = int(pynvml.nvmlDeviceGetAttributes(h).multiprocessorCount)
+            except (pynvml.NVMLError, AttributeError):
+                pass  # not reported outside MIG on some drivers; only informative
+            out.append(DeviceInfo(
+                gpu_device_id(uuid), DeviceKind.GPU, node, _s(pynvml.nvmlDeviceGetName(h)), i,
+                int(pynvml.nvmlDeviceGetMemoryInfo(h).total), sm_count=sm_count, mps=state,
+                mps_pipe_dir=pipe_dir, registered_at_s=now_s, extra=extra,
+            ))
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _s(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def discover(node: str, now_s: float, pipe_dir: str = DEFAULT_MPS_PIPE_DIR,
+             allow_start_mps: bool = False) -> list[DeviceInfo]:
+    """GPUs if there are any, else the CPU."""
+    return discover_gpus(node, now_s, pipe_dir, allow_start_mps) or [discover_cpu(node, now_s)]
+
+
+# ---- the registry ----------------------------------------------------------------------------
+
+
+def register(client: redis.Redis, devices: Iterable[DeviceInfo], ttl_s: float) -> None:
+    """Write the records and (re)start their heartbeats, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for d in devices:
+        pipe.hset(keys.devices(), d.device_id, device_to_json(d))
+        pipe.set(keys.device_heartbeat(d.device_id), d.node, px=int(ttl_s * 1000))
+    pipe.execute()
+
+
+def heartbeat(client: redis.Redis, devices: Iterable[DeviceInfo], ttl_s: float) -> None:
+    pipe = client.pipeline(transaction=False)
+    for d in devices:
+        pipe.set(keys.device_heartbeat(d.device_id), d.node, px=int(ttl_s * 1000))
+    pipe.execute()
+
+
+def unregister_heartbeats(client: redis.Redis, devices: Iterable[DeviceInfo]) -> None:
+    """On a clean stop: the devices go stale at once rather than after the TTL."""
+    ids = [keys.device_heartbeat(d.device_id) for d in devices]
+    if ids:
+        client.delete(*ids)
+
+
+def read_devices(client: redis.Redis, include_stale: bool = False) -> list[DeviceInfo]:
+    """Registered devices, sorted by id; by default only those whose heartbeat is alive.
+
+    Malformed records are skipped with a warning, never raised: one bad writer must not hide
+    every device from the scheduler.
+    """
+    records = {(k.decode() if isinstance(k, bytes) else k): v
+               for k, v in client.hgetall(keys.devices()).items()}
+    ids = sorted(records)
+    if not ids:
+        return []
+    alive = [True] * len(ids)
+    if not include_stale:
+        pipe = client.pipeline(transaction=False)
+        for device_id in ids:
+            pipe.exists(keys.device_heartbeat(device_id))
+        alive = [bool(x) for x in pipe.execute()]
+    out = []
+    for device_id, ok in zip(ids, alive, strict=True):
+        if not ok:
+            continue
+        try:
+            out.append(device_from_json(records[device_id]))
+        except ValidationError as e:
+            log.warning("skipping device %s: %s", device_id, e)
+    return out
+
+
+# ---- the process -----------------------------------------------------------------------------
+
+
+def run(client: redis.Redis, node: str, interval_s: float, once: bool, pipe_dir: str,
+        allow_start_mps: bool, stop: threading.Event) -> int:
+    ttl_s = interval_s * HEARTBEAT_TTL_FACTOR
+    devices = discover(node, time.time(), pipe_dir, allow_start_mps)
+    for d in devices:
+        share = (f"{d.spatial_capacity} cores {list(d.cores)}" if d.kind is DeviceKind.CPU
+                 else f"{d.spatial_capacity}% SMs, MPS {d.mps.value}")
+        log.info("device %s (%s): %s, %.1f GiB", d.device_id, d.name, share, d.mem_bytes / 2**30)
+    registered = False
+    while not stop.is_set():
+        try:
+            if registered:
+                heartbeat(client, devices, ttl_s)
+            else:
+                register(client, devices, ttl_s)
+                registered = True
+                log.info("registered %d device(s) in %s", len(devices), keys.devices())
+        except redis.RedisError as e:
+            # Keep beating: the registry comes back with Redis, and a re-register restores
+            # records lost with a non-persistent server.
+            log.warning("redis unavailable (%s); retrying in %.1fs", e, interval_s)
+            registered = False
+            if once:
+                return 1
+        if once:
+            return 0
+        stop.wait(interval_s)
+    try:
+        unregister_heartbeats(client, devices)
+    except redis.RedisError:
+        pass
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fast_manager.node_agent",
+        description="Discover this machine's devices (GPUs via NVML, else the CPU), register "
+                    "them in Redis and keep them alive with a heartbeat.")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
+                        help="the shared Redis (default: $REDIS_URL)")
+    parser.add_argument("--once", action="store_true",
+                        help="register once and exit (heartbeat left to expire)")
+    parser.add_argument("--interval-s", type=float, default=DEFAULT_INTERVAL_S,
+                        help=f"seconds between heartbeats (default {DEFAULT_INTERVAL_S:g}); "
+                             f"records expire after {HEARTBEAT_TTL_FACTOR} intervals")
+    parser.add_argument("--node", default=socket.gethostname(), help="node name to record")
+    parser.add_argument("--mps-pipe-dir",
+                        default=os.environ.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_MPS_PIPE_DIR),
+                        help="MPS pipe directory (default: $CUDA_MPS_PIPE_DIRECTORY or "
+                             f"{DEFAULT_MPS_PIPE_DIR})")
+    parser.add_argument("--start-mps", action="store_true",
+                        help="start the MPS control daemon on GPU nodes when it is not running")
+    args = parser.parse_args(argv)
+    setup_logging()
+    if not args.redis_url:
+        parser.error("--redis-url (or REDIS_URL) is required")
+    if args.interval_s <= 0:
+        parser.error("--interval-s must be > 0")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    client = redis.Redis.from_url(args.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return run(client, args.node, args.interval_s, args.once, args.mps_pipe_dir,
+                   args.start_mps, stop)
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

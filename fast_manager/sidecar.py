@@ -1,0 +1,305 @@
+"""The per-replica sidecar: ``python -m fast_manager.sidecar`` (the role of-watchdog plays).
+
+It starts the worker with the replica's share applied (``sidecar_worker``), queues requests in
+arrival order, takes a device-time token before each execution and returns it with the busy time
+the worker measured, and reports per-replica metrics. Routes (all registered in ``create_app``):
+
+    GET /_/health    200 once the worker has loaded, 503 before and while it restarts
+    GET /_/metrics   Prometheus text (own registry)
+    GET /_/stats     JSON summary
+    anything else    queued -> token -> forwarded to the worker -> token released
+
+Must not import torch (import-linter): it runs beside every replica and must stay small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping
+
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import disable_created_metrics
+
+from fast_manager.logline import setup_logging
+from fast_manager.settings import SidecarSettings, sidecar_settings_from_env
+from fast_manager.sidecar_http import WorkerClient, WorkerHttpError
+from fast_manager.sidecar_metrics import ReplicaMetrics
+from fast_manager.sidecar_worker import WorkerProcess
+from fast_manager.token_factory import make_token_client
+from fast_manager.tokens import Lease, TokenClient
+from fastgshare.errors import ValidationError
+
+log = logging.getLogger("sidecar")
+
+BUSY_HEADER = "X-Fastgshare-Busy-Ms"
+"""Response header in which the worker reports the device time an execution used."""
+_HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+})
+
+
+class FifoGate:
+    """One holder at a time, waiters served strictly in arrival order, each with its own deadline.
+
+    Hand-rolled rather than ``asyncio.wait_for(lock.acquire())``: that pattern can acquire the
+    lock and still raise TimeoutError in Python 3.11, leaking it and stalling the replica.
+    """
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiters: deque[asyncio.Future[bool]] = deque()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for f in self._waiters if not f.done())
+
+    async def enter(self, timeout_s: float) -> bool:
+        if not self._busy and not self.waiting:
+            self._busy = True
+            return True
+        if timeout_s <= 0:
+            return False
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(fut)
+        timer = loop.call_later(timeout_s, lambda: fut.done() or fut.set_result(False))
+        try:
+            granted = await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.result():
+                self.leave()  # handed to us just as we were cancelled: pass it on
+            raise
+        finally:
+            timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+        return granted
+
+    def leave(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(True)  # handed over: the gate stays busy
+                return
+        self._busy = False
+
+
+def _text(status: int, message: str, retry_after_s: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return web.Response(status=status, text=message + "\n", headers=headers)
+
+
+class Sidecar:
+    """The request path of one replica; dependencies are given, never looked up."""
+
+    def __init__(self, settings: SidecarSettings, tokens: TokenClient, worker: WorkerProcess,
+                 metrics: ReplicaMetrics | None = None) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.worker = worker
+        self.metrics = metrics or ReplicaMetrics(settings)
+        self._gate = FifoGate()
+        self._client = WorkerClient()
+        worker.on_state_change = self._worker_state
+
+    def _worker_state(self, up: bool) -> None:
+        self.metrics.worker_state(up, restarted=not up and self.worker.restarts > 0)
+
+    async def start(self) -> None:
+        self.metrics.token_mode(self.tokens.mode)
+        self.worker.start()
+
+    async def close(self) -> None:
+        await self.worker.stop()
+        with contextlib.suppress(Exception):
+            await self.tokens.close()
+        self._client.close()
+
+    # ---- routes ---------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        if self.worker.ready:
+            return web.Response(text="OK")
+        return _text(503, "worker is not ready (loading or restarting)", retry_after_s=1)
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        self.metrics.token_mode(self.tokens.mode)
+        return web.Response(body=self.metrics.prometheus_text(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        m, w, s = self.metrics, self.worker, self.settings
+        return web.json_response({
+            "function": s.function, "namespace": s.namespace, "replica": s.replica,
+            "device": s.device, "cores": list(s.cpu_cores),
+            "requests": m.requests, "errors": m.errors, "rejected": m.rejected,
+            "inflight": m.inflight, "queued": self._gate.waiting,
+            "latency_ms": m.latency_ms(), "busy_ms_total": round(m.busy_ms_total, 3),
+            "token_mode": self.tokens.mode.value,
+            "worker": {"pid": w.pid, "ready": w.ready, "port": w.port, "restarts": w.restarts,
+                       "last_exit_code": w.last_exit_code},
+        })
+
+    async def invoke(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.monotonic()
+        try:
+            response = await self._invoke(request, t0)
+        except Exception:
+            log.exception("request %s %s failed in the sidecar", request.method, request.path)
+            response = _text(500, "sidecar error while serving the request")
+        self.metrics.answered(response.status, time.monotonic() - t0)
+        return response
+
+    # ---- the request path ------------------------------------------------------------------
+
+    async def _invoke(self, request: web.Request, t0: float) -> web.Response:
+        s = self.settings
+        if self._gate.busy and self._gate.waiting >= s.queue_max:
+            retry_s = max(1, math.ceil((self._gate.waiting + 1) * self.metrics.p50_s()))
+            return _text(429, f"replica queue is full ({s.queue_max} waiting); retry later",
+                         retry_after_s=retry_s)
+        body = await request.read()
+        deadline = t0 + s.queue_timeout_s
+        self.metrics.set_queued(self._gate.waiting + 1)
+        entered = await self._gate.enter(deadline - time.monotonic())
+        self.metrics.set_queued(self._gate.waiting)
+        waited_s = time.monotonic() - t0
+        if not entered:
+            return _text(504, f"timed out after {waited_s:.1f}s waiting for device time "
+                              f"(queued behind other requests; queue timeout {s.queue_timeout_s:g}s)")
+        try:
+            self.metrics.queue_waited(waited_s)
+            self.metrics.set_inflight(1)
+            if not await self.worker.wait_ready(deadline - time.monotonic()):
+                return _text(503, f"worker not ready after {time.monotonic() - t0:.1f}s "
+                                  "(loading or restarting); retry later", retry_after_s=1)
+            tw0 = time.monotonic()
+            lease = await self.tokens.acquire(max(0.0, deadline - tw0))
+            self.metrics.token_waited(time.monotonic() - tw0)
+            if lease is None:
+                return _text(504, f"timed out after {time.monotonic() - t0:.1f}s waiting for "
+                                  f"device time (no token granted by the device arbiter, "
+                                  f"mode {self.tokens.mode.value})")
+            return await self._execute(request, body, lease)
+        finally:
+            self.metrics.set_inflight(0)
+            self._gate.leave()
+
+    async def _execute(self, request: web.Request, body: bytes, lease: Lease) -> web.Response:
+        busy_ms: float | None = None
+        t0 = time.monotonic()
+        try:
+            response, busy_ms = await self._forward(request, body)
+            return response
+        finally:
+            charged = busy_ms if busy_ms is not None else (time.monotonic() - t0) * 1000.0
+            self.metrics.busy(charged)
+            try:
+                await self.tokens.release(lease, charged)
+            except Exception:  # a lost release expires with the lease; the answer still goes out
+                log.exception("token release failed")
+
+    async def _forward(self, request: web.Request,
+                       body: bytes) -> tuple[web.Response, float | None]:
+        s = self.settings
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+        try:
+            async with asyncio.timeout(s.exec_timeout_s):
+                status, raw_headers, out_body = await self._client.request(
+                    self.worker.port, request.method, request.raw_path, headers, body)
+        except TimeoutError:
+            await self.worker.kill(f"execution exceeded {s.exec_timeout_s:g}s")
+            return _text(504, f"execution exceeded the {s.exec_timeout_s:g}s limit; "
+                              "the worker is being restarted"), None
+        except WorkerHttpError as e:
+            log.warning("worker failed during %s %s: %s", request.method, request.path, e)
+            # Stop routing to it now; waiting for its exit to be noticed would fail the next one.
+            await self.worker.kill("it failed during a request")
+            return _text(502, f"the function worker failed during the request ({e}); "
+                              "it is being restarted"), None
+        out_headers = CIMultiDict(
+            (k, v) for k, v in raw_headers if k.lower() not in _HOP_BY_HOP)
+        busy_ms = _busy_ms(out_headers.get(BUSY_HEADER))
+        return web.Response(status=status, body=out_body, headers=out_headers), busy_ms
+
+
+def _busy_ms(raw: str | None) -> float | None:
+    try:
+        value = float(raw) if raw else None
+    except ValueError:
+        return None
+    return value if value is not None and value >= 0 and value == value else None
+
+
+def create_app(sidecar: Sidecar) -> web.Application:
+    """Every sidecar route, in one place."""
+    app = web.Application(client_max_size=sidecar.settings.max_body_bytes)
+    app.router.add_get("/_/health", sidecar.health)
+    app.router.add_get("/_/metrics", sidecar.prometheus)
+    app.router.add_get("/_/stats", sidecar.stats)
+    app.router.add_route("*", "/{tail:.*}", sidecar.invoke)
+    return app
+
+
+async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
+                        tokens: TokenClient | None = None) -> tuple[Sidecar, web.AppRunner, int]:
+    """Start the worker and the HTTP server; returns the port actually bound."""
+    tokens = tokens if tokens is not None else make_token_client(settings)
+    sidecar = Sidecar(settings, tokens, WorkerProcess(settings, env))
+    runner = web.AppRunner(create_app(sidecar), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.bind, settings.port, backlog=1024)
+    await site.start()
+    port = runner.addresses[0][1]
+    await sidecar.start()
+    log.info("sidecar for %s.%s replica %s listening on %s:%d, device %s, queue max %d, "
+             "token mode %s", settings.function, settings.namespace, settings.replica,
+             settings.bind, port, settings.device, settings.queue_max, tokens.mode.value)
+    return sidecar, runner, port
+
+
+async def stop_sidecar(sidecar: Sidecar, runner: web.AppRunner) -> None:
+    await runner.shutdown()
+    await runner.cleanup()
+    await sidecar.close()
+
+
+async def serve(settings: SidecarSettings, env: Mapping[str, str]) -> None:
+    sidecar, runner, _ = await start_sidecar(settings, env)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: worker, token client, server")
+    await stop_sidecar(sidecar, runner)
+    log.info("stopped")
+
+
+def main() -> None:
+    setup_logging()
+    disable_created_metrics()  # the *_created series double the scrape for no use here
+    try:
+        settings = sidecar_settings_from_env(os.environ)
+    except ValidationError as e:
+        log.error("bad sidecar environment: %s", e)
+        sys.exit(2)
+    asyncio.run(serve(settings, os.environ))
+
+
+if __name__ == "__main__":
+    main()

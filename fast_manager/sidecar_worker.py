@@ -1,0 +1,199 @@
+"""The sidecar's worker supervisor: start the worker pinned, pump its output, restart it on exit.
+
+The worker's CPU affinity is set between fork and exec, so the runtime and torch start on their
+cores (OpenMP sizes its pool at import). Its stdout and stderr come through one pipe and are
+written to the sidecar's stdout line by line with a timestamp. Must not import torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+
+from fast_manager.logline import format_lines
+from fast_manager.settings import SidecarSettings
+from fast_manager.sidecar_http import probe_ready
+from fast_manager.worker_env import worker_env
+
+log = logging.getLogger("sidecar.worker")
+
+READY_POLL_S = 0.05
+"""How often a starting worker's ``/_/ready`` is asked; its load takes seconds, this costs little."""
+RESTART_BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)
+"""Pause before each consecutive restart; a worker that stays up for a minute resets it."""
+STABLE_AFTER_S = 60.0
+"""A worker that lived this long is healthy again: the next crash restarts at once."""
+STOP_GRACE_S = 5.0
+"""Time between SIGTERM and SIGKILL when the worker is stopped."""
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _child_setup(cores: tuple[int, ...]) -> Callable[[], None]:
+    def setup() -> None:  # runs in the child between fork and exec: no locks, no logging
+        if cores:
+            os.sched_setaffinity(0, cores)
+        # The worker must not outlive a SIGKILLed sidecar (it would hold its cores and memory).
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    return setup
+
+
+class WorkerProcess:
+    """One worker child at a time, kept alive until ``stop``."""
+
+    def __init__(self, settings: SidecarSettings, base_env: Mapping[str, str],
+                 out=None) -> None:
+        self._settings = settings
+        self._base_env = dict(base_env)
+        self._out = out or sys.stdout
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+        self.restarts = 0
+        self.last_exit_code: int | None = None
+        self.on_state_change: Callable[[bool], None] = lambda up: None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        if self._ready.is_set():
+            return True
+        if timeout_s <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="worker-supervisor")
+
+    async def kill(self, reason: str) -> None:
+        """Kill a hung worker; the supervisor restarts it."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            log.warning("killing worker pid %d: %s", proc.pid, reason)
+            self._set_ready(False)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._set_ready(False)
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _set_ready(self, up: bool) -> None:
+        if up and not self._ready.is_set():
+            self._ready.set()
+            self.on_state_change(True)
+        elif not up and self._ready.is_set():
+            self._ready.clear()
+            self.on_state_change(False)
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while not self._stopping:
+            started = time.monotonic()
+            code = await self._run_once()
+            if self._stopping:
+                return
+            self.last_exit_code = code
+            if time.monotonic() - started > STABLE_AFTER_S:
+                failures = 0
+            pause = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+            failures += 1
+            self.restarts += 1
+            log.warning("worker exited with code %s; restarting in %.1fs (restart %d)",
+                        code, pause, self.restarts)
+            await asyncio.sleep(pause)
+
+    async def _run_once(self) -> int | None:
+        s = self._settings
+        self.port = s.worker_port or free_port()
+        env = worker_env(s, self._base_env)
+        env["FASTGSHARE_WORKER_PORT"] = str(self.port)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(s.runtime), env=env, cwd=str(s.runtime.parent),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, preexec_fn=_child_setup(s.cpu_cores),
+        )
+        self._proc = proc
+        log.info("worker pid %d started on port %d, cores %s, device %s", proc.pid, self.port,
+                 list(s.cpu_cores) or "inherited", s.device)
+        pump = asyncio.create_task(self._pump(proc))
+        probe = asyncio.create_task(self._probe(proc))
+        try:
+            code = await proc.wait()
+        finally:
+            probe.cancel()
+            self._set_ready(False)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await probe
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(pump, 1.0)  # the pipe's last lines: often the crash reason
+        return code
+
+    async def _probe(self, proc: asyncio.subprocess.Process) -> None:
+        deadline = time.monotonic() + self._settings.ready_timeout_s
+        while proc.returncode is None:
+            if time.monotonic() > deadline:
+                await self.kill(f"not ready after {self._settings.ready_timeout_s:g}s")
+                return
+            if await probe_ready(self.port, 2.0):
+                log.info("worker pid %d ready", proc.pid)
+                self._set_ready(True)
+                return
+            await asyncio.sleep(READY_POLL_S)
+
+    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:  # a line longer than the stream limit: take what is there
+                line = await proc.stdout.read(2**16)
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            self._out.write(format_lines(time.time(), text))
+            self._out.flush()

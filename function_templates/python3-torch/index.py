@@ -1,0 +1,236 @@
+"""The python3-torch worker runtime: loads ``handler.py`` once and serves it one request at a time.
+
+Started by the FaST-GShare sidecar with its spatial share already applied (CPU affinity set before
+exec, OMP_NUM_THREADS, or the MPS variables on a GPU). It listens on
+``127.0.0.1:$FASTGSHARE_WORKER_PORT`` with a small HTTP/1.1 keep-alive server: ``GET /_/ready``
+answers 200 once ``load()`` has returned; any other request becomes ``handle(event, context)``,
+with the same event/context shape as the OpenFaaS python3-http template. Every answer carries
+``X-Fastgshare-Busy-Ms``: the device time the execution used (CUDA events when the handler used
+CUDA, otherwise the wall time of the call on the pinned cores).
+
+Standalone on purpose (stdlib only; torch only if the handler imports it): it runs inside function
+images that do not carry the rest of this project.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+BUSY_HEADER = "X-Fastgshare-Busy-Ms"
+DEFAULT_SECRETS_DIR = "/var/openfaas/secrets"
+
+
+class Event:
+    """One request, as python3-http's handlers see it."""
+
+    def __init__(self, body: bytes, headers: dict[str, str], method: str, query: dict,
+                 path: str) -> None:
+        self.body = body
+        self.headers = headers
+        self.method = method
+        self.query = query
+        self.path = path
+
+
+class Context:
+    """What the handler may ask about its environment."""
+
+    def __init__(self, secrets_dir: str | None = None) -> None:
+        self.hostname = os.getenv("HOSTNAME", "localhost")
+        self.secrets_dir = secrets_dir or os.getenv("FASTGSHARE_SECRETS_DIR") or DEFAULT_SECRETS_DIR
+
+    def secret(self, name: str) -> str:
+        """The value of secret ``name`` (stripped), as OpenFaaS mounts it in the function."""
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"invalid secret name {name!r}")
+        with open(os.path.join(self.secrets_dir, name), encoding="utf-8") as f:
+            return f.read().strip()
+
+
+def import_handler(handler_dir: str | os.PathLike, module_name: str = "handler"):
+    """Import ``handler.py`` from ``handler_dir`` (the folder goes on sys.path for its siblings)."""
+    folder = str(Path(handler_dir).resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(module_name, os.path.join(folder, "handler.py"))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no handler.py in {folder}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def apply_share_to_torch() -> None:
+    """Match torch's threads to the pinned cores and cap its CUDA memory, before any real work."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)
+    frac = os.getenv("FASTGSHARE_MEM_FRACTION")
+    mem_bytes = os.getenv("FASTGSHARE_MEM_BYTES")
+    if os.getenv("CUDA_VISIBLE_DEVICES") and torch.cuda.is_available() and (frac or mem_bytes):
+        if not frac:
+            total = torch.cuda.get_device_properties(0).total_memory
+            frac = str(min(1.0, int(mem_bytes) / total))
+        torch.cuda.set_per_process_memory_fraction(float(frac), 0)
+
+
+def as_response(result) -> tuple[int, dict[str, str], bytes]:
+    """A handler's return value -> (status, headers, body), as python3-http accepts them."""
+    if isinstance(result, dict) and ("statusCode" in result or "body" in result):
+        status = int(result.get("statusCode", 200))
+        headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
+        body = result.get("body", b"")
+    else:
+        status, headers, body = 200, {}, result
+    if body is None:
+        body = b""
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+        headers.setdefault("Content-Type", "application/json")
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        body = str(body).encode("utf-8")
+        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+    return status, headers, bytes(body)
+
+
+class _BusyClock:
+    """Device time of one execution: CUDA events if the handler used CUDA, else wall time."""
+
+    def __init__(self) -> None:
+        torch = sys.modules.get("torch")
+        self._cuda = torch.cuda if torch is not None and torch.cuda.is_initialized() else None
+        self._t0 = time.perf_counter()
+        if self._cuda is not None:
+            self._start = self._cuda.Event(enable_timing=True)
+            self._start.record()
+
+    def stop_ms(self) -> float:
+        if self._cuda is not None:
+            end = self._cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            return float(self._start.elapsed_time(end))
+        return (time.perf_counter() - self._t0) * 1000.0
+
+
+def call_handler(module, context: Context, method: str, target: str, headers: dict[str, str],
+                 body: bytes) -> tuple[int, dict[str, str], bytes, float]:
+    """Run ``handle`` once: (status, headers, body, busy_ms). Handler errors become a 500."""
+    url = urlsplit(target)
+    query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(url.query).items()}
+    event = Event(body, headers, method, query, url.path or "/")
+    clock = _BusyClock()
+    try:
+        result = module.handle(event, context)
+        status, out_headers, out_body = as_response(result)
+    except Exception as e:  # the worker outlives a failing request
+        traceback.print_exc()
+        status, out_headers = 500, {"Content-Type": "text/plain; charset=utf-8"}
+        out_body = f"{type(e).__name__}: {e}".encode()
+    busy_ms = clock.stop_ms()
+    return status, out_headers, out_body, busy_ms
+
+
+class Runtime:
+    """The loaded handler plus the lock that keeps it to one execution at a time."""
+
+    def __init__(self, module, context: Context) -> None:
+        self.module = module
+        self.context = context
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+
+
+def make_request_handler(runtime: Runtime) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # a response is one write; never wait for a delayed ACK
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+            return None  # the sidecar counts requests; per-request lines would drown the log
+
+        def _body(self) -> bytes:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return b"".join(chunks)
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+            reason = self.responses.get(status, ("",))[0]
+            lines = [f"HTTP/1.1 {status} {reason}"]
+            for k, v in headers.items():
+                if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                    lines.append(f"{k}: {v}")
+            lines.append(f"Content-Length: {len(body)}")
+            if self.close_connection:
+                lines.append("Connection: close")
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+            self.wfile.write(head + body)
+
+        def _serve(self) -> None:
+            body = self._body()
+            if self.path == "/_/ready":
+                ok = runtime.ready.is_set()
+                self._send(200 if ok else 503, {"Content-Type": "text/plain"},
+                           b"ready" if ok else b"loading")
+                return
+            headers = {k: v for k, v in self.headers.items()}
+            with runtime.lock:
+                status, out_headers, out_body, busy_ms = call_handler(
+                    runtime.module, runtime.context, self.command, self.path, headers, body)
+            out_headers[BUSY_HEADER] = f"{busy_ms:.3f}"
+            self._send(status, out_headers, out_body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
+
+    return Handler
+
+
+def main() -> None:
+    handler_dir = os.getenv("FASTGSHARE_HANDLER_DIR") or str(Path(__file__).parent / "function")
+    port = int(os.getenv("FASTGSHARE_WORKER_PORT", "5000") or 5000)
+    t0 = time.monotonic()
+    module = import_handler(handler_dir)
+    apply_share_to_torch()  # after the handler's imports (torch), before load() does real work
+    runtime = Runtime(module, Context())
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_request_handler(runtime))
+    server.daemon_threads = True
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Serve /_/ready (503) while loading, so the sidecar can tell "loading" from "dead".
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    load = getattr(module, "load", None)
+    if callable(load):
+        load()
+    runtime.ready.set()
+    cores = sorted(os.sched_getaffinity(0))
+    print(f"worker ready on 127.0.0.1:{port} in {time.monotonic() - t0:.2f}s, "
+          f"handler {handler_dir}, cores {cores}", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""A BERT-base-style encoder (MLPerf's NLP model): 12 layers, hidden 768, 12 heads, 128 tokens.
+
+Plain torch with seeded random weights (no weights can be downloaded here; the cost of inference
+does not depend on their values). Tokens come from a simple deterministic hashing tokenizer
+(lower-cased words -> ids by CRC32), so outputs are stable but carry no meaning.
+
+Input: ``{"text": "..."}`` (one string) or ``{}`` (a built-in sample sentence).
+Output: ``{"tokens": n, "dim": 768, "pooled_head": [first 8 values of the pooled output]}``.
+"""
+
+import json
+import re
+import zlib
+
+import torch
+from torch import nn
+
+VOCAB = 30522
+HIDDEN = 768
+LAYERS = 12
+HEADS = 12
+FFN = 3072
+SEQ_LEN = 128
+CLS, SEP, PAD = 101, 102, 0
+SAMPLE = ("FaST-GShare shares each GPU in space and time between serverless inference functions, "
+          "so that a BERT replica and a ResNet replica can run side by side within their SLOs.")
+
+
+def tokenize(text, seq_len=SEQ_LEN):
+    """[CLS] words... [SEP] padded to ``seq_len``: (ids, mask) with mask True on padding."""
+    words = re.findall(r"\w+|[^\w\s]", text.lower())[: seq_len - 2]
+    ids = [CLS] + [1000 + zlib.crc32(w.encode()) % (VOCAB - 1000) for w in words] + [SEP]
+    n = len(ids)
+    ids += [PAD] * (seq_len - n)
+    mask = [False] * n + [True] * (seq_len - n)
+    return torch.tensor([ids]), torch.tensor([mask]), n
+
+
+class BertEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.word = nn.Embedding(VOCAB, HIDDEN, padding_idx=PAD)
+        self.position = nn.Embedding(512, HIDDEN)
+        self.token_type = nn.Embedding(2, HIDDEN)
+        self.norm = nn.LayerNorm(HIDDEN, eps=1e-12)
+        layer = nn.TransformerEncoderLayer(HIDDEN, HEADS, FFN, dropout=0.0, activation="gelu",
+                                           batch_first=True, layer_norm_eps=1e-12)
+        self.encoder = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
+        self.pooler = nn.Linear(HIDDEN, HIDDEN)
+
+    def forward(self, ids, pad_mask):
+        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        x = self.word(ids) + self.position(pos) + self.token_type(torch.zeros_like(ids))
+        x = self.encoder(self.norm(x), src_key_padding_mask=pad_mask)
+        return torch.tanh(self.pooler(x[:, 0]))
+
+
+model = None
+device = "cpu"
+
+
+def load():
+    global model, device
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = BertEncoder().eval().to(device)
+    run(SAMPLE)  # warm-up: the first call allocates; keep it off the first request
+
+
+def run(text):
+    ids, mask, n = tokenize(text)
+    with torch.inference_mode():
+        pooled = model(ids.to(device), mask.to(device))[0].cpu()
+    return pooled, n
+
+
+def handle(event, context):
+    try:
+        payload = json.loads(event.body or b"{}")
+        text = payload.get("text", SAMPLE) if isinstance(payload, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError('expected {"text": "<a non-empty string>"} or {}')
+    except ValueError as e:
+        return {"statusCode": 400, "body": {"error": str(e)}}
+    pooled, n = run(text)
+    return {"statusCode": 200, "body": {
+        "tokens": n, "dim": HIDDEN, "pooled_head": [round(float(v), 6) for v in pooled[:8]],
+    }}
