@@ -97,7 +97,7 @@ class _Function:
     replica_list: list[_Replica] = field(default_factory=list)
     crashes: int = 0
     next_start_s: float = 0.0
-    rr: int = 0
+    rr_credit: dict[str, int] = field(default_factory=dict)
 
     def record(self) -> str:
         return json.dumps({
@@ -273,7 +273,7 @@ class LocalBackend:
             return self._state(self._get(namespace, name))
 
     def resolve(self, namespace: str, name: str) -> str:
-        """Smooth round robin over ready replicas, weighted by their share of the device."""
+        """A ready replica, in proportion to its share of the device (SM share x quota limit)."""
         with self._lock:
             fn = self._get(namespace, name)
             ready = [r for r in fn.replica_list if r.ready]
@@ -282,14 +282,18 @@ class LocalBackend:
                     f"no replica of {name!r} is ready ({len(fn.replica_list)} starting, "
                     f"{fn.replicas} desired)"
                 )
-            weights = [max(1, round(r.sm_pct * fn.spec.share.quota_limit_frac)) for r in ready]
-            fn.rr = (fn.rr + 1) % sum(weights)
-            acc = 0
-            for rep, w in zip(ready, weights, strict=True):
-                acc += w
-                if fn.rr < acc:
-                    return rep.url
-            return ready[-1].url
+            # nginx's smooth weighted round robin: interleaves replicas in proportion to weight.
+            total = 0
+            best: _Replica | None = None
+            for rep in ready:
+                weight = max(1, round(rep.sm_pct * fn.spec.share.quota_limit_frac))
+                total += weight
+                fn.rr_credit[rep.replica_id] = fn.rr_credit.get(rep.replica_id, 0) + weight
+                if best is None or fn.rr_credit[rep.replica_id] > fn.rr_credit[best.replica_id]:
+                    best = rep
+            assert best is not None
+            fn.rr_credit[best.replica_id] -= total
+            return best.url
 
     def wait_ready(self, namespace: str, name: str, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

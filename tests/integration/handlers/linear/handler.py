@@ -29,7 +29,7 @@ def handle(event, context):
         return {"statusCode": 200, "body": (folder / req["secret"]).read_text()}
     if "env" in req:
         return {"statusCode": 200, "body": os.environ.get(req["env"], "")}
-    x = torch.tensor(req.get("x", [1.0, 1.0, 1.0, 1.0]))
+    x = torch.tensor(req.get("x", [1.0, 1.0, 1.0, 1.0]), dtype=torch.float32)
     with torch.no_grad():
         y = model(x)
     print(f"handled x={x.tolist()}", flush=True)
