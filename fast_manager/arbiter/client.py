@@ -1,0 +1,262 @@
+"""``RedisTokenClient``: the sidecar's side of the device arbiter (a ``TokenClient``).
+
+A token is a time slice (``token_us``, sized by the arbiter from this replica's burst length): the
+client keeps it across back-to-back executions until their busy time reaches the slice, and only
+then (or when no next acquire comes within ``linger_s``) gives it back, charging the busy time of
+the whole burst. So an execution inside a slice costs Redis nothing.
+
+acquire = one ACQUIRE script call (enqueue + grant round). A replica that is not granted at once
+blocks on its own wake list (BLPOP): whichever script grants it pushes the lease there. The BLPOP
+timeout is the script's hint (the next lease expiry or cap easing, when nothing else would wake
+us) and at most ``max_block_s``, so a waiter costs Redis a handful of commands per grant, never a
+loop. The replica holds at most one token: concurrent acquires queue locally on a lock.
+
+When Redis cannot be reached the client switches to ``LocalLimiter`` (mode LOCAL_FALLBACK, logged),
+probes Redis every ``probe_interval_s``, and switches back to SHARED by itself when it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from redis import exceptions as redis_errors
+
+from fast_manager.tokens import Lease, TokenMode
+
+from . import model
+from .fallback import LocalLimiter
+from .lua import ArbiterScripts, parse_outcome, parse_wake, wake_key
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
+"""Errors that mean "the arbiter is unreachable" (and so: fall back), not "a bug"."""
+
+DEFAULT_MAX_BLOCK_S = 5.0
+"""Longest single BLPOP: a safety net for a lost wake-up (e.g. Redis restarted mid-wait)."""
+DEFAULT_OP_TIMEOUT_S = 2.0
+"""A script call that takes longer than this counts as Redis being down."""
+DEFAULT_PROBE_INTERVAL_S = 1.0
+"""While in fallback, how often Redis is pinged to switch back."""
+DEFAULT_LINGER_S = 0.002
+"""How long a released token waits for this replica's next acquire before going back. A
+saturated replica's next acquire comes within it, and then release and re-enqueue happen in one
+script, so the replica competes for the token it returns instead of losing every round to a
+waiting neighbour while it is "between requests". Costs an idle replica's neighbours at most this
+long per release."""
+
+
+def _monotonic_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+class RedisTokenClient:
+    """Tokens for one replica from its device's arbiter in Redis (``redis.asyncio`` client)."""
+
+    def __init__(self, redis_client: Any, device_id: str, replica: str, spec: model.ReplicaSpec,
+                 params: model.ArbiterParams, *, owns_client: bool = False,
+                 max_block_s: float = DEFAULT_MAX_BLOCK_S,
+                 op_timeout_s: float = DEFAULT_OP_TIMEOUT_S,
+                 probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
+                 linger_s: float = DEFAULT_LINGER_S) -> None:
+        self.mode = TokenMode.SHARED
+        self.device_id = device_id
+        self.replica = replica
+        self.spec = spec
+        self.params = params
+        self.fallback_switches = 0
+        """How many times this client went to LOCAL_FALLBACK (for metrics and tests)."""
+        self._redis = redis_client
+        self._owns_client = owns_client
+        self._scripts = ArbiterScripts.register(redis_client, device_id, params)
+        self._wake = wake_key(device_id, replica)
+        self._fallback = LocalLimiter(spec, params, _monotonic_us)
+        self._slot = asyncio.Lock()
+        self._probe: asyncio.Task[None] | None = None
+        self._max_block_s = max_block_s
+        self._op_timeout_s = op_timeout_s
+        self._probe_interval_s = probe_interval_s
+        self._linger_s = linger_s
+        self._pending: tuple[Lease, float] | None = None
+        """A released shared token not yet sent back (lingering), with the busy ms of its burst."""
+        self._pending_burst: float | None = None
+        """Busy ms already used under the token being reused (None: a fresh token)."""
+        self.reused = 0
+        """Acquires served from a lingering token's remaining slice (no Redis call)."""
+        self._flusher: asyncio.Task[None] | None = None
+
+    # ---- the TokenClient protocol -------------------------------------------------------
+
+    async def acquire(self, timeout_s: float) -> Lease | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            await asyncio.wait_for(self._slot.acquire(), max(0.0, timeout_s))
+        except TimeoutError:
+            return None
+        lease: Lease | None = None
+        try:
+            if self.mode is TokenMode.SHARED:
+                pending = self._take_pending()
+                if pending is not None and pending[1] < pending[0].granted_ms:
+                    self.reused += 1  # the slice has time left: keep executing under it
+                    self._pending_burst = pending[1]
+                    lease = pending[0]
+                    return lease
+                try:
+                    lease = await self._acquire_shared(deadline, pending)
+                    return lease
+                except REDIS_DOWN as e:
+                    self._enter_fallback(e)
+            lease = await self._fallback.acquire(deadline - loop.time())
+            return lease
+        finally:
+            if lease is None:
+                self._slot.release()
+
+    async def release(self, lease: Lease, busy_ms: float) -> None:
+        try:
+            if lease.token_id.startswith("local:"):
+                self._fallback.release(busy_ms)
+                return
+            burst_ms = busy_ms
+            if self._pending_burst is not None:
+                burst_ms += self._pending_burst
+                self._pending_burst = None
+            if self._linger_s <= 0:
+                await self._send_release((lease, burst_ms))
+                return
+            await self._flush_now()  # only one token may linger (defensive: there is one slot)
+            self._pending = (lease, burst_ms)
+            self._flusher = asyncio.ensure_future(self._flush_after(self._linger_s))
+        finally:
+            if self._slot.locked():
+                self._slot.release()
+
+    async def close(self) -> None:
+        await self._flush_now()
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        if self.mode is TokenMode.SHARED:
+            with contextlib.suppress(*REDIS_DOWN):
+                await self._call(self._scripts.unregister(self.replica))
+        if self._owns_client:
+            with contextlib.suppress(*REDIS_DOWN):
+                await self._redis.aclose()
+
+    # ---- shared mode ------------------------------------------------------------------------
+
+    async def _call(self, awaitable: Any) -> Any:
+        return await asyncio.wait_for(awaitable, self._op_timeout_s)
+
+    def _lease(self, token_id: int, token_us: int, expires_us: int) -> Lease:
+        return Lease(f"{self.device_id}:{self.replica}:{token_id}", token_us / 1000,
+                     expires_us / 1e6)
+
+    def _release_args(self, pending: tuple[Lease, float]) -> tuple[int, int, int]:
+        lease, busy_ms = pending
+        return (int(lease.token_id.rsplit(":", 1)[1]), round(lease.granted_ms * 1000),
+                round(busy_ms * 1000))
+
+    def _take_pending(self) -> tuple[Lease, float] | None:
+        """Claim the lingering release (synchronously, so the flusher cannot also send it)."""
+        pending, self._pending = self._pending, None
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        return pending
+
+    async def _send_release(self, pending: tuple[Lease, float]) -> None:
+        try:
+            await self._call(self._scripts.release(self.replica, *self._release_args(pending)))
+        except REDIS_DOWN as e:
+            self._enter_fallback(e)
+            self._fallback.release(pending[1])
+
+    async def _flush_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        pending, self._pending = self._pending, None
+        self._flusher = None
+        if pending is not None:
+            await self._send_release(pending)
+
+    async def _flush_now(self) -> None:
+        pending = self._take_pending()
+        if pending is not None:
+            await self._send_release(pending)
+
+    async def _acquire_shared(self, deadline: float,
+                              pending: tuple[Lease, float] | None) -> Lease | None:
+        loop = asyncio.get_running_loop()
+        try:
+            if pending is None:
+                first = self._scripts.acquire(self.replica, self.spec)
+            else:  # give back the lingering token and re-enqueue, atomically
+                first = self._scripts.release(self.replica, *self._release_args(pending),
+                                              requeue=self.spec)
+                pending = None
+            out = parse_outcome(await self._call(first))
+            while True:
+                for g in out.grants:
+                    if g.replica == self.replica:
+                        return self._lease(g.token_id, g.token_us, g.expires_us)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                wait_s = remaining if out.hint_us < 0 else min(remaining, out.hint_us / 1e6)
+                wait_s = max(0.001, min(wait_s, self._max_block_s))
+                item = await asyncio.wait_for(self._redis.blpop([self._wake], timeout=wait_s),
+                                              wait_s + self._op_timeout_s)
+                if item is not None:
+                    return self._lease(*parse_wake(item[1]))
+                # Woken by the timeout: a lease may have expired or a cap eased; look again.
+                out = parse_outcome(await self._call(
+                    self._scripts.acquire(self.replica, self.spec)))
+        except REDIS_DOWN:
+            if pending is not None:
+                self._fallback.release(pending[1])
+            raise
+        except asyncio.CancelledError:
+            # The request went away while waiting: leave the queue (in the background, since we
+            # are being cancelled) so that no grant is held for nobody.
+            task = asyncio.ensure_future(self._cancel_quietly())
+            task.add_done_callback(lambda t: t.exception())
+            raise
+        await self._call(self._scripts.cancel(self.replica))
+        return None
+
+    async def _cancel_quietly(self) -> None:
+        with contextlib.suppress(*REDIS_DOWN):
+            await self._call(self._scripts.cancel(self.replica))
+
+    # ---- fallback ---------------------------------------------------------------------------
+
+    def _enter_fallback(self, cause: BaseException) -> None:
+        if self.mode is not TokenMode.LOCAL_FALLBACK:
+            self.mode = TokenMode.LOCAL_FALLBACK
+            self.fallback_switches += 1
+            log.warning("token arbiter unreachable (%s: %s); device %s replica %s now limited "
+                        "locally to its request of %.1f ms per %.1f s window",
+                        type(cause).__name__, cause, self.device_id, self.replica,
+                        self.spec.request_us / 1000, self.params.window_us / 1e6)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_until_back())
+
+    async def _probe_until_back(self) -> None:
+        while True:
+            await asyncio.sleep(self._probe_interval_s)
+            try:
+                await self._call(self._redis.ping())
+            except REDIS_DOWN:
+                continue
+            self.mode = TokenMode.SHARED
+            log.warning("token arbiter reachable again; device %s replica %s back to shared "
+                        "tokens", self.device_id, self.replica)
+            return
