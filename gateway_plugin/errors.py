@@ -27,6 +27,18 @@ class BackendFailure(ProviderError):
     """The backend could not carry out a valid request (500); the cause is chained."""
 
 
+class PayloadTooLarge(ProviderError):
+    """The request body is larger than the provider accepts (413)."""
+
+
+class UpstreamUnreachable(ProviderError):
+    """A replica could not be connected to, or broke the connection (502)."""
+
+
+class UpstreamTimeout(ProviderError):
+    """A replica did not answer within the invocation timeout (504)."""
+
+
 def http_status(err: Exception) -> int:
     """Map any error to the HTTP status the provider answers with."""
     if isinstance(err, NotFound):
@@ -37,4 +49,11 @@ def http_status(err: Exception) -> int:
         return 400
     if isinstance(err, NoReplicaReady):
         return 503
+    if isinstance(err, PayloadTooLarge):
+        return 413
+    if isinstance(err, UpstreamUnreachable):
+        return 502
+    if isinstance(err, UpstreamTimeout):
+        return 504
     return 500
+

@@ -1,0 +1,112 @@
+"""The provider's Flask app: every faas-provider route, registered in one place.
+
+``create_app(backend, settings)`` is the whole contract on one screen; handlers live in
+``handlers`` (``/system/*``) and ``proxy`` (``/function/*``) and receive their dependencies.
+Errors become HTTP statuses in exactly one function, ``gateway_plugin.errors.http_status``,
+and every error body is ``text/plain``, as Go's ``http.Error`` writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from gateway_plugin import types
+from gateway_plugin.auth import REALM_HEADER, REFUSAL_TEXT, is_authorized, read_basic_auth
+from gateway_plugin.backend import Backend
+from gateway_plugin.errors import http_status
+from gateway_plugin.handlers import SystemHandlers
+from gateway_plugin.metrics import ProviderMetrics
+from gateway_plugin.proxy import INVOKE_METHODS, Invoker
+from gateway_plugin.settings import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "fastgshare"
+"""``app.extensions[EXTENSION_KEY]`` holds the backend, invoker and metrics (for shutdown)."""
+
+
+def error_response(err: Exception) -> Response:
+    """The one place an exception becomes a response."""
+    if isinstance(err, HTTPException):
+        status = err.code or 500
+        text = f"{err.name}: {err.description}"
+    else:
+        status = http_status(err)
+        text = str(err) if status < 500 or status in (502, 503, 504) else f"internal error: {err}"
+        if status == 500:
+            log.error("request failed: %s", err, exc_info=err)
+    response = Response(text + "\n", status=status, mimetype="text/plain")
+    if isinstance(err, HTTPException):  # keep e.g. Allow on 405
+        for key, value in err.get_headers():
+            if key.lower() != "content-type":
+                response.headers[key] = value
+    return response
+
+
+def create_app(backend: Backend, settings: ProviderSettings, *,
+               registry: CollectorRegistry | None = None) -> Flask:
+    """The provider over ``backend``. Reads basic-auth files now when ``settings.basic_auth``."""
+    app = Flask("gateway_plugin")
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = ProviderMetrics(registry, backend)
+    system = SystemHandlers(backend, settings, metrics)
+    invoker = Invoker(backend, settings, metrics)
+    credentials = read_basic_auth(settings.secrets_dir) if settings.basic_auth else None
+    app.extensions[EXTENSION_KEY] = {"backend": backend, "invoker": invoker, "metrics": metrics}
+
+    def route(rule: str, handler: Any, *methods: str, **options: Any) -> None:
+        app.add_url_rule(rule, endpoint=f"{handler.__name__}:{rule}", view_func=handler,
+                         methods=list(methods), **options)
+
+    # --- system (basic auth when on) -------------------------------------------------------------
+    route("/system/functions", system.list_functions, "GET")
+    route("/system/functions", system.deploy, "POST")
+    route("/system/functions", system.update, "PUT")
+    route("/system/functions", system.delete, "DELETE")
+    route("/system/function/<name>", system.function_status, "GET")
+    route("/system/scale-function/<name>", system.scale, "POST")
+    route("/system/info", system.info, "GET")
+    route("/system/namespaces", system.namespaces, "GET")
+    route("/system/secrets", system.list_secrets, "GET")
+    route("/system/secrets", system.create_secret, "POST")
+    route("/system/secrets", system.update_secret, "PUT")
+    route("/system/secrets", system.delete_secret, "DELETE")
+    route("/system/logs", system.logs, "GET")
+
+    # --- open --------------------------------------------------------------------------------------
+    def healthz() -> Response:
+        return Response("OK", mimetype="text/plain")
+
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+    def invoke(ref: str, sub_path: str = "") -> Response:
+        name, namespace = types.split_function_ref(ref)
+        return invoker.invoke(request.environ, request.headers, request.method, ref, name,
+                              namespace, sub_path)
+
+    route("/healthz", healthz, "GET")
+    route("/metrics", prometheus_metrics, "GET")
+    for rule in ("/function/<ref>", "/function/<ref>/", "/function/<ref>/<path:sub_path>"):
+        route(rule, invoke, *INVOKE_METHODS, provide_automatic_options=False)
+
+    # --- cross-cutting -------------------------------------------------------------------------------
+    if credentials is not None:
+        @app.before_request
+        def require_basic_auth() -> Response | None:
+            if not request.path.startswith("/system/"):
+                return None
+            if is_authorized(request.headers.get("Authorization"), credentials):
+                return None
+            response = Response(REFUSAL_TEXT, status=401, mimetype="text/plain")
+            response.headers["WWW-Authenticate"] = REALM_HEADER
+            return response
+
+    app.register_error_handler(HTTPException, error_response)
+    app.register_error_handler(Exception, error_response)
+    return app

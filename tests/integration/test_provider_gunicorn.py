@@ -1,0 +1,94 @@
+"""The provider under real gunicorn (the gunicorn_conf we ship): chunked bodies over a raw
+connection, as the OpenFaaS gateway sends them, on a system route and on the invoke path."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastgshare.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+AUTH = "Basic " + base64.b64encode(b"admin:pw").decode()
+
+
+@pytest.fixture(scope="module")
+def provider_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    secrets = tmp_path_factory.mktemp("secrets")
+    (secrets / "basic-auth-user").write_text("admin")
+    (secrets / "basic-auth-password").write_text("pw")
+    port = free_port()
+    env = {**os.environ, "secret_mount_path": str(secrets), "basic_auth": "true",
+           "FASTGSHARE_STATE_DIR": str(secrets.parent), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "python:gateway_plugin.gunicorn_conf",
+         "-b", f"127.0.0.1:{port}", "tests.fakes:make_gunicorn_app()"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    pytest.fail(f"gunicorn did not start: {err[-2000:]}")
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def chunked(conn: http.client.HTTPConnection, method: str, path: str, body: bytes,
+            headers: dict[str, str]) -> http.client.HTTPResponse:
+    """Send ``body`` in several chunks with Transfer-Encoding: chunked and no Content-Length."""
+    pieces = [body[i:i + 1000] for i in range(0, len(body), 1000)]
+    conn.request(method, path, body=iter(pieces), headers=headers, encode_chunked=True)
+    return conn.getresponse()
+
+
+def test_chunked_bodies_under_gunicorn(provider_port: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", provider_port, timeout=10)
+    fn = {"service": "echo", "image": "echo:latest", "envVars": {"PAD": "x" * 3000}}
+    r = chunked(conn, "POST", "/system/functions", json.dumps(fn).encode(),
+                {"Authorization": AUTH, "Content-Type": "application/json"})
+    assert r.status == 202, r.read()
+    r.read()
+
+    conn.request("GET", "/system/function/echo", headers={"Authorization": AUTH})
+    r = conn.getresponse()
+    status = json.loads(r.read())
+    assert r.status == 200 and status["envVars"]["PAD"] == "x" * 3000
+
+    payload = bytes(range(256)) * 40
+    r = chunked(conn, "POST", "/function/echo/path?q=1", payload, {"X-Call-Id": "gw-1"})
+    seen = json.loads(r.read())
+    assert r.status == 200 and r.getheader("X-Call-Id") == "gw-1"
+    assert base64.b64decode(seen["body_b64"]) == payload and seen["query"] == "q=1"
+
+    conn.request("GET", "/system/functions")
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 401 and r.getheader("WWW-Authenticate") == 'Basic realm="Restricted"'
+    conn.close()
