@@ -1,0 +1,268 @@
+"""Cluster simulation: every policy and the LP lower bound on the same traces.
+
+    python -m bench.cluster_sim [--quick] [--json PATH]
+
+Profile tables are SYNTHETIC (``fast_profiler.table.synthetic_table``: the paper's curve shapes on a
+V100) until the profiler produces real ones; read the numbers as a comparison of policies under one
+model, not as a prediction of a real cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from bench.common import RESULTS, parser, write_json
+from fast_profiler.table import synthetic_table
+from fast_scheduler.autoscale import (
+    AutoscaleContext,
+    AutoscaleSettings,
+    AutoscaleState,
+    config_choices,
+    decide_replicas,
+)
+from fast_scheduler.baselines import all_policies, lower_bound_choices
+from fast_scheduler.lower_bound import GpuLowerBound
+from fast_scheduler.placement import Device, Rejection, ReplicaRequest, Snapshot, place
+from fast_scheduler.simulator import FunctionSpec, SimSettings, simulate
+from fast_scheduler.traces import azure_like_trace, bursty_trace, load_orcbench_clusters, poisson_trace
+
+MIB = 2**20
+ORDER = ["exclusive", "time_sharing", "mps_equal", "fastgshare_original", "this"]
+
+
+def tables() -> dict[str, Any]:
+    return {
+        # ResNet-50: saturates near 24 % SMs, 74.9 RPS on a V100; model sharing 1525 -> 1427 MiB.
+        "resnet50": (
+            synthetic_table(
+                "resnet50", saturation_sm_pct=24, full_rps=74.9, mem_bytes=1525 * MIB, weight_bytes=98 * MIB
+            ),
+            69.0,
+        ),
+        # BERT: saturates near 50 % SMs; MLPerf p99 130 ms.
+        "bert": (
+            synthetic_table(
+                "bert", saturation_sm_pct=50, full_rps=30.0, mem_bytes=1800 * MIB, weight_bytes=420 * MIB
+            ),
+            130.0,
+        ),
+        # ViT-huge-like: 4735 -> 2101 MiB with sharing; a loose 300 ms SLO (its service time is ~30 ms).
+        "vit_huge": (
+            synthetic_table(
+                "vit_huge", saturation_sm_pct=60, full_rps=35.0, mem_bytes=4735 * MIB, weight_bytes=2634 * MIB
+            ),
+            300.0,
+        ),
+    }
+
+
+def make_specs(
+    n: int, seed: int, lo_rps: float, hi_rps: float
+) -> tuple[list[FunctionSpec], dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    tabs = tables()
+    models = list(tabs)
+    specs, rates = [], {}
+    for i in range(n):
+        m = models[i % len(models)]
+        t, slo = tabs[m]
+        name = f"{m}-{i:02d}"
+        specs.append(FunctionSpec(name, m, t, slo, min_replicas=1, max_replicas=1000))
+        rates[name] = float(math.exp(rng.uniform(math.log(lo_rps), math.log(hi_rps))))
+    return specs, rates
+
+
+def lower_bound_series(specs: list[FunctionSpec], trace: Any, settings: SimSettings, every: int) -> list[int]:
+    asettings = AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)
+    choices = {s.name: lower_bound_choices(s, asettings) for s in specs}
+    act = {s.name: (s.table.mem_bytes - s.table.weight_bytes) / settings.device_mem_bytes for s in specs}
+    lb = GpuLowerBound(choices, act, {s.name: s.min_replicas for s in specs})
+    out = []
+    for k in range(0, trace.steps, every):
+        v = lb.gpus_int({s.name: trace.rates_rps[s.name][k] for s in specs})
+        out.extend([v] * min(every, trace.steps - k))
+    return out
+
+
+def decision_time(n_functions: int, n_gpus: int) -> dict[str, float]:
+    """One control tick for ``n_functions`` on ``n_gpus``: every function decides, changes are placed."""
+    rng = np.random.default_rng(3)
+    specs, rates = make_specs(n_functions, 5, 0.5, 6.0)
+    settings = AutoscaleSettings()
+    cache = {}
+    states = {}
+    for s in specs:  # choices depend only on (table, SLO): the loop computes them once per table
+        key = (s.model, s.slo_ms)
+        if key not in cache:
+            cache[key] = config_choices(s.table, s.slo_ms, settings)
+        states[s.name] = AutoscaleState(choices=cache[key], choices_for=(s.table, s.slo_ms))
+    current = {}
+    for s in specs:
+        d, states[s.name] = decide_replicas(
+            AutoscaleContext(s.name, 0.0, rates[s.name], s.table, s.slo_ms), states[s.name], settings
+        )
+        current[s.name] = d.replicas
+    devices = [Device(f"gpu{i:04d}", f"node{i // 8}", 32 * 2**30) for i in range(n_gpus)]
+    snap = Snapshot(tuple(devices))
+    t0 = time.perf_counter()
+    adds = []
+    for s in specs:
+        rate = rates[s.name] * float(rng.uniform(0.8, 1.3))
+        d, states[s.name] = decide_replicas(
+            AutoscaleContext(s.name, 5.0, rate, s.table, s.slo_ms, current[s.name]), states[s.name], settings
+        )
+        extra = len(d.replicas) - len(current[s.name])
+        for j in range(max(0, extra)):
+            c = d.replicas[-1 - j]
+            adds.append(
+                ReplicaRequest(
+                    f"{s.name}#{j}",
+                    s.name,
+                    s.model,
+                    c.sm_pct,
+                    c.quota_request_frac,
+                    s.table.mem_bytes,
+                    s.table.weight_bytes,
+                )
+            )
+    t_decide = time.perf_counter() - t0
+    placed = 0
+    for r in adds[:200]:
+        p = place(r, snap)
+        if not isinstance(p, Rejection):
+            snap = snap.with_device(p.device)
+            placed += 1
+    t_total = time.perf_counter() - t0
+    return {
+        "functions": n_functions,
+        "gpus": n_gpus,
+        "decide_s": t_decide,
+        "placed": placed,
+        "decision_time_s": t_total,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser("cluster_sim", __doc__.splitlines()[0]).parse_args(argv)
+    if args.quick:
+        n_fn, duration_s, lo, hi, gpus, dt_fns = 20, 180.0, 5.0, 60.0, 192, 2000
+    else:
+        n_fn, duration_s, lo, hi, gpus, dt_fns = 24, 1200.0, 40.0, 300.0, 512, 10000
+    settings = SimSettings(gpus=gpus)
+    specs, rates = make_specs(n_fn, 1, lo, hi)
+    print(
+        f"{n_fn} functions, {duration_s:.0f} s, {gpus} GPUs available; "
+        f"mean demand {sum(rates.values()):.0f} rps"
+    )
+    clusters = load_orcbench_clusters()
+    traces = [
+        poisson_trace(rates, duration_s, seed=11),
+        bursty_trace(rates, duration_s, seed=12),
+        azure_like_trace(rates, duration_s, clusters, seed=13),
+    ]
+    every = max(1, round(settings.control_interval_s / settings.step_s))
+    result: dict[str, Any] = {
+        "synthetic_tables": True,
+        "functions": n_fn,
+        "duration_s": duration_s,
+        "gpus_available": gpus,
+        "traces": {},
+    }
+    series: dict[str, dict[str, list[int]]] = {}
+    for tr in traces:
+        t0 = time.perf_counter()
+        lbs = lower_bound_series(specs, tr, settings, every)
+        lb_mean = sum(lbs) / len(lbs)
+        print(
+            f"\n[{tr.name}] LP lower bound: mean {lb_mean:.1f}, peak {max(lbs)} GPUs "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+        entry: dict[str, Any] = {
+            "lower_bound_gpus": lb_mean,
+            "lower_bound_gpus_peak": max(lbs),
+            "policies": {},
+        }
+        series[tr.name] = {"lower_bound": lbs}
+        for pol in all_policies(specs, AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)):
+            t0 = time.perf_counter()
+            res = simulate(specs, tr, pol, settings)
+            s = res.summary()
+            s["wall_s"] = time.perf_counter() - t0
+            s["slo_attainment_per_function"] = {n: f.slo_attainment for n, f in res.functions.items()}
+            if hasattr(pol, "dropped_checks"):
+                s["maxrects_refusals"] = pol.dropped_checks
+            entry["policies"][pol.name] = s
+            series[tr.name][pol.name] = res.gpus
+            print(
+                f"  {pol.name:20s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
+                f"SLO {100 * s['slo_attainment']:6.2f} %  util {s['device_utilisation']:.2f}  "
+                f"({s['wall_s']:.1f} s)"
+            )
+        orig = entry["policies"]["fastgshare_original"]["gpus_mean"]
+        for s in entry["policies"].values():
+            s["gpus_vs_original"] = s["gpus_mean"] / orig if orig else math.nan
+            s["gpus_vs_lower_bound"] = s["gpus_mean"] / lb_mean if lb_mean else math.nan
+        result["traces"][tr.name] = entry
+
+    # Top-level keys of issue 5, taken from the Azure-like trace.
+    az = result["traces"]["azure"]
+    result["lower_bound_gpus"] = az["lower_bound_gpus"]
+    result["policies"] = {
+        k: {m: az["policies"][k][m] for m in ("gpus_mean", "gpus_peak", "slo_attainment")} for k in ORDER
+    }
+    print(f"\ndecision time: {dt_fns} functions on {dt_fns // 10} GPUs ...")
+    dt = decision_time(dt_fns, dt_fns // 10)
+    result["decision"] = dt
+    result["decision_time_s"] = dt["decision_time_s"]
+    print(f"  {dt['decision_time_s']:.2f} s ({dt['decide_s']:.2f} s deciding, {dt['placed']} placements)")
+
+    print_table(result)
+    plot(
+        series, args.json.with_suffix(".png") if args.json.parent != RESULTS else RESULTS / "cluster_sim.png"
+    )
+    write_json(args.json, result)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print("\ntrace    policy               GPUs mean  peak   SLO %    util   SM occ  rps/GPU  vs orig  vs LB")
+    for tname, e in result["traces"].items():
+        for k in ORDER:
+            s = e["policies"][k]
+            print(
+                f"{tname:8s} {k:20s} {s['gpus_mean']:9.1f} {s['gpus_peak']:5d} "
+                f"{100 * s['slo_attainment']:7.2f} "
+                f"{s['device_utilisation']:7.2f} {s['sm_occupancy']:7.2f} {s['throughput_per_gpu_rps']:8.1f} "
+                f"{s['gpus_vs_original']:8.2f} {s['gpus_vs_lower_bound']:6.2f}"
+            )
+        print(
+            f"{tname:8s} {'LP lower bound':20s} {e['lower_bound_gpus']:9.1f} {e['lower_bound_gpus_peak']:5d}"
+        )
+
+
+def plot(series: dict[str, dict[str, list[int]]], path: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 4), squeeze=False)
+    for ax, (tname, by_pol) in zip(axes[0], series.items(), strict=True):
+        for name, ys in by_pol.items():
+            ax.plot(range(len(ys)), ys, label=name, linestyle="--" if name == "lower_bound" else "-")
+        ax.set_title(f"{tname} trace (synthetic tables)")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("GPUs in use")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""SLO-aware autoscaling from profile tables: a pure ``decide_replicas(ctx, state) -> (decision, state)``.
+
+The control loop (and the cluster simulator) calls ``decide_replicas`` once per function per tick
+with the rate it observed since the last tick, the function's profile table, SLO and bounds, and
+the replicas it runs now; it gets back the replica set to run, with a reason a person can read and
+the utilisation it predicts. Nothing here reads a clock or a metric: ``now_s`` and the observed rate
+are inputs, and all memory between ticks is in the returned state.
+
+The latency model (shared with the simulator): a replica with throughput ``mu`` (requests/s, with
+dynamic batching up to its batch size) and service p99 ``svc`` from the table, receiving Poisson
+traffic at ``rate``, has p99 = svc + W99 with W99 the M/D/1 waiting-time tail in the heavy-traffic
+approximation, P(W > t) = rho * exp(-2 (mu - rate) t). A config's *capacity at the SLO* is the
+highest rate whose p99 stays under the SLO.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from fast_profiler.table import ProfilePoint, ProfileTable
+
+
+@dataclass(frozen=True)
+class AutoscaleSettings:
+    """Tuning of the autoscaler; defaults suit a 5 s control interval."""
+
+    smoothing: float = 0.5
+    """Weight of the newest observation in the smoothed rate (Holt's level)."""
+    trend_smoothing: float = 0.3
+    """Weight of the newest slope in the smoothed trend."""
+    horizon_s: float = 15.0
+    """How far ahead the trend is extrapolated: a replica's start-up time plus one tick."""
+    headroom_frac: float = 0.25
+    """Capacity kept above the forecast for Poisson bursts inside a tick."""
+    max_utilisation: float = 0.92
+    """No replica is planned past this fraction of its throughput, whatever the queueing model says."""
+    scale_down_delay_s: float = 30.0
+    """Desired capacity must stay below the current one this long before replicas are removed."""
+    scale_down_margin_frac: float = 0.15
+    """...and by at least this fraction of the current footprint (hysteresis band)."""
+    idle_to_zero_s: float = 300.0
+    """With min replicas 0, no request for this long scales the function to zero."""
+    device_mem_bytes: int = 32 * 2**30
+    """Memory of one device; a replica's footprint is the larger of its SM-time area and memory."""
+    limit_over_request: float = 1.0
+    """Quota limit as a multiple of the request (capped at 1): >1 lets the arbiter lend idle time."""
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """What one replica runs with."""
+
+    sm_pct: int
+    quota_request_frac: float
+    quota_limit_frac: float
+    batch: int = 1
+
+    @property
+    def area(self) -> float:
+        """Fraction of a device's SM-time this replica is guaranteed."""
+        return self.sm_pct / 100 * self.quota_request_frac
+
+
+@dataclass(frozen=True)
+class ConfigChoice:
+    """A config with what the table predicts for it under a given SLO."""
+
+    config: ReplicaConfig
+    throughput_rps: float
+    capacity_rps: float
+    """Highest rate at which its p99 stays under the SLO (and under ``max_utilisation``)."""
+    service_p99_ms: float
+    footprint: float
+    """max(SM-time area, share of device memory): the device resource it takes."""
+
+
+@dataclass(frozen=True)
+class AutoscaleContext:
+    """Everything one decision looks at."""
+
+    function: str
+    now_s: float
+    observed_rps: float
+    table: ProfileTable
+    slo_ms: float
+    current: tuple[ReplicaConfig, ...] = ()
+    min_replicas: int = 1
+    max_replicas: int = 20
+
+
+@dataclass(frozen=True)
+class AutoscaleState:
+    """What the autoscaler remembers between ticks of one function."""
+
+    level_rps: float = 0.0
+    trend_rps_per_s: float = 0.0
+    last_s: float | None = None
+    last_active_s: float | None = None
+    low_since_s: float | None = None
+    choices: tuple[ConfigChoice, ...] = ()
+    choices_for: tuple[ProfileTable, float] | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The replica set to run and why."""
+
+    function: str
+    replicas: tuple[ReplicaConfig, ...]
+    reason: str
+    target_rps: float
+    capacity_rps: float
+    predicted_utilisation: float
+    """Target rate over the set's throughput."""
+    predicted_p99_ms: float
+    feasible: bool = True
+    changed: bool = False
+
+
+# ---- the latency model ----------------------------------------------------------------------
+
+
+def wait_p99_ms(throughput_rps: float, rate_rps: float) -> float:
+    """99th percentile of the queueing delay (M/D/1 tail approximation); inf when overloaded."""
+    if rate_rps <= 0:
+        return 0.0
+    if rate_rps >= throughput_rps:
+        return math.inf
+    rho = rate_rps / throughput_rps
+    return max(0.0, math.log(100 * rho)) / (2 * (throughput_rps - rate_rps)) * 1000.0
+
+
+def p99_at_rate_ms(point: ProfilePoint, rate_rps: float) -> float:
+    return point.latency_p99_ms + wait_p99_ms(point.throughput_rps, rate_rps)
+
+
+def capacity_at_slo(point: ProfilePoint, slo_ms: float, max_utilisation: float = 1.0) -> float:
+    """Largest rate with p99 <= ``slo_ms`` (0 when even an idle replica misses the SLO)."""
+    mu = point.throughput_rps
+    if mu <= 0 or point.latency_p99_ms >= slo_ms:
+        return 0.0
+    lo, hi = 0.0, mu * max_utilisation
+    if p99_at_rate_ms(point, hi) <= slo_ms:
+        return hi
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if p99_at_rate_ms(point, mid) <= slo_ms else (lo, mid)
+    return lo
+
+
+def config_choices(
+    table: ProfileTable,
+    slo_ms: float,
+    settings: AutoscaleSettings,
+    points: Iterable[ProfilePoint] | None = None,
+) -> tuple[ConfigChoice, ...]:
+    """Every config (the table's grid, or ``points``) that can meet the SLO at some rate, most
+    efficient (footprint per RPS at the SLO) first."""
+    act_bytes = max(0, table.mem_bytes - table.weight_bytes)
+    mem_frac = act_bytes / settings.device_mem_bytes
+    out = []
+    for p in table.grid() if points is None else points:
+        cap = capacity_at_slo(p, slo_ms, settings.max_utilisation)
+        if cap <= 0:
+            continue
+        limit = min(1.0, p.quota_frac * settings.limit_over_request)
+        cfg = ReplicaConfig(p.sm_pct, p.quota_frac, limit, p.batch)
+        out.append(ConfigChoice(cfg, p.throughput_rps, cap, p.latency_p99_ms, max(cfg.area, mem_frac)))
+    out.sort(key=lambda c: (c.footprint / c.capacity_rps, c.footprint, c.config.batch))
+    return tuple(out)
+
+
+def plan_for_rate(
+    choices: Sequence[ConfigChoice], rate_rps: float, max_replicas: int
+) -> tuple[tuple[ConfigChoice, ...], bool]:
+    """Least-footprint set covering ``rate_rps``: the most efficient config for the bulk, the smallest
+    sufficient one for the residual. Returns (set, feasible within ``max_replicas``)."""
+    if rate_rps <= 0 or not choices:
+        return (), bool(choices) or rate_rps <= 0
+    best = choices[0]
+    n_full = int(rate_rps // best.capacity_rps)
+    resid = rate_rps - n_full * best.capacity_rps
+    plan: tuple[ConfigChoice, ...] = (best,) * n_full
+    if resid > 1e-9:
+        small = min(
+            (c for c in choices if c.capacity_rps >= resid), key=lambda c: (c.footprint, -c.capacity_rps)
+        )
+        plan = plan + (small,)
+    if len(plan) <= max_replicas:
+        return plan, True
+    fits = [
+        (math.ceil(rate_rps / c.capacity_rps) * c.footprint, c)
+        for c in choices
+        if math.ceil(rate_rps / c.capacity_rps) <= max_replicas
+    ]
+    if fits:
+        c = min(fits, key=lambda fc: fc[0])[1]
+        return (c,) * math.ceil(rate_rps / c.capacity_rps), True
+    biggest = max(choices, key=lambda c: c.capacity_rps)
+    return (biggest,) * max_replicas, False
+
+
+def footprint_of(configs: Sequence[ReplicaConfig], choices: Sequence[ConfigChoice]) -> tuple[float, float]:
+    """(footprint, capacity at SLO) of a set of configs; configs not in ``choices`` count 0 capacity."""
+    by_cfg = {c.config: c for c in choices}
+    fp = cap = 0.0
+    for cfg in configs:
+        c = by_cfg.get(cfg)
+        fp += c.footprint if c else cfg.area
+        cap += c.capacity_rps if c else 0.0
+    return fp, cap
+
+
+# ---- the policy -----------------------------------------------------------------------------
+
+
+def decide_replicas(
+    ctx: AutoscaleContext, state: AutoscaleState | None = None, settings: AutoscaleSettings | None = None
+) -> tuple[Decision, AutoscaleState]:
+    """The replica set for ``ctx.function`` now; see the module docstring."""
+    st = state or AutoscaleState()
+    cfg = settings or AutoscaleSettings()
+    if (
+        st.choices_for is None
+        or st.choices_for[1] != ctx.slo_ms
+        or not (st.choices_for[0] is ctx.table or st.choices_for[0] == ctx.table)
+    ):
+        st = replace(
+            st, choices=config_choices(ctx.table, ctx.slo_ms, cfg), choices_for=(ctx.table, ctx.slo_ms)
+        )
+    choices = st.choices
+
+    # Holt's linear smoothing of the observed rate.
+    obs = max(0.0, ctx.observed_rps)
+    if st.last_s is None:
+        level, trend = obs, 0.0
+    else:
+        dt = max(1e-6, ctx.now_s - st.last_s)
+        pred = st.level_rps + st.trend_rps_per_s * dt
+        level = cfg.smoothing * obs + (1 - cfg.smoothing) * pred
+        trend = (
+            cfg.trend_smoothing * (level - st.level_rps) / dt + (1 - cfg.trend_smoothing) * st.trend_rps_per_s
+        )
+    level = max(0.0, level)
+    last_active = ctx.now_s if obs > 0 else st.last_active_s
+    forecast = max(obs, level + max(0.0, trend) * cfg.horizon_s)
+    target = forecast * (1 + cfg.headroom_frac)
+    st = replace(st, level_rps=level, trend_rps_per_s=trend, last_s=ctx.now_s, last_active_s=last_active)
+
+    lo, hi = ctx.min_replicas, ctx.max_replicas
+    cur_fp, cur_cap = footprint_of(ctx.current, choices)
+
+    def done(
+        replicas: tuple[ReplicaConfig, ...],
+        reason: str,
+        feasible: bool = True,
+        low_since: float | None = None,
+    ) -> tuple[Decision, AutoscaleState]:
+        fp, cap = footprint_of(replicas, choices)
+        thr = {c.config: c for c in choices}
+        total_thr = sum(thr[r].throughput_rps if r in thr else 0.0 for r in replicas)
+        p99 = 0.0
+        for r in replicas:  # the proxy weights replicas by their capacity at the SLO
+            if r in thr and cap > 0:
+                c = thr[r]
+                p99 = max(
+                    p99, c.service_p99_ms + wait_p99_ms(c.throughput_rps, target * c.capacity_rps / cap)
+                )
+        util = target / total_thr if total_thr > 0 else (0.0 if target <= 0 else math.inf)
+        changed = Counter(replicas) != Counter(ctx.current)
+        return (
+            Decision(ctx.function, replicas, reason, target, cap, util, p99, feasible, changed),
+            replace(st, low_since_s=low_since),
+        )
+
+    if not choices:
+        keep = ctx.current or ()
+        return done(
+            keep,
+            f"infeasible: no config in the table meets p99 < {ctx.slo_ms:g} ms even idle; "
+            "keeping the current replicas",
+            feasible=False,
+        )
+
+    idle_for = math.inf if last_active is None else ctx.now_s - last_active
+    if lo == 0 and obs <= 0 and idle_for >= cfg.idle_to_zero_s:
+        why = "no request yet" if last_active is None else f"idle for {idle_for:.0f} s"
+        return done((), f"scale to zero: {why} (>= {cfg.idle_to_zero_s:g} s)")
+
+    need = target if target > 0 or lo > 0 or obs > 0 else 0.0
+    plan, feasible = plan_for_rate(choices, need, hi)
+    if obs > 0 and not plan:  # first request after zero: bring one replica back
+        plan = (min(choices, key=lambda c: (c.footprint, -c.capacity_rps)),)
+    cheapest = min(choices, key=lambda c: (c.footprint, -c.capacity_rps))
+    replicas = tuple(c.config for c in plan)
+    if len(replicas) < lo:
+        replicas = replicas + (cheapest.config,) * (lo - len(replicas))
+    new_fp, new_cap = footprint_of(replicas, choices)
+    note = (
+        f"target {target:.1f} rps (rate {obs:.1f}, level {level:.1f}, trend {trend:+.2f}/s); "
+        f"{_describe(replicas)}"
+    )
+    if not feasible:
+        return done(
+            replicas,
+            f"infeasible: {hi} replicas (max) of the largest config serve "
+            f"{new_cap:.1f} < {target:.1f} rps under p99 {ctx.slo_ms:g} ms; {note}",
+            False,
+        )
+
+    if (
+        cur_cap + 1e-9 < target
+        or len(ctx.current) < lo
+        or len(ctx.current) > hi
+        or (obs > 0 and not ctx.current)
+    ):
+        if ctx.current and cur_cap > 0 and len(ctx.current) <= hi and len(ctx.current) >= lo:
+            # Add to what runs rather than replace it: replacing costs cold starts.
+            extra, ok = plan_for_rate(choices, target - cur_cap, hi - len(ctx.current))
+            if ok and cur_fp + sum(c.footprint for c in extra) <= new_fp * (1 + cfg.scale_down_margin_frac):
+                add = tuple(c.config for c in extra)
+                return done(ctx.current + add, f"scale up by {len(add)}: capacity {cur_cap:.1f} < {note}")
+        return done(replicas, f"scale up: capacity {cur_cap:.1f} < target; {note}")
+
+    if new_fp < cur_fp * (1 - cfg.scale_down_margin_frac):
+        since = st.low_since_s if st.low_since_s is not None else ctx.now_s
+        if ctx.now_s - since >= cfg.scale_down_delay_s:
+            return done(
+                replicas,
+                f"scale down after {ctx.now_s - since:.0f} s below: footprint "
+                f"{cur_fp:.2f} -> {new_fp:.2f}; {note}",
+            )
+        return done(
+            ctx.current,
+            f"hold: {new_fp:.2f} < {cur_fp:.2f} footprint for "
+            f"{ctx.now_s - since:.0f} s of {cfg.scale_down_delay_s:g} s",
+            low_since=since,
+        )
+    return done(ctx.current, f"hold: capacity {cur_cap:.1f} >= target {target:.1f} rps")
+
+
+def _describe(replicas: Sequence[ReplicaConfig]) -> str:
+    if not replicas:
+        return "no replicas"
+    parts = [
+        f"{n}x(sm {c.sm_pct}%, quota {c.quota_request_frac:g}/{c.quota_limit_frac:g}, batch {c.batch})"
+        for c, n in sorted(Counter(replicas).items(), key=lambda kv: -kv[1])
+    ]
+    return " + ".join(parts)

@@ -1,0 +1,325 @@
+"""Where a replica goes: filters that reject a device with a reason, then scores on 0..100. Pure.
+
+The snapshot of devices is passed in; ``place`` never mutates it (``Device.with_replica`` returns a
+new device). Admission is the arbiter's spatio-temporal rule made checkable: a device's replicas
+must be arrangeable in *bands*, each band a horizontal strip of the device's SMs as tall as its
+widest member, whose members take turns (quota requests in a band sum to <= 1), while the bands run
+side by side (their heights sum to <= 100 % of the SMs). Such an arrangement is a schedule that
+gives every replica its request without the SM shares of concurrent holders ever exceeding 100;
+"all replicas at once" (SM sum <= 100) and "pure time-sharing" (quota sum <= 1) are its two
+extremes. The device keeps its bands as the witness, updated incrementally.
+
+Memory counts each model's weights once per device (model sharing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class ReplicaRequest:
+    """A replica to place."""
+
+    replica_id: str
+    function: str
+    model: str
+    sm_pct: int
+    quota_request_frac: float
+    mem_bytes: int
+    """Device memory of the replica including its weights."""
+    weight_bytes: int = 0
+    """The part of ``mem_bytes`` that replicas of the same model share on one device."""
+    quota_limit_frac: float = 1.0
+    batch: int = 1
+
+    @property
+    def area(self) -> float:
+        return self.sm_pct / 100 * self.quota_request_frac
+
+
+@dataclass(frozen=True)
+class Band:
+    height_pct: int
+    quota_used_frac: float
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device and what runs on it."""
+
+    device_id: str
+    node: str
+    mem_bytes: int
+    replicas: tuple[ReplicaRequest, ...] = ()
+    bands: tuple[Band, ...] = ()
+    sm_capacity_pct: int = 100
+
+    @property
+    def area_used(self) -> float:
+        return sum(r.area for r in self.replicas)
+
+    @property
+    def height_used_pct(self) -> int:
+        return sum(b.height_pct for b in self.bands)
+
+    @property
+    def models(self) -> frozenset[str]:
+        return frozenset(r.model for r in self.replicas)
+
+    @property
+    def mem_used_bytes(self) -> int:
+        weights: dict[str, int] = {}
+        act = 0
+        for r in self.replicas:
+            act += r.mem_bytes - r.weight_bytes
+            weights[r.model] = max(weights.get(r.model, 0), r.weight_bytes)
+        return act + sum(weights.values())
+
+    def mem_needed_bytes(self, req: ReplicaRequest) -> int:
+        """Extra memory ``req`` takes here: its weights are free when its model is already loaded."""
+        return req.mem_bytes - (req.weight_bytes if req.model in self.models else 0)
+
+    def with_replica(self, req: ReplicaRequest) -> Device | None:
+        """This device with ``req`` added, or None when no band arrangement admits it."""
+        bands = _admit(self.bands, req, self.sm_capacity_pct)
+        if bands is None:
+            return None
+        return replace(self, replicas=self.replicas + (req,), bands=bands)
+
+    def without(self, replica_id: str) -> Device:
+        keep = tuple(r for r in self.replicas if r.replica_id != replica_id)
+        by_id = {r.replica_id: r for r in keep}
+        bands = []
+        for b in self.bands:
+            members = tuple(m for m in b.members if m != replica_id)
+            if members:
+                bands.append(
+                    Band(
+                        max(by_id[m].sm_pct for m in members),
+                        sum(by_id[m].quota_request_frac for m in members),
+                        members,
+                    )
+                )
+        return replace(self, replicas=keep, bands=tuple(bands))
+
+
+def _admit(bands: tuple[Band, ...], req: ReplicaRequest, capacity: int) -> tuple[Band, ...] | None:
+    """Bands with ``req`` added, choosing (in order): a band tall enough with quota room (tightest
+    first), a new band, a shorter band with quota room that may grow (least growth first)."""
+    q, h = req.quota_request_frac, req.sm_pct
+    used = sum(b.height_pct for b in bands)
+    fit = [
+        (1 - b.quota_used_frac - q, b.height_pct, i)
+        for i, b in enumerate(bands)
+        if b.height_pct >= h and b.quota_used_frac + q <= 1 + EPS
+    ]
+    if fit:
+        i = min(fit)[2]
+    elif used + h <= capacity:
+        return bands + (Band(h, q, (req.replica_id,)),)
+    else:
+        grow = [
+            (h - b.height_pct, i)
+            for i, b in enumerate(bands)
+            if b.quota_used_frac + q <= 1 + EPS and used + h - b.height_pct <= capacity
+        ]
+        if not grow:
+            return None
+        i = min(grow)[1]
+    b = bands[i]
+    nb = Band(max(b.height_pct, h), b.quota_used_frac + q, b.members + (req.replica_id,))
+    return bands[:i] + (nb,) + bands[i + 1 :]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The devices the scheduler may use, as it sees them now."""
+
+    devices: tuple[Device, ...]
+
+    def by_id(self) -> dict[str, Device]:
+        return {d.device_id: d for d in self.devices}
+
+    def with_device(self, dev: Device) -> Snapshot:
+        return Snapshot(tuple(dev if d.device_id == dev.device_id else d for d in self.devices))
+
+    @property
+    def used_devices(self) -> int:
+        return sum(1 for d in self.devices if d.replicas)
+
+
+@dataclass(frozen=True)
+class Placement:
+    device_id: str
+    node: str
+    score: float
+    scores: Mapping[str, float]
+    device: Device
+    """The device with the replica added (its new bands included)."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    replica_id: str
+    reasons: Mapping[str, int]
+    """Why devices were refused: reason -> how many devices gave it."""
+
+    @property
+    def message(self) -> str:
+        parts = ", ".join(f"{n} x {why}" for why, n in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
+        return f"no device admits {self.replica_id}: {parts or 'no devices'}"
+
+
+# ---- filters: None when the device passes, else the reason ----------------------------------
+
+Filter = Callable[[ReplicaRequest, Device], str | None]
+Score = Callable[[ReplicaRequest, Device, Device], float]
+
+
+def fits_memory(req: ReplicaRequest, dev: Device) -> str | None:
+    if dev.mem_used_bytes + dev.mem_needed_bytes(req) > dev.mem_bytes:
+        return "memory"
+    return None
+
+
+def fits_sm_time(req: ReplicaRequest, dev: Device) -> str | None:
+    """Necessary for any schedule: guaranteed SM-time (sum of sm x quota) within the device."""
+    if dev.area_used + req.area > dev.sm_capacity_pct / 100 + EPS:
+        return "SM-time area"
+    return None
+
+
+def fits_admission(req: ReplicaRequest, dev: Device) -> str | None:
+    """The arbiter's rule (see the module docstring); its reason says which sum would break."""
+    if _admit(dev.bands, req, dev.sm_capacity_pct) is None:
+        return "admission: SM sum of bands > 100 or quota sum in a band > 1"
+    return None
+
+
+DEFAULT_FILTERS: tuple[Filter, ...] = (fits_memory, fits_sm_time, fits_admission)
+
+
+# ---- scores on 0..100 ------------------------------------------------------------------------
+
+
+def most_allocated(req: ReplicaRequest, before: Device, after: Device) -> float:
+    """Prefer fuller devices (Kubernetes MostAllocated): mean of SM-time, SM height and memory use."""
+    return 100 * (after.area_used + after.height_used_pct / 100 + after.mem_used_bytes / after.mem_bytes) / 3
+
+
+def model_affinity(req: ReplicaRequest, before: Device, after: Device) -> float:
+    """Same model already loaded here: its weights are shared."""
+    return 100.0 if req.model in before.models else 0.0
+
+
+DEFAULT_SCORES: tuple[tuple[Score, float], ...] = ((most_allocated, 1.0), (model_affinity, 0.3))
+
+
+def place(
+    req: ReplicaRequest,
+    snapshot: Snapshot,
+    filters: Sequence[Filter] = DEFAULT_FILTERS,
+    scores: Sequence[tuple[Score, float]] = DEFAULT_SCORES,
+) -> Placement | Rejection:
+    """The best device for ``req``: every filter passes, highest weighted score, ties to the lowest id."""
+    reasons: dict[str, int] = {}
+    best: Placement | None = None
+    empty_seen: set[tuple[int, int]] = set()
+    for dev in snapshot.devices:
+        if not dev.replicas:  # empty devices of one kind are interchangeable: try the first only
+            kind = (dev.mem_bytes, dev.sm_capacity_pct)
+            if kind in empty_seen:
+                continue
+            empty_seen.add(kind)
+        why = None
+        for f in filters:
+            why = f(req, dev)
+            if why:
+                break
+        after = None if why else dev.with_replica(req)
+        if after is None:
+            why = why or "admission"
+            reasons[why] = reasons.get(why, 0) + 1
+            continue
+        parts = {s.__name__: s(req, dev, after) for s, _ in scores}
+        total = sum(parts[s.__name__] * w for s, w in scores)
+        if best is None or total > best.score + EPS:
+            best = Placement(dev.device_id, dev.node, total, parts, after)
+    return best if best is not None else Rejection(req.replica_id, reasons)
+
+
+# ---- re-pack planning ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Move:
+    replica_id: str
+    from_device: str
+    to_device: str
+
+
+@dataclass(frozen=True)
+class RepackPlan:
+    """Moves that empty ``freed`` devices. Apply make-before-break: start each replica at its
+    destination, switch traffic, then stop the source, so no request is dropped."""
+
+    moves: tuple[Move, ...]
+    freed: tuple[str, ...]
+    snapshot: Snapshot
+    """The snapshot after the moves."""
+
+
+def wasted_devices(snapshot: Snapshot) -> int:
+    """Used devices beyond what their SM-time and memory would need if perfectly packed."""
+    used = [d for d in snapshot.devices if d.replicas]
+    if not used:
+        return 0
+    area = sum(d.area_used for d in used)
+    mem = max(sum(d.mem_used_bytes / d.mem_bytes for d in used), 0.0)
+    return len(used) - max(1, int(-(-max(area, mem) // 1)))
+
+
+def plan_repack(snapshot: Snapshot, max_moves: int = 64) -> RepackPlan:
+    """Evacuate the emptiest used devices into the others while some whole device is wasted.
+
+    A device is evacuated only if all its replicas find a place elsewhere (placed with ``place``
+    on the remaining devices); otherwise it is left as it was.
+    """
+    snap, moves, freed = snapshot, [], []
+    tried: set[str] = set()
+    while wasted_devices(snap) > 0 and len(moves) < max_moves:
+        used = sorted(
+            (d for d in snap.devices if d.replicas and d.device_id not in tried),
+            key=lambda d: (d.area_used, d.mem_used_bytes, d.device_id),
+        )
+        if not used:
+            break
+        src = used[0]
+        tried.add(src.device_id)
+        others = Snapshot(tuple(d for d in snap.devices if d.device_id != src.device_id and d.replicas))
+        trial, trial_moves = others, []
+        for r in sorted(src.replicas, key=lambda r: -r.area):
+            p = place(r, trial)
+            if isinstance(p, Rejection):
+                break
+            trial = trial.with_device(p.device)
+            trial_moves.append(Move(r.replica_id, src.device_id, p.device_id))
+        else:
+            if len(moves) + len(trial_moves) > max_moves:
+                break
+            placed = trial.by_id()
+            empty = replace(src, replicas=(), bands=())
+            snap = Snapshot(
+                tuple(
+                    empty if d.device_id == src.device_id else placed.get(d.device_id, d)
+                    for d in snap.devices
+                )
+            )
+            moves.extend(trial_moves)
+            freed.append(src.device_id)
+    return RepackPlan(tuple(moves), tuple(freed), snap)

@@ -1,0 +1,117 @@
+"""Policies as the simulator (and later the control loop) drives them: autoscale, then place.
+
+``AutoscaledPolicy`` runs ``decide_replicas`` for every function and ``place`` for every new
+replica; what differs between this project's policy and the sharing baselines is only the set of
+configs it may choose from, the filters, and whether it re-packs. No clock, no I/O: the simulator
+hands in ``now_s`` and the observed rates. The latest decision per function is kept in
+``decisions`` so a loop can log and expose it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fast_scheduler.autoscale import (
+    AutoscaleContext,
+    AutoscaleSettings,
+    AutoscaleState,
+    ConfigChoice,
+    Decision,
+    ReplicaConfig,
+    config_choices,
+    decide_replicas,
+)
+from fast_scheduler.placement import (
+    DEFAULT_FILTERS,
+    DEFAULT_SCORES,
+    Filter,
+    Rejection,
+    ReplicaRequest,
+    Score,
+    Snapshot,
+    place,
+    plan_repack,
+)
+from fast_scheduler.simulator import FunctionSpec
+
+ChoiceFilter = Callable[[FunctionSpec, AutoscaleSettings], tuple[ConfigChoice, ...]]
+
+
+@dataclass
+class AutoscaledPolicy:
+    name: str
+    specs: Sequence[FunctionSpec]
+    settings: AutoscaleSettings = field(default_factory=AutoscaleSettings)
+    choices: ChoiceFilter | None = None
+    """Restricts the configs (a baseline's sharing mode); None: the whole table."""
+    filters: Sequence[Filter] = DEFAULT_FILTERS
+    scores: Sequence[tuple[Score, float]] = DEFAULT_SCORES
+    repack_every_ticks: int = 0
+    """Re-pack every this many ticks; 0 never."""
+    states: dict[str, AutoscaleState] = field(default_factory=dict)
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    ticks: int = 0
+
+    def __post_init__(self) -> None:
+        for s in self.specs:
+            if self.choices is not None:
+                self.states[s.name] = AutoscaleState(
+                    choices=self.choices(s, self.settings), choices_for=(s.table, s.slo_ms)
+                )
+
+    def desired(
+        self,
+        now_s: float,
+        observed_rps: Mapping[str, float],
+        current: Mapping[str, tuple[ReplicaConfig, ...]],
+    ) -> dict[str, tuple[ReplicaConfig, ...]]:
+        self.ticks += 1
+        out = {}
+        for s in self.specs:
+            ctx = AutoscaleContext(
+                s.name,
+                now_s,
+                observed_rps.get(s.name, 0.0),
+                s.table,
+                s.slo_ms,
+                current.get(s.name, ()),
+                s.min_replicas,
+                s.max_replicas,
+            )
+            d, self.states[s.name] = decide_replicas(ctx, self.states.get(s.name), self.settings)
+            self.decisions[s.name] = d
+            out[s.name] = d.replicas
+        return out
+
+    def apply(
+        self, snapshot: Snapshot, adds: Sequence[ReplicaRequest]
+    ) -> tuple[Snapshot, list[ReplicaRequest]]:
+        rejected = []
+        for r in sorted(adds, key=lambda r: (-r.area, r.replica_id)):
+            p = place(r, snapshot, self.filters, self.scores)
+            if isinstance(p, Rejection):
+                rejected.append(r)
+            else:
+                snapshot = snapshot.with_device(p.device)
+        return snapshot, rejected
+
+    def after(self, snapshot: Snapshot) -> tuple[Snapshot, int]:
+        if not self.repack_every_ticks or self.ticks % self.repack_every_ticks:
+            return snapshot, 0
+        plan = plan_repack(snapshot)
+        return plan.snapshot, len(plan.moves)
+
+
+def this_policy(specs: Sequence[FunctionSpec], settings: AutoscaleSettings | None = None) -> AutoscaledPolicy:
+    """This project's policy: every (SM, quota, batch) config, band admission, packing + affinity, re-pack."""
+    return AutoscaledPolicy("this", specs, settings or AutoscaleSettings(), repack_every_ticks=6)
+
+
+def restricted(points_of: Callable[[FunctionSpec], list]) -> ChoiceFilter:
+    """A choice filter that offers only ``points_of(spec)`` (ProfilePoints, grid or interpolated)."""
+
+    def choose(spec: FunctionSpec, settings: AutoscaleSettings) -> tuple[ConfigChoice, ...]:
+        return config_choices(spec.table, spec.slo_ms, settings, points_of(spec))
+
+    return choose

@@ -1,0 +1,140 @@
+"""Request traces for the simulator: Poisson, bursty (MLPerf-style server load), Azure-Functions-like.
+
+Every generator is deterministic in its ``seed`` and returns a ``simulator.Trace``: the underlying
+rate per step (what the lower bound sees) and Poisson counts drawn from it (what the policies see).
+The Azure-like shapes come from the arrival models ``orcbench`` ships (fitted to the Azure
+Functions 2019 trace); ``load_orcbench_clusters`` is the only function here that reads files, and
+it reads the model JSON directly (orcbench's own API draws from numpy's global random state and
+its package pins numpy < 2).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fast_scheduler.simulator import Trace
+
+
+@dataclass(frozen=True)
+class ArrivalCluster:
+    """One orcbench model: inter-arrival times (minutes) are reciprocals of ``inverse_ecdf`` draws."""
+
+    name: str
+    inverse_ecdf: tuple[float, ...]
+    num_functions: int
+
+    @property
+    def events_per_min(self) -> float:
+        return 1.0 / float(np.mean(1.0 / np.asarray(self.inverse_ecdf)))
+
+
+def load_orcbench_clusters(models_dir: Path | None = None) -> list[ArrivalCluster]:
+    """The arrival models shipped in the ``orcbench`` wheel (or in ``models_dir``)."""
+    if models_dir is None:
+        import orcbench  # imported here: only this loader needs the package
+
+        models_dir = Path(orcbench.__file__).parent / "models"
+    out = []
+    for f in sorted(models_dir.iterdir(), key=lambda p: p.name):
+        d = json.loads(f.read_text())
+        out.append(
+            ArrivalCluster(f.name, tuple(float(x) for x in d["inverse_ecdf"]), int(d["num_functions"]))
+        )
+    return out
+
+
+def _counts(rates: np.ndarray, step_s: float, rng: np.random.Generator) -> list[int]:
+    return [int(x) for x in rng.poisson(np.maximum(rates, 0.0) * step_s)]
+
+
+def _trace(name: str, step_s: float, rates: Mapping[str, np.ndarray], seed: int) -> Trace:
+    rng = np.random.default_rng(seed + 7919)
+    return Trace(
+        name,
+        step_s,
+        {f: _counts(r, step_s, rng) for f, r in rates.items()},
+        {f: [float(x) for x in r] for f, r in rates.items()},
+    )
+
+
+def poisson_trace(
+    mean_rps: Mapping[str, float], duration_s: float, seed: int = 0, step_s: float = 1.0
+) -> Trace:
+    """Constant-rate Poisson arrivals (MLPerf's Server scenario)."""
+    n = int(duration_s / step_s)
+    return _trace("poisson", step_s, {f: np.full(n, r) for f, r in mean_rps.items()}, seed)
+
+
+def bursty_trace(
+    mean_rps: Mapping[str, float],
+    duration_s: float,
+    seed: int = 0,
+    step_s: float = 1.0,
+    burst_factor: float = 3.0,
+    mean_burst_s: float = 30.0,
+    mean_calm_s: float = 120.0,
+) -> Trace:
+    """Poisson arrivals whose rate switches between calm and bursts (a two-state modulated process),
+    over a slow ramp; each function's time-averaged rate is ``mean_rps``."""
+    rng = np.random.default_rng(seed)
+    n = int(duration_s / step_s)
+    t = np.arange(n) * step_s
+    rates = {}
+    for f, mean in mean_rps.items():
+        state = np.zeros(n)
+        i, burst = 0, bool(rng.random() < mean_burst_s / (mean_burst_s + mean_calm_s))
+        while i < n:
+            length = max(1, int(rng.exponential(mean_burst_s if burst else mean_calm_s) / step_s))
+            state[i : i + length] = 1.0 if burst else 0.0
+            i += length
+            burst = not burst
+        ramp = 0.6 + 0.8 * (0.5 - 0.5 * np.cos(2 * np.pi * (t / max(duration_s, 1) + rng.random())))
+        shape = ramp * np.where(state > 0, burst_factor, 1.0)
+        rates[f] = mean * shape / shape.mean()
+    return _trace("bursty", step_s, rates, seed)
+
+
+def azure_like_trace(
+    mean_rps: Mapping[str, float],
+    duration_s: float,
+    clusters: Sequence[ArrivalCluster],
+    seed: int = 0,
+    step_s: float = 1.0,
+    bin_s: float = 30.0,
+    min_events_per_min: float = 30.0,
+) -> Trace:
+    """Each function follows one orcbench arrival cluster (drawn by its share of Azure functions,
+    among clusters active enough to give a shape per ``bin_s``): arrivals are drawn from the
+    cluster's inter-arrival model in real time, counted per bin, and the bin counts, normalised,
+    modulate the function's ``mean_rps``."""
+    rng = np.random.default_rng(seed)
+    usable = [c for c in clusters if c.events_per_min >= min_events_per_min]
+    if not usable:
+        raise ValueError(f"no orcbench cluster has >= {min_events_per_min} events per minute")
+    weights = np.array([c.num_functions for c in usable], dtype=float)
+    weights /= weights.sum()
+    n = int(duration_s / step_s)
+    nbins = max(1, int(np.ceil(duration_s / bin_s)))
+    rates = {}
+    for f, mean in mean_rps.items():
+        c = usable[int(rng.choice(len(usable), p=weights))]
+        inv = np.asarray(c.inverse_ecdf)
+        expect = int(c.events_per_min * duration_s / 60 * 1.5) + 100
+        arrivals = np.array([], dtype=float)
+        t0 = rng.random() * 60.0  # desynchronise functions of the same cluster
+        while arrivals.size == 0 or arrivals[-1] < duration_s + t0:
+            gaps_s = 60.0 / inv[rng.integers(0, len(inv) - 1, size=expect)]
+            base = arrivals[-1] if arrivals.size else 0.0
+            arrivals = np.concatenate([arrivals, base + np.cumsum(gaps_s)])
+        arrivals = arrivals[(arrivals >= t0) & (arrivals < duration_s + t0)] - t0
+        counts, _ = np.histogram(arrivals, bins=nbins, range=(0, nbins * bin_s))
+        shape = counts.astype(float)
+        shape = shape / shape.mean() if shape.mean() > 0 else np.ones(nbins)
+        per_step = np.repeat(shape, int(round(bin_s / step_s)))[:n]
+        rates[f] = mean * per_step
+    return _trace("azure", step_s, rates, seed)

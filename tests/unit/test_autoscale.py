@@ -1,0 +1,89 @@
+"""decide_replicas as a pure function: ramp up, ramp down with hysteresis, zero, infeasible, bounds."""
+
+from collections import Counter
+
+import pytest
+
+from fast_profiler.table import synthetic_table
+from fast_scheduler.autoscale import (
+    AutoscaleContext,
+    AutoscaleSettings,
+    capacity_at_slo,
+    decide_replicas,
+    p99_at_rate_ms,
+)
+
+TABLE = synthetic_table("resnet50", saturation_sm_pct=24, full_rps=74.9)
+SLO = 69.0
+
+
+def run(rates, settings=None, lo=1, hi=50, dt=5.0, slo=SLO):
+    cur, st, out = (), None, []
+    for i, r in enumerate(rates):
+        d, st = decide_replicas(AutoscaleContext("f", i * dt, r, TABLE, slo, cur, lo, hi), st, settings)
+        cur = d.replicas
+        out.append(d)
+    return out
+
+
+def capacity(d):
+    return d.capacity_rps
+
+
+@pytest.mark.parametrize("rate", [1.0, 50.0, 200.0, 800.0])
+def test_capacity_meets_target_and_predicted_p99_under_slo(rate):
+    d = run([rate] * 3)[-1]
+    assert d.feasible and capacity(d) >= d.target_rps - 1e-6
+    assert d.predicted_p99_ms <= SLO
+    assert d.reason
+
+
+def test_ramp_up_is_immediate_and_monotone():
+    ds = run([10, 50, 100, 200, 400])
+    caps = [capacity(d) for d in ds]
+    assert caps == sorted(caps)
+    assert all(capacity(d) >= d.target_rps - 1e-6 for d in ds)
+
+
+def test_scale_down_waits_for_the_delay_then_reduces():
+    s = AutoscaleSettings(scale_down_delay_s=30)
+    ds = run([400] * 3 + [40] * 12, s)
+    high = len(ds[2].replicas)
+    assert ds[4].replicas == ds[2].replicas and "hold" in ds[4].reason  # within the delay
+    assert len(ds[-1].replicas) < high and "scale down" in " ".join(d.reason for d in ds)
+
+
+def test_scale_to_zero_after_idle_and_back_on_first_request():
+    s = AutoscaleSettings(idle_to_zero_s=20, scale_down_delay_s=0)
+    ds = run([5, 0, 0, 0, 0, 0, 0, 3], s, lo=0)
+    assert ds[0].replicas
+    assert any(not d.replicas and "zero" in d.reason for d in ds[1:7])
+    assert ds[-1].replicas
+
+
+@pytest.mark.parametrize("lo, hi, rate", [(3, 10, 1.0), (1, 2, 1000.0)])
+def test_bounds_honoured(lo, hi, rate):
+    for d in run([rate] * 4, lo=lo, hi=hi):
+        assert lo <= len(d.replicas) <= hi
+
+
+def test_infeasible_slo_reported():
+    d = run([10.0], slo=5.0)[-1]
+    assert not d.feasible and "infeasible" in d.reason
+
+
+def test_max_replicas_too_low_reported_infeasible():
+    d = run([5000.0], hi=2)[-1]
+    assert not d.feasible and len(d.replicas) == 2
+
+
+def test_capacity_at_slo_is_the_boundary():
+    p = TABLE.point(24, 1.0, 1)
+    cap = capacity_at_slo(p, SLO)
+    assert p99_at_rate_ms(p, cap) <= SLO + 1e-6 and p99_at_rate_ms(p, cap * 1.05) > SLO
+
+
+def test_deterministic():
+    assert [Counter(d.replicas) for d in run([10, 80, 30, 5])] == [
+        Counter(d.replicas) for d in run([10, 80, 30, 5])
+    ]

@@ -1,0 +1,83 @@
+"""The simulator: determinism, no over-commit by this policy, SLO held on steady load, LP bound below all."""
+
+import pytest
+
+from fast_profiler.table import synthetic_table
+from fast_scheduler.autoscale import AutoscaleSettings
+from fast_scheduler.baselines import all_policies, lower_bound_choices
+from fast_scheduler.lower_bound import GpuLowerBound
+from fast_scheduler.policies import this_policy
+from fast_scheduler.simulator import FunctionSpec, SimSettings, simulate
+from fast_scheduler.traces import azure_like_trace, bursty_trace, load_orcbench_clusters, poisson_trace
+
+R = synthetic_table("resnet50", saturation_sm_pct=24, full_rps=74.9, weight_bytes=98 * 2**20)
+B = synthetic_table(
+    "bert", saturation_sm_pct=50, full_rps=30.0, mem_bytes=1800 * 2**20, weight_bytes=420 * 2**20
+)
+SPECS = [
+    FunctionSpec(f"f{i}", m, t, slo)
+    for i, (m, t, slo) in enumerate([("resnet50", R, 69.0), ("bert", B, 130.0)] * 3)
+]
+RATES = {s.name: 20.0 + 15 * i for i, s in enumerate(SPECS)}
+SET = SimSettings(gpus=64)
+
+
+def test_deterministic_with_a_seed():
+    a = simulate(SPECS, bursty_trace(RATES, 120, seed=3), this_policy(SPECS), SET).summary()
+    b = simulate(SPECS, bursty_trace(RATES, 120, seed=3), this_policy(SPECS), SET).summary()
+    assert a == b
+
+
+def test_traces_deterministic_and_mean_preserving():
+    clusters = load_orcbench_clusters()
+    t1 = azure_like_trace(RATES, 300, clusters, seed=5)
+    t2 = azure_like_trace(RATES, 300, clusters, seed=5)
+    assert t1.counts == t2.counts
+    for f, r in RATES.items():
+        assert sum(t1.rates_rps[f]) / len(t1.rates_rps[f]) == pytest.approx(r, rel=0.05)
+
+
+def test_this_policy_never_over_commits_and_holds_slo():
+    pol = this_policy(SPECS)
+    seen = []
+
+    class Checked:
+        name = pol.name
+
+        def desired(self, *a):
+            return pol.desired(*a)
+
+        def apply(self, snap, adds):
+            snap, rej = pol.apply(snap, adds)
+            seen.append(snap)
+            return snap, rej
+
+        def after(self, snap):
+            snap, moved = pol.after(snap)
+            seen.append(snap)
+            return snap, moved
+
+    res = simulate(SPECS, poisson_trace(RATES, 240, seed=1), Checked(), SET)
+    for snap in seen:
+        for d in snap.devices:
+            by_id = {r.replica_id: r for r in d.replicas}
+            assert sum(b.height_pct for b in d.bands) <= 100
+            assert all(sum(by_id[m].quota_request_frac for m in b.members) <= 1 + 1e-9 for b in d.bands)
+            assert d.area_used <= 1 + 1e-9 and d.mem_used_bytes <= d.mem_bytes
+    s = res.summary()
+    assert s["rejected_replicas"] == 0 and s["slo_attainment"] >= 0.99
+
+
+def test_lp_bound_below_every_policy():
+    trace = poisson_trace(RATES, 120, seed=2)
+    settings = AutoscaleSettings()
+    lb = GpuLowerBound(
+        {s.name: lower_bound_choices(s, settings) for s in SPECS},
+        {s.name: (s.table.mem_bytes - s.table.weight_bytes) / settings.device_mem_bytes for s in SPECS},
+        {s.name: s.min_replicas for s in SPECS},
+    )
+    bound = lb.gpus(RATES)
+    assert bound > 0
+    for pol in all_policies(SPECS, settings):
+        s = simulate(SPECS, trace, pol, SET).summary()
+        assert bound <= s["gpus_mean"], pol.name
