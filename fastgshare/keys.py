@@ -51,3 +51,13 @@ def metrics(namespace: str, name: str) -> str:
 def profile(name: str, device_type: str) -> str:
     """String: the function's profile table (JSON) on one device type."""
     return f"{PREFIX}:profile:{device_type}:{name}"
+
+
+def profile_detail(name: str, device_type: str) -> str:
+    """String: how the profile table was made (JSON: per-point source, busy fraction, error rate, run)."""
+    return f"{PREFIX}:profile-detail:{device_type}:{name}"
+
+
+def profile_status(namespace: str, name: str) -> str:
+    """Hash: the profiler's progress on one function (state, measured, planned, current, message)."""
+    return f"{PREFIX}:profile-status:{namespace}:{name}"

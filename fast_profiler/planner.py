@@ -1,0 +1,295 @@
+"""Which configurations to measure, and how the rest of the grid is filled in. Pure.
+
+The grid is SM share x quota x batch (the original's 7 x 5 x 1). Three rules make it cheap:
+
+1. **Same share, one measurement.** On the CPU device an SM share becomes a core count
+   (``fastgshare.resources.cores_for_share``): every share that maps to the same count is the same
+   configuration, measured once (``Source.SAME_SHARE`` marks the copies). A 2-core machine has two
+   spatial points, a 16-core one up to 16; nothing here assumes either. On a GPU every share is its
+   own point (``device_cores=None``).
+2. **Saturation along the SM axis.** Spatial classes are measured in ascending order at full quota;
+   once a class gains less than ``saturation_tol`` over the one below, the classes above it cannot
+   matter (more SMs buy nothing) and are not measured (``Source.SATURATED``: copied from the last
+   class that still gained).
+3. **Quota anchors.** In each class that still gains, only the anchor quotas are measured (by default
+   the smallest, the middle and the largest of the grid); the others are interpolated linearly
+   between the neighbouring anchors (``Source.INTERPOLATED``).
+
+``next_config`` is the whole plan as a function of what has been measured so far, so a profile can
+be resumed, shown as progress and tested without a platform. ``fill`` makes the full grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fast_profiler.table import PAPER_QUOTA_GRID, PAPER_SM_GRID, ProfilePoint, ProfileTable
+from fastgshare.errors import ValidationError
+from fastgshare.resources import cores_for_share
+
+
+class Source(StrEnum):
+    MEASURED = "measured"
+    SAME_SHARE = "same-share"
+    """Maps to the same enforced share as a measured point (CPU: same core count)."""
+    SATURATED = "saturated"
+    """Past the SM share where throughput stopped growing: copied from the last growing class."""
+    INTERPOLATED = "interpolated"
+    """Linear in quota between measured anchors of the same spatial class."""
+
+
+@dataclass(frozen=True, order=True)
+class Config:
+    """One resource configuration of a replica."""
+
+    sm_pct: int
+    quota_frac: float
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """What to profile."""
+
+    sm_grid: tuple[int, ...] = PAPER_SM_GRID
+    quota_grid: tuple[float, ...] = PAPER_QUOTA_GRID
+    batches: tuple[int, ...] = (1,)
+    device_cores: int | None = None
+    """CPU device: its core count (shares map to core sets). None: a GPU, every share distinct."""
+    quota_anchors: tuple[float, ...] | None = None
+    """Quotas measured in each class; None: smallest, middle and largest of ``quota_grid``."""
+    saturation_tol: float = 0.05
+    """A class gaining less than this fraction over the class below marks saturation."""
+
+    def __post_init__(self) -> None:
+        if not self.sm_grid or not self.quota_grid or not self.batches:
+            raise ValidationError("grid", "non-empty sm, quota and batch grids", self)
+        if any(not 1 <= s <= 100 for s in self.sm_grid):
+            raise ValidationError("sm_grid", "percentages 1..100", self.sm_grid)
+        if any(not 0 < q <= 1 for q in self.quota_grid):
+            raise ValidationError("quota_grid", "fractions 0 < q <= 1", self.quota_grid)
+        if any(b < 1 for b in self.batches):
+            raise ValidationError("batches", "sizes >= 1", self.batches)
+        if self.device_cores is not None and self.device_cores < 1:
+            raise ValidationError("device_cores", "at least 1 core", self.device_cores)
+        object.__setattr__(self, "sm_grid", tuple(sorted(set(self.sm_grid))))
+        object.__setattr__(self, "quota_grid", tuple(sorted({round(q, 6) for q in self.quota_grid})))
+        object.__setattr__(self, "batches", tuple(sorted(set(self.batches))))
+        anchors = self.quota_anchors
+        if anchors is None:
+            qs = self.quota_grid
+            anchors = tuple(sorted({qs[0], qs[len(qs) // 2], qs[-1]}))
+        anchors = tuple(sorted({round(q, 6) for q in anchors}))
+        if not set(anchors) <= set(self.quota_grid) or anchors[-1] != self.quota_grid[-1]:
+            raise ValidationError("quota_anchors", f"a subset of {self.quota_grid} holding its largest",
+                                  anchors)
+        if anchors[0] != self.quota_grid[0]:
+            raise ValidationError("quota_anchors", "the smallest quota of the grid (no extrapolation)",
+                                  anchors)
+        object.__setattr__(self, "quota_anchors", anchors)
+
+    @property
+    def points_total(self) -> int:
+        return len(self.sm_grid) * len(self.quota_grid) * len(self.batches)
+
+
+@dataclass(frozen=True)
+class SpatialClass:
+    """Shares of the grid that the device enforces identically."""
+
+    sm_pct: int
+    """The share deployed to measure the class (its smallest member)."""
+    members: tuple[int, ...]
+    cores: int | None = None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the runner measured for one configuration."""
+
+    config: Config
+    throughput_rps: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    busy_frac: float = 0.0
+    """Fraction of wall time the device was busy at that rate (sidecar busy time)."""
+    error_rate: float = 0.0
+    busy_ms_per_request: float = 0.0
+    seconds: float = 0.0
+    """Wall time this configuration took to measure, deployment included."""
+    steps: tuple[tuple[float, bool], ...] = ()
+    """The rates tried and whether each passed."""
+
+
+@dataclass(frozen=True)
+class FilledPoint:
+    """A grid point of the finished profile, with where its numbers came from."""
+
+    config: Config
+    throughput_rps: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    busy_frac: float
+    error_rate: float
+    source: Source
+    basis: tuple[Config, ...]
+    """The measured configurations the numbers were taken from."""
+
+
+def spatial_classes(spec: GridSpec) -> tuple[SpatialClass, ...]:
+    if spec.device_cores is None:
+        return tuple(SpatialClass(s, (s,)) for s in spec.sm_grid)
+    by_cores: dict[int, list[int]] = {}
+    for s in spec.sm_grid:
+        by_cores.setdefault(cores_for_share(s, spec.device_cores), []).append(s)
+    return tuple(SpatialClass(m[0], tuple(m), c) for c, m in sorted(by_cores.items()))
+
+
+def class_of(spec: GridSpec, sm_pct: int) -> SpatialClass:
+    for c in spatial_classes(spec):
+        if sm_pct in c.members:
+            return c
+    raise ValidationError("sm_pct", f"one of {spec.sm_grid}", sm_pct)
+
+
+def _key(c: Config) -> Config:
+    return Config(int(c.sm_pct), round(float(c.quota_frac), 6), int(c.batch))
+
+
+def saturation_index(spec: GridSpec, measured: Mapping[Config, Measurement], batch: int) -> int | None:
+    """Index of the first class that gained less than ``saturation_tol`` over the one below, if any."""
+    classes = spatial_classes(spec)
+    q = spec.quota_grid[-1]
+    for i in range(1, len(classes)):
+        lo = measured.get(_key(Config(classes[i - 1].sm_pct, q, batch)))
+        hi = measured.get(_key(Config(classes[i].sm_pct, q, batch)))
+        if lo is None or hi is None:
+            return None
+        if hi.throughput_rps <= lo.throughput_rps * (1 + spec.saturation_tol):
+            return i
+    return None
+
+
+def planned_configs(spec: GridSpec, measured: Mapping[Config, Measurement]) -> tuple[Config, ...]:
+    """Every configuration the plan will measure, given what is known now (measured ones included).
+
+    Shrinks as saturation is found; ``len(planned) - len(measured)`` is the work left.
+    """
+    measured = {_key(k): v for k, v in measured.items()}
+    out: list[Config] = []
+    classes = spatial_classes(spec)
+    q_full = spec.quota_grid[-1]
+    for b in spec.batches:
+        sat = saturation_index(spec, measured, b)
+        growing = classes if sat is None else classes[:sat]
+        for i, c in enumerate(classes):
+            if sat is None or i <= sat:
+                out.append(Config(c.sm_pct, q_full, b))
+        for c in growing:
+            out.extend(Config(c.sm_pct, q, b) for q in spec.quota_anchors if q != q_full)
+    return tuple(out)
+
+
+def next_config(spec: GridSpec, measured: Mapping[Config, Measurement]) -> Config | None:
+    """The next configuration to measure (full quota up the SM axis first), or None when done."""
+    have = {_key(k) for k in measured}
+    for c in planned_configs(spec, measured):
+        if c not in have:
+            return c
+    return None
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    return a + (b - a) * t
+
+
+def _from(m: Measurement | FilledPoint, config: Config, source: Source,
+          basis: tuple[Config, ...]) -> FilledPoint:
+    return FilledPoint(config, m.throughput_rps, m.latency_p50_ms, m.latency_p95_ms, m.latency_p99_ms,
+                       m.busy_frac, m.error_rate, source, basis)
+
+
+def _class_column(spec: GridSpec, cls: SpatialClass, batch: int,
+                  measured: Mapping[Config, Measurement]) -> dict[float, FilledPoint]:
+    """Every quota of one measured class: anchors as measured, the rest interpolated."""
+    anchors = [(q, measured[_key(Config(cls.sm_pct, q, batch))]) for q in spec.quota_anchors
+               if _key(Config(cls.sm_pct, q, batch)) in measured]
+    if not anchors:
+        raise ValidationError("measurements", f"at least the full-quota point of sm {cls.sm_pct}",
+                              "none")
+    col: dict[float, FilledPoint] = {}
+    for q in spec.quota_grid:
+        cfg = Config(cls.sm_pct, q, batch)
+        exact = measured.get(_key(cfg))
+        if exact is not None:
+            col[q] = _from(exact, cfg, Source.MEASURED, (exact.config,))
+            continue
+        below = [a for a in anchors if a[0] < q]
+        above = [a for a in anchors if a[0] > q]
+        if below and above:
+            (q0, m0), (q1, m1) = below[-1], above[0]
+            t = (q - q0) / (q1 - q0)
+            col[q] = FilledPoint(
+                cfg, _lerp(m0.throughput_rps, m1.throughput_rps, t),
+                _lerp(m0.latency_p50_ms, m1.latency_p50_ms, t),
+                _lerp(m0.latency_p95_ms, m1.latency_p95_ms, t),
+                _lerp(m0.latency_p99_ms, m1.latency_p99_ms, t), _lerp(m0.busy_frac, m1.busy_frac, t),
+                max(m0.error_rate, m1.error_rate), Source.INTERPOLATED, (m0.config, m1.config))
+        else:
+            # Only one side measured (an interrupted plan): throughput scales with the quota.
+            qn, mn = (below or above)[-1 if below else 0]
+            scale = q / qn
+            col[q] = FilledPoint(cfg, mn.throughput_rps * scale, mn.latency_p50_ms, mn.latency_p95_ms,
+                                 mn.latency_p99_ms, min(1.0, mn.busy_frac * scale), mn.error_rate,
+                                 Source.INTERPOLATED, (mn.config,))
+    return col
+
+
+def fill(spec: GridSpec, measured: Mapping[Config, Measurement]) -> tuple[FilledPoint, ...]:
+    """The full grid from the measurements; raises if the plan has configurations left."""
+    measured = {_key(k): v for k, v in measured.items()}
+    left = next_config(spec, measured)
+    if left is not None:
+        raise ValidationError("measurements", "a finished plan (next_config() is None)", left)
+    classes = spatial_classes(spec)
+    out: list[FilledPoint] = []
+    q_full = spec.quota_grid[-1]
+    for b in spec.batches:
+        sat = saturation_index(spec, measured, b)
+        columns: dict[int, dict[float, FilledPoint]] = {}
+        for i, cls in enumerate(classes):
+            if sat is None or i < sat:
+                columns[cls.sm_pct] = _class_column(spec, cls, b, measured)
+                continue
+            ref = columns[classes[sat - 1].sm_pct]
+            col = {}
+            for q in spec.quota_grid:
+                cfg = Config(cls.sm_pct, q, b)
+                own = measured.get(_key(cfg)) if q == q_full else None
+                col[q] = (_from(own, cfg, Source.MEASURED, (own.config,)) if own is not None
+                          else _from(ref[q], cfg, Source.SATURATED, ref[q].basis))
+            columns[cls.sm_pct] = col
+        for cls in classes:
+            for s in cls.members:
+                for q in spec.quota_grid:
+                    p = columns[cls.sm_pct][q]
+                    cfg = Config(s, q, b)
+                    same = s != cls.sm_pct and p.source == Source.MEASURED
+                    src = Source.SAME_SHARE if same else p.source
+                    out.append(FilledPoint(cfg, p.throughput_rps, p.latency_p50_ms, p.latency_p95_ms,
+                                           p.latency_p99_ms, p.busy_frac, p.error_rate, src, p.basis))
+    return tuple(sorted(out, key=lambda p: (p.config.batch, p.config.sm_pct, p.config.quota_frac)))
+
+
+def to_table(function: str, device_type: str, points: Sequence[FilledPoint], *,
+             mem_bytes: int = 0, weight_bytes: int = 0) -> ProfileTable:
+    """The scheduler's table: a point counts as measured when it was run (or its exact twin was)."""
+    return ProfileTable(function, device_type, tuple(
+        ProfilePoint(p.config.sm_pct, p.config.quota_frac, p.config.batch, p.throughput_rps,
+                     p.latency_p50_ms, p.latency_p95_ms, p.latency_p99_ms,
+                     p.source in (Source.MEASURED, Source.SAME_SHARE))
+        for p in points), weight_bytes, mem_bytes)

@@ -1,0 +1,155 @@
+"""Finding one configuration's highest request rate with p99 under the SLO. Pure.
+
+Two decisions, both pure functions over numbers the runner collects (no clock, no I/O):
+
+- ``step_verdict``: the early-stopping rule of one rate step (an open-loop Poisson load held at one
+  rate). A step fails as soon as clearly more requests have broken the SLO (finished late, still
+  waiting past it, or errored) than the step's whole 1 % budget allows (budget + 3 binomial
+  deviations): an overloaded rate is recognised in a fraction of a second, because its queue makes
+  every new request late. It passes once it has run
+  ``min_duration_s`` and seen ``min_requests`` with at most 1 % late, or at ``max_duration_s``
+  (light rates on slow functions) if what it saw is within the budget. A step whose rate needs more
+  device time than the quota allows (rate x busy time per request > quota) fails whatever its
+  latency: a sliding-window cap lets a replica burst on its unused window for a while, so a short
+  step would otherwise pass a rate it cannot sustain.
+- ``next_rate``: a bisection on the rate (geometric, because rates span orders of magnitude) between
+  the highest passing and the lowest failing rate, started just under the capacity estimate, stopped
+  when the bracket is within ``rel_tol`` (the point's estimate is tight enough) or after
+  ``max_steps``. The answer is the highest passing rate: it errs on the safe side by at most the
+  tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    CONTINUE = "continue"
+    PASS = "pass"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How hard to look for one configuration's rate."""
+
+    slo_quantile: float = 0.99
+    """The latency quantile the SLO bounds (p99)."""
+    min_duration_s: float = 1.5
+    """A step passes no earlier than this (covers the platform's queueing transients)."""
+    min_requests: int = 150
+    """A step passes no earlier than this many completed requests (p99 needs a tail to look at)."""
+    max_duration_s: float = 6.0
+    """A step ends here whatever its count: slow rates decide on what they saw."""
+    rel_tol: float = 0.05
+    """Stop when the lowest failing rate is within this fraction of the highest passing rate."""
+    max_steps: int = 8
+    """Rate steps per configuration at most."""
+    start_frac: float = 0.85
+    """The first rate tried, as a fraction of the capacity estimate."""
+    ceiling_frac: float = 1.05
+    """Rates above capacity x this are not tried (treated as failing)."""
+    min_rate_frac: float = 0.05
+    """Below capacity x this the configuration is declared unable to meet the SLO (throughput 0)."""
+    quota_tol: float = 0.02
+    """A step fails when rate x busy per request exceeds the quota by more than this fraction."""
+
+
+@dataclass(frozen=True)
+class StepObservation:
+    """What the runner saw of one step so far."""
+
+    rate_rps: float
+    elapsed_s: float
+    latencies_ms: Sequence[float]
+    """Completed requests of this step (sent at its intended Poisson time, latency from then)."""
+    waiting_ages_ms: Sequence[float] = ()
+    """Requests of this step still outstanding, each by how long it has waited."""
+    errors: int = 0
+    """Requests of this step answered with an error status or a transport error."""
+    busy_ms_per_request: float | None = None
+    """Device time per request measured by the sidecar during this step (None: not yet known)."""
+    quota_frac: float = 1.0
+
+
+def step_verdict(obs: StepObservation, slo_ms: float, settings: SearchSettings) -> Verdict:
+    """Early-stopping decision for one rate step (see the module docstring)."""
+    budget_frac = 1.0 - settings.slo_quantile
+    late = sum(1 for x in obs.latencies_ms if x > slo_ms)
+    late += sum(1 for x in obs.waiting_ages_ms if x > slo_ms)
+    late += obs.errors
+    planned = max(settings.min_requests, obs.rate_rps * settings.min_duration_s)
+    # Stop early only on strong evidence: more late requests than the step's whole budget plus three
+    # binomial deviations (a shared machine's scheduling hiccups make the odd late request anyway).
+    expected = budget_frac * planned
+    if late > expected + 3 * math.sqrt(expected) + 1:
+        return Verdict.FAIL
+    if (obs.busy_ms_per_request is not None and obs.quota_frac < 1.0
+            and obs.rate_rps * obs.busy_ms_per_request / 1000.0 > obs.quota_frac * (1 + settings.quota_tol)):
+        return Verdict.FAIL
+    done = len(obs.latencies_ms) + obs.errors
+    enough = obs.elapsed_s >= settings.min_duration_s and done >= settings.min_requests
+    if enough or obs.elapsed_s >= settings.max_duration_s:
+        total = done + len(obs.waiting_ages_ms)
+        return Verdict.PASS if late <= budget_frac * total + 1e-9 else Verdict.FAIL
+    return Verdict.CONTINUE
+
+
+@dataclass(frozen=True)
+class SearchState:
+    """The bracket so far: the highest passing and the lowest failing rate."""
+
+    capacity_rps: float
+    pass_rps: float = 0.0
+    fail_rps: float | None = None
+    steps: int = 0
+    history: tuple[tuple[float, bool], ...] = field(default_factory=tuple)
+
+
+def start_search(capacity_rps: float) -> SearchState:
+    if not capacity_rps > 0:
+        raise ValueError(f"capacity_rps must be > 0, got {capacity_rps}")
+    return SearchState(capacity_rps)
+
+
+def record_step(state: SearchState, rate_rps: float, passed: bool) -> SearchState:
+    history = state.history + ((rate_rps, passed),)
+    if passed:
+        return replace(state, pass_rps=max(state.pass_rps, rate_rps), steps=state.steps + 1, history=history)
+    fail = rate_rps if state.fail_rps is None else min(state.fail_rps, rate_rps)
+    return replace(state, fail_rps=fail, steps=state.steps + 1, history=history)
+
+
+def next_rate(state: SearchState, settings: SearchSettings) -> float | None:
+    """The next rate to try, or None when the estimate is tight enough (or the budget is spent)."""
+    if state.steps >= settings.max_steps:
+        return None
+    ceiling = state.capacity_rps * settings.ceiling_frac
+    hi = ceiling if state.fail_rps is None else min(state.fail_rps, ceiling)
+    lo = state.pass_rps
+    if state.steps == 0:
+        return state.capacity_rps * settings.start_frac
+    if lo > 0 and hi / lo <= 1 + settings.rel_tol:
+        return None
+    if lo <= 0:
+        nxt = hi * 0.5
+        return nxt if nxt >= state.capacity_rps * settings.min_rate_frac else None
+    return math.sqrt(lo * hi)
+
+
+def result_rate(state: SearchState) -> float:
+    """The configuration's answer: the highest rate that passed (0 when none did)."""
+    return state.pass_rps
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile (what 'p99 of N requests' means to a reader); 0 for no values."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))
+    return float(s[k])
