@@ -1,12 +1,19 @@
 """Isolation of the token arbiter: configured vs measured share of device time, and its cost.
 
-Each case co-locates N saturated simulated executors on one device of a real (embedded) Redis,
-each with its own ``RedisTokenClient``. An executor is an asyncio task that acquires a token,
-"executes" by sleeping for its execution length (a stand-in for a kernel: sleeping executors
-overlap perfectly, which is what SM partitions summing to <= 100 allow), measures that as busy
-time and releases. Shares are measured after one window of warm-up, over two windows.
+Each case co-locates N real replicas on one device: ``python -m fast_manager.sidecar`` processes
+in front of python3-torch workers running a small torch MLP for a set time per request, pinned to
+cores sized from their SM share (on a GPU: MPS shares), all saturated by closed-loop clients
+(two requests outstanding per replica) and sharing the device's arbiter in a real (embedded)
+Redis. The measured share of a replica is the busy time its worker reported (what the arbiter is
+charged) over the wall time of the measurement: one window of warm-up, then two windows.
 
-    python -m bench.isolation [--quick] [--json PATH] [--png PATH]
+``--executor sleep`` runs the arbiter alone: asyncio tasks with their own token clients that
+"execute" by sleeping (the earlier, process-free version of this benchmark).
+
+Also measured: the latency the arbiter adds to an uncontended replica (same replica, arbiter on
+vs ``FASTGSHARE_ARBITER=off``, sequential requests, interleaved).
+
+    python -m bench.isolation [--quick] [--json PATH] [--window-s S] [--max-token-ms MS]
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from bench import replicas as rp
 from fast_manager.arbiter import ArbiterParams, make_token_client
 from fastgshare.redis_server import EmbeddedRedis
 
@@ -164,55 +173,192 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
+def cores_for(executors: tuple[Executor, ...], all_cores: list[int]) -> list[str]:
+    """A core set per replica sized from its SM share, packed round-robin (as the backend does)."""
+    out = []
+    for i, e in enumerate(executors):
+        n = max(1, round(len(all_cores) * e.sm_pct / 100))
+        start = (i * n) % len(all_cores)
+        out.append(",".join(str(all_cores[(start + k) % len(all_cores)]) for k in range(n)))
+    return out
+
+
+def device_env(args: argparse.Namespace, i: int) -> dict[str, str]:
+    if args.device.startswith("gpu:"):
+        env = {"FASTGSHARE_DEVICE": args.device}
+        if args.mps_pipe_dir:
+            env["FASTGSHARE_MPS_PIPE_DIR"] = args.mps_pipe_dir
+        return env
+    return {"FASTGSHARE_DEVICE": f"cpu:iso{i}"}
+
+
+def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, params: ArbiterParams,
+                   handler: Path, log_dir: Path) -> list[dict[str, object]]:
+    all_cores = sorted(os.sched_getaffinity(0))
+    gpu = args.device.startswith("gpu:")
+    cores = cores_for(case.executors, all_cores)
+    specs = []
+    for e, c in zip(case.executors, cores, strict=True):
+        spec = {"name": f"c{i}-{e.name}", "REDIS_URL": url, "FASTGSHARE_HANDLER_DIR": str(handler),
+                "FASTGSHARE_SM_PCT": str(e.sm_pct), "FASTGSHARE_QUOTA_REQUEST": f"{e.request:g}",
+                "FASTGSHARE_QUOTA_LIMIT": f"{e.limit:g}",
+                "FASTGSHARE_ARBITER_WINDOW_S": f"{params.window_us / 1e6:g}",
+                "FASTGSHARE_ARBITER_MIN_TOKEN_MS": f"{params.min_token_us / 1000:g}",
+                "FASTGSHARE_ARBITER_MAX_TOKEN_MS": f"{params.max_token_us / 1000:g}"}
+        spec |= device_env(args, i)
+        if not gpu:
+            spec["FASTGSHARE_CPU_CORES"] = c
+        specs.append(spec)
+    reps = rp.start_replicas(specs, log_dir / f"case{i}")
+    try:
+        targets = [(f"{r.url}/?ms={e.exec_ms:g}", "GET", b"")
+                   for r, e in zip(reps, case.executors, strict=True)]
+        window_s = params.window_us / 1e6
+        busy, wall_s, done = asyncio.run(rp.busy_over(reps, targets, warm_s=window_s,
+                                                      measure_s=2 * window_s))
+    finally:
+        rp.stop_replicas(reps)
+    rows = []
+    for k, (e, b, want) in enumerate(zip(case.executors, busy, expected_shares(case.executors),
+                                         strict=True)):
+        lat = [d.latency_ms for d in done if d.replica == k and d.status == 200]
+        rows.append({"case": case.name, "replica": e.name, "sm_pct": e.sm_pct,
+                     "cores": "" if gpu else cores[k],
+                     "request": e.request, "limit": e.limit, "exec_ms": e.exec_ms,
+                     "configured_share": round(want, 4),
+                     "measured_share": round(b / 1000 / wall_s, 4),
+                     "requests": len(lat), "p99_ms": round(rp.percentile(lat, 99), 1),
+                     "errors": sum(1 for d in done if d.replica == k and d.status != 200)})
+    return rows
+
+
+def arbiter_latency_cost(url: str, args: argparse.Namespace, handler: Path, log_dir: Path,
+                         n: int) -> dict[str, float]:
+    """One uncontended replica with the arbiter on and one with it off, same handler (one small
+    forward pass), sequential requests interleaved: the p50 and mean added by the arbiter."""
+    import requests
+
+    base = {"REDIS_URL": url, "FASTGSHARE_HANDLER_DIR": str(handler)} | device_env(args, 99)
+    if not args.device.startswith("gpu:"):
+        base["FASTGSHARE_CPU_CORES"] = str(max(os.sched_getaffinity(0)))
+    reps = rp.start_replicas([base | {"name": "lat-on"},
+                              base | {"name": "lat-off", "FASTGSHARE_ARBITER": "off"}],
+                             log_dir / "latency")
+    try:
+        samples: dict[str, list[float]] = {"on": [], "off": []}
+        with requests.Session() as s:
+            for k in range(n + 50):
+                for label, r in (("on", reps[0]), ("off", reps[1])):
+                    t0 = time.perf_counter()
+                    assert s.get(f"{r.url}/?ms=0", timeout=10).status_code == 200
+                    if k >= 50:  # warm-up excluded
+                        samples[label].append((time.perf_counter() - t0) * 1000)
+        mode = reps[0].stats()["token_mode"]
+    finally:
+        rp.stop_replicas(reps)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    mean = {k: statistics.fmean(v) for k, v in samples.items()}
+    return {"token_mode_on": mode, "p50_on_ms": round(med["on"], 3),
+            "p50_off_ms": round(med["off"], 3), "added_p50_ms": round(med["on"] - med["off"], 3),
+            "added_mean_ms": round(mean["on"] - mean["off"], 3), "requests_each": n}
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 s window instead of the default")
+    ap.add_argument("--executor", choices=("torch", "sleep"), default="torch")
     ap.add_argument("--window-s", type=float, default=None)
     ap.add_argument("--max-token-ms", type=float, default=None)
+    ap.add_argument("--min-token-ms", type=float, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu, or gpu:<uuid> (bench/gpu/run.sh)")
+    ap.add_argument("--mps-pipe-dir", default=None)
+    ap.add_argument("--cases", default=None, help="comma-separated case numbers (default all)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "isolation.json")
     ap.add_argument("--png", type=Path, default=None)
     args = ap.parse_args(argv)
     base = ArbiterParams()
     window_us = int((args.window_s or (2.0 if args.quick else base.window_us / 1e6)) * 1e6)
+    window_us = max(1, round(window_us / base.bucket_us)) * base.bucket_us
     max_token_us = int(args.max_token_ms * 1000) if args.max_token_ms else base.max_token_us
+    min_token_us = int(args.min_token_ms * 1000) if args.min_token_ms else \
+        min(base.min_token_us, max_token_us)
     params = ArbiterParams(window_us=window_us, bucket_us=base.bucket_us,
-                           min_token_us=min(base.min_token_us, max_token_us),
-                           max_token_us=max_token_us, lease_grace_us=base.lease_grace_us)
+                           min_token_us=min_token_us, max_token_us=max_token_us,
+                           lease_grace_us=base.lease_grace_us)
     window_s = window_us / 1e6
+    picked = [int(c) for c in args.cases.split(",")] if args.cases else list(range(len(CASES)))
     rows: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d), persist=False) as server:
-        for i, case in enumerate(CASES):
-            rows += asyncio.run(run_case(server.url, case, f"bench-{i}", params,
-                                         warm_s=window_s, measure_s=2 * window_s))
-        latency = asyncio.run(acquire_latency(server.url, params, 300 if args.quick else 1000))
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d) / "redis", persist=False) as server:
+        if args.executor == "sleep":
+            for i in picked:
+                rows += asyncio.run(run_case(server.url, CASES[i], f"bench-{i}", params,
+                                             warm_s=window_s, measure_s=2 * window_s))
+            latency: dict[str, object] = dict(asyncio.run(
+                acquire_latency(server.url, params, 300 if args.quick else 1000)))
+        else:
+            handler = rp.write_handler(Path(d) / "spin")
+            for i in picked:
+                print(f"case {i}: {CASES[i].name} ...", flush=True)
+                rows += run_torch_case(server.url, CASES[i], i, args, params, handler,
+                                       Path(d) / "logs")
+            print("latency cost of the arbiter on an uncontended replica ...", flush=True)
+            latency = {"sidecar": arbiter_latency_cost(server.url, args, handler, Path(d) / "logs",
+                                                       300 if args.quick else 1000)}
+            latency |= dict(asyncio.run(acquire_latency(server.url, params, 300)))
     errors = [abs(float(r["measured_share"]) - float(r["configured_share"])) * 100  # type: ignore[arg-type]
               for r in rows]
+    sums = _sums(rows)
+    for r in rows:  # the arbiter's apportioning alone: shares of the device time actually used
+        conf_sum, meas_sum = sums[str(r["case"])]
+        r["normalised_share"] = round(float(r["measured_share"]) * conf_sum / meas_sum, 4)  # type: ignore[arg-type]
+    norm_errors = [abs(float(r["normalised_share"]) - float(r["configured_share"])) * 100  # type: ignore[arg-type]
+                   for r in rows]
     result: dict[str, object] = {
-        "executor": "asyncio tasks sleeping for their execution length (no torch yet)",
+        "executor": ("real sidecars + python3-torch workers (small MLP, set time per request), "
+                     "closed loop, 2 outstanding per replica" if args.executor == "torch" else
+                     "asyncio tasks sleeping for their execution length"),
+        "device": args.device,
         "params": vars(params) | {},
         "max_abs_error_pp": round(max(errors), 2),
         "mean_abs_error_pp": round(sum(errors) / len(errors), 2),
-        "acquire_latency_uncontended": latency,
+        "max_abs_error_normalised_pp": round(max(norm_errors), 2),
+        "sum_configured_vs_measured": sums,
+        "arbiter_latency": latency,
+        "runtime_s": round(time.perf_counter() - t_start, 1),
         "cases": rows,
     }
     print(f"window {window_s:g} s, tokens {params.min_token_us / 1000:g}-"
-          f"{params.max_token_us / 1000:g} ms, bucket {params.bucket_us / 1000:g} ms")
+          f"{params.max_token_us / 1000:g} ms, bucket {params.bucket_us / 1000:g} ms, "
+          f"executor {args.executor}, device {args.device}")
     print(f"{'case':32} {'replica':10} {'sm':>4} {'req':>5} {'lim':>5} {'exec':>5} "
-          f"{'conf':>6} {'meas':>6} {'minW':>6} {'maxW':>6}")
-    for r in rows:
+          f"{'conf':>6} {'meas':>6} {'err pp':>6}")
+    for r, err in zip(rows, errors, strict=True):
         print(f"{r['case']:32} {r['replica']:10} {r['sm_pct']:>4} {r['request']:>5} "
               f"{r['limit']:>5} {r['exec_ms']:>5} {r['configured_share']:>6.3f} "
-              f"{r['measured_share']:>6.3f} {r['min_window_share']:>6.3f} "
-              f"{r['max_window_share']:>6.3f}")
-    print(f"max |error| {result['max_abs_error_pp']} pp, mean {result['mean_abs_error_pp']} pp")
-    for label, v in latency.items():
-        print(f"acquire uncontended ({label}): p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms")
+              f"{r['measured_share']:>6.3f} {err:>6.2f}")
+    print(f"max |error| {result['max_abs_error_pp']} pp, mean {result['mean_abs_error_pp']} pp; "
+          f"normalised to the device time used: max {result['max_abs_error_normalised_pp']} pp")
+    for case, (conf, meas) in sums.items():
+        print(f"  {case}: configured total {conf:.3f}, measured total {meas:.3f} "
+              f"(lost {100 * (conf - meas):.1f} pp to hand-overs and per-request gaps)")
+    print(f"arbiter latency: {json.dumps(latency)}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     png = args.png or args.json.with_suffix(".png")
     plot(rows, png)
     print(f"wrote {args.json} and {png}")
     return result
+
+
+def _sums(rows: list[dict[str, object]]) -> dict[str, list[float]]:
+    """Per case, configured and measured total: the gap is device time lost in hand-overs."""
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        c = out.setdefault(str(r["case"]), [0.0, 0.0])
+        c[0] = round(c[0] + float(r["configured_share"]), 4)  # type: ignore[arg-type]
+        c[1] = round(c[1] + float(r["measured_share"]), 4)  # type: ignore[arg-type]
+    return out
 
 
 if __name__ == "__main__":

@@ -32,10 +32,14 @@ DEFAULT_READY_TIMEOUT_S = 600.0
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 """Largest request body the sidecar accepts (images as base64 exceed aiohttp's 1 MiB default)."""
 
+MEM_ENFORCE_MODES = ("auto", "cgroup", "rss", "off")
+"""Values of ``FASTGSHARE_MEM_ENFORCE``; the first is the default."""
+
 _SIDECAR_ONLY = frozenset({
     "FASTGSHARE_PORT", "FASTGSHARE_BIND", "FASTGSHARE_RUNTIME", "FASTGSHARE_QUEUE_MAX",
     "FASTGSHARE_QUEUE_TIMEOUT_S", "FASTGSHARE_EXEC_TIMEOUT_S", "FASTGSHARE_READY_TIMEOUT_S",
-    "FASTGSHARE_MAX_BODY_BYTES",
+    "FASTGSHARE_MAX_BODY_BYTES", "FASTGSHARE_ARBITER", "FASTGSHARE_MEM_ENFORCE",
+    "FASTGSHARE_ARBITER_WINDOW_S", "FASTGSHARE_ARBITER_MIN_TOKEN_MS", "FASTGSHARE_ARBITER_MAX_TOKEN_MS",
 })
 """Variables that configure the sidecar itself and mean nothing to the worker."""
 
@@ -72,6 +76,20 @@ class SidecarSettings:
     """Folder of the function's secrets, one file per secret."""
     redis_url: str | None = None
     """The shared Redis (token arbiter, metrics); None: no arbiter."""
+    arbiter: bool = True
+    """Take device-time tokens from the arbiter in Redis (``FASTGSHARE_ARBITER=off``: unmanaged,
+    every execution runs at once; the "unmanaged" sharing mode)."""
+    arbiter_window_s: float | None = None
+    """The arbiter's sliding window; None: ``ArbiterParams``' default. A device constant: every
+    replica on the device must be given the same value (benchmarks and tests shrink it)."""
+    arbiter_min_token_ms: float | None = None
+    """Shortest token; None: the default. A device constant, like the window."""
+    arbiter_max_token_ms: float | None = None
+    """Longest token; None: the default. A device constant, like the window."""
+    mem_enforce: str = "auto"
+    """How a CPU replica's memory limit is enforced (``FASTGSHARE_MEM_ENFORCE``): ``auto`` (a
+    cgroup where the machine allows it, else watching the worker's RSS), ``cgroup``, ``rss``,
+    ``off``."""
     mps_pipe_dir: str | None = None
     """GPU only: the MPS control daemon's pipe directory."""
     worker_port: int = 0
@@ -118,6 +136,30 @@ def _float(env: Mapping[str, str], name: str, default: float, allowed: str,
     if not value > lo_exclusive or (hi is not None and value > hi) or value != value:
         raise ValidationError(name, allowed, raw)
     return value
+
+
+def _opt_float(env: Mapping[str, str], name: str) -> float | None:
+    if not env.get(name, "").strip():
+        return None
+    return _float(env, name, 0.0, "a number > 0", 0.0)
+
+
+def _on_off(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "1", "true", "yes"):
+        return True
+    if raw in ("off", "0", "false", "no"):
+        return False
+    raise ValidationError(name, "on or off", raw)
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or allowed[0]
+    if raw not in allowed:
+        raise ValidationError(name, " | ".join(allowed), raw)
+    return raw
 
 
 def parse_cores(raw: str) -> tuple[int, ...]:
@@ -172,6 +214,11 @@ def sidecar_settings_from_env(env: Mapping[str, str]) -> SidecarSettings:
         model=env.get("FASTGSHARE_MODEL") or None,
         secrets_dir=Path(secrets) if secrets else None,
         redis_url=env.get("REDIS_URL") or None,
+        arbiter=_on_off(env, "FASTGSHARE_ARBITER", True),
+        mem_enforce=_choice(env, "FASTGSHARE_MEM_ENFORCE", MEM_ENFORCE_MODES),
+        arbiter_window_s=_opt_float(env, "FASTGSHARE_ARBITER_WINDOW_S"),
+        arbiter_min_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MIN_TOKEN_MS"),
+        arbiter_max_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MAX_TOKEN_MS"),
         mps_pipe_dir=env.get("FASTGSHARE_MPS_PIPE_DIR") or None,
         worker_port=_int(env, "FASTGSHARE_WORKER_PORT", 0, 0, 65535),
         queue_max=_int(env, "FASTGSHARE_QUEUE_MAX", DEFAULT_QUEUE_MAX, 0),

@@ -30,6 +30,7 @@ from multidict import CIMultiDict
 from prometheus_client import disable_created_metrics
 
 from fast_manager.logline import setup_logging
+from fast_manager.memory import MemoryEnforcement, MemoryGuard
 from fast_manager.settings import SidecarSettings, sidecar_settings_from_env
 from fast_manager.sidecar_http import WorkerClient, WorkerHttpError
 from fast_manager.sidecar_metrics import ReplicaMetrics
@@ -138,6 +139,8 @@ class Sidecar:
 
     async def prometheus(self, request: web.Request) -> web.Response:
         self.metrics.token_mode(self.tokens.mode)
+        self.metrics.memory(self.worker.memory.mode.value, self.worker.memory.limit_bytes,
+                            self.worker.memory.breaches)
         return web.Response(body=self.metrics.prometheus_text(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -150,6 +153,10 @@ class Sidecar:
             "inflight": m.inflight, "queued": self._gate.waiting,
             "latency_ms": m.latency_ms(), "busy_ms_total": round(m.busy_ms_total, 3),
             "token_mode": self.tokens.mode.value,
+            "token_fallbacks": getattr(self.tokens, "fallback_switches", 0),
+            "memory": {"limit_bytes": w.memory.limit_bytes, "enforcement": w.memory.mode.value,
+                       "cgroup": str(w.memory.cgroup) if w.memory.cgroup else None,
+                       "breaches": w.memory.breaches},
             "worker": {"pid": w.pid, "ready": w.ready, "port": w.port, "restarts": w.restarts,
                        "last_exit_code": w.last_exit_code},
         })
@@ -190,6 +197,7 @@ class Sidecar:
             tw0 = time.monotonic()
             lease = await self.tokens.acquire(max(0.0, deadline - tw0))
             self.metrics.token_waited(time.monotonic() - tw0)
+            self.metrics.token_mode(self.tokens.mode)  # cheap when unchanged; follows fallbacks
             if lease is None:
                 return _text(504, f"timed out after {time.monotonic() - t0:.1f}s waiting for "
                                   f"device time (no token granted by the device arbiter, "
@@ -209,7 +217,7 @@ class Sidecar:
             charged = busy_ms if busy_ms is not None else (time.monotonic() - t0) * 1000.0
             self.metrics.busy(charged)
             try:
-                await self.tokens.release(lease, charged)
+                await self.tokens.release(lease, charged, next_waiting=self._gate.waiting > 0)
             except Exception:  # a lost release expires with the lease; the answer still goes out
                 log.exception("token release failed")
 
@@ -226,6 +234,12 @@ class Sidecar:
             return _text(504, f"execution exceeded the {s.exec_timeout_s:g}s limit; "
                               "the worker is being restarted"), None
         except WorkerHttpError as e:
+            if self.worker.memory.breached():
+                log.error("request %s %s failed: %s", request.method, request.path,
+                          self.worker.memory.message())
+                await self.worker.kill("it exceeded its memory limit")
+                return _text(502, f"{self.worker.memory.message()} during the request; "
+                                  "it is being restarted"), None
             log.warning("worker failed during %s %s: %s", request.method, request.path, e)
             # Stop routing to it now; waiting for its exit to be noticed would fail the next one.
             await self.worker.kill("it failed during a request")
@@ -259,7 +273,11 @@ async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
                         tokens: TokenClient | None = None) -> tuple[Sidecar, web.AppRunner, int]:
     """Start the worker and the HTTP server; returns the port actually bound."""
     tokens = tokens if tokens is not None else make_token_client(settings)
-    sidecar = Sidecar(settings, tokens, WorkerProcess(settings, env))
+    memory = (MemoryGuard(MemoryEnforcement.OFF, None, why="GPU memory is limited by MPS")
+              if settings.is_gpu else
+              MemoryGuard.open(settings.share.mem_bytes,
+                               f"fastgshare-{settings.replica}-{os.getpid()}", settings.mem_enforce))
+    sidecar = Sidecar(settings, tokens, WorkerProcess(settings, env, memory=memory))
     runner = web.AppRunner(create_app(sidecar), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind, settings.port, backlog=1024)
@@ -269,6 +287,7 @@ async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
     log.info("sidecar for %s.%s replica %s listening on %s:%d, device %s, queue max %d, "
              "token mode %s", settings.function, settings.namespace, settings.replica,
              settings.bind, port, settings.device, settings.queue_max, tokens.mode.value)
+    log.info("%s", memory.describe())
     return sidecar, runner, port
 
 

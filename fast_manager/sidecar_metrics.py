@@ -74,6 +74,14 @@ class ReplicaMetrics:
         self._mode = Gauge("fastgshare_replica_token_mode",
                            "1 for the token mode in use (shared, local-fallback, unmanaged)",
                            names + ["mode"], registry=r)
+        self._mem_limit = lab(Gauge("fastgshare_replica_memory_limit_bytes",
+                                    "Memory limit of the worker (0: none)", names, registry=r))
+        self._mem_breaches = lab(Gauge("fastgshare_replica_memory_breaches",
+                                       "Workers killed for exceeding the memory limit", names,
+                                       registry=r))
+        self._mem_mode = Gauge("fastgshare_replica_memory_enforcement",
+                               "1 for how the memory limit is enforced (cgroup-v2, cgroup-v1, "
+                               "rss-watch, off)", names + ["mode"], registry=r)
         self._window: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.requests = 0
         self.errors = 0
@@ -120,6 +128,11 @@ class ReplicaMetrics:
     def token_mode(self, mode: TokenMode) -> None:
         for m in TokenMode:
             self._mode.labels(**self._ident, mode=m.value).set(1 if m == mode else 0)
+
+    def memory(self, mode: str, limit_bytes: int | None, breaches: int) -> None:
+        self._mem_mode.labels(**self._ident, mode=mode).set(1)
+        self._mem_limit.set(limit_bytes or 0)
+        self._mem_breaches.set(breaches)
 
     def latency_ms(self) -> dict[str, float]:
         values = sorted(self._window)

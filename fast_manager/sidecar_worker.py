@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from fast_manager.logline import format_lines
+from fast_manager.memory import RSS_POLL_S, MemoryEnforcement, MemoryGuard, join_cgroup
 from fast_manager.settings import SidecarSettings
 from fast_manager.sidecar_http import probe_ready
 from fast_manager.worker_env import worker_env
@@ -42,8 +43,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _child_setup(cores: tuple[int, ...]) -> Callable[[], None]:
+def _child_setup(cores: tuple[int, ...], cgroup_procs: str | None) -> Callable[[], None]:
     def setup() -> None:  # runs in the child between fork and exec: no locks, no logging
+        if cgroup_procs:  # before exec, so the runtime and torch are charged to the limit
+            join_cgroup(cgroup_procs)
         if cores:
             os.sched_setaffinity(0, cores)
         # The worker must not outlive a SIGKILLed sidecar (it would hold its cores and memory).
@@ -56,8 +59,9 @@ class WorkerProcess:
     """One worker child at a time, kept alive until ``stop``."""
 
     def __init__(self, settings: SidecarSettings, base_env: Mapping[str, str],
-                 out=None) -> None:
+                 out=None, memory: MemoryGuard | None = None) -> None:
         self._settings = settings
+        self.memory = memory or MemoryGuard(MemoryEnforcement.OFF, None, why="not requested")
         self._base_env = dict(base_env)
         self._out = out or sys.stdout
         self._proc: asyncio.subprocess.Process | None = None
@@ -121,6 +125,7 @@ class WorkerProcess:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.memory.close()
 
     def _set_ready(self, up: bool) -> None:
         if up and not self._ready.is_set():
@@ -152,26 +157,45 @@ class WorkerProcess:
         self.port = s.worker_port or free_port()
         env = worker_env(s, self._base_env)
         env["FASTGSHARE_WORKER_PORT"] = str(self.port)
+        self.memory.worker_started()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(s.runtime), env=env, cwd=str(s.runtime.parent),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, preexec_fn=_child_setup(s.cpu_cores),
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_child_setup(s.cpu_cores, self.memory.procs_file()),
         )
         self._proc = proc
         log.info("worker pid %d started on port %d, cores %s, device %s", proc.pid, self.port,
                  list(s.cpu_cores) or "inherited", s.device)
         pump = asyncio.create_task(self._pump(proc))
         probe = asyncio.create_task(self._probe(proc))
+        watch = (asyncio.create_task(self._watch_rss(proc))
+                 if self.memory.mode is MemoryEnforcement.RSS_WATCH else None)
         try:
             code = await proc.wait()
         finally:
             probe.cancel()
+            if watch is not None:
+                watch.cancel()
             self._set_ready(False)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await probe
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(pump, 1.0)  # the pipe's last lines: often the crash reason
+        if self.memory.breached():
+            self.memory.count_breach()
+            log.error("worker pid %d: %s", proc.pid, self.memory.message())
         return code
+
+    async def _watch_rss(self, proc: asyncio.subprocess.Process) -> None:
+        while proc.returncode is None:
+            rss = self.memory.over_limit(proc.pid)
+            if rss is not None:
+                self.memory.mark_watch_kill()  # before the kill: the request path asks at once
+                await self.kill(f"resident set {rss} bytes is over its memory limit of "
+                                f"{self.memory.limit_bytes} bytes")
+                return
+            await asyncio.sleep(RSS_POLL_S)
 
     async def _probe(self, proc: asyncio.subprocess.Process) -> None:
         deadline = time.monotonic() + self._settings.ready_timeout_s

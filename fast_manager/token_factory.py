@@ -1,16 +1,44 @@
 """The one seam that decides which ``TokenClient`` a sidecar uses.
 
-The sidecar calls ``make_token_client(settings)`` once at start and talks only to the
-``TokenClient`` protocol afterwards. The Redis arbiter client (and its local fallback when Redis is
-down) plugs in here; until then every replica runs unmanaged (tokens granted at once).
+The sidecar calls ``make_token_client(settings)`` once at start, inside its running event loop
+(the Redis client binds to it), and talks only to the ``TokenClient`` protocol afterwards:
+
+- ``REDIS_URL`` set and ``FASTGSHARE_ARBITER`` not ``off``: the device's shared arbiter in Redis
+  (``fast_manager.arbiter.RedisTokenClient``), which falls back to a local limiter at the static
+  request share while Redis is unreachable and returns to shared tokens by itself;
+- otherwise: ``UnmanagedTokens`` (every acquire granted at once): the "unmanaged" sharing mode,
+  or a replica with no Redis at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from fast_manager.arbiter.model import ArbiterParams
 from fast_manager.settings import SidecarSettings
 from fast_manager.tokens import TokenClient, UnmanagedTokens
 
 
+def arbiter_params(settings: SidecarSettings) -> ArbiterParams:
+    """The device constants, with the sidecar's overrides (window rounded to whole buckets)."""
+    p = ArbiterParams()
+    changes: dict[str, int] = {}
+    if settings.arbiter_window_s is not None:
+        buckets = max(1, round(settings.arbiter_window_s * 1e6 / p.bucket_us))
+        changes["window_us"] = buckets * p.bucket_us
+    if settings.arbiter_max_token_ms is not None:
+        changes["max_token_us"] = round(settings.arbiter_max_token_ms * 1000)
+    if settings.arbiter_min_token_ms is not None:
+        changes["min_token_us"] = round(settings.arbiter_min_token_ms * 1000)
+    elif "max_token_us" in changes:
+        changes["min_token_us"] = min(p.min_token_us, changes["max_token_us"])
+    return dataclasses.replace(p, **changes)
+
+
 def make_token_client(settings: SidecarSettings) -> TokenClient:
-    """The token client for this replica's device and share."""
-    return UnmanagedTokens()
+    """The token client for this replica's device and share (call inside the event loop)."""
+    if not settings.arbiter or not settings.redis_url:
+        return UnmanagedTokens()
+    from fast_manager.arbiter import make_token_client as make_arbiter_client
+
+    return make_arbiter_client(settings, params=arbiter_params(settings))

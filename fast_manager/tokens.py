@@ -8,11 +8,11 @@ always granted), the Redis arbiter client (``fast_manager.arbiter``), and its lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 
-class TokenMode(str, Enum):
+class TokenMode(StrEnum):
     SHARED = "shared"
     """Tokens come from the device's arbiter in Redis."""
     LOCAL_FALLBACK = "local-fallback"
@@ -37,8 +37,9 @@ class TokenClient(Protocol):
     async def acquire(self, timeout_s: float) -> Lease | None:
         """Wait (without busy polling) for a token; None when ``timeout_s`` passes first."""
 
-    async def release(self, lease: Lease, busy_ms: float) -> None:
-        """Return the token, charging ``busy_ms`` of measured device time."""
+    async def release(self, lease: Lease, busy_ms: float, next_waiting: bool = False) -> None:
+        """Return the token, charging ``busy_ms`` of measured device time. ``next_waiting``: the
+        replica has another request queued, whose acquire follows at once (keep the slice)."""
 
     async def close(self) -> None:
         """Give back anything held; stop background tasks."""
@@ -52,7 +53,7 @@ class UnmanagedTokens:
     async def acquire(self, timeout_s: float) -> Lease | None:
         return Lease("unmanaged", float("inf"), float("inf"))
 
-    async def release(self, lease: Lease, busy_ms: float) -> None:
+    async def release(self, lease: Lease, busy_ms: float, next_waiting: bool = False) -> None:
         return None
 
     async def close(self) -> None:

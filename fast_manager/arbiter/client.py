@@ -43,6 +43,10 @@ DEFAULT_OP_TIMEOUT_S = 2.0
 """A script call that takes longer than this counts as Redis being down."""
 DEFAULT_PROBE_INTERVAL_S = 1.0
 """While in fallback, how often Redis is pinged to switch back."""
+DEFAULT_NEXT_WAITING_HOLD_S = 0.05
+"""How long a released token is kept for a next acquire the sidecar announced (``next_waiting``):
+only a safety net for a request cancelled between the two; the acquire normally comes within a
+few event-loop turns, which on a loaded machine can exceed ``linger_s``."""
 DEFAULT_LINGER_S = 0.002
 """How long a released token waits for this replica's next acquire before going back. A
 saturated replica's next acquire comes within it, and then release and re-enqueue happen in one
@@ -95,8 +99,9 @@ class RedisTokenClient:
     async def acquire(self, timeout_s: float) -> Lease | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        try:
-            await asyncio.wait_for(self._slot.acquire(), max(0.0, timeout_s))
+        try:  # asyncio.timeout, not wait_for: a free slot is taken without a task switch
+            async with asyncio.timeout(max(0.0, timeout_s)):
+                await self._slot.acquire()
         except TimeoutError:
             return None
         lease: Lease | None = None
@@ -119,7 +124,7 @@ class RedisTokenClient:
             if lease is None:
                 self._slot.release()
 
-    async def release(self, lease: Lease, busy_ms: float) -> None:
+    async def release(self, lease: Lease, busy_ms: float, next_waiting: bool = False) -> None:
         try:
             if lease.token_id.startswith("local:"):
                 self._fallback.release(busy_ms)
@@ -128,12 +133,13 @@ class RedisTokenClient:
             if self._pending_burst is not None:
                 burst_ms += self._pending_burst
                 self._pending_burst = None
-            if self._linger_s <= 0:
+            hold_s = DEFAULT_NEXT_WAITING_HOLD_S if next_waiting else self._linger_s
+            if hold_s <= 0:
                 await self._send_release((lease, burst_ms))
                 return
             await self._flush_now()  # only one token may linger (defensive: there is one slot)
             self._pending = (lease, burst_ms)
-            self._flusher = asyncio.ensure_future(self._flush_after(self._linger_s))
+            self._flusher = asyncio.ensure_future(self._flush_after(hold_s))
         finally:
             if self._slot.locked():
                 self._slot.release()

@@ -279,7 +279,7 @@ class RecordingTokens:
         await asyncio.sleep(timeout_s)
         return None
 
-    async def release(self, lease: Lease, busy_ms: float) -> None:
+    async def release(self, lease: Lease, busy_ms: float, next_waiting: bool = False) -> None:
         self.released.append(busy_ms)
 
     async def close(self) -> None:
