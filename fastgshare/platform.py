@@ -168,7 +168,7 @@ class Platform:
 
     def stop(self) -> None:
         """Provider, then replicas, then node agent, then Redis. Safe to call twice."""
-        from gateway_plugin.local_backend import stop_recorded_replicas
+        from gateway_plugin.local_replicas import stop_recorded_replicas
 
         self._terminate("provider")
         url = self._redis_url

@@ -7,7 +7,7 @@ on this module's types; backends raise the errors of ``gateway_plugin.errors``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -40,6 +40,28 @@ class FunctionSpec:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where the scheduler put a replica configuration; empty fields leave it to the backend."""
+
+    node: str = ""
+    gpu_uuid: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """One replica configuration of a function, chosen by the scheduler: its share and count.
+
+    A function's replicas are its base group (the deployed spec's share, sized by ``scale``)
+    plus every configuration group.
+    """
+
+    config_id: str
+    share: GpuShare
+    replicas: int
+    placement: Placement = field(default_factory=Placement)
+
+
+@dataclass(frozen=True)
 class ReplicaStatus:
     """One running (or starting) replica."""
 
@@ -54,6 +76,8 @@ class ReplicaStatus:
     sm_pct: int = 100
     pid: int | None = None
     restarts: int = 0
+    config_id: str = ""
+    """The scheduler's configuration this replica belongs to; empty for the base group."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,11 @@ class Backend(Protocol):
 
     def remove(self, namespace: str, name: str) -> None:
         """Delete a function and its replicas; NotFound if absent."""
+
+    def apply_configurations(
+        self, namespace: str, name: str, configs: Sequence[ReplicaConfig]
+    ) -> None:
+        """Make the function's scheduler-chosen groups exactly ``configs`` (the base is kept)."""
 
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         """Set the desired replica count (clamped to the function's bounds by the caller)."""

@@ -13,13 +13,13 @@ import base64
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from fastgshare.resources import GpuShare, ScaleBounds, merged_labels
 
-from .backend import FunctionSpec, LogLine, ReplicaStatus, SecretValue
+from .backend import FunctionSpec, LogLine, Placement, ReplicaConfig, ReplicaStatus, SecretValue
 
 FUNCTION_LABEL = "faas_function"
 """Label OpenFaaS (faas-netes) puts on a function's Deployment, pods and Service."""
@@ -61,24 +61,6 @@ class PodSettings:
     """``runtimeClassName`` for GPU pods (e.g. ``nvidia``); empty uses the node's default runtime."""
     image_pull_policy: str = "IfNotPresent"
     """Pull policy of function containers."""
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where the scheduler put a configuration; empty fields leave it to Kubernetes."""
-
-    node: str = ""
-    gpu_uuid: str = ""
-
-
-@dataclass(frozen=True)
-class ReplicaConfig:
-    """One replica configuration of a function: its own Deployment, share, placement and count."""
-
-    config_id: str
-    share: GpuShare
-    replicas: int
-    placement: Placement = field(default_factory=Placement)
 
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

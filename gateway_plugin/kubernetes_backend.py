@@ -33,6 +33,8 @@ from .backend import (
     FunctionSpec,
     FunctionState,
     LogLine,
+    Placement,
+    ReplicaConfig,
     ReplicaStatus,
     SecretValue,
 )
@@ -298,7 +300,7 @@ class KubernetesBackend:
                    {"spec": {"replicas": replicas}}, _content_type=_MERGE)
 
     @staticmethod
-    def _config_of(dep: Mapping[str, Any]) -> specs.ReplicaConfig | None:
+    def _config_of(dep: Mapping[str, Any]) -> ReplicaConfig | None:
         meta = dep.get("metadata") or {}
         config_id = (meta.get("labels") or {}).get(specs.CONFIG_LABEL, "")
         if not config_id:
@@ -309,13 +311,13 @@ class KubernetesBackend:
         except ValidationError:
             log.warning("configuration Deployment %s has invalid share annotations", meta.get("name"))
             return None
-        return specs.ReplicaConfig(
+        return ReplicaConfig(
             config_id, share, int((dep.get("spec") or {}).get("replicas") or 0),
-            specs.Placement(annotations.get(specs.NODE_KEY, ""),
+            Placement(annotations.get(specs.NODE_KEY, ""),
                             annotations.get(specs.GPU_UUID_KEY, "")))
 
     def apply_configurations(self, namespace: str, name: str,
-                             configs: Sequence[specs.ReplicaConfig]) -> None:
+                             configs: Sequence[ReplicaConfig]) -> None:
         """Make the function's extra replica configurations exactly ``configs`` (the scheduler's
         decision): one Deployment each, created, patched or deleted. The base Deployment (which
         ``scale`` acts on) is left alone."""

@@ -16,13 +16,12 @@ import json
 import logging
 import os
 import secrets as pysecrets
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,16 +31,26 @@ import urllib3
 from fast_scheduler.cores import pick_cores
 from fastgshare import keys
 from fastgshare.redis_server import free_port
+from fastgshare.resources import GpuShare
 from gateway_plugin.backend import (
     DEFAULT_NAMESPACE,
     FunctionSpec,
     FunctionState,
     LogLine,
+    Placement,
+    ReplicaConfig,
     ReplicaStatus,
     SecretValue,
 )
 from gateway_plugin.errors import Conflict, Invalid, NoReplicaReady, NotFound
 from gateway_plugin.local_logs import read_logs
+from gateway_plugin.local_replicas import (
+    STOP_GRACE_S,
+    Replica,
+    alive,
+    is_our_sidecar,
+    stop_process_group,
+)
 from gateway_plugin.spec_codec import spec_from_dict, spec_to_dict
 
 log = logging.getLogger("fastgshare.local")
@@ -52,40 +61,8 @@ RECONCILE_PERIOD_S = 0.5
 """How often the reconcile thread compares running replicas with the desired state."""
 HEALTH_TIMEOUT_S = 0.5
 """Timeout of one sidecar health probe."""
-STOP_GRACE_S = 5.0
-"""Time a replica gets between SIGTERM and SIGKILL."""
 MAX_RESTART_BACKOFF_S = 30.0
 """Ceiling of the delay before restarting a replica that keeps crashing."""
-
-
-@dataclass
-class _Replica:
-    """A replica process this backend started or adopted."""
-
-    replica_id: str
-    namespace: str
-    name: str
-    generation: int
-    pid: int
-    port: int
-    device_id: str
-    cores: tuple[int, ...]
-    sm_pct: int
-    started_at_s: float
-    restarts: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    ready: bool = False
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def record(self) -> str:
-        return json.dumps({
-            "replica_id": self.replica_id, "generation": self.generation, "pid": self.pid,
-            "port": self.port, "device_id": self.device_id, "cores": list(self.cores),
-            "sm_pct": self.sm_pct, "started_at_s": self.started_at_s, "restarts": self.restarts,
-        })
 
 
 @dataclass
@@ -94,7 +71,9 @@ class _Function:
     replicas: int
     created_at: datetime
     generation: int = 1
-    replica_list: list[_Replica] = field(default_factory=list)
+    replica_list: list[Replica] = field(default_factory=list)
+    configs: dict[str, ReplicaConfig] = field(default_factory=dict)
+    """The scheduler's replica groups, beside the base group (``spec.share`` x ``replicas``)."""
     crashes: int = 0
     next_start_s: float = 0.0
     rr_credit: dict[str, int] = field(default_factory=dict)
@@ -103,24 +82,19 @@ class _Function:
         return json.dumps({
             "spec": spec_to_dict(self.spec), "replicas": self.replicas,
             "created_at": self.created_at.isoformat(), "generation": self.generation,
+            "configs": [{"config_id": c.config_id, "share": asdict(c.share), "replicas": c.replicas,
+                         "placement": asdict(c.placement)} for c in self.configs.values()],
         })
 
+    def groups(self) -> dict[str, tuple[GpuShare, int, Placement]]:
+        """Replica groups by config id: the base (``""``) and the scheduler's configurations."""
+        out = {"": (self.spec.share, self.replicas, Placement())}
+        for c in self.configs.values():
+            out[c.config_id] = (c.share, c.replicas, c.placement)
+        return out
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def _is_our_sidecar(pid: int, replica_id: str) -> bool:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return f"FASTGSHARE_REPLICA={replica_id}".encode() in env
+    def desired_total(self) -> int:
+        return sum(n for _, n, _ in self.groups().values())
 
 
 class LocalBackend:
@@ -156,13 +130,18 @@ class LocalBackend:
             spec = spec_from_dict(data["spec"])
             fn = _Function(spec, int(data["replicas"]), datetime.fromisoformat(data["created_at"]),
                            int(data.get("generation", 1)))
+            for c in data.get("configs", []):
+                fn.configs[c["config_id"]] = ReplicaConfig(
+                    c["config_id"], GpuShare(**c["share"]), int(c["replicas"]),
+                    Placement(**c.get("placement", {})))
             self._functions[(spec.namespace, spec.name)] = fn
             for rid, rec in self._redis.hgetall(keys.replicas(spec.namespace, spec.name)).items():
                 r = json.loads(rec)
-                rep = _Replica(r["replica_id"], spec.namespace, spec.name, int(r["generation"]),
+                rep = Replica(r["replica_id"], spec.namespace, spec.name, int(r["generation"]),
                                int(r["pid"]), int(r["port"]), r["device_id"], tuple(r["cores"]),
-                               int(r["sm_pct"]), float(r["started_at_s"]), int(r.get("restarts", 0)))
-                if _alive(rep.pid) and _is_our_sidecar(rep.pid, rep.replica_id):
+                               int(r["sm_pct"]), float(r["started_at_s"]), int(r.get("restarts", 0)),
+                               r.get("config_id", ""), int(r.get("weight", 100)))
+                if alive(rep.pid) and is_our_sidecar(rep.pid, rep.replica_id):
                     log.info("re-adopted replica %s (pid %d)", rep.replica_id, rep.pid)
                     fn.replica_list.append(rep)
                 else:
@@ -248,20 +227,39 @@ class LocalBackend:
             self._save(fn)
         self._wake.set()
 
+    def apply_configurations(
+        self, namespace: str, name: str, configs: Sequence[ReplicaConfig]
+    ) -> None:
+        """Make the function's scheduler groups exactly ``configs``. New groups start before
+        the replicas of dropped groups stop, so capacity never dips during a change."""
+        ids = [c.config_id for c in configs]
+        if len(set(ids)) != len(ids) or "" in ids:
+            raise Invalid(f"configuration ids must be unique and non-empty (got {ids})")
+        if any(c.replicas < 0 for c in configs):
+            raise Invalid("configuration replicas must be >= 0")
+        with self._lock:
+            fn = self._get(namespace, name)
+            fn.configs = {c.config_id: c for c in configs}
+            self._save(fn)
+        self._wake.set()
+
     # ---- reading ---------------------------------------------------------------------------
 
     def _state(self, fn: _Function) -> FunctionState:
-        current = [r for r in fn.replica_list if r.generation == fn.generation]
+        groups = fn.groups()
+        current = [r for r in fn.replica_list
+                   if r.generation == fn.generation and r.config_id in groups]
         reps = tuple(
             ReplicaStatus(r.replica_id, r.device_id, r.ready, r.url if r.ready else "", r.cores,
-                          r.sm_pct, r.pid, r.restarts)
+                          r.sm_pct, r.pid, r.restarts, r.config_id)
             for r in fn.replica_list
         )
         ready = sum(1 for r in current if r.ready)
-        phase = "ready" if ready >= fn.replicas else ("crashing" if fn.crashes > 2 else "starting")
-        if fn.replicas == 0 and not fn.replica_list:
+        desired = fn.desired_total()
+        phase = "ready" if ready >= desired else ("crashing" if fn.crashes > 2 else "starting")
+        if desired == 0 and not fn.replica_list:
             phase = "scaled-to-zero"
-        return FunctionState(fn.spec, fn.replicas, ready, fn.created_at, reps, phase)
+        return FunctionState(fn.spec, desired, ready, fn.created_at, reps, phase)
 
     def list(self, namespace: str) -> list[FunctionState]:
         with self._lock:
@@ -284,9 +282,9 @@ class LocalBackend:
                 )
             # nginx's smooth weighted round robin: interleaves replicas in proportion to weight.
             total = 0
-            best: _Replica | None = None
+            best: Replica | None = None
             for rep in ready:
-                weight = max(1, round(rep.sm_pct * fn.spec.share.quota_limit_frac))
+                weight = rep.weight
                 total += weight
                 fn.rr_credit[rep.replica_id] = fn.rr_credit.get(rep.replica_id, 0) + weight
                 if best is None or fn.rr_credit[rep.replica_id] > fn.rr_credit[best.replica_id]:
@@ -370,14 +368,14 @@ class LocalBackend:
                 path.chmod(0o600)
         return d
 
-    def _start_replica(self, fn: _Function) -> _Replica:
+    def _start_replica(self, fn: _Function, config_id: str, share: GpuShare) -> Replica:
         spec = fn.spec
         image = self._image(spec.image)
         if image is None:
             raise Invalid(f"image {spec.image!r} is no longer registered")
         replica_id = f"{spec.name}-{pysecrets.token_hex(3)}"
         device_id, device_cores = self._device()
-        cores = pick_cores(device_cores, spec.share.sm_pct, self._core_load())
+        cores = pick_cores(device_cores, share.sm_pct, self._core_load())
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FASTGSHARE_")}
         env.update(spec.env_vars)
@@ -393,14 +391,14 @@ class LocalBackend:
             "FASTGSHARE_RUNTIME": str(Path(image["template_dir"]) / "index.py"),
             "FASTGSHARE_DEVICE": device_id,
             "FASTGSHARE_CPU_CORES": ",".join(map(str, cores)),
-            "FASTGSHARE_SM_PCT": str(spec.share.sm_pct),
-            "FASTGSHARE_QUOTA_REQUEST": f"{spec.share.quota_request_frac:g}",
-            "FASTGSHARE_QUOTA_LIMIT": f"{spec.share.quota_limit_frac:g}",
+            "FASTGSHARE_SM_PCT": str(share.sm_pct),
+            "FASTGSHARE_QUOTA_REQUEST": f"{share.quota_request_frac:g}",
+            "FASTGSHARE_QUOTA_LIMIT": f"{share.quota_limit_frac:g}",
             "FASTGSHARE_SECRETS_DIR": str(self._write_secrets(spec, replica_id)),
             "REDIS_URL": self._redis_url,
         })
-        if spec.share.mem_bytes is not None:
-            env["FASTGSHARE_MEM_BYTES"] = str(spec.share.mem_bytes)
+        if share.mem_bytes is not None:
+            env["FASTGSHARE_MEM_BYTES"] = str(share.mem_bytes)
         if spec.share.model:
             env["FASTGSHARE_MODEL"] = spec.share.model
         log_dir = self._log_dir(spec.namespace, spec.name)
@@ -411,40 +409,23 @@ class LocalBackend:
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        rep = _Replica(replica_id, spec.namespace, spec.name, fn.generation, proc.pid, port,
-                       device_id, cores, spec.share.sm_pct, time.time(), proc=proc)
+        rep = Replica(replica_id, spec.namespace, spec.name, fn.generation, proc.pid, port,
+                       device_id, cores, share.sm_pct, time.time(), config_id=config_id,
+                       weight=max(1, round(share.sm_pct * share.quota_limit_frac)), proc=proc)
         self._redis.hset(keys.replicas(spec.namespace, spec.name), replica_id, rep.record())
         log.info("started replica %s pid %d port %d cores %s", replica_id, proc.pid, port, cores)
         return rep
 
-    def _stop_replica(self, rep: _Replica) -> None:
-        try:
-            os.killpg(rep.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-        deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline:
-            if rep.proc is not None:
-                if rep.proc.poll() is not None:
-                    break
-            elif not _alive(rep.pid):
-                break
-            time.sleep(0.02)
-        else:
-            try:
-                os.killpg(rep.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            if rep.proc is not None:
-                rep.proc.wait()
+    def _stop_replica(self, rep: Replica) -> None:
+        stop_process_group(rep.pid, rep.proc, STOP_GRACE_S)
         self._redis.hdel(keys.replicas(rep.namespace, rep.name), rep.replica_id)
 
-    def _is_running(self, rep: _Replica) -> bool:
+    def _is_running(self, rep: Replica) -> bool:
         if rep.proc is not None:
             return rep.proc.poll() is None
-        return _alive(rep.pid)
+        return alive(rep.pid)
 
-    def _probe(self, rep: _Replica) -> bool:
+    def _probe(self, rep: Replica) -> bool:
         try:
             resp = self._http.request("GET", f"{rep.url}/_/health", timeout=HEALTH_TIMEOUT_S)
             return resp.status == 200
@@ -457,7 +438,7 @@ class LocalBackend:
         with self._lock:
             functions = list(self._functions.values())
         for fn in functions:
-            stop: list[_Replica] = []
+            stop: list[Replica] = []
             with self._lock:
                 for rep in list(fn.replica_list):
                     if not self._is_running(rep):
@@ -477,24 +458,27 @@ class LocalBackend:
             with self._lock:
                 if (fn.spec.namespace, fn.spec.name) not in self._functions:
                     continue
-                current = [r for r in fn.replica_list if r.generation == fn.generation]
-                old = [r for r in fn.replica_list if r.generation != fn.generation]
-                ready_current = sum(1 for r in current if r.ready)
-                # Roll: old replicas serve until enough new ones are ready.
-                if ready_current >= fn.replicas or not any(r.ready for r in old):
+                groups = fn.groups()
+                current = [r for r in fn.replica_list
+                           if r.generation == fn.generation and r.config_id in groups]
+                old = [r for r in fn.replica_list if r not in current]
+                # Roll: replicas of an old spec or a dropped group serve until the new ones are ready.
+                if (sum(1 for r in current if r.ready) >= fn.desired_total()
+                        or not any(r.ready for r in old)):
                     stop.extend(old)
-                excess = len(current) - fn.replicas
-                if excess > 0:
-                    # Stop starting ones before ready ones.
-                    stop.extend(sorted(current, key=lambda r: (r.ready, r.started_at_s))[:excess])
+                to_start: list[tuple[str, GpuShare]] = []
+                for config_id, (share, want, _placement) in groups.items():
+                    mine = [r for r in current if r.config_id == config_id]
+                    if len(mine) > want:  # stop starting ones before ready ones
+                        stop.extend(sorted(mine, key=lambda r: (r.ready, r.started_at_s))[:len(mine) - want])
+                    to_start += [(config_id, share)] * max(0, want - len(mine))
                 for rep in stop:
                     if rep in fn.replica_list:
                         fn.replica_list.remove(rep)
-                missing = fn.replicas - (len(current) - max(0, excess))
-                if missing > 0 and now_s >= fn.next_start_s:
-                    for _ in range(missing):
+                if to_start and now_s >= fn.next_start_s:
+                    for config_id, share in to_start:
                         try:
-                            fn.replica_list.append(self._start_replica(fn))
+                            fn.replica_list.append(self._start_replica(fn, config_id, share))
                         except Exception:  # keep reconciling the other functions
                             log.exception("could not start a replica of %s", fn.spec.name)
                             fn.next_start_s = now_s + MAX_RESTART_BACKOFF_S
@@ -526,33 +510,3 @@ class LocalBackend:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._http.clear()
-
-
-def stop_recorded_replicas(client: redis.Redis) -> int:
-    """Stop every replica recorded in Redis, from any process (``fastgshare up`` on shutdown).
-
-    Desired state is kept: the next ``up`` starts the replicas again.
-    """
-    pids: list[int] = []
-    for raw_key in client.hkeys(keys.functions_index()):
-        ns, name = raw_key.decode().split("/", 1)
-        for rec in client.hvals(keys.replicas(ns, name)):
-            r = json.loads(rec)
-            pid = int(r["pid"])
-            if _alive(pid) and _is_our_sidecar(pid, r["replica_id"]):
-                try:
-                    os.killpg(pid, signal.SIGTERM)
-                    pids.append(pid)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        client.delete(keys.replicas(ns, name))
-    deadline = time.monotonic() + STOP_GRACE_S
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in pids:
-        if _alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-    return len(pids)

@@ -26,7 +26,7 @@ from kubernetes import client
 
 from fastgshare.resources import GpuShare, ScaleBounds
 from gateway_plugin import k8s_specs as specs
-from gateway_plugin.backend import FunctionSpec, SecretValue
+from gateway_plugin.backend import FunctionSpec, Placement, ReplicaConfig, SecretValue
 from gateway_plugin.errors import BackendFailure, Conflict, Invalid, NoReplicaReady, NotFound
 from gateway_plugin.kubernetes_backend import (
     KubernetesBackend,
@@ -267,7 +267,7 @@ def test_scale_status_and_list(backend: KubernetesBackend, api: client.ApiClient
 def test_configurations_are_deployments_of_their_own(backend: KubernetesBackend,
                                                      api: client.ApiClient) -> None:
     backend.deploy(make_spec())
-    wide = specs.ReplicaConfig("sm50", GpuShare(sm_pct=50), 1, specs.Placement("node-b", "GPU-9"))
+    wide = ReplicaConfig("sm50", GpuShare(sm_pct=50), 1, Placement("node-b", "GPU-9"))
     backend.apply_configurations(NS, "resnet", [wide])
     dep = raw(api, client.AppsV1Api(api).read_namespaced_deployment, "resnet-sm50", NS)
     assert dep["spec"]["template"]["metadata"]["annotations"]["fastgshare/gpu_sm_partition"] == "50"
@@ -284,7 +284,7 @@ def test_configurations_are_deployments_of_their_own(backend: KubernetesBackend,
 
 def test_remove_deletes_everything(backend: KubernetesBackend, api: client.ApiClient) -> None:
     backend.deploy(make_spec())
-    backend.apply_configurations(NS, "resnet", [specs.ReplicaConfig("c1", GpuShare(), 1)])
+    backend.apply_configurations(NS, "resnet", [ReplicaConfig("c1", GpuShare(), 1)])
     backend.remove(NS, "resnet")
     assert backend.list(NS) == []
     with pytest.raises(client.ApiException):

@@ -17,7 +17,7 @@ import yaml
 
 from fastgshare.resources import GpuShare, ScaleBounds
 from gateway_plugin import k8s_specs as specs
-from gateway_plugin.backend import FunctionSpec, SecretValue
+from gateway_plugin.backend import FunctionSpec, Placement, ReplicaConfig, SecretValue
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -42,7 +42,7 @@ MINIMAL = FunctionSpec(name="echo", image="echo:1")
 
 def generated() -> list[tuple[str, dict[str, Any]]]:
     pod = specs.PodSettings(runtime_class="nvidia")
-    config = specs.ReplicaConfig("sm50", GpuShare(sm_pct=50), 2, specs.Placement("n2", "GPU-9"))
+    config = ReplicaConfig("sm50", GpuShare(sm_pct=50), 2, Placement("n2", "GPU-9"))
     return [
         ("full deployment", specs.make_deployment(FULL, replicas=1, pod=pod)),
         ("minimal deployment", specs.make_deployment(MINIMAL, replicas=0, pod=pod)),

@@ -1,0 +1,79 @@
+"""The local backend on its own (no provider): scheduler-chosen replica groups and restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from fastgshare.resources import GpuShare
+from gateway_plugin.backend import FunctionSpec, ReplicaConfig
+from gateway_plugin.errors import Invalid
+from gateway_plugin.local_backend import LocalBackend
+
+HANDLER = Path(__file__).parent / "handlers" / "linear"
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate, timeout_s: float = 90.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture
+def backend(redis_client, redis_url, state_dir):
+    b = LocalBackend(redis_client, state_dir, redis_url=redis_url)
+    b.register_image("t/linear", HANDLER)
+    yield b
+    b.stop_all_replicas()
+    b.close()
+
+
+def test_configuration_groups_start_before_dropped_ones_stop(backend: LocalBackend):
+    backend.deploy(FunctionSpec("lin", "t/linear", share=GpuShare(sm_pct=100)))
+    wait_for(lambda: backend.status("openfaas-fn", "lin").available_replicas == 1, what="base")
+
+    backend.apply_configurations("openfaas-fn", "lin", [
+        ReplicaConfig("half", GpuShare(sm_pct=50, quota_request_frac=0.3, quota_limit_frac=0.5), 2)])
+    wait_for(lambda: backend.status("openfaas-fn", "lin").available_replicas == 3, what="3 ready")
+    state = backend.status("openfaas-fn", "lin")
+    assert state.replicas == 3
+    half = [r for r in state.replica_status if r.config_id == "half"]
+    assert len(half) == 2 and all(r.sm_pct == 50 and len(r.cores) == 1 for r in half)
+
+    # Replace the group: the old group keeps serving until the new one is ready.
+    backend.apply_configurations("openfaas-fn", "lin", [ReplicaConfig("quarter", GpuShare(sm_pct=25), 1)])
+    seen_gap = False
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        state = backend.status("openfaas-fn", "lin")
+        ids = {r.config_id for r in state.replica_status}
+        if not any(r.ready and r.config_id in ("half", "quarter") for r in state.replica_status):
+            seen_gap = True
+        if ids == {"", "quarter"} and state.available_replicas == 2:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"did not converge: {state}")
+    assert not seen_gap, "capacity of the scheduler groups dropped to zero during the change"
+
+    with pytest.raises(Invalid):
+        backend.apply_configurations("openfaas-fn", "lin", [ReplicaConfig("a", GpuShare(), 1)] * 2)
+
+
+def test_crashed_replica_is_restarted(backend: LocalBackend):
+    backend.deploy(FunctionSpec("crashy", "t/linear"))
+    wait_for(lambda: backend.status("openfaas-fn", "crashy").available_replicas == 1, what="ready")
+    (rep,) = backend.status("openfaas-fn", "crashy").replica_status
+    os.killpg(rep.pid, signal.SIGKILL)
+    wait_for(lambda: any(r.pid != rep.pid and r.ready
+                         for r in backend.status("openfaas-fn", "crashy").replica_status),
+             what="a new replica after the crash")
