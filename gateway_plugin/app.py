@@ -19,6 +19,7 @@ from gateway_plugin import types
 from gateway_plugin.auth import REALM_HEADER, REFUSAL_TEXT, is_authorized, read_basic_auth
 from gateway_plugin.backend import Backend
 from gateway_plugin.errors import http_status
+from gateway_plugin.extensions import ExtensionHandlers
 from gateway_plugin.handlers import SystemHandlers
 from gateway_plugin.metrics import ProviderMetrics
 from gateway_plugin.proxy import INVOKE_METHODS, Invoker
@@ -56,6 +57,7 @@ def create_app(backend: Backend, settings: ProviderSettings, *,
     metrics = ProviderMetrics(registry, backend)
     system = SystemHandlers(backend, settings, metrics)
     invoker = Invoker(backend, settings, metrics)
+    extensions = ExtensionHandlers(backend, settings)
     credentials = read_basic_auth(settings.secrets_dir) if settings.basic_auth else None
     app.extensions[EXTENSION_KEY] = {"backend": backend, "invoker": invoker, "metrics": metrics}
 
@@ -77,6 +79,9 @@ def create_app(backend: Backend, settings: ProviderSettings, *,
     route("/system/secrets", system.update_secret, "PUT")
     route("/system/secrets", system.delete_secret, "DELETE")
     route("/system/logs", system.logs, "GET")
+    # FaST-GShare's own (replica placement and shares; the scheduler's configurations)
+    route("/system/fastgshare/replicas", extensions.replicas, "GET")
+    route("/system/fastgshare/configurations/<name>", extensions.apply_configurations, "PUT")
 
     # --- open --------------------------------------------------------------------------------------
     def healthz() -> Response:

@@ -92,6 +92,8 @@ class FunctionState:
     replica_status: tuple[ReplicaStatus, ...] = ()
     status: str = "ready"
     """Free-form phase shown to users: ``ready``, ``starting``, ``profiling``, ..."""
+    configs: tuple[ReplicaConfig, ...] = ()
+    """The scheduler's replica groups beside the base group (see ``apply_configurations``)."""
 
 
 @dataclass(frozen=True)

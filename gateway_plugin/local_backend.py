@@ -259,7 +259,8 @@ class LocalBackend:
         phase = "ready" if ready >= desired else ("crashing" if fn.crashes > 2 else "starting")
         if desired == 0 and not fn.replica_list:
             phase = "scaled-to-zero"
-        return FunctionState(fn.spec, desired, ready, fn.created_at, reps, phase)
+        return FunctionState(fn.spec, desired, ready, fn.created_at, reps, phase,
+                             tuple(fn.configs.values()))
 
     def list(self, namespace: str) -> list[FunctionState]:
         with self._lock:

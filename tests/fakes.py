@@ -12,7 +12,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +23,7 @@ from gateway_plugin.backend import (
     FunctionSpec,
     FunctionState,
     LogLine,
+    ReplicaConfig,
     ReplicaStatus,
     SecretValue,
 )
@@ -140,6 +141,7 @@ class _Fn:
     created_at: datetime
     ready_at_s: float = 0.0
     """Monotonic time after which its replicas count as ready."""
+    configs: tuple[ReplicaConfig, ...] = ()
 
 
 @dataclass
@@ -196,7 +198,7 @@ class FakeBackend:
             ReplicaStatus(f"{fn.spec.name}-{i}", "cpu:0", i < ready, self.replica_url if i < ready else "",
                           (0,), fn.spec.share.sm_pct, None, 0)
             for i in range(fn.replicas))
-        return FunctionState(fn.spec, fn.replicas, ready, fn.created_at, reps)
+        return FunctionState(fn.spec, fn.replicas, ready, fn.created_at, reps, configs=fn.configs)
 
     def _check_namespace(self, namespace: str) -> None:
         if namespace not in self.allowed_namespaces:
@@ -228,6 +230,11 @@ class FakeBackend:
             self._get(namespace, name)
             del self._fns[(namespace, name)]
             self._cond.notify_all()
+
+    def apply_configurations(self, namespace: str, name: str, configs: Sequence[ReplicaConfig]) -> None:
+        with self._cond:
+            self.calls.append(("apply_configurations", (namespace, name, tuple(configs))))
+            self._get(namespace, name).configs = tuple(configs)
 
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         with self._cond:

@@ -154,7 +154,8 @@ def test_bad_deploys_change_nothing(platform, api):
         resp = api.post(f"{url}/system/functions", json=body)
         assert 400 <= resp.status_code < 500, (body, resp.status_code, resp.text)
         assert resp.text.strip()
-    resp = api.post(f"{url}/system/functions", data=b"{not json", headers={"Content-Type": "application/json"})
+    resp = api.post(f"{url}/system/functions", data=b"{not json",
+                    headers={"Content-Type": "application/json"})
     assert resp.status_code == 400
     assert api.get(f"{url}/system/functions").json() == before
 
@@ -178,4 +179,5 @@ def test_state_survives_platform_restart(tmp_path: Path):
         assert [x["name"] for x in s.get(f"{info2.url}/system/secrets").json()] == ["sec"]
         wait_for(lambda: fn_status(s, info2.url, "survivor")["availableReplicas"] == 1,
                  what="survivor back")
-        assert requests.post(f"{info2.url}/function/survivor", json={"x": [1, 0, 0, 0]}).json()["y"] == [1.0, 5.0]
+        resp = requests.post(f"{info2.url}/function/survivor", json={"x": [1, 0, 0, 0]})
+        assert resp.json()["y"] == [1.0, 5.0]

@@ -51,4 +51,5 @@ def test_log_line_parsing_keeps_previous_timestamp_for_bare_lines():
     prev = datetime(2026, 1, 1, tzinfo=UTC)
     ts, text = parse_line("2026-11-27T10:00:00.5Z hello world", prev)
     assert ts == datetime(2026, 11, 27, 10, 0, 0, 500000, tzinfo=UTC) and text == "hello world"
-    assert parse_line("Traceback (most recent call last):", prev) == (prev, "Traceback (most recent call last):")
+    bare = "Traceback (most recent call last):"
+    assert parse_line(bare, prev) == (prev, bare)

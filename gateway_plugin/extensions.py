@@ -1,0 +1,95 @@
+"""FaST-GShare's own routes beside the faas-provider contract, under ``/system/fastgshare/``.
+
+They carry what the OpenFaaS types have no field for: where each replica runs and with which
+share (for ``fastgshare status``, the scheduler and the profiler), and the scheduler's replica
+configurations. Same basic auth as the rest of ``/system``; same error mapping.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, request
+
+from fastgshare.errors import ValidationError
+from fastgshare.resources import parse_share
+from gateway_plugin import types
+from gateway_plugin.backend import Backend, FunctionState, Placement, ReplicaConfig
+from gateway_plugin.body import read_body
+from gateway_plugin.handlers import accepted, json_response
+from gateway_plugin.settings import ProviderSettings
+
+MAX_CONFIGURATIONS = 64
+"""Replica groups one function may have; more is surely a scheduler bug."""
+
+
+def make_replicas_json(state: FunctionState) -> dict[str, Any]:
+    return {
+        "name": state.spec.name,
+        "namespace": state.spec.namespace,
+        "status": state.status,
+        "replicas": state.replicas,
+        "availableReplicas": state.available_replicas,
+        "share": state.spec.share.as_annotations(),
+        "configurations": [
+            {"configId": c.config_id, "replicas": c.replicas, "share": c.share.as_annotations(),
+             "node": c.placement.node, "gpuUuid": c.placement.gpu_uuid}
+            for c in state.configs
+        ],
+        "replicaStatus": [
+            {"replica": r.replica_id, "device": r.device_id, "ready": r.ready,
+             "cores": list(r.cores), "smPct": r.sm_pct, "configId": r.config_id,
+             "restarts": r.restarts}
+            for r in state.replica_status
+        ],
+    }
+
+
+def as_configurations(body: Any) -> list[ReplicaConfig]:
+    """``{"configurations": [{"configId", "replicas", "share": {annotation: value}, ...}]}``."""
+    if not isinstance(body, dict) or not isinstance(body.get("configurations"), list):
+        raise ValidationError("configurations", "a JSON object with a list 'configurations'")
+    raw = body["configurations"]
+    if len(raw) > MAX_CONFIGURATIONS:
+        raise ValidationError("configurations", f"at most {MAX_CONFIGURATIONS} entries", len(raw))
+    out = []
+    for i, item in enumerate(raw):
+        where = f"configurations[{i}]"
+        if not isinstance(item, dict):
+            raise ValidationError(where, "an object with configId, replicas and share")
+        config_id = item.get("configId")
+        if not isinstance(config_id, str) or not types.NAME_RE.match(config_id) or len(config_id) > 20:
+            raise ValidationError(f"{where}.configId", "a DNS label of at most 20 characters", config_id)
+        replicas = item.get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 1000:
+            raise ValidationError(f"{where}.replicas", "an integer 0..1000", replicas)
+        share = item.get("share") or {}
+        if not isinstance(share, dict):
+            raise ValidationError(f"{where}.share", "an object of gpu-share annotations")
+        placement = Placement(str(item.get("node") or ""), str(item.get("gpuUuid") or ""))
+        out.append(ReplicaConfig(config_id, parse_share({str(k): str(v) for k, v in share.items()}),
+                                 replicas, placement))
+    if len({c.config_id for c in out}) != len(out):
+        raise ValidationError("configurations", "unique configId values")
+    return out
+
+
+class ExtensionHandlers:
+    def __init__(self, backend: Backend, settings: ProviderSettings) -> None:
+        self._backend = backend
+        self._settings = settings
+
+    def replicas(self) -> Response:
+        namespace = types.validate_namespace(request.args.get("namespace"))
+        return json_response([make_replicas_json(s) for s in self._backend.list(namespace)])
+
+    def apply_configurations(self, name: str) -> Response:
+        types.validate_name(name, "name")
+        namespace = types.validate_namespace(request.args.get("namespace"))
+        body = types.parse_json_object(
+            read_body(request.environ, self._settings.max_system_body_bytes), "configurations")
+        self._backend.apply_configurations(namespace, name, as_configurations(body))
+        return accepted()
+
+
+
