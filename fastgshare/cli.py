@@ -98,7 +98,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from fastgshare.platform import Platform
 
     platform = Platform(args.state_dir, port=args.port, basic_auth=not args.no_auth,
-                        redis_url=os.environ.get("REDIS_URL"))
+                        redis_url=os.environ.get("REDIS_URL"), profiler=not args.no_profiler,
+                        scheduler=not args.no_scheduler)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -216,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-auth", action="store_true", help="disable basic auth on /system/*")
     up.add_argument("-f", "--file", type=Path, default=None,
                     help="also build and deploy this stack file once up")
+    up.add_argument("--no-profiler", action="store_true",
+                    help="do not profile functions with fastgshare/slo_ms in the background")
+    up.add_argument("--no-scheduler", action="store_true",
+                    help="do not run the SLO-aware autoscaler (functions keep static annotations)")
     up.set_defaults(func=cmd_up)
 
     b = sub.add_parser("build", help="register each function's image as its handler folder",
@@ -247,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--follow", action="store_true")
     lg.set_defaults(func=cmd_logs)
 
+    sub.add_parser("profile", help="profile a function (progress bar); see `fastgshare profile --help`",
+                   add_help=False)
+
     r = sub.add_parser("remove", help="remove a deployed function")
     common(r)
     r.add_argument("name")
@@ -267,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["profile"]:  # its own parser: fast_profiler.cli
+        from fast_profiler.cli import profile_main
+
+        return int(profile_main(argv[1:]))
     args = build_parser().parse_args(argv)
     args.state_dir_given = getattr(args, "state_dir", None) is not None
     if getattr(args, "state_dir", None) is None and args.command != "demo":

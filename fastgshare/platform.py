@@ -79,9 +79,14 @@ class Platform:
     redis_url: str | None = None
     """An external Redis; None starts the embedded one under ``STATE/redis``."""
     bind: str = "127.0.0.1"
+    profiler: bool = False
+    """Run the background profiler (profiles functions with ``fastgshare/slo_ms`` and no table)."""
+    scheduler: bool = False
+    """Run the scheduler's control loop (``python -m fast_scheduler``)."""
     _redis: EmbeddedRedis | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _redis_url: str = ""
+    _password: str = ""
     info: PlatformInfo | None = None
 
     def start(self) -> PlatformInfo:
@@ -104,6 +109,17 @@ class Platform:
             raise
         url = f"http://127.0.0.1:{self.port}"
         self.info = PlatformInfo(url, redis_url, user, password, str(self.state_dir))
+        self._password = password
+        try:
+            if self.profiler:
+                self._spawn("profiler", [sys.executable, "-m", "fast_profiler", "watch",
+                                         "--redis-url", redis_url, "--gateway", url])
+            if self.scheduler:
+                self._spawn("scheduler", [sys.executable, "-m", "fast_scheduler",
+                                          "--redis-url", redis_url, "--gateway", url])
+        except BaseException:
+            self.stop()
+            raise
         (self.state_dir / "platform.json").write_text(json.dumps(self.info.__dict__, indent=1))
         return self.info
 
@@ -116,6 +132,8 @@ class Platform:
             "basic_auth": "true" if self.basic_auth else "false",
             "PYTHONUNBUFFERED": "1",
         })
+        if self._password:  # the profiler and scheduler speak the provider API
+            env.update({"FASTGSHARE_USER": DEFAULT_USER, "FASTGSHARE_PASSWORD": self._password})
         return env
 
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -170,6 +188,8 @@ class Platform:
         """Provider, then replicas, then node agent, then Redis. Safe to call twice."""
         from gateway_plugin.local_replicas import stop_recorded_replicas
 
+        self._terminate("scheduler")
+        self._terminate("profiler")
         self._terminate("provider")
         url = self._redis_url
         if url:

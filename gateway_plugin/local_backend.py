@@ -259,6 +259,9 @@ class LocalBackend:
         phase = "ready" if ready >= desired else ("crashing" if fn.crashes > 2 else "starting")
         if desired == 0 and not fn.replica_list:
             phase = "scaled-to-zero"
+        profiling = self._redis.hget(keys.profile_status(fn.spec.namespace, fn.spec.name), "state")
+        if profiling in (b"queued", b"profiling"):
+            phase = f"profiling ({phase})"
         return FunctionState(fn.spec, desired, ready, fn.created_at, reps, phase,
                              tuple(fn.configs.values()))
 
