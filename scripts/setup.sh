@@ -15,5 +15,8 @@ fi
 if [ ! -f .venv/.installed ] || [ setup.py -nt .venv/.installed ]; then
   echo "[setup] installing fastgshare and its dependencies"
   pip install -q --disable-pip-version-check -e '.[dev,models]'
+  # orcbench (Azure-Functions-like trace models) pins numpy<2, which would break torch and
+  # matplotlib here; only its shipped model data is used, so install it without its pins.
+  pip install -q --disable-pip-version-check --no-deps 'orcbench==0.1.4'
   touch .venv/.installed
 fi
