@@ -89,8 +89,7 @@ def run_demo(stack: Path, *, requests_per_function: int, port: int, state_dir: P
         wall_s = time.monotonic() - t0
         print("[4/4] report", flush=True)
         status = {f["name"]: f for f in client.functions()}
-        _, replicas = replica_rows(info.redis_url)
-        cores = {r[0]: r[3] for r in replicas}
+        cores = {r[0]: r[4] for r in replica_rows(client)}
         rows = []
         for name, rs in results.items():
             f = status.get(name, {})

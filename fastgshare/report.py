@@ -22,36 +22,35 @@ def percentile_ms(samples_s: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples_s) * 1000, q)) if samples_s else float("nan")
 
 
-def replica_rows(redis_url: str) -> tuple[list[list[Any]], list[list[Any]]]:
-    """(devices, replicas) rows from the registry and the replica records in Redis."""
+def device_rows(redis_url: str) -> list[list[Any]]:
+    """Devices the node agents registered (only the local platform's Redis has them)."""
     import redis
-    import requests
 
-    from fastgshare import keys
+    from fast_manager.node_agent import read_devices
 
     client = redis.Redis.from_url(redis_url)
-    devices = []
-    for raw in client.hvals(keys.devices()):
-        d = json.loads(raw)
-        devices.append([d.get("device_id"), d.get("kind"), d.get("name", ""),
-                        len(d.get("cores", [])) or "", d.get("mem_bytes", 0) // 2**20])
-    replicas = []
-    for fkey in sorted(client.hkeys(keys.functions_index())):
-        ns, name = fkey.decode().split("/", 1)
-        for rec in client.hvals(keys.replicas(ns, name)):
-            r = json.loads(rec)
-            stats: dict[str, Any] = {}
-            try:
-                stats = requests.get(f"http://127.0.0.1:{r['port']}/_/stats", timeout=1).json()
-            except (requests.RequestException, ValueError):
-                pass
-            lat = stats.get("latency_ms", {})
-            replicas.append([name, r["replica_id"], r["device_id"],
-                             ",".join(map(str, r["cores"])), r["sm_pct"],
-                             stats.get("requests", "-"), stats.get("token_mode", "-"),
-                             _ms(lat.get("p50")), _ms(lat.get("p99"))])
-    client.close()
-    return devices, replicas
+    try:
+        return [[d.device_id, d.kind, d.name, len(d.cores) or "", d.mem_bytes // 2**20]
+                for d in read_devices(client)]
+    finally:
+        client.close()
+
+
+def replica_rows(client: Any) -> list[list[Any]]:
+    """One row per replica, from the provider's ``/system/fastgshare/replicas``."""
+    resp = client.session.get(f"{client.url}/system/fastgshare/replicas", timeout=30)
+    resp.raise_for_status()
+    rows = []
+    for fn in resp.json():
+        shares = {"": fn["share"], **{c["configId"]: c["share"] for c in fn["configurations"]}}
+        for r in fn["replicaStatus"]:
+            share = shares.get(r["configId"], fn["share"])
+            rows.append([fn["name"], r["replica"], r["configId"] or "base", r["device"],
+                         ",".join(map(str, r["cores"])) or "-", r["smPct"],
+                         f"{share.get('fastgshare/gpu_quota_request', '1')}/"
+                         f"{share.get('fastgshare/gpu_quota_limit', '1')}",
+                         "yes" if r["ready"] else "no", r["restarts"]])
+    return rows
 
 
 def _ms(x: Any) -> str:
@@ -70,11 +69,11 @@ def print_status(client: Any, state_dir: Path) -> None:
                      int(f.get("invocationCount", 0))])
     print(table(["function", "image", "replicas", "available", "sm%", "quota req/lim",
                  "invocations"], rows))
+    print()
+    print(table(["function", "replica", "group", "device", "cores", "sm%", "quota req/lim",
+                 "ready", "restarts"], replica_rows(client)))
     platform_json = Path(state_dir) / "platform.json"
     if platform_json.exists():
-        devices, replicas = replica_rows(json.loads(platform_json.read_text())["redis_url"])
         print()
-        print(table(["device", "kind", "name", "cores", "mem MiB"], devices))
-        print()
-        print(table(["function", "replica", "device", "cores", "sm%", "requests", "tokens",
-                     "p50 ms", "p99 ms"], replicas))
+        print(table(["device", "kind", "name", "cores", "mem MiB"],
+                    device_rows(json.loads(platform_json.read_text())["redis_url"])))
