@@ -1,0 +1,5 @@
+import sys
+
+from bench.mlperf.cli import bench_main
+
+sys.exit(bench_main())

@@ -1,0 +1,202 @@
+"""The platform as the benchmark sees it: bring it up (or attach), register images, deploy, wait,
+remove, and read what the device did (the sidecars' busy time and the workers' CPU time).
+
+Device counters need the replicas' records in Redis (embedded mode, or ``--redis-url``); without
+them utilisation is reported as unknown, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from bench.mlperf.modes import Deployment, image_of
+from fastgshare import keys
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "function_templates" / "python3-torch"
+NAMESPACE = "openfaas-fn"
+READY_TIMEOUT_S = 240.0
+"""How long a deployment may take to have every replica ready (model load on a busy machine)."""
+
+
+@dataclass
+class Target:
+    """A platform to benchmark: its gateway, credentials and (optionally) its Redis."""
+
+    url: str
+    auth: tuple[str, str] | None
+    redis_url: str | None
+    log_dir: Path | None = None
+    platform: Any = None
+    """The embedded ``Platform`` when this run started it (to see whether its scheduler runs)."""
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self) -> None:
+        if self.auth:
+            self.session.auth = self.auth
+
+    def function_url(self, service: str) -> str:
+        return f"{self.url}/function/{service}"
+
+
+@contextmanager
+def embedded(state_dir: Path, *, scheduler: bool) -> Iterator[Target]:
+    """The embedded platform on a free port (profiler off), stopped on exit."""
+    from fastgshare.platform import Platform
+
+    p = Platform(state_dir, port=0, profiler=False, scheduler=scheduler)
+    info = p.start()
+    try:
+        yield Target(info.url, info.auth, info.redis_url, Path(state_dir) / "platform-logs", p)
+    finally:
+        p.stop()
+
+
+def register_images(redis_url: str, functions: Sequence[str]) -> None:
+    """What ``fastgshare build`` does for the example functions: image -> handler folder."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for fn in functions:
+            rec = {"handler_dir": str(ROOT / "functions" / fn), "template_dir": str(TEMPLATE)}
+            client.hset(keys.images(), image_of(fn), json.dumps(rec))
+    finally:
+        client.close()
+
+
+def deploy(t: Target, body: dict[str, Any]) -> None:
+    """PUT, then POST on 404 (what faas-cli does)."""
+    resp = t.session.put(f"{t.url}/system/functions", json=body, timeout=60)
+    if resp.status_code == 404:
+        resp = t.session.post(f"{t.url}/system/functions", json=body, timeout=60)
+    if resp.status_code >= 300:
+        raise RuntimeError(f"deploy {body['service']}: HTTP {resp.status_code}: {resp.text.strip()}")
+
+
+def remove(t: Target, service: str) -> None:
+    t.session.delete(f"{t.url}/system/functions", json={"functionName": service}, timeout=60)
+
+
+def replicas(t: Target) -> list[dict[str, Any]]:
+    """``GET /system/fastgshare/replicas``: per function replicas, configurations, replica status."""
+    resp = t.session.get(f"{t.url}/system/fastgshare/replicas", timeout=10)
+    resp.raise_for_status()
+    return list(resp.json())
+
+
+def wait_ready(t: Target, services: Sequence[str], timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = set(services)
+    while pending and time.monotonic() < deadline:
+        for s in list(pending):
+            resp = t.session.get(f"{t.url}/system/function/{s}", timeout=10)
+            if resp.status_code == 200 and resp.json().get("availableReplicas", 0) >= 1:
+                pending.discard(s)
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        raise RuntimeError(f"not ready after {timeout_s:.0f} s: {sorted(pending)}")
+
+
+def deploy_all(t: Target, group: Sequence[Deployment]) -> None:
+    for d in group:
+        deploy(t, d.body)
+    wait_ready(t, [d.service for d in group])
+
+
+def remove_all(t: Target, group: Sequence[Deployment]) -> None:
+    for d in group:
+        remove(t, d.service)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and t.redis_url:
+        client = redis.Redis.from_url(t.redis_url)
+        left = sum(client.hlen(keys.replicas(NAMESPACE, d.service)) for d in group)
+        client.close()
+        if not left:
+            break
+        time.sleep(0.3)
+
+
+def single_stream(t: Target, service: str, n: int, warm: int = 3) -> list[float]:
+    """Sequential requests (one outstanding): MLPerf's single-stream latency, through the platform."""
+    out = []
+    for i in range(warm + n):
+        t0 = time.monotonic()
+        resp = t.session.post(t.function_url(service), data=b"{}", timeout=120)
+        resp.raise_for_status()
+        if i >= warm:
+            out.append((time.monotonic() - t0) * 1000.0)
+    return out
+
+
+def _cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Counters of every replica of some services at one moment (monotonic time)."""
+
+    at_s: float
+    busy_ms: dict[str, float]
+    cpu_s: dict[str, float]
+    sm_pct: dict[str, int]
+
+
+class UsageProbe:
+    """Reads each replica's sidecar ``/_/stats`` (busy time) and its worker's CPU time."""
+
+    def __init__(self, t: Target) -> None:
+        self._redis = redis.Redis.from_url(t.redis_url) if t.redis_url else None
+        self._http = requests.Session()
+
+    def sample(self, services: Sequence[str]) -> Usage | None:
+        if self._redis is None:
+            return None
+        busy, cpu, sm = {}, {}, {}
+        for s in services:
+            for rid, raw in self._redis.hgetall(keys.replicas(NAMESPACE, s)).items():
+                rec = json.loads(raw)
+                try:
+                    st = self._http.get(f"http://127.0.0.1:{rec['port']}/_/stats", timeout=2).json()
+                except (requests.RequestException, ValueError):
+                    continue
+                key = rid.decode()
+                busy[key] = float(st.get("busy_ms_total", 0.0))
+                sm[key] = int(rec.get("sm_pct", 100))
+                pid = (st.get("worker") or {}).get("pid")
+                c = _cpu_s(int(pid)) if pid else None
+                if c is not None:
+                    cpu[key] = c
+        return Usage(time.monotonic(), busy, cpu, sm)
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+
+
+def utilisation(a: Usage | None, b: Usage | None,
+                ncores: int) -> tuple[float | None, float | None, float | None]:
+    """(CPU utilisation, busy fraction, SM-time) between two samples; replicas in both only."""
+    if a is None or b is None or b.at_s <= a.at_s:
+        return None, None, None
+    wall = b.at_s - a.at_s
+    both = [k for k in b.busy_ms if k in a.busy_ms]
+    busy = sum(b.busy_ms[k] - a.busy_ms[k] for k in both) / 1000.0 / wall
+    sm_time = sum((b.busy_ms[k] - a.busy_ms[k]) * b.sm_pct[k] / 100.0 for k in both) / 1000.0 / wall
+    cpu_keys = [k for k in b.cpu_s if k in a.cpu_s]
+    cpu = sum(b.cpu_s[k] - a.cpu_s[k] for k in cpu_keys) / wall / ncores if cpu_keys else None
+    return cpu, busy, sm_time
