@@ -1,6 +1,6 @@
 """Cluster simulation: every policy and the LP lower bound on the same traces.
 
-    python -m bench.cluster_sim [--quick] [--json PATH]
+    python -m bench.cluster [--quick] [--json PATH]
 
 Profile tables are SYNTHETIC (``fast_profiler.table.synthetic_table``: the paper's curve shapes on a
 V100) until the profiler produces real ones; read the numbers as a comparison of policies under one
@@ -21,7 +21,8 @@ from fast_scheduler.autoscale import (
     AutoscaleContext,
     AutoscaleSettings,
     AutoscaleState,
-    config_choices,
+    ChoiceSet,
+    choice_set,
     decide_replicas,
 )
 from fast_scheduler.baselines import all_policies, lower_bound_choices
@@ -93,13 +94,13 @@ def decision_time(n_functions: int, n_gpus: int) -> dict[str, float]:
     rng = np.random.default_rng(3)
     specs, rates = make_specs(n_functions, 5, 0.5, 6.0)
     settings = AutoscaleSettings()
-    cache = {}
+    cache: dict[tuple[int, float], ChoiceSet] = {}
     states = {}
     for s in specs:  # choices depend only on (table, SLO): the loop computes them once per table
-        key = (s.model, s.slo_ms)
+        key = (id(s.table), s.slo_ms)
         if key not in cache:
-            cache[key] = config_choices(s.table, s.slo_ms, settings)
-        states[s.name] = AutoscaleState(choices=cache[key], choices_for=(s.table, s.slo_ms))
+            cache[key] = choice_set(s.table, s.slo_ms, settings)
+        states[s.name] = AutoscaleState(choice_set=cache[key])
     current = {}
     for s in specs:
         d, states[s.name] = decide_replicas(
@@ -147,7 +148,7 @@ def decision_time(n_functions: int, n_gpus: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser("cluster_sim", __doc__.splitlines()[0]).parse_args(argv)
+    args = parser("cluster", __doc__.splitlines()[0]).parse_args(argv)
     if args.quick:
         n_fn, duration_s, lo, hi, gpus, dt_fns = 20, 180.0, 5.0, 60.0, 192, 2000
     else:
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print_table(result)
     plot(
-        series, args.json.with_suffix(".png") if args.json.parent != RESULTS else RESULTS / "cluster_sim.png"
+        series, args.json.with_suffix(".png") if args.json.parent != RESULTS else RESULTS / "cluster.png"
     )
     write_json(args.json, result)
 

@@ -15,6 +15,7 @@ highest rate whose p99 stays under the SLO.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -33,8 +34,12 @@ class AutoscaleSettings:
     """Weight of the newest slope in the smoothed trend."""
     horizon_s: float = 15.0
     """How far ahead the trend is extrapolated: a replica's start-up time plus one tick."""
-    headroom_frac: float = 0.25
-    """Capacity kept above the forecast for Poisson bursts inside a tick."""
+    headroom_frac: float = 0.05
+    """Capacity kept above the forecast in every case (rate noise within a tick)."""
+    volatility_k: float = 2.0
+    """Extra capacity per unit of the smoothed absolute forecast error (bursty demand gets more)."""
+    volatility_smoothing: float = 0.1
+    """Weight of the newest absolute forecast error in its smoothed value (a slow memory of bursts)."""
     max_utilisation: float = 0.92
     """No replica is planned past this fraction of its throughput, whatever the queueing model says."""
     scale_down_delay_s: float = 30.0
@@ -77,6 +82,52 @@ class ConfigChoice:
     """max(SM-time area, share of device memory): the device resource it takes."""
 
 
+class ChoiceSet:
+    """A function's configs under its SLO with the lookups every decision needs, built once per
+    (table, SLO): most efficient first, by config, the cheapest, and the smallest config covering a
+    residual rate by bisection. Deciding for 10,000 functions must not rebuild any of these."""
+
+    __slots__ = ("choices", "by_config", "cheapest", "key", "_caps", "_best_from")
+
+    def __init__(self, choices: Sequence[ConfigChoice], key: tuple[object, ...] = ()) -> None:
+        self.choices = tuple(choices)
+        self.key = key
+        """What the set was built from (table identity, SLO, restriction); callers compare it."""
+        self.by_config = {c.config: c for c in self.choices}
+        self.cheapest = min(self.choices, key=lambda c: (c.footprint, -c.capacity_rps), default=None)
+        by_cap = sorted(self.choices, key=lambda c: c.capacity_rps)
+        self._caps = [c.capacity_rps for c in by_cap]
+        best: list[ConfigChoice] = []
+        for c in reversed(by_cap):  # best[i]: least footprint among by_cap[i:]
+            if not best or (c.footprint, -c.capacity_rps) < (best[-1].footprint, -best[-1].capacity_rps):
+                best.append(c)
+            else:
+                best.append(best[-1])
+        self._best_from = best[::-1]
+
+    def __bool__(self) -> bool:
+        return bool(self.choices)
+
+    def smallest_covering(self, rate_rps: float) -> ConfigChoice | None:
+        """The least-footprint config whose capacity at the SLO is >= ``rate_rps``."""
+        i = bisect.bisect_left(self._caps, rate_rps - 1e-12)
+        return self._best_from[i] if i < len(self._best_from) else None
+
+    def totals(self, configs: Sequence[ReplicaConfig]) -> tuple[float, float, float]:
+        """(footprint, capacity at SLO, throughput) of a set; unknown configs add their area only."""
+        fp = cap = thr = 0.0
+        get = self.by_config.get
+        for cfg in configs:
+            c = get(cfg)
+            if c is None:
+                fp += cfg.area
+            else:
+                fp += c.footprint
+                cap += c.capacity_rps
+                thr += c.throughput_rps
+        return fp, cap, thr
+
+
 @dataclass(frozen=True)
 class AutoscaleContext:
     """Everything one decision looks at."""
@@ -100,8 +151,10 @@ class AutoscaleState:
     last_s: float | None = None
     last_active_s: float | None = None
     low_since_s: float | None = None
-    choices: tuple[ConfigChoice, ...] = ()
-    choices_for: tuple[ProfileTable, float] | None = None
+    error_rps: float = 0.0
+    """Smoothed absolute error of the one-tick forecast: how bursty the demand has been."""
+    choice_set: ChoiceSet | None = None
+    """The table's configs under the SLO, computed once and kept (the loop's lookup cache)."""
 
 
 @dataclass(frozen=True)
@@ -173,44 +226,53 @@ def config_choices(
     return tuple(out)
 
 
+def choice_set(
+    table: ProfileTable,
+    slo_ms: float,
+    settings: AutoscaleSettings,
+    points: Iterable[ProfilePoint] | None = None,
+    tag: str = "",
+) -> ChoiceSet:
+    """``config_choices`` with its lookups, keyed (table identity, SLO, ``tag``): ``decide_replicas``
+    keeps a state's set while the first two match (``tag`` names a restriction, e.g. a baseline's)."""
+    return ChoiceSet(config_choices(table, slo_ms, settings, points), (id(table), slo_ms, tag))
+
+
 def plan_for_rate(
-    choices: Sequence[ConfigChoice], rate_rps: float, max_replicas: int
+    choices: ChoiceSet | Sequence[ConfigChoice], rate_rps: float, max_replicas: int
 ) -> tuple[tuple[ConfigChoice, ...], bool]:
     """Least-footprint set covering ``rate_rps``: the most efficient config for the bulk, the smallest
     sufficient one for the residual. Returns (set, feasible within ``max_replicas``)."""
-    if rate_rps <= 0 or not choices:
-        return (), bool(choices) or rate_rps <= 0
-    best = choices[0]
+    cs = choices if isinstance(choices, ChoiceSet) else ChoiceSet(choices)
+    if rate_rps <= 0 or not cs:
+        return (), bool(cs) or rate_rps <= 0
+    best = cs.choices[0]
     n_full = int(rate_rps // best.capacity_rps)
     resid = rate_rps - n_full * best.capacity_rps
     plan: tuple[ConfigChoice, ...] = (best,) * n_full
     if resid > 1e-9:
-        small = min(
-            (c for c in choices if c.capacity_rps >= resid), key=lambda c: (c.footprint, -c.capacity_rps)
-        )
+        small = cs.smallest_covering(resid) or best
         plan = plan + (small,)
     if len(plan) <= max_replicas:
         return plan, True
     fits = [
         (math.ceil(rate_rps / c.capacity_rps) * c.footprint, c)
-        for c in choices
+        for c in cs.choices
         if math.ceil(rate_rps / c.capacity_rps) <= max_replicas
     ]
     if fits:
         c = min(fits, key=lambda fc: fc[0])[1]
         return (c,) * math.ceil(rate_rps / c.capacity_rps), True
-    biggest = max(choices, key=lambda c: c.capacity_rps)
+    biggest = max(cs.choices, key=lambda c: c.capacity_rps)
     return (biggest,) * max_replicas, False
 
 
-def footprint_of(configs: Sequence[ReplicaConfig], choices: Sequence[ConfigChoice]) -> tuple[float, float]:
+def footprint_of(
+    configs: Sequence[ReplicaConfig], choices: ChoiceSet | Sequence[ConfigChoice]
+) -> tuple[float, float]:
     """(footprint, capacity at SLO) of a set of configs; configs not in ``choices`` count 0 capacity."""
-    by_cfg = {c.config: c for c in choices}
-    fp = cap = 0.0
-    for cfg in configs:
-        c = by_cfg.get(cfg)
-        fp += c.footprint if c else cfg.area
-        cap += c.capacity_rps if c else 0.0
+    cs = choices if isinstance(choices, ChoiceSet) else ChoiceSet(choices)
+    fp, cap, _ = cs.totals(configs)
     return fp, cap
 
 
@@ -223,35 +285,34 @@ def decide_replicas(
     """The replica set for ``ctx.function`` now; see the module docstring."""
     st = state or AutoscaleState()
     cfg = settings or AutoscaleSettings()
-    if (
-        st.choices_for is None
-        or st.choices_for[1] != ctx.slo_ms
-        or not (st.choices_for[0] is ctx.table or st.choices_for[0] == ctx.table)
-    ):
-        st = replace(
-            st, choices=config_choices(ctx.table, ctx.slo_ms, cfg), choices_for=(ctx.table, ctx.slo_ms)
-        )
-    choices = st.choices
+    cs = st.choice_set
+    if cs is None or not isinstance(cs.key, tuple) or cs.key[:2] != (id(ctx.table), ctx.slo_ms):
+        st = replace(st, choice_set=choice_set(ctx.table, ctx.slo_ms, cfg))
+        cs = st.choice_set
+        assert cs is not None
+    choices = cs.choices
 
-    # Holt's linear smoothing of the observed rate.
+    # Holt's linear smoothing of the observed rate, and how wrong its last forecast was.
     obs = max(0.0, ctx.observed_rps)
     if st.last_s is None:
-        level, trend = obs, 0.0
+        level, trend, err = obs, 0.0, 0.0
     else:
         dt = max(1e-6, ctx.now_s - st.last_s)
-        pred = st.level_rps + st.trend_rps_per_s * dt
+        pred = max(0.0, st.level_rps + st.trend_rps_per_s * dt)
         level = cfg.smoothing * obs + (1 - cfg.smoothing) * pred
         trend = (
             cfg.trend_smoothing * (level - st.level_rps) / dt + (1 - cfg.trend_smoothing) * st.trend_rps_per_s
         )
+        err = cfg.volatility_smoothing * abs(obs - pred) + (1 - cfg.volatility_smoothing) * st.error_rps
     level = max(0.0, level)
     last_active = ctx.now_s if obs > 0 else st.last_active_s
     forecast = max(obs, level + max(0.0, trend) * cfg.horizon_s)
-    target = forecast * (1 + cfg.headroom_frac)
-    st = replace(st, level_rps=level, trend_rps_per_s=trend, last_s=ctx.now_s, last_active_s=last_active)
+    # Poisson noise of the observed rate is part of ``err``; bursts raise it for a while.
+    target = forecast * (1 + cfg.headroom_frac) + cfg.volatility_k * err if forecast > 0 else 0.0
+    choice_set_now = cs
 
     lo, hi = ctx.min_replicas, ctx.max_replicas
-    cur_fp, cur_cap = footprint_of(ctx.current, choices)
+    cur_fp, cur_cap, _ = cs.totals(ctx.current)
 
     def done(
         replicas: tuple[ReplicaConfig, ...],
@@ -259,21 +320,19 @@ def decide_replicas(
         feasible: bool = True,
         low_since: float | None = None,
     ) -> tuple[Decision, AutoscaleState]:
-        fp, cap = footprint_of(replicas, choices)
-        thr = {c.config: c for c in choices}
-        total_thr = sum(thr[r].throughput_rps if r in thr else 0.0 for r in replicas)
+        _, cap, total_thr = cs.totals(replicas)
         p99 = 0.0
-        for r in replicas:  # the proxy weights replicas by their capacity at the SLO
-            if r in thr and cap > 0:
-                c = thr[r]
+        for r in set(replicas):  # the proxy weights replicas by their capacity at the SLO
+            c = cs.by_config.get(r)
+            if c is not None and cap > 0:
                 p99 = max(
                     p99, c.service_p99_ms + wait_p99_ms(c.throughput_rps, target * c.capacity_rps / cap)
                 )
         util = target / total_thr if total_thr > 0 else (0.0 if target <= 0 else math.inf)
-        changed = Counter(replicas) != Counter(ctx.current)
+        changed = replicas is not ctx.current and Counter(replicas) != Counter(ctx.current)
         return (
             Decision(ctx.function, replicas, reason, target, cap, util, p99, feasible, changed),
-            replace(st, low_since_s=low_since),
+            AutoscaleState(level, trend, ctx.now_s, last_active, low_since, err, choice_set_now),
         )
 
     if not choices:
@@ -290,24 +349,27 @@ def decide_replicas(
         why = "no request yet" if last_active is None else f"idle for {idle_for:.0f} s"
         return done((), f"scale to zero: {why} (>= {cfg.idle_to_zero_s:g} s)")
 
-    need = target if target > 0 or lo > 0 or obs > 0 else 0.0
-    plan, feasible = plan_for_rate(choices, need, hi)
+    cheapest = cs.cheapest
+    assert cheapest is not None
+    plan, feasible = plan_for_rate(cs, target, hi)
     if obs > 0 and not plan:  # first request after zero: bring one replica back
-        plan = (min(choices, key=lambda c: (c.footprint, -c.capacity_rps)),)
-    cheapest = min(choices, key=lambda c: (c.footprint, -c.capacity_rps))
+        plan = (cheapest,)
     replicas = tuple(c.config for c in plan)
     if len(replicas) < lo:
         replicas = replicas + (cheapest.config,) * (lo - len(replicas))
-    new_fp, new_cap = footprint_of(replicas, choices)
-    note = (
-        f"target {target:.1f} rps (rate {obs:.1f}, level {level:.1f}, trend {trend:+.2f}/s); "
-        f"{_describe(replicas)}"
-    )
+    new_fp, new_cap, _ = cs.totals(replicas)
+
+    def note() -> str:  # built only when a decision says it (most ticks hold)
+        return (
+            f"target {target:.1f} rps (rate {obs:.1f}, level {level:.1f}, trend {trend:+.2f}/s, "
+            f"error {err:.1f}); {_describe(replicas)}"
+        )
+
     if not feasible:
         return done(
             replicas,
             f"infeasible: {hi} replicas (max) of the largest config serve "
-            f"{new_cap:.1f} < {target:.1f} rps under p99 {ctx.slo_ms:g} ms; {note}",
+            f"{new_cap:.1f} < {target:.1f} rps under p99 {ctx.slo_ms:g} ms; {note()}",
             False,
         )
 
@@ -319,11 +381,11 @@ def decide_replicas(
     ):
         if ctx.current and cur_cap > 0 and len(ctx.current) <= hi and len(ctx.current) >= lo:
             # Add to what runs rather than replace it: replacing costs cold starts.
-            extra, ok = plan_for_rate(choices, target - cur_cap, hi - len(ctx.current))
+            extra, ok = plan_for_rate(cs, target - cur_cap, hi - len(ctx.current))
             if ok and cur_fp + sum(c.footprint for c in extra) <= new_fp * (1 + cfg.scale_down_margin_frac):
                 add = tuple(c.config for c in extra)
-                return done(ctx.current + add, f"scale up by {len(add)}: capacity {cur_cap:.1f} < {note}")
-        return done(replicas, f"scale up: capacity {cur_cap:.1f} < target; {note}")
+                return done(ctx.current + add, f"scale up by {len(add)}: capacity {cur_cap:.1f} < {note()}")
+        return done(replicas, f"scale up: capacity {cur_cap:.1f} < target; {note()}")
 
     if new_fp < cur_fp * (1 - cfg.scale_down_margin_frac):
         since = st.low_since_s if st.low_since_s is not None else ctx.now_s
@@ -331,7 +393,7 @@ def decide_replicas(
             return done(
                 replicas,
                 f"scale down after {ctx.now_s - since:.0f} s below: footprint "
-                f"{cur_fp:.2f} -> {new_fp:.2f}; {note}",
+                f"{cur_fp:.2f} -> {new_fp:.2f}; {note()}",
             )
         return done(
             ctx.current,

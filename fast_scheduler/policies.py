@@ -16,9 +16,11 @@ from fast_scheduler.autoscale import (
     AutoscaleContext,
     AutoscaleSettings,
     AutoscaleState,
+    ChoiceSet,
     ConfigChoice,
     Decision,
     ReplicaConfig,
+    choice_set,
     config_choices,
     decide_replicas,
 )
@@ -54,11 +56,16 @@ class AutoscaledPolicy:
     ticks: int = 0
 
     def __post_init__(self) -> None:
+        # One choice set per (table, SLO), shared by every function that has them.
+        shared: dict[tuple[int, float], ChoiceSet] = {}
         for s in self.specs:
-            if self.choices is not None:
-                self.states[s.name] = AutoscaleState(
-                    choices=self.choices(s, self.settings), choices_for=(s.table, s.slo_ms)
-                )
+            key = (id(s.table), s.slo_ms)
+            if key not in shared:
+                if self.choices is not None:
+                    shared[key] = ChoiceSet(self.choices(s, self.settings), (*key, self.name))
+                else:
+                    shared[key] = choice_set(s.table, s.slo_ms, self.settings)
+            self.states[s.name] = AutoscaleState(choice_set=shared[key])
 
     def desired(
         self,

@@ -61,3 +61,9 @@ def profile_detail(name: str, device_type: str) -> str:
 def profile_status(namespace: str, name: str) -> str:
     """Hash: the profiler's progress on one function (state, measured, planned, current, message)."""
     return f"{PREFIX}:profile-status:{namespace}:{name}"
+
+
+def scheduler_decisions() -> str:
+    """Hash: ``<namespace>/<name>`` -> JSON of the scheduler's latest decision for that function
+    (replicas by config, reason, target and observed rps, predicted utilisation and p99, at_s)."""
+    return f"{PREFIX}:scheduler:decisions"

@@ -1,0 +1,57 @@
+"""``python -m fast_scheduler --redis-url URL --gateway URL [--interval-s 2]``: the control loop.
+
+Credentials come from ``FASTGSHARE_USER`` / ``FASTGSHARE_PASSWORD`` (read here only), as the
+platform passes them. Autoscaler tuning flags exist for tests and experiments; defaults suit
+production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+
+import redis
+
+from fast_scheduler.autoscale import AutoscaleSettings
+from fast_scheduler.loop import LoopSettings, Provider, SchedulerLoop
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = AutoscaleSettings()
+    p = argparse.ArgumentParser(prog="python -m fast_scheduler", description=__doc__.splitlines()[0])
+    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
+    p.add_argument("--gateway", default=os.environ.get("OPENFAAS_URL", "http://127.0.0.1:8080"))
+    p.add_argument("--namespace", default="openfaas-fn")
+    p.add_argument("--interval-s", type=float, default=2.0)
+    p.add_argument("--scale-down-delay-s", type=float, default=d.scale_down_delay_s)
+    p.add_argument("--idle-to-zero-s", type=float, default=d.idle_to_zero_s)
+    p.add_argument("--horizon-s", type=float, default=d.horizon_s)
+    p.add_argument("--once", action="store_true", help="one tick, then exit")
+    args = p.parse_args(argv)
+    if not args.redis_url:
+        p.error("--redis-url (or REDIS_URL) is required")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    password = os.environ.get("FASTGSHARE_PASSWORD")
+    auth = (os.environ.get("FASTGSHARE_USER", "admin"), password) if password else None
+    auto = AutoscaleSettings(scale_down_delay_s=args.scale_down_delay_s, idle_to_zero_s=args.idle_to_zero_s,
+                             horizon_s=args.horizon_s)
+    settings = LoopSettings(interval_s=args.interval_s, namespace=args.namespace, autoscale=auto)
+    loop = SchedulerLoop(Provider(args.gateway, auth, settings.http_timeout_s),
+                         redis.Redis.from_url(args.redis_url), settings)
+    if args.once:
+        loop.tick()
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    log = logging.getLogger("fast_scheduler")
+    log.info("scheduler loop every %.1f s on %s", args.interval_s, args.gateway)
+    loop.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""One tick of the live control loop as a pure function: platform views in, actions and decisions out.
+
+``loop.py`` reads the provider and Redis, turns what it read into the views below, calls
+``plan_tick`` with the clock's ``now_s``, and applies the returned actions. Nothing here does I/O or
+reads a clock, so a tick can be replayed in a test from recorded views.
+
+How a function's replicas map onto the provider: the deployed spec is the *base group* (its share,
+sized with ``scale``); the scheduler adds *configuration groups*, one per (config, device), named by
+``config_id``. ``com.openfaas.scale.min`` base replicas always run (the provider clamps scale to it)
+and count as fixed capacity; base replicas beyond that (a wake-up from zero, a manual scale) count as
+capacity while they run, are kept when the decision wants their config anyway, and are scaled away
+only once the scheduler's groups are ready (make-before-break).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from fast_profiler.table import ProfilePoint, ProfileTable
+from fast_scheduler.autoscale import (
+    AutoscaleContext,
+    AutoscaleSettings,
+    AutoscaleState,
+    ChoiceSet,
+    Decision,
+    ReplicaConfig,
+    choice_set,
+    decide_replicas,
+)
+from fast_scheduler.placement import Device, Rejection, ReplicaRequest, Snapshot, place
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """A device from the registry: spatial capacity in SM % (GPU) or cores (CPU)."""
+
+    device_id: str
+    node: str
+    mem_bytes: int
+    is_gpu: bool
+    cores: int = 0
+    gpu_uuid: str = ""
+
+
+@dataclass(frozen=True)
+class RunningReplica:
+    device_id: str
+    config: ReplicaConfig
+    config_id: str
+    ready: bool
+
+
+@dataclass(frozen=True)
+class FunctionView:
+    """One function as the provider reports it."""
+
+    name: str
+    namespace: str
+    slo_ms: float | None
+    min_replicas: int
+    max_replicas: int
+    invocation_count: float
+    base_config: ReplicaConfig
+    base_replicas: int
+    """Desired size of the base group."""
+    groups: Mapping[str, tuple[ReplicaConfig, int, str]] = field(default_factory=dict)
+    """The scheduler's groups now: config id -> (config, desired replicas, device id)."""
+    running: tuple[RunningReplica, ...] = ()
+    model: str = ""
+    mem_bytes: int = 0
+    weight_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    config_id: str
+    config: ReplicaConfig
+    replicas: int
+    device_id: str
+    node: str
+    gpu_uuid: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """What to apply for one function; None fields mean "leave as it is"."""
+
+    name: str
+    namespace: str
+    groups: tuple[GroupSpec, ...] | None = None
+    base_replicas: int | None = None
+
+
+@dataclass
+class FunctionMemory:
+    """What the loop keeps per function between ticks."""
+
+    count: float
+    at_s: float
+    state: AutoscaleState | None = None
+    table_key: object = None
+
+
+@dataclass(frozen=True)
+class TickResult:
+    actions: tuple[Action, ...]
+    decisions: Mapping[str, Decision]
+    """By ``namespace/name``."""
+    notes: Mapping[str, str]
+    """Functions not decided this tick, and why (no SLO, no table, first sight)."""
+    observed_rps: Mapping[str, float] = field(default_factory=dict)
+    """The rate each decided function was given."""
+
+
+def config_id(cfg: ReplicaConfig, device_index: int) -> str:
+    """A DNS label of at most 20 characters naming (config, device): ``s50q60l100b1-d0``."""
+    return (
+        f"s{cfg.sm_pct}q{round(cfg.quota_request_frac * 100)}l{round(cfg.quota_limit_frac * 100)}"
+        f"b{cfg.batch}-d{device_index}"
+    )
+
+
+def effective_sm_pct(sm_pct: int, dev: DeviceView) -> int:
+    """The spatial share a replica really gets: on the CPU its core set as a percentage."""
+    if dev.is_gpu or dev.cores <= 0:
+        return sm_pct
+    n = max(1, min(dev.cores, round(sm_pct * dev.cores / 100)))
+    return round(100 * n / dev.cores)
+
+
+def live_points(table: ProfileTable, dev: DeviceView | None) -> list[ProfilePoint]:
+    """The table's configs the live loop can apply: batch 1 (batch is set through the spec, not
+    per group), and on the CPU one point per core count with its SM share as the cores really
+    given (``sm 6`` on 2 cores is one core, 50 %), so footprints are honest."""
+    pts = [p for p in table.grid() if p.batch == 1]
+    if dev is None or dev.is_gpu or dev.cores <= 0:
+        return pts
+    out: dict[tuple[int, float], ProfilePoint] = {}
+    for p in sorted(pts, key=lambda p: p.sm_pct):
+        eff = effective_sm_pct(p.sm_pct, dev)
+        key = (eff, p.quota_frac)
+        if key not in out:  # same-share copies: the smallest profiled share measured it
+            out[key] = replace(p, sm_pct=eff)
+    return list(out.values())
+
+
+def observed_rate(prev_count: float, prev_s: float, count: float, now_s: float) -> float:
+    """Requests per second between two counter readings; a counter that went back (a provider
+    restart) counts from zero."""
+    dt = now_s - prev_s
+    if dt <= 0:
+        return 0.0
+    delta = count - prev_count if count >= prev_count else count
+    return max(0.0, delta) / dt
+
+
+def _device_of(rep_device: str, devices: Mapping[str, DeviceView]) -> str:
+    return rep_device if rep_device in devices else next(iter(devices), rep_device)
+
+
+def snapshot_of(functions: Sequence[FunctionView], devices: Sequence[DeviceView]) -> Snapshot:
+    """Devices with the replicas the provider runs or wants (desired groups, base replicas)."""
+    devs = {d.device_id: d for d in devices}
+    placed: dict[str, list[ReplicaRequest]] = {d.device_id: [] for d in devices}
+    for f in functions:
+        by_group: Counter[str] = Counter()
+        for r in f.running:
+            by_group[r.config_id] += 1
+        # Desired replicas not yet running take their place too (they are being started).
+        for gid, (cfg, n, dev_id) in f.groups.items():
+            d = _device_of(dev_id, devs)
+            if d in placed:
+                for i in range(n):
+                    placed[d].append(_request(f, cfg, f"{f.name}/{gid}/{i}", devs[d]))
+        base_devs = [r.device_id for r in f.running if r.config_id == ""]
+        for i in range(max(f.base_replicas, len(base_devs))):
+            d = _device_of(base_devs[i] if i < len(base_devs) else "", devs)
+            if d in placed:
+                placed[d].append(_request(f, f.base_config, f"{f.name}/base/{i}", devs[d]))
+    out = []
+    for d in devices:
+        dev = Device(d.device_id, d.node, d.mem_bytes or 2**62)
+        for req in placed[d.device_id]:
+            dev = dev.with_replica(req) or _force(dev, req)
+        out.append(dev)
+    return Snapshot(tuple(out))
+
+
+def _force(dev: Device, req: ReplicaRequest) -> Device:
+    """An over-full device as it is (replicas placed by hand may break the rule): keep counting them."""
+    return Device(dev.device_id, dev.node, dev.mem_bytes, dev.replicas + (req,), dev.bands, 0)
+
+
+def _request(f: FunctionView, cfg: ReplicaConfig, rid: str, dev: DeviceView) -> ReplicaRequest:
+    return ReplicaRequest(
+        rid, f.name, f.model or f.name, effective_sm_pct(cfg.sm_pct, dev), cfg.quota_request_frac,
+        f.mem_bytes, f.weight_bytes, cfg.quota_limit_frac, cfg.batch,
+    )
+
+
+def plan_tick(
+    now_s: float,
+    functions: Sequence[FunctionView],
+    devices: Sequence[DeviceView],
+    tables: Mapping[str, ProfileTable | None],
+    memory: dict[str, FunctionMemory],
+    settings: AutoscaleSettings,
+) -> TickResult:
+    """Decide every function with an SLO and a table; place new replicas; return what to apply.
+
+    ``tables`` is by ``namespace/name``; ``memory`` is updated in place (the only state)."""
+    actions: list[Action] = []
+    decisions: dict[str, Decision] = {}
+    notes: dict[str, str] = {}
+    observed: dict[str, float] = {}
+    devs = {d.device_id: d for d in devices}
+    index = {d.device_id: i for i, d in enumerate(devices)}
+    snap = snapshot_of(functions, devices)
+    seen = set()
+    for f in functions:
+        key = f"{f.namespace}/{f.name}"
+        seen.add(key)
+        if f.slo_ms is None:
+            notes[key] = "no fastgshare/slo_ms: static annotations"
+            continue
+        table = tables.get(key)
+        if table is None:
+            notes[key] = "no profile table for this device type yet: static annotations"
+            continue
+        mem = memory.get(key)
+        if mem is None:
+            memory[key] = FunctionMemory(f.invocation_count, now_s)
+            notes[key] = "first sight: counter recorded, deciding from the next tick"
+            continue
+        rate = observed_rate(mem.count, mem.at_s, f.invocation_count, now_s)
+        mem.count, mem.at_s = f.invocation_count, now_s
+        observed[key] = rate
+        if mem.state is None or mem.table_key is not table:
+            cs = choice_set(table, f.slo_ms, settings, live_points(table, devices[0] if devices else None))
+            mem.state = AutoscaleState(choice_set=cs) if mem.state is None else _with_set(mem.state, cs)
+            mem.table_key = table
+
+        lo = f.min_replicas
+        fixed = (f.base_config,) * min(lo, f.base_replicas)
+        current = [f.base_config] * f.base_replicas
+        for cfg, n, _dev in f.groups.values():
+            current += [cfg] * n
+        ctx = AutoscaleContext(
+            f.name, now_s, rate, table, f.slo_ms, tuple(current), lo, f.max_replicas
+        )
+        d, mem.state = decide_replicas(ctx, mem.state, settings)
+        want = Counter(d.replicas)
+        have_groups: Counter[ReplicaConfig] = Counter()
+        for cfg, n, _dev in f.groups.values():
+            have_groups[cfg] += n
+        # Base replicas: the fixed minimum, plus running extras whose config the decision wants.
+        base = len(fixed) + min(f.base_replicas - len(fixed), max(0, want[f.base_config] - len(fixed)))
+        want[f.base_config] -= base
+        want = +want
+        if want == have_groups and base == f.base_replicas:
+            decisions[key] = d
+            continue
+        # Keep groups on their devices; place what is new.
+        groups: dict[str, GroupSpec] = {}
+        for gid, (cfg, n, dev_id) in sorted(f.groups.items()):
+            keep = min(n, want[cfg])
+            want[cfg] -= keep
+            if keep:
+                dv = devs.get(dev_id)
+                node, uuid = (dv.node, dv.gpu_uuid) if dv else ("", "")
+                groups[gid] = GroupSpec(gid, cfg, keep, dev_id, node, uuid)
+            # Removed replicas free their place for this tick's placements.
+            for i in range(keep, n):
+                snap = _free(snap, f"{f.name}/{gid}/{i}")
+        refused = 0
+        for cfg, n in sorted(want.items(), key=lambda kv: -kv[0].area):
+            for i in range(n):
+                if not devs:
+                    refused += 1
+                    continue
+                any_dev = next(iter(devs.values()))
+                p = place(_request(f, cfg, f"{f.name}/new/{cfg}/{i}", any_dev), snap)
+                if isinstance(p, Rejection):
+                    refused += 1
+                    continue
+                snap = snap.with_device(p.device)
+                dv = devs[p.device_id]
+                gid = config_id(cfg, index[p.device_id])
+                g = groups.get(gid)
+                n_now = (g.replicas if g else 0) + 1
+                groups[gid] = GroupSpec(gid, cfg, n_now, dv.device_id, dv.node, dv.gpu_uuid)
+        if refused:
+            d = _annotate(d, f"; {refused} replica(s) found no device (placement refused)")
+        # Make-before-break for base extras: scale the base down once the groups serve.
+        ready_groups = sum(1 for r in f.running if r.config_id and r.ready)
+        want_groups = sum(g.replicas for g in groups.values())
+        new_base: int | None = None
+        if base < f.base_replicas:
+            new_base = base if ready_groups >= want_groups else None
+        elif base > f.base_replicas:
+            new_base = base
+        final = tuple(sorted(groups.values(), key=lambda g: g.config_id))
+        old = tuple(sorted(f.groups))
+        changed_groups = tuple(g.config_id for g in final) != old or any(
+            f.groups[g.config_id][1] != g.replicas for g in final
+        )
+        actions.append(Action(f.name, f.namespace, final if changed_groups else None, new_base))
+        decisions[key] = d
+    for key in list(memory):
+        if key not in seen:
+            del memory[key]
+    return TickResult(tuple(actions), decisions, notes, observed)
+
+
+def _with_set(state: AutoscaleState, cs: ChoiceSet) -> AutoscaleState:
+    return replace(state, choice_set=cs)
+
+
+def _free(snap: Snapshot, replica_id: str) -> Snapshot:
+    for d in snap.devices:
+        if any(r.replica_id == replica_id for r in d.replicas):
+            return snap.with_device(d.without(replica_id))
+    return snap
+
+
+def _annotate(d: Decision, extra: str) -> Decision:
+    return replace(d, reason=d.reason + extra)

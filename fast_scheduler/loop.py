@@ -1,0 +1,252 @@
+"""The live control loop: read the platform, decide with ``control.plan_tick``, apply, log, expose.
+
+Every ``interval_s``: list functions (``GET /system/functions``: annotations, invocationCount), read
+replica groups and placement (``GET /system/fastgshare/replicas``), devices and profile tables from
+Redis; decide; apply through ``PUT /system/fastgshare/configurations/<name>`` and
+``POST /system/scale-function/<name>``; write each decision to ``keys.scheduler_decisions()``.
+This module is the adapter: it owns the HTTP session, the Redis client and the clock, and nothing
+in it decides anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import requests
+
+from fast_manager.devices import DeviceInfo
+from fast_manager.node_agent import read_devices
+from fast_profiler.runner import device_type_of
+from fast_profiler.table import ProfileTable
+from fast_scheduler.autoscale import AutoscaleSettings, Decision, ReplicaConfig, _describe
+from fast_scheduler.control import (
+    Action,
+    DeviceView,
+    FunctionMemory,
+    FunctionView,
+    RunningReplica,
+    TickResult,
+    plan_tick,
+)
+from fastgshare import keys
+from fastgshare.errors import ValidationError
+from fastgshare.resources import MODEL, SCALE_MAX, SCALE_MIN, SLO_MS, parse_share
+
+log = logging.getLogger("fast_scheduler")
+
+DEFAULT_MAX_REPLICAS = 20
+"""OpenFaaS's default ``com.openfaas.scale.max``."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop runs; the autoscaler's own tuning is in ``autoscale``."""
+
+    interval_s: float = 2.0
+    """Seconds between ticks."""
+    namespace: str = "openfaas-fn"
+    """The namespace whose functions are scheduled."""
+    http_timeout_s: float = 10.0
+    """Timeout of one provider call."""
+    autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)
+    """Autoscaler tuning (smoothing, headroom, scale-down delay, idle-to-zero)."""
+
+
+class Provider:
+    """The provider API as the loop uses it (the four calls it makes)."""
+
+    def __init__(self, url: str, auth: tuple[str, str] | None, timeout_s: float) -> None:
+        self.url = url.rstrip("/")
+        self.http = requests.Session()
+        if auth:
+            self.http.auth = auth
+        self.timeout_s = timeout_s
+
+    def _get(self, path: str, namespace: str) -> list[dict[str, Any]]:
+        r = self.http.get(f"{self.url}{path}", params={"namespace": namespace}, timeout=self.timeout_s)
+        r.raise_for_status()
+        return list(r.json())
+
+    def functions(self, namespace: str) -> list[dict[str, Any]]:
+        return self._get("/system/functions", namespace)
+
+    def replicas(self, namespace: str) -> list[dict[str, Any]]:
+        return self._get("/system/fastgshare/replicas", namespace)
+
+    def apply(self, name: str, namespace: str, configurations: list[dict[str, Any]]) -> None:
+        r = self.http.put(f"{self.url}/system/fastgshare/configurations/{name}",
+                          params={"namespace": namespace}, json={"configurations": configurations},
+                          timeout=self.timeout_s)
+        r.raise_for_status()
+
+    def scale(self, name: str, namespace: str, replicas: int) -> None:
+        r = self.http.post(f"{self.url}/system/scale-function/{name}", params={"namespace": namespace},
+                           json={"serviceName": name, "namespace": namespace, "replicas": replicas},
+                           timeout=self.timeout_s)
+        r.raise_for_status()
+
+
+def as_device_view(d: DeviceInfo) -> DeviceView:
+    uuid = d.device_id.split(":", 1)[1] if d.is_gpu and ":" in d.device_id else ""
+    return DeviceView(d.device_id, d.node, d.mem_bytes, d.is_gpu, len(d.cores), uuid)
+
+
+def _config(share: Mapping[str, str]) -> ReplicaConfig:
+    g = parse_share({str(k): str(v) for k, v in share.items()})
+    return ReplicaConfig(g.sm_pct, g.quota_request_frac, g.quota_limit_frac, 1)
+
+
+def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> FunctionView:
+    """One function from ``/system/functions`` and its entry of ``/system/fastgshare/replicas``."""
+    merged = {**dict(fn.get("labels") or {}), **dict(fn.get("annotations") or {})}
+    slo = merged.get(SLO_MS)
+    base = _config(merged)
+    groups: dict[str, tuple[ReplicaConfig, int, str]] = {}
+    running: list[RunningReplica] = []
+    total = int(fn.get("replicas", 0) or 0)
+    if reps:
+        total = int(reps.get("replicas", total) or 0)
+        by_id: dict[str, ReplicaConfig] = {}
+        for c in reps.get("configurations") or []:
+            cfg = _config(c.get("share") or {})
+            by_id[c["configId"]] = cfg
+            gid = str(c["configId"])
+            dev = f"gpu:{c['gpuUuid']}" if c.get("gpuUuid") else ""
+            groups[gid] = (cfg, int(c.get("replicas", 0)), dev)
+        for r in reps.get("replicaStatus") or []:
+            cid = str(r.get("configId") or "")
+            running.append(RunningReplica(str(r.get("device") or ""), by_id.get(cid, base), cid,
+                                          bool(r.get("ready"))))
+        # A CPU group has no GPU uuid: it lives where its replicas run.
+        for gid, (cfg, n, dev) in list(groups.items()):
+            if not dev:
+                devs = [r.device_id for r in running if r.config_id == gid]
+                groups[gid] = (cfg, n, devs[0] if devs else "")
+    base_n = max(0, total - sum(n for _, n, _ in groups.values()))
+    return FunctionView(
+        name=str(fn["name"]), namespace=str(fn.get("namespace") or "openfaas-fn"),
+        slo_ms=float(slo) if slo else None,
+        min_replicas=int(merged.get(SCALE_MIN, 1)),
+        max_replicas=int(merged.get(SCALE_MAX, DEFAULT_MAX_REPLICAS)),
+        invocation_count=float(fn.get("invocationCount", 0) or 0), base_config=base, base_replicas=base_n,
+        groups=groups, running=tuple(running), model=str(merged.get(MODEL, "")),
+    )
+
+
+def decision_record(d: Decision, f: FunctionView | None, now_s: float, observed_rps: float | None) -> str:
+    """The JSON written to ``keys.scheduler_decisions()`` (documented in docs/scheduler.md)."""
+    counts: dict[ReplicaConfig, int] = {}
+    for r in d.replicas:
+        counts[r] = counts.get(r, 0) + 1
+    util = d.predicted_utilisation
+    return json.dumps({
+        "function": d.function, "at_s": round(now_s, 3), "replicas": len(d.replicas),
+        "configs": [{"smPct": c.sm_pct, "quotaRequest": c.quota_request_frac,
+                     "quotaLimit": c.quota_limit_frac, "batch": c.batch, "count": n}
+                    for c, n in counts.items()],
+        "summary": _describe(d.replicas), "reason": d.reason, "feasible": d.feasible,
+        "changed": d.changed, "target_rps": round(d.target_rps, 3),
+        "observed_rps": None if observed_rps is None else round(observed_rps, 3),
+        "capacity_rps": round(d.capacity_rps, 3),
+        "predicted_utilisation": None if util == float("inf") else round(util, 4),
+        "predicted_p99_ms": round(d.predicted_p99_ms, 2), "slo_ms": f.slo_ms if f else None,
+    })
+
+
+@dataclass
+class SchedulerLoop:
+    """Reads, decides, applies; ``tick(now_s)`` is one pass, ``run(stop)`` repeats it."""
+
+    provider: Provider
+    client: redis.Redis
+    settings: LoopSettings = field(default_factory=LoopSettings)
+    clock: Callable[[], float] = time.monotonic
+    memory: dict[str, FunctionMemory] = field(default_factory=dict)
+    _tables: dict[tuple[str, str], tuple[bytes, ProfileTable]] = field(default_factory=dict)
+    _last_reason: dict[str, str] = field(default_factory=dict)
+
+    def _table(self, name: str, device_type: str) -> ProfileTable | None:
+        raw = self.client.get(keys.profile(name, device_type))  # what fast_profiler.store.save writes
+        if raw is None:
+            return None
+        cached = self._tables.get((name, device_type))
+        if cached and cached[0] == raw:  # same JSON: same object, so the choice set stays cached
+            return cached[1]
+        try:
+            table = ProfileTable.from_json(raw.decode() if isinstance(raw, bytes) else raw)
+        except (ValidationError, ValueError) as e:
+            log.warning("profile table of %s on %s unreadable: %s", name, device_type, e)
+            return None
+        self._tables[(name, device_type)] = (raw, table)
+        return table
+
+    def tick(self) -> TickResult:
+        ns = self.settings.namespace
+        fns = self.provider.functions(ns)
+        reps = {str(r["name"]): r for r in self.provider.replicas(ns)}
+        now_s = self.clock()
+        infos = read_devices(self.client)
+        gpus = [d for d in infos if d.is_gpu]
+        devices = [as_device_view(d) for d in (gpus or infos)]
+        first = (gpus or infos or [None])[0]
+        device_type = device_type_of(
+            {"kind": first.kind.value, "name": first.name, "cores": list(first.cores)} if first else {})
+        views = []
+        for f in fns:
+            try:
+                views.append(as_function_view(f, reps.get(str(f["name"]))))
+            except (ValidationError, ValueError, KeyError) as e:
+                log.warning("skipping function %s: %s", f.get("name"), e)
+        tables = {f"{v.namespace}/{v.name}": self._table(v.name, device_type) for v in views if v.slo_ms}
+        result = plan_tick(now_s, views, devices, tables, self.memory, self.settings.autoscale)
+        for a in result.actions:
+            self._apply(a)
+        self._expose(result, {f"{v.namespace}/{v.name}": v for v in views})
+        return result
+
+    def _apply(self, a: Action) -> None:
+        try:
+            if a.groups is not None:
+                self.provider.apply(a.name, a.namespace, [
+                    {"configId": g.config_id, "replicas": g.replicas, "node": g.node, "gpuUuid": g.gpu_uuid,
+                     "share": {"fastgshare/gpu_sm_partition": str(g.config.sm_pct),
+                               "fastgshare/gpu_quota_request": f"{g.config.quota_request_frac:g}",
+                               "fastgshare/gpu_quota_limit": f"{g.config.quota_limit_frac:g}"}}
+                    for g in a.groups])
+            if a.base_replicas is not None:
+                self.provider.scale(a.name, a.namespace, a.base_replicas)
+        except requests.RequestException as e:  # next tick retries from what the provider reports
+            log.warning("applying to %s failed: %s", a.name, e)
+
+    def _expose(self, result: TickResult, views: Mapping[str, FunctionView]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, d in result.decisions.items():
+            rec = decision_record(d, views.get(key), time.time(), result.observed_rps.get(key))
+            pipe.hset(keys.scheduler_decisions(), key, rec)
+            if d.changed or self._last_reason.get(key, "").split(":")[0] != d.reason.split(":")[0]:
+                log.info("%s: %s -> %s | predicted utilisation %.2f, p99 %.1f ms", key, d.reason,
+                         _describe(d.replicas), d.predicted_utilisation, d.predicted_p99_ms)
+            self._last_reason[key] = d.reason
+        for key, why in result.notes.items():
+            if self._last_reason.get(key) != why:
+                log.info("%s: %s", key, why)
+                self._last_reason[key] = why
+        pipe.execute()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                self.tick()
+            except (requests.RequestException, redis.RedisError) as e:
+                log.warning("tick failed: %s", e)
+            except Exception:  # the loop must outlive one bad tick
+                log.exception("tick failed")
+            stop.wait(max(0.0, self.settings.interval_s - (time.monotonic() - t0)))
