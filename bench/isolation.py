@@ -4,8 +4,16 @@ Each case co-locates N real replicas on one device: ``python -m fast_manager.sid
 in front of python3-torch workers running a small torch MLP for a set time per request, pinned to
 cores sized from their SM share (on a GPU: MPS shares), all saturated by closed-loop clients
 (two requests outstanding per replica) and sharing the device's arbiter in a real (embedded)
-Redis. The measured share of a replica is the busy time its worker reported (what the arbiter is
-charged) over the wall time of the measurement: one window of warm-up, then two windows.
+Redis. One window of warm-up, then two windows of measurement.
+
+Measured share of device time = the wall time during which the replica HELD the device's token
+(measured by its own sidecar, from each lease's arrival to its return, on the sidecar's clock)
+over the wall time of the measurement. On a time-shared device that is the time the device was
+the replica's and no one else's: what a neighbour loses to it, whatever the replica did with it.
+Also reported: the busy share (the time its worker reported executing: useful work; the rest of
+its held time is the replica's own per-request overhead), and the part of the device's time held
+by nobody (hand-overs). Expected shares: water-filling per group of replicas that contend (CPU:
+the same core set; GPU: SM shares), requests first, then the least-used up to their limits.
 
 ``--executor sleep`` runs the arbiter alone: asyncio tasks with their own token clients that
 "execute" by sleeping (the earlier, process-free version of this benchmark).
@@ -66,10 +74,25 @@ CASES = (
 )
 
 
-def expected_shares(executors: tuple[Executor, ...]) -> list[float]:
-    """Water-filling: requests first, then the least-used up to their limits, over as many
-    device-time units as run at once (all executors of a case have the same SM share)."""
-    slots = min(len(executors), 100 // executors[0].sm_pct)
+def expected_shares(executors: tuple[Executor, ...],
+                    cores: list[str] | None = None) -> list[float]:
+    """Water-filling: requests first, then the least-used up to their limits. With core sets
+    (CPU), replicas on the same core set time-share it (one slot per group; the cases use core
+    sets that are either equal or disjoint); without (GPU), all share as many slots as run at
+    once (all executors of a case have the same SM share)."""
+    if cores is not None:
+        out = [0.0] * len(executors)
+        for group in dict.fromkeys(cores):
+            idx = [k for k, c in enumerate(cores) if c == group]
+            for k, share in zip(idx, _water_fill([executors[k] for k in idx], 1), strict=True):
+                out[k] = share
+        return out
+    return _water_fill(list(executors), min(len(executors), 100 // executors[0].sm_pct))
+
+
+def _water_fill(executors: list[Executor], slots: int) -> list[float]:
+    if sum(e.limit for e in executors) <= slots:
+        return [e.limit for e in executors]
     lo, hi = 0.0, 1.0
     for _ in range(60):
         level = (lo + hi) / 2
@@ -193,40 +216,42 @@ def device_env(args: argparse.Namespace, i: int) -> dict[str, str]:
 
 
 def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, params: ArbiterParams,
-                   handler: Path, log_dir: Path) -> list[dict[str, object]]:
+                   handler: Path, log_dir: Path, rep: int = 0) -> list[dict[str, object]]:
     all_cores = sorted(os.sched_getaffinity(0))
     gpu = args.device.startswith("gpu:")
     cores = cores_for(case.executors, all_cores)
     specs = []
     for e, c in zip(case.executors, cores, strict=True):
-        spec = {"name": f"c{i}-{e.name}", "REDIS_URL": url, "FASTGSHARE_HANDLER_DIR": str(handler),
+        spec = {"name": f"c{i}r{rep}-{e.name}", "REDIS_URL": url, "FASTGSHARE_HANDLER_DIR": str(handler),
                 "FASTGSHARE_SM_PCT": str(e.sm_pct), "FASTGSHARE_QUOTA_REQUEST": f"{e.request:g}",
                 "FASTGSHARE_QUOTA_LIMIT": f"{e.limit:g}",
                 "FASTGSHARE_ARBITER_WINDOW_S": f"{params.window_us / 1e6:g}",
                 "FASTGSHARE_ARBITER_MIN_TOKEN_MS": f"{params.min_token_us / 1000:g}",
                 "FASTGSHARE_ARBITER_MAX_TOKEN_MS": f"{params.max_token_us / 1000:g}"}
-        spec |= device_env(args, i)
+        spec |= device_env(args, i * 100 + rep)
         if not gpu:
             spec["FASTGSHARE_CPU_CORES"] = c
         specs.append(spec)
-    reps = rp.start_replicas(specs, log_dir / f"case{i}")
+    reps = rp.start_replicas(specs, log_dir / f"case{i}-{rep}")
     try:
         targets = [(f"{r.url}/?ms={e.exec_ms:g}", "GET", b"")
                    for r, e in zip(reps, case.executors, strict=True)]
         window_s = params.window_us / 1e6
-        busy, wall_s, done = asyncio.run(rp.busy_over(reps, targets, warm_s=window_s,
-                                                      measure_s=2 * window_s))
+        totals, wall_s, done = asyncio.run(rp.stats_over(reps, targets, warm_s=window_s,
+                                                         measure_s=2 * window_s))
     finally:
         rp.stop_replicas(reps)
     rows = []
-    for k, (e, b, want) in enumerate(zip(case.executors, busy, expected_shares(case.executors),
-                                         strict=True)):
+    want_all = expected_shares(case.executors, None if gpu else cores)
+    for k, (e, h, b, want) in enumerate(zip(case.executors, totals["held_ms_total"],
+                                            totals["busy_ms_total"], want_all, strict=True)):
         lat = [d.latency_ms for d in done if d.replica == k and d.status == 200]
-        rows.append({"case": case.name, "replica": e.name, "sm_pct": e.sm_pct,
+        rows.append({"case": case.name, "rep": rep, "replica": e.name, "sm_pct": e.sm_pct,
                      "cores": "" if gpu else cores[k],
                      "request": e.request, "limit": e.limit, "exec_ms": e.exec_ms,
                      "configured_share": round(want, 4),
-                     "measured_share": round(b / 1000 / wall_s, 4),
+                     "measured_share": round(h / 1000 / wall_s, 4),
+                     "busy_share": round(b / 1000 / wall_s, 4),
                      "requests": len(lat), "p99_ms": round(rp.percentile(lat, 99), 1),
                      "errors": sum(1 for d in done if d.replica == k and d.status != 200)})
     return rows
@@ -273,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--device", default="cpu", help="cpu, or gpu:<uuid> (bench/gpu/run.sh)")
     ap.add_argument("--mps-pipe-dir", default=None)
     ap.add_argument("--cases", default=None, help="comma-separated case numbers (default all)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each case (spread reported)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "isolation.json")
     ap.add_argument("--png", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -289,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     picked = [int(c) for c in args.cases.split(",")] if args.cases else list(range(len(CASES)))
     rows: list[dict[str, object]] = []
     t_start = time.perf_counter()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d) / "redis", persist=False) as server:
         if args.executor == "sleep":
             for i in picked:
@@ -298,10 +325,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 acquire_latency(server.url, params, 300 if args.quick else 1000)))
         else:
             handler = rp.write_handler(Path(d) / "spin")
-            for i in picked:
-                print(f"case {i}: {CASES[i].name} ...", flush=True)
-                rows += run_torch_case(server.url, CASES[i], i, args, params, handler,
-                                       Path(d) / "logs")
+            for rep in range(args.repeat):
+                for i in picked:
+                    print(f"case {i} (run {rep + 1}/{args.repeat}): {CASES[i].name} ...",
+                          flush=True)
+                    rows += run_torch_case(server.url, CASES[i], i, args, params, handler,
+                                           Path(d) / "logs", rep)
             print("latency cost of the arbiter on an uncontended replica ...", flush=True)
             latency = {"sidecar": arbiter_latency_cost(server.url, args, handler, Path(d) / "logs",
                                                        300 if args.quick else 1000)}
@@ -309,8 +338,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     errors = [abs(float(r["measured_share"]) - float(r["configured_share"])) * 100  # type: ignore[arg-type]
               for r in rows]
     sums = _sums(rows)
+    busy_errors = [abs(float(r["busy_share"]) - float(r["configured_share"])) * 100  # type: ignore[arg-type]
+                   for r in rows if "busy_share" in r]
     for r in rows:  # the arbiter's apportioning alone: shares of the device time actually used
-        conf_sum, meas_sum = sums[str(r["case"])]
+        conf_sum, meas_sum = sums[_run_key(r)]
         r["normalised_share"] = round(float(r["measured_share"]) * conf_sum / meas_sum, 4)  # type: ignore[arg-type]
     norm_errors = [abs(float(r["normalised_share"]) - float(r["configured_share"])) * 100  # type: ignore[arg-type]
                    for r in rows]
@@ -323,6 +354,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "max_abs_error_pp": round(max(errors), 2),
         "mean_abs_error_pp": round(sum(errors) / len(errors), 2),
         "max_abs_error_normalised_pp": round(max(norm_errors), 2),
+        "max_abs_error_busy_pp": round(max(busy_errors), 2) if busy_errors else None,
+        "measured_share_is": ("held: wall time the replica held the device's token (its sidecar's "
+                              "clock) / measurement wall time" if args.executor == "torch" else
+                              "busy: time spent executing (sleeping) / measurement wall time"),
+        "load_average_before_after": [round(x, 2) for x in load_before + os.getloadavg()],
+        "repeat": args.repeat,
         "sum_configured_vs_measured": sums,
         "arbiter_latency": latency,
         "runtime_s": round(time.perf_counter() - t_start, 1),
@@ -331,17 +368,21 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(f"window {window_s:g} s, tokens {params.min_token_us / 1000:g}-"
           f"{params.max_token_us / 1000:g} ms, bucket {params.bucket_us / 1000:g} ms, "
           f"executor {args.executor}, device {args.device}")
-    print(f"{'case':32} {'replica':10} {'sm':>4} {'req':>5} {'lim':>5} {'exec':>5} "
-          f"{'conf':>6} {'meas':>6} {'err pp':>6}")
+    print(f"measured share = {result['measured_share_is']}; load average before/after "
+          f"{result['load_average_before_after']}")
+    print(f"{'case':32} {'run':>3} {'replica':10} {'sm':>4} {'cores':>5} {'req':>5} {'lim':>5} "
+          f"{'exec':>5} {'conf':>6} {'meas':>6} {'err pp':>6} {'busy':>6}")
     for r, err in zip(rows, errors, strict=True):
-        print(f"{r['case']:32} {r['replica']:10} {r['sm_pct']:>4} {r['request']:>5} "
-              f"{r['limit']:>5} {r['exec_ms']:>5} {r['configured_share']:>6.3f} "
-              f"{r['measured_share']:>6.3f} {err:>6.2f}")
+        print(f"{r['case']:32} {r.get('rep', 0):>3} {r['replica']:10} {r['sm_pct']:>4} "
+              f"{r.get('cores', ''):>5} {r['request']:>5} {r['limit']:>5} {r['exec_ms']:>5} "
+              f"{r['configured_share']:>6.3f} {r['measured_share']:>6.3f} {err:>6.2f} "
+              f"{r.get('busy_share', float('nan')):>6.3f}")
     print(f"max |error| {result['max_abs_error_pp']} pp, mean {result['mean_abs_error_pp']} pp; "
-          f"normalised to the device time used: max {result['max_abs_error_normalised_pp']} pp")
+          f"normalised to the device time used: max {result['max_abs_error_normalised_pp']} pp; "
+          f"busy share vs configured: max {result['max_abs_error_busy_pp']} pp")
     for case, (conf, meas) in sums.items():
         print(f"  {case}: configured total {conf:.3f}, measured total {meas:.3f} "
-              f"(lost {100 * (conf - meas):.1f} pp to hand-overs and per-request gaps)")
+              f"(held by nobody: {100 * (conf - meas):.1f} pp, hand-overs)")
     print(f"arbiter latency: {json.dumps(latency)}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -351,11 +392,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     return result
 
 
+def _run_key(r: dict[str, object]) -> str:
+    return f"{r['case']} #{r.get('rep', 0)}"
+
+
 def _sums(rows: list[dict[str, object]]) -> dict[str, list[float]]:
     """Per case, configured and measured total: the gap is device time lost in hand-overs."""
     out: dict[str, list[float]] = {}
     for r in rows:
-        c = out.setdefault(str(r["case"]), [0.0, 0.0])
+        c = out.setdefault(_run_key(r), [0.0, 0.0])
         c[0] = round(c[0] + float(r["configured_share"]), 4)  # type: ignore[arg-type]
         c[1] = round(c[1] + float(r["measured_share"]), 4)  # type: ignore[arg-type]
     return out

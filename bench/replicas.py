@@ -187,9 +187,20 @@ async def busy_over(replicas: list[Replica], targets: list[tuple[str, str, bytes
                     ) -> tuple[list[float], float, list[Done]]:
     """Saturate, then (busy ms per replica over the measurement, its wall seconds, answers).
 
-    Busy time is what each worker reported for its executions (the arbiter is charged the same),
-    read from the sidecars' ``/_/stats`` at both ends of the measurement.
+    Busy time is what each worker reported for its executions, read from the sidecars'
+    ``/_/stats`` at both ends of the measurement.
     """
+    totals, wall_s, done = await stats_over(replicas, targets, warm_s, measure_s, concurrency)
+    return totals["busy_ms_total"], wall_s, done
+
+
+async def stats_over(replicas: list[Replica], targets: list[tuple[str, str, bytes]],
+                     warm_s: float, measure_s: float, concurrency: int = 2,
+                     fields: tuple[str, ...] = ("busy_ms_total", "held_ms_total"),
+                     ) -> tuple[dict[str, list[float]], float, list[Done]]:
+    """Saturate, then (per ``/_/stats`` field, its increase per replica over the measurement;
+    the measurement's wall seconds; the answers within it). ``held_ms_total``: time the replica
+    held the device's token (its sidecar's clock); ``busy_ms_total``: its workers' busy time."""
     load = asyncio.ensure_future(closed_loop(targets, warm_s + measure_s + 0.5, concurrency))
     async with aiohttp.ClientSession() as s:
         await asyncio.sleep(warm_s)
@@ -199,6 +210,7 @@ async def busy_over(replicas: list[Replica], targets: list[tuple[str, str, bytes
         after = await asyncio.gather(*(_stats(s, r) for r in replicas))
         t1 = time.perf_counter()
     done = await load
-    busy = [a["busy_ms_total"] - b["busy_ms_total"] for a, b in zip(after, before, strict=True)]
+    totals = {f: [float(a.get(f, 0.0)) - float(b.get(f, 0.0)) for a, b in zip(after, before, strict=True)]
+              for f in fields}
     measured = [d for d in done if t0 <= d.t_end <= t1]
-    return busy, t1 - t0, measured
+    return totals, t1 - t0, measured

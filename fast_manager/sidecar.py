@@ -152,6 +152,7 @@ class Sidecar:
             "requests": m.requests, "errors": m.errors, "rejected": m.rejected,
             "inflight": m.inflight, "queued": self._gate.waiting,
             "latency_ms": m.latency_ms(), "busy_ms_total": round(m.busy_ms_total, 3),
+            "held_ms_total": round(float(getattr(self.tokens, "held_ms_total", 0.0)), 3),
             "token_mode": self.tokens.mode.value,
             "token_fallbacks": getattr(self.tokens, "fallback_switches", 0),
             "memory": {"limit_bytes": w.memory.limit_bytes, "enforcement": w.memory.mode.value,

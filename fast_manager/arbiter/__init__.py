@@ -6,6 +6,7 @@ The sidecar builds its client with ``make_token_client(settings)`` and uses only
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fast_manager.tokens import TokenClient, UnmanagedTokens
@@ -26,14 +27,27 @@ def _pick(settings: Any, flat: str, nested: str | None = None) -> Any:
     raise AttributeError(flat)
 
 
+def replica_cores(settings: Any) -> tuple[int, ...]:
+    """The core set the arbiter keeps disjoint between holders: on a CPU device the cores the
+    worker is pinned to, or, unpinned, every core this process may run on (the worker inherits
+    them); on a GPU none (admission by SM share)."""
+    if hasattr(settings, "device_id"):  # flat settings: cores only when given
+        return tuple(getattr(settings, "cores", ()))
+    if settings.is_gpu:
+        return ()
+    pinned = tuple(getattr(settings, "cpu_cores", ()) or ())
+    return pinned or tuple(sorted(os.sched_getaffinity(0)))
+
+
 def make_token_client(settings: Any, *, params: ArbiterParams | None = None,
                       redis_client: Any = None) -> TokenClient:
     """A TokenClient for one replica.
 
     ``settings`` may be flat (``device_id``, ``replica_id``, ``sm_pct``, ``quota_request_frac``,
-    ``quota_limit_frac``, ``redis_url``) or a ``SidecarSettings`` (``device``, ``namespace``,
-    ``function``, ``replica``, ``share.*``, ``redis_url``). No ``redis_url``: no arbiter
-    (``UnmanagedTokens``). Must be called inside the running event loop that will use it.
+    ``quota_limit_frac``, ``redis_url``, optional ``cores``: none means GPU-style admission) or
+    a ``SidecarSettings`` (``device``, ``namespace``, ``function``, ``replica``, ``share.*``,
+    ``cpu_cores``, ``redis_url``). No ``redis_url``: no arbiter (``UnmanagedTokens``). Must be
+    called inside the running event loop that will use it.
     """
     redis_url = getattr(settings, "redis_url", None)
     if not redis_url and redis_client is None:
@@ -52,7 +66,8 @@ def make_token_client(settings: Any, *, params: ArbiterParams | None = None,
         replica = f"{settings.namespace}/{settings.function}/{settings.replica}"
     spec = make_spec(int(_pick(settings, "sm_pct", "share.sm_pct")),
                      float(_pick(settings, "quota_request_frac", "share.quota_request_frac")),
-                     float(_pick(settings, "quota_limit_frac", "share.quota_limit_frac")), params)
+                     float(_pick(settings, "quota_limit_frac", "share.quota_limit_frac")), params,
+                     replica_cores(settings))
     owns = redis_client is None
     if owns:
         # No retries inside redis-py: a failure must reach us fast so that we fall back.

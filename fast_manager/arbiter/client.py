@@ -1,9 +1,11 @@
 """``RedisTokenClient``: the sidecar's side of the device arbiter (a ``TokenClient``).
 
 A token is a time slice (``token_us``, sized by the arbiter from this replica's burst length): the
-client keeps it across back-to-back executions until their busy time reaches the slice, and only
-then (or when no next acquire comes within ``linger_s``) gives it back, charging the busy time of
-the whole burst. So an execution inside a slice costs Redis nothing.
+client keeps it across back-to-back executions until the time it has HELD the token (wall time on
+its own clock since the lease arrived) reaches the slice, and only then (or when no next acquire
+comes within ``linger_s``) gives it back with the busy time of the whole burst; the arbiter
+charges the time held (or the busy time if larger). So an execution inside a slice costs Redis
+nothing, and the gaps between executions are paid by the replica that kept the device idle.
 
 acquire = one ACQUIRE script call (enqueue + grant round). A replica that is not granted at once
 blocks on its own wake list (BLPOP): whichever script grants it pushes the lease there. The BLPOP
@@ -93,6 +95,9 @@ class RedisTokenClient:
         self.reused = 0
         """Acquires served from a lingering token's remaining slice (no Redis call)."""
         self._flusher: asyncio.Task[None] | None = None
+        self._held_since: float | None = None
+        """Monotonic time at which the shared token in hand (or lingering) arrived."""
+        self._held_ms_done = 0.0
 
     # ---- the TokenClient protocol -------------------------------------------------------
 
@@ -108,7 +113,7 @@ class RedisTokenClient:
         try:
             if self.mode is TokenMode.SHARED:
                 pending = self._take_pending()
-                if pending is not None and pending[1] < pending[0].granted_ms:
+                if pending is not None and self._held_ms() < pending[0].granted_ms:
                     self.reused += 1  # the slice has time left: keep executing under it
                     self._pending_burst = pending[1]
                     lease = pending[0]
@@ -171,6 +176,23 @@ class RedisTokenClient:
         return (int(lease.token_id.rsplit(":", 1)[1]), round(lease.granted_ms * 1000),
                 round(busy_ms * 1000))
 
+    @property
+    def held_ms_total(self) -> float:
+        """Wall time this replica has held shared tokens, from each lease's arrival to its return,
+        the token in hand included (this client's clock; the arbiter charges the same span, from
+        the grant, on its own)."""
+        return self._held_ms_done + self._held_ms()
+
+    def _held_ms(self) -> float:
+        return 0.0 if self._held_since is None else (time.monotonic() - self._held_since) * 1000
+
+    def _got_token(self) -> None:
+        self._held_since = time.monotonic()
+
+    def _token_returned(self) -> None:
+        self._held_ms_done += self._held_ms()
+        self._held_since = None
+
     def _take_pending(self) -> tuple[Lease, float] | None:
         """Claim the lingering release (synchronously, so the flusher cannot also send it)."""
         pending, self._pending = self._pending, None
@@ -180,6 +202,7 @@ class RedisTokenClient:
         return pending
 
     async def _send_release(self, pending: tuple[Lease, float]) -> None:
+        self._token_returned()
         try:
             await self._call(self._scripts.release(self.replica, *self._release_args(pending)))
         except REDIS_DOWN as e:
@@ -207,11 +230,13 @@ class RedisTokenClient:
             else:  # give back the lingering token and re-enqueue, atomically
                 first = self._scripts.release(self.replica, *self._release_args(pending),
                                               requeue=self.spec)
+                self._token_returned()
                 pending = None
             out = parse_outcome(await self._call(first))
             while True:
                 for g in out.grants:
                     if g.replica == self.replica:
+                        self._got_token()
                         return self._lease(g.token_id, g.token_us, g.expires_us)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -221,6 +246,7 @@ class RedisTokenClient:
                 item = await asyncio.wait_for(self._redis.blpop([self._wake], timeout=wait_s),
                                               wait_s + self._op_timeout_s)
                 if item is not None:
+                    self._got_token()
                     return self._lease(*parse_wake(item[1]))
                 # Woken by the timeout: a lease may have expired or a cap eased; look again.
                 out = parse_outcome(await self._call(

@@ -23,10 +23,10 @@ from fastgshare import keys
 from .model import ArbiterParams, Grant, Outcome, ReplicaSpec
 
 _HEADER = """
--- KEYS[1] cfg      hash   replica -> "sm|request_us|limit_us"
--- KEYS[2] est      hash   replica -> smoothed busy us per execution
+-- KEYS[1] cfg      hash   replica -> "sm|request_us|limit_us|cores" (cores: "0,1" or "" on a GPU)
+-- KEYS[2] est      hash   replica -> smoothed burst (charged us per token)
 -- KEYS[3] waiters  zset   replica -> enqueue sequence
--- KEYS[4] holders  hash   replica -> "token_id|granted_us|token_us|expires_us|sm"
+-- KEYS[4] holders  hash   replica -> "token_id|granted_us|token_us|expires_us|sm|cores"
 -- KEYS[5] seq      string sequence counter (enqueues and token ids)
 -- KEYS[6] clock    string last now_us used (monotone)
 -- ARGV[1] prefix of per-replica keys: prefix.."use:"..rid (hash bucket -> us),
@@ -107,23 +107,35 @@ local function charge(rid, amount, now)
 end
 
 local function parse_holding(v)
-  local tok, granted, len, exp, sm = string.match(v, '^(%d+)|(%d+)|(%d+)|(%d+)|(%d+)$')
-  return tonumber(tok), tonumber(granted), tonumber(len), tonumber(exp), tonumber(sm)
+  local tok, granted, len, exp, sm, cores =
+    string.match(v, '^(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|([%d,]*)$')
+  return tonumber(tok), tonumber(granted), tonumber(len), tonumber(exp), tonumber(sm), cores
+end
+
+local function core_list(cores)
+  local out = {}
+  for c in string.gmatch(cores, '%d+') do out[#out + 1] = c end
+  return out
 end
 
 local function grant_round(now, caller)
   local used_pct = 0
+  local busy_cores = {}
   local holding = {}
   local hs = redis.call('HGETALL', KEYS[4])
   for i = 1, #hs, 2 do
     local rid = hs[i]
-    local _, _, len, exp, sm = parse_holding(hs[i + 1])
+    local _, _, len, exp, sm, cores = parse_holding(hs[i + 1])
     if exp <= now then
       redis.call('HDEL', KEYS[4], rid)
       charge(rid, len, now)
     else
-      used_pct = used_pct + sm
       holding[rid] = exp
+      if cores ~= '' then
+        for _, c in ipairs(core_list(cores)) do busy_cores[c] = true end
+      else
+        used_pct = used_pct + sm
+      end
     end
   end
   local hint = -1
@@ -132,7 +144,8 @@ local function grant_round(now, caller)
   for i = 1, #ws, 2 do
     local rid, seq = ws[i], tonumber(ws[i + 1])
     if not holding[rid] then
-      local sm, req, lim = string.match(redis.call('HGET', KEYS[1], rid), '^(%d+)|(%d+)|(%d+)$')
+      local sm, req, lim, cores =
+        string.match(redis.call('HGET', KEYS[1], rid), '^(%d+)|(%d+)|(%d+)|([%d,]*)$')
       sm, req, lim = tonumber(sm), tonumber(req), tonumber(lim)
       local est = tonumber(redis.call('HGET', KEYS[2], rid) or '0')
       local tok = token_len(est)
@@ -142,7 +155,7 @@ local function grant_round(now, caller)
       if lim < WINDOW then tok = math.min(tok, lim - used) end
       if lim >= WINDOW or used + need <= lim then
         cands[#cands + 1] = {rid = rid, seq = seq, sm = sm, req = req, used = used,
-                             tok = tok, est = est, under = used < req}
+                             tok = tok, est = est, under = used < req, cores = cores}
       else
         local delay = cap_eases_at(bs, used, need, lim, now) - now
         if hint < 0 or delay < hint then hint = delay end
@@ -161,21 +174,34 @@ local function grant_round(now, caller)
   end)
   local grants = {}
   for _, c in ipairs(cands) do
-    if used_pct + c.sm > CAPACITY then break end
-    used_pct = used_pct + c.sm
-    local tok_id = redis.call('INCR', KEYS[5])
-    local exp = now + lease_len(c.tok, c.est)
-    redis.call('HSET', KEYS[4], c.rid,
-      I(tok_id) .. '|' .. I(now) .. '|' .. I(c.tok) .. '|' .. I(exp) .. '|' .. I(c.sm))
-    redis.call('ZREM', KEYS[3], c.rid)
-    holding[c.rid] = exp
-    if c.rid ~= caller then
-      local wk = PREFIX .. 'wake:' .. c.rid
-      redis.call('DEL', wk)
-      redis.call('RPUSH', wk, I(tok_id) .. '|' .. I(c.tok) .. '|' .. I(exp))
-      redis.call('PEXPIRE', wk, math.floor((exp - now) / 1000) + 1000)
+    local fits = true
+    if c.cores ~= '' then
+      local mine = core_list(c.cores)
+      for _, k in ipairs(mine) do
+        if busy_cores[k] then fits = false end
+      end
+      -- taken, or reserved for this waiter: nobody behind it gets these cores this round
+      for _, k in ipairs(mine) do busy_cores[k] = true end
+    elseif used_pct + c.sm > CAPACITY then
+      break
+    else
+      used_pct = used_pct + c.sm
     end
-    grants[#grants + 1] = {c.rid, tok_id, c.tok, exp}
+    if fits then
+      local tok_id = redis.call('INCR', KEYS[5])
+      local exp = now + lease_len(c.tok, c.est)
+      redis.call('HSET', KEYS[4], c.rid, I(tok_id) .. '|' .. I(now) .. '|' .. I(c.tok) .. '|' ..
+        I(exp) .. '|' .. I(c.sm) .. '|' .. c.cores)
+      redis.call('ZREM', KEYS[3], c.rid)
+      holding[c.rid] = exp
+      if c.rid ~= caller then
+        local wk = PREFIX .. 'wake:' .. c.rid
+        redis.call('DEL', wk)
+        redis.call('RPUSH', wk, I(tok_id) .. '|' .. I(c.tok) .. '|' .. I(exp))
+        redis.call('PEXPIRE', wk, math.floor((exp - now) / 1000) + 1000)
+      end
+      grants[#grants + 1] = {c.rid, tok_id, c.tok, exp}
+    end
   end
   if redis.call('ZCARD', KEYS[3]) > 0 then
     for _, exp in pairs(holding) do
@@ -191,13 +217,13 @@ end
 """
 
 ACQUIRE = _HEADER + """
--- ARGV[9] replica, ARGV[10] sm_pct, ARGV[11] request_us, ARGV[12] limit_us
+-- ARGV[9] replica, ARGV[10] sm_pct, ARGV[11] request_us, ARGV[12] limit_us, ARGV[13] cores
 -- (Re)registers the replica, enqueues it unless already waiting, runs a grant round; a grant to
 -- the caller is returned, not pushed.
 """ + _PRELUDE + """
 local now = clock()
 local rid = ARGV[9]
-redis.call('HSET', KEYS[1], rid, ARGV[10] .. '|' .. ARGV[11] .. '|' .. ARGV[12])
+redis.call('HSET', KEYS[1], rid, ARGV[10] .. '|' .. ARGV[11] .. '|' .. ARGV[12] .. '|' .. ARGV[13])
 if not redis.call('ZSCORE', KEYS[3], rid) then
   redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), rid)
 end
@@ -206,28 +232,34 @@ return grant_round(now, rid)
 
 RELEASE = _HEADER + """
 -- ARGV[9] replica, ARGV[10] token_id, ARGV[11] token_us, ARGV[12] busy_us,
--- ARGV[13..15] optional sm_pct, request_us, limit_us: requeue the replica (it has more work)
--- Returns a token and charges the measured busy time (only the part past the token when the
--- lease had already expired and been charged), updates the burst estimate, requeues, runs a
--- grant round (with the requeued replica as the caller: its grant is returned, not pushed).
+-- ARGV[13..16] optional sm_pct, request_us, limit_us, cores: requeue the replica (more work)
+-- Returns a token and charges the time it was held (now - granted) or the measured busy time if
+-- larger (only the busy part past the token when the lease had already expired and been
+-- charged), updates the burst estimate, requeues, runs a grant round (with the requeued
+-- replica as the caller: its grant is returned, not pushed).
 """ + _PRELUDE + """
 local now = clock()
 local rid, tok_id = ARGV[9], tonumber(ARGV[10])
 local tok, busy = tonumber(ARGV[11]), tonumber(ARGV[12])
 local h = redis.call('HGET', KEYS[4], rid)
-if h and parse_holding(h) == tok_id then
+local h_tok, h_granted
+if h then h_tok, h_granted = parse_holding(h) end
+local burst = busy
+if h and h_tok == tok_id then
   redis.call('HDEL', KEYS[4], rid)
-  charge(rid, busy, now)
+  burst = math.max(busy, now - h_granted)  -- the time held, or the busy time if more
+  charge(rid, burst, now)
 else
   charge(rid, busy - tok, now)
 end
-if busy > 0 then
+if burst > 0 then  -- the burst estimate follows what is charged, so the token covers it
   local est = tonumber(redis.call('HGET', KEYS[2], rid) or '0')
-  if est > 0 then est = math.floor((7 * est + busy) / 8) else est = busy end
+  if est > 0 then est = math.floor((7 * est + burst) / 8) else est = burst end
   redis.call('HSET', KEYS[2], rid, I(est))
 end
 if ARGV[13] then
-  redis.call('HSET', KEYS[1], rid, ARGV[13] .. '|' .. ARGV[14] .. '|' .. ARGV[15])
+  redis.call('HSET', KEYS[1], rid,
+    ARGV[13] .. '|' .. ARGV[14] .. '|' .. ARGV[15] .. '|' .. ARGV[16])
   if not redis.call('ZSCORE', KEYS[3], rid) then
     redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), rid)
   end
@@ -289,6 +321,15 @@ def usage_key(device_id: str, replica: str) -> str:
     return keys.arbiter(device_id, f"use:{replica}")
 
 
+def cores_text(cores: tuple[int, ...]) -> str:
+    """A core set as the scripts store it: ``"0,1"``; ``""`` for none (a GPU replica)."""
+    return ",".join(map(str, cores))
+
+
+def spec_args(spec: ReplicaSpec) -> list[object]:
+    return [spec.sm_pct, spec.request_us, spec.limit_us, cores_text(spec.cores)]
+
+
 def parse_outcome(raw: list[Any]) -> Outcome:
     """Turn a script's reply into the model's Outcome (so tests compare like with like)."""
     now_us, hint_us = int(raw[0]), int(raw[1])
@@ -330,11 +371,11 @@ class ArbiterScripts:
 
     def acquire(self, replica: str, spec: ReplicaSpec, now_us: int | None = None) -> Any:
         return self.acquire_script(keys=device_keys(self.device_id), args=self._args(
-            now_us, replica, spec.sm_pct, spec.request_us, spec.limit_us))
+            now_us, replica, *spec_args(spec)))
 
     def release(self, replica: str, token_id: int, token_us: int, busy_us: int,
                 now_us: int | None = None, requeue: ReplicaSpec | None = None) -> Any:
-        extra = [] if requeue is None else [requeue.sm_pct, requeue.request_us, requeue.limit_us]
+        extra = [] if requeue is None else spec_args(requeue)
         return self.release_script(keys=device_keys(self.device_id), args=self._args(
             now_us, replica, token_id, token_us, max(0, int(busy_us)), *extra))
 

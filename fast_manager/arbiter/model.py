@@ -8,16 +8,22 @@ microseconds (``_us``) or integer percent, so Lua (doubles) and Python agree exa
 Semantics (see docs/arbiter.md):
 
 - A replica executes only while it holds a token (a lease until ``expires_us``); at most one token
-  per replica; the SM shares of all holders sum to <= ``capacity_pct``, checked per grant.
-- Usage is a sliding window of ``window_us`` kept in buckets of ``bucket_us``; a release charges the
-  measured busy time (an overrun included) to the current bucket, so it counts against the next
-  window; an expired lease charges its whole token.
+  per replica. Spatial admission, checked per grant: on a GPU (a replica without a core set) the
+  SM shares of all holders sum to <= ``capacity_pct``; on a CPU (a replica registered with its
+  core set) the core sets of all holders are pairwise disjoint, so two replicas pinned to one
+  core never execute at once whatever their nominal shares.
+- Usage is a sliding window of ``window_us`` kept in buckets of ``bucket_us``; a release charges
+  the time the token was HELD (grant to release, on the arbiter's clock: what kept the others off
+  the device), or the measured busy time if that is larger, to the current bucket, so an overrun
+  counts against the next window; an expired lease charges its whole token.
 - The cap: a waiter is granted only if at least ``min(min_token, limit)`` of its limit is left in
   the window, and its token is cut to what is left, so the cap is passed by at most the last
   execution's overrun (a limit of the whole window is no cap at all). Eligible waiters are
   ordered: those under their request first, most behind (usage / request) first; then those past
-  their request, least-used first; FIFO breaks ties. Grants go in that order while the SM shares
-  fit and stop at the first that does not (so a wide replica is not starved by narrow ones).
+  their request, least-used first; FIFO breaks ties. Grants go in that order; a waiter that does
+  not fit blocks those behind it from what it waits for (a GPU waiter: the round stops; a CPU
+  waiter: its cores are reserved for the rest of the round, so waiters on other cores still go),
+  so a wide replica is never starved by narrow ones slipping past it.
 """
 
 from __future__ import annotations
@@ -73,10 +79,13 @@ class ReplicaSpec:
     """Guaranteed device time per window."""
     limit_us: int
     """Cap on device time per window."""
+    cores: tuple[int, ...] = ()
+    """CPU device: the cores the replica's worker is pinned to (sorted, unique); holders' core
+    sets must be disjoint. Empty: a GPU replica, admitted by its SM share."""
 
 
 def make_spec(sm_pct: int, quota_request_frac: float, quota_limit_frac: float,
-              params: ArbiterParams) -> ReplicaSpec:
+              params: ArbiterParams, cores: tuple[int, ...] | list[int] = ()) -> ReplicaSpec:
     """Turn annotation-style fractions into budgets per window, refusing what is out of range."""
     if not 1 <= sm_pct <= params.capacity_pct:
         raise ValidationError("sm_pct", f"1..{params.capacity_pct}", sm_pct)
@@ -86,7 +95,9 @@ def make_spec(sm_pct: int, quota_request_frac: float, quota_limit_frac: float,
         raise ValidationError("quota_limit_frac", "request <= limit <= 1", quota_limit_frac)
     request_us = max(1, round(quota_request_frac * params.window_us))
     limit_us = max(request_us, round(quota_limit_frac * params.window_us))
-    return ReplicaSpec(int(sm_pct), request_us, limit_us)
+    if any(c < 0 for c in cores):
+        raise ValidationError("cores", "core numbers >= 0", list(cores))
+    return ReplicaSpec(int(sm_pct), request_us, limit_us, tuple(sorted(set(int(c) for c in cores))))
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,7 @@ class Holding:
     token_us: int
     expires_us: int
     sm_pct: int
+    cores: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,7 +138,8 @@ class ArbiterState:
 
     specs: dict[str, ReplicaSpec] = field(default_factory=dict)
     est_us: dict[str, int] = field(default_factory=dict)
-    """Smoothed busy time per execution (EWMA, 1/8 weight), from releases."""
+    """Smoothed length of a burst (what a token's release is charged: held or busy time; EWMA,
+    1/8 weight), from releases: the next token is this plus a quarter."""
     waiters: dict[str, int] = field(default_factory=dict)
     """Replica -> enqueue sequence number (FIFO tie-break)."""
     holders: dict[str, Holding] = field(default_factory=dict)
@@ -220,11 +233,14 @@ class _Work:
 def _grant_round(w: _Work, caller: str | None, params: ArbiterParams) -> Outcome:
     now = w.clock_us
     used_pct = 0
+    busy_cores: set[int] = set()
     for rid in sorted(w.holders):
         h = w.holders[rid]
         if h.expires_us <= now:
             del w.holders[rid]
             _charge(w.usage, rid, h.token_us, now, params)
+        elif h.cores:
+            busy_cores.update(h.cores)
         else:
             used_pct += h.sm_pct
     hint = -1
@@ -250,12 +266,18 @@ def _grant_round(w: _Work, caller: str | None, params: ArbiterParams) -> Outcome
     grants: list[Grant] = []
     for _key, rid, tok, est in sorted(candidates):
         spec = w.specs[rid]
-        if used_pct + spec.sm_pct > params.capacity_pct:
+        if spec.cores:
+            if not busy_cores.isdisjoint(spec.cores):
+                busy_cores.update(spec.cores)  # reserved: nobody behind it takes these cores
+                continue
+            busy_cores.update(spec.cores)
+        elif used_pct + spec.sm_pct > params.capacity_pct:
             break
-        used_pct += spec.sm_pct
+        else:
+            used_pct += spec.sm_pct
         w.seq += 1
         g = Grant(rid, w.seq, tok, now + lease_us(tok, est, params))
-        w.holders[rid] = Holding(g.token_id, now, tok, g.expires_us, spec.sm_pct)
+        w.holders[rid] = Holding(g.token_id, now, tok, g.expires_us, spec.sm_pct, spec.cores)
         del w.waiters[rid]
         if rid != caller:
             w.wake[rid] = g
@@ -284,19 +306,22 @@ def acquire(state: ArbiterState, replica: str, spec: ReplicaSpec, now_us: int,
 def release(state: ArbiterState, replica: str, token_id: int, tok_us: int, busy_us: int,
             now_us: int, params: ArbiterParams,
             requeue: ReplicaSpec | None = None) -> tuple[ArbiterState, Outcome]:
-    """Return a token, charging ``busy_us``; a token that already expired (and was charged its
-    length) is charged only what ran past it. With ``requeue`` the replica, which has more work,
+    """Return a token, charging the time it was held (``now - granted``) or ``busy_us`` if that
+    is larger; a token that already expired (and was charged its length) is charged only the
+    busy time that ran past it. With ``requeue`` the replica, which has more work,
     is enqueued again before the grant round, so that it competes for the very token it returns
     (a saturated replica is never "between requests" when the arbiter decides)."""
     w = _Work.of(state, now_us)
     h = w.holders.get(replica)
+    burst_us = busy_us
     if h is not None and h.token_id == token_id:
         del w.holders[replica]
-        _charge(w.usage, replica, busy_us, w.clock_us, params)
+        burst_us = max(busy_us, w.clock_us - h.granted_us)
+        _charge(w.usage, replica, burst_us, w.clock_us, params)
     else:
         _charge(w.usage, replica, busy_us - tok_us, w.clock_us, params)
-    if busy_us > 0:
-        w.est_us[replica] = ewma_us(w.est_us.get(replica, 0), busy_us)
+    if burst_us > 0:  # the burst estimate follows what is charged, so the token covers it
+        w.est_us[replica] = ewma_us(w.est_us.get(replica, 0), burst_us)
     if requeue is not None:
         w.specs[replica] = requeue
         if replica not in w.waiters:

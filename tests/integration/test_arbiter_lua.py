@@ -23,10 +23,16 @@ specs = st.builds(
 )
 
 
+CORE_SETS = ((), (0,), (1,), (0, 1), (2, 3), (1, 2), (0, 1, 2, 3))
+"""() is a GPU replica (SM-share sum); the others are CPU replicas (disjoint core sets)."""
+
+
 @st.composite
 def replica_spec(draw: st.DrawFn) -> model.ReplicaSpec:
     s = draw(specs)
-    return model.ReplicaSpec(s.sm_pct, s.request_us, draw(st.integers(s.request_us // 10_000, 100)) * 10_000)
+    return model.ReplicaSpec(s.sm_pct, s.request_us,
+                             draw(st.integers(s.request_us // 10_000, 100)) * 10_000,
+                             draw(st.sampled_from(CORE_SETS)))
 
 
 def us_steps(n: int) -> st.SearchStrategy[int]:
@@ -46,16 +52,24 @@ events = st.lists(st.one_of(
 ), min_size=1, max_size=40)
 
 
+def parse_cores(text: str) -> tuple[int, ...]:
+    return tuple(int(c) for c in text.split(",")) if text else ()
+
+
 def snapshot(r: redis.Redis, device: str) -> model.ArbiterState:
     """Read a device's whole arbiter state from Redis into the model's shape."""
     cfg, est, waiters, holders, seq, clock = device_keys(device)
     prefix = replica_prefix(device)
     s = {k.decode(): v.decode() for k, v in r.hgetall(cfg).items()}
-    specs_ = {k: model.ReplicaSpec(*map(int, v.split("|"))) for k, v in s.items()}
+    specs_ = {}
+    for k, v in s.items():
+        sm, req, lim, cores = v.split("|")
+        specs_[k] = model.ReplicaSpec(int(sm), int(req), int(lim), parse_cores(cores))
     hold = {}
     for k, v in r.hgetall(holders).items():
-        tok, granted, length, exp, sm = map(int, v.decode().split("|"))
-        hold[k.decode()] = model.Holding(tok, granted, length, exp, sm)
+        *nums, cores = v.decode().split("|")
+        tok, granted, length, exp, sm = map(int, nums)
+        hold[k.decode()] = model.Holding(tok, granted, length, exp, sm, parse_cores(cores))
     usage = {}
     wake = {}
     for key in r.scan_iter(match=f"{prefix}*:*"):
@@ -113,8 +127,9 @@ def test_lua_and_model_decide_alike(redis_client: redis.Redis, evs: list[tuple])
             got = parse_outcome(scripts.tick(now))
         assert got == want, ev
         assert snapshot(redis_client, device) == state, ev
-        held = sum(h.sm_pct for h in state.holders.values())
-        assert held <= PARAMS.capacity_pct
+        assert sum(h.sm_pct for h in state.holders.values() if not h.cores) <= PARAMS.capacity_pct
+        held_cores = [c for h in state.holders.values() for c in h.cores]
+        assert len(held_cores) == len(set(held_cores)), state.holders  # disjoint core sets
 
 
 def test_server_clock_is_used_when_now_is_empty(redis_client: redis.Redis) -> None:

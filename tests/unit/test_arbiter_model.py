@@ -122,21 +122,22 @@ def test_a_limit_of_the_whole_window_is_no_cap() -> None:
     assert out.grants and out.grants[0].token_us == 100_000
 
 
-@pytest.mark.parametrize(("busy_ms", "stale", "charged_ms"), [
-    (40, False, 40),    # normal release: the measured busy time
-    (150, False, 150),  # an overrun is charged in full (to the window that follows)
-    (0, False, 0),
-    (150, True, 50),    # expired (charged its 100 ms token) then released: only the rest
-    (80, True, 0),
+@pytest.mark.parametrize(("busy_ms", "held_ms", "stale", "charged_ms"), [
+    (40, 50, False, 50),    # normal release: the time the token was held (grant -> release)
+    (40, 0, False, 40),     # ... or the measured busy time when that is larger
+    (150, 160, False, 160),  # an overrun is charged in full (to the window that follows)
+    (0, 0, False, 0),
+    (150, None, True, 50),  # expired (charged its 100 ms token) then released: only the rest
+    (80, None, True, 0),
 ])
-def test_release_charges(busy_ms: int, stale: bool, charged_ms: int) -> None:
+def test_release_charges(busy_ms: int, held_ms: int | None, stale: bool, charged_ms: int) -> None:
     s, out = model.acquire(model.ArbiterState(), "a", spec(100, 500, 1000), T0, P)
     g = out.grants[0]
     if stale:
         s, _ = model.tick(s, g.expires_us, P)
         assert "a" not in s.holders
         assert model.window_usage(s.usage["a"], g.expires_us, P) == g.token_us
-    now = g.expires_us if stale else T0 + 1
+    now = g.expires_us if held_ms is None else T0 + held_ms * 1000
     before = model.window_usage(s.usage.get("a", {}), now, P)
     s, _ = model.release(s, "a", g.token_id, g.token_us, busy_ms * 1000, now, P)
     assert model.window_usage(s.usage.get("a", {}), now, P) - before == charged_ms * 1000
@@ -180,3 +181,40 @@ def test_requeue_on_release_competes_for_the_returned_token() -> None:
     s, out = model.release(s, "a", g.token_id, g.token_us, 10_000, T0 + 1, P,
                            requeue=spec(100, 700, 1000))
     assert [x.replica for x in out.grants] == ["a"] and "a" not in s.wake
+
+
+def cpu(req_ms: int, lim_ms: int, *cores: int) -> model.ReplicaSpec:
+    return model.ReplicaSpec(50, req_ms * 1000, lim_ms * 1000, tuple(cores))
+
+
+def test_cpu_replicas_on_one_core_never_hold_together() -> None:
+    # Nominal SM shares 50 + 50 <= 100, but both are pinned to core 0: one at a time.
+    s, out = model.acquire(model.ArbiterState(), "a", cpu(500, 1000, 0), T0, P)
+    assert [g.replica for g in out.grants] == ["a"]
+    s, out = model.acquire(s, "c", cpu(500, 1000, 0), T0, P)
+    assert out.grants == ()
+    s, out = model.acquire(s, "b", cpu(500, 1000, 1), T0, P)  # core 1 is free
+    assert [g.replica for g in out.grants] == ["b"]
+    g = s.holders["a"]
+    s, out = model.release(s, "a", g.token_id, g.token_us, 10_000, T0 + 10_000, P)
+    assert [x.replica for x in out.grants] == ["c"]
+
+
+def test_cpu_waiter_that_does_not_fit_reserves_its_cores_only() -> None:
+    # "wide" (cores 0,1) is first in line and does not fit while "x" holds core 0: "narrow0"
+    # behind it may not take core 1 (that would starve the wide one); a waiter on core 2 goes.
+    s, _ = model.acquire(model.ArbiterState(), "x", cpu(100, 1000, 0), T0, P)
+    s, _ = model.acquire(s, "wide", cpu(900, 1000, 0, 1), T0, P)
+    s, _ = model.acquire(s, "narrow1", cpu(100, 1000, 1), T0, P)
+    s, out = model.acquire(s, "other2", cpu(100, 1000, 2), T0, P)
+    assert [g.replica for g in out.grants] == ["other2"]
+    assert set(s.holders) == {"x", "other2"}
+    g = s.holders["x"]
+    s, out = model.release(s, "x", g.token_id, g.token_us, 10_000, T0 + 10_000, P)
+    assert [x.replica for x in out.grants] == ["wide"]
+
+
+def test_make_spec_keeps_a_sorted_core_set() -> None:
+    assert model.make_spec(50, 0.2, 0.4, P, [3, 1, 3]).cores == (1, 3)
+    with pytest.raises(ValidationError):
+        model.make_spec(50, 0.2, 0.4, P, [-1])
