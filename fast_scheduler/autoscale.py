@@ -140,6 +140,9 @@ class AutoscaleContext:
     current: tuple[ReplicaConfig, ...] = ()
     min_replicas: int = 1
     max_replicas: int = 20
+    fixed: tuple[ReplicaConfig, ...] = ()
+    """Replicas that run whatever is decided (a platform's minimum it will not scale below); part
+    of ``current``, their capacity counts and every decision keeps them."""
 
 
 @dataclass(frozen=True)
@@ -351,10 +354,12 @@ def decide_replicas(
 
     cheapest = cs.cheapest
     assert cheapest is not None
-    plan, feasible = plan_for_rate(cs, target, hi)
-    if obs > 0 and not plan:  # first request after zero: bring one replica back
+    fixed = ctx.fixed
+    _, fixed_cap, _ = cs.totals(fixed)
+    plan, feasible = plan_for_rate(cs, max(0.0, target - fixed_cap), max(0, hi - len(fixed)))
+    if obs > 0 and not plan and not fixed:  # first request after zero: bring one replica back
         plan = (cheapest,)
-    replicas = tuple(c.config for c in plan)
+    replicas = fixed + tuple(c.config for c in plan)
     if len(replicas) < lo:
         replicas = replicas + (cheapest.config,) * (lo - len(replicas))
     new_fp, new_cap, _ = cs.totals(replicas)

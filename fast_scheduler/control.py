@@ -248,7 +248,7 @@ def plan_tick(
         for cfg, n, _dev in f.groups.values():
             current += [cfg] * n
         ctx = AutoscaleContext(
-            f.name, now_s, rate, table, f.slo_ms, tuple(current), lo, f.max_replicas
+            f.name, now_s, rate, table, f.slo_ms, tuple(current), lo, f.max_replicas, fixed
         )
         d, mem.state = decide_replicas(ctx, mem.state, settings)
         want = Counter(d.replicas)

@@ -10,6 +10,7 @@ its package pins numpy < 2).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,12 +34,29 @@ class ArrivalCluster:
         return 1.0 / float(np.mean(1.0 / np.asarray(self.inverse_ecdf)))
 
 
+class OrcbenchMissing(RuntimeError):
+    """orcbench (whose wheel ships the arrival models) is not installed."""
+
+
+def orcbench_models_dir() -> Path | None:
+    """Where the installed orcbench keeps its models, found without importing it (its import
+    prints a banner and it pins numpy < 2); None when it is not installed."""
+    spec = importlib.util.find_spec("orcbench")
+    if spec is None or not spec.origin:
+        return None
+    d = Path(spec.origin).parent / "models"
+    return d if d.is_dir() else None
+
+
 def load_orcbench_clusters(models_dir: Path | None = None) -> list[ArrivalCluster]:
     """The arrival models shipped in the ``orcbench`` wheel (or in ``models_dir``)."""
     if models_dir is None:
-        import orcbench  # imported here: only this loader needs the package
-
-        models_dir = Path(orcbench.__file__).parent / "models"
+        models_dir = orcbench_models_dir()
+        if models_dir is None:
+            raise OrcbenchMissing(
+                "the Azure-like trace needs orcbench's arrival models: "
+                "pip install --no-deps orcbench==0.1.4 (it pins numpy<2; only its data files are read)"
+            )
     out = []
     for f in sorted(models_dir.iterdir(), key=lambda p: p.name):
         d = json.loads(f.read_text())

@@ -8,7 +8,13 @@ from fast_scheduler.baselines import all_policies, lower_bound_choices
 from fast_scheduler.lower_bound import GpuLowerBound
 from fast_scheduler.policies import this_policy
 from fast_scheduler.simulator import FunctionSpec, SimSettings, simulate
-from fast_scheduler.traces import azure_like_trace, bursty_trace, load_orcbench_clusters, poisson_trace
+from fast_scheduler.traces import (
+    azure_like_trace,
+    bursty_trace,
+    load_orcbench_clusters,
+    orcbench_models_dir,
+    poisson_trace,
+)
 
 R = synthetic_table("resnet50", saturation_sm_pct=24, full_rps=74.9, weight_bytes=98 * 2**20)
 B = synthetic_table(
@@ -28,6 +34,9 @@ def test_deterministic_with_a_seed():
     assert a == b
 
 
+@pytest.mark.skipif(
+    orcbench_models_dir() is None, reason="orcbench not installed (pip install --no-deps orcbench)"
+)
 def test_traces_deterministic_and_mean_preserving():
     clusters = load_orcbench_clusters()
     t1 = azure_like_trace(RATES, 300, clusters, seed=5)
