@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("profile", help="profile a function (progress bar); see `fastgshare profile --help`",
                    add_help=False)
+    sub.add_parser("bench", help="the MLPerf-based sharing-modes and autoscaling benchmark "
+                   "(= python -m bench.mlperf); see `fastgshare bench --help`", add_help=False)
 
     r = sub.add_parser("remove", help="remove a deployed function")
     common(r)
@@ -280,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         from fast_profiler.cli import profile_main
 
         return int(profile_main(argv[1:]))
+    if argv[:1] == ["bench"]:  # its own parser: the MLPerf-based benchmark (bench/mlperf)
+        from bench.mlperf.cli import bench_main
+
+        return int(bench_main(argv[1:]))
     args = build_parser().parse_args(argv)
     args.state_dir_given = getattr(args, "state_dir", None) is not None
     if getattr(args, "state_dir", None) is None and args.command != "demo":
