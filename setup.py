@@ -6,7 +6,7 @@ setup(
     description="Spatio-temporal GPU sharing for serverless inference on OpenFaaS",
     python_requires=">=3.11",
     packages=find_packages(include=[
-        "fastgshare*", "gateway_plugin*", "fast_manager*", "fast_profiler*", "fast_scheduler*",
+        "fastgshare*", "gateway_plugin*", "fast_manager*", "fast_profiler*", "fast_scheduler*", "bench*",
     ]),
     package_data={"gateway_plugin": ["openapi.yaml"], "fast_manager": ["lua/*.lua"]},
     install_requires=[
