@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-s", type=float, default=None, help="arbiter window (default 2 quick, 5)")
     p.add_argument("--trace-s", type=float, default=None,
                    help="seconds per autoscaling trace (45 quick, 180)")
+    p.add_argument("--profile-table", type=Path, default=None,
+                   help="profiler table for the autoscaled function (default "
+                   "bench/results/profiles/<fn>.<device type>.json if present)")
     p.add_argument("--skip-modes", action="store_true", help="only the autoscaling scenario")
     p.add_argument("--skip-autoscale", action="store_true", help="only the sharing modes")
     p.add_argument("--state-dir", type=Path, default=None,
@@ -166,9 +169,13 @@ class ModeRunner:
             f"{d.service} sm={d.body['annotations']['fastgshare/gpu_sm_partition']}" for d in group))
         pio.deploy_all(self.t, group)
         try:
-            placed = {f["name"]: [r.get("cores") for r in f.get("replicaStatus", [])]
+            placed = {f["name"]: [{k: r.get(k) for k in ("device", "cores", "smPct")}
+                                  for r in f.get("replicaStatus", [])]
                       for f in pio.replicas(self.t) if f["name"] in {d.service for d in group}}
-            say(f"{mode.value}: replicas on cores {placed}")
+            say(f"{mode.value}: replicas {placed}")
+            if self.gpu and not all(str(r["device"]).startswith("gpu:") for v in placed.values() for r in v):
+                say(f"{mode.value}: WARNING: replicas are not on a GPU device record, so their SM share is "
+                    "not applied through MPS (the workers still use CUDA)")
             for d in group:  # warm: first requests allocate
                 pio.single_stream(self.t, d.service, 1, warm=2)
             settings = agg.SearchSettings(start=0.8, grow=1.3, max_steps=self.args.max_steps,
@@ -185,7 +192,7 @@ class ModeRunner:
             self.loadgen[mode.value] = best[1].loadgen
         self.cdfs[mode.value] = {r.function: _cdf(r.latencies_ms) for r in res.runs}
         out = agg.summarise_mode(res, self.bounds)
-        out["cores"] = placed
+        out["placement"] = placed
         return out
 
 
@@ -221,6 +228,11 @@ def run_autoscale(args: argparse.Namespace, fn: str, capacity_rps: float, slo_ms
                 "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": str(max(2, ncores * 2))}}
         if args.window_s:
             body["envVars"] = {"FASTGSHARE_ARBITER_WINDOW_S": f"{args.window_s:g}"}
+        table = args.profile_table or next(iter(sorted(RESULTS.glob(f"profiles/{fn}.*.json"))), None)
+        seeded = pio.seed_profile(t, service, table) if table and table.exists() else None
+        out["profile_table"] = {"path": str(table) if table else None, "seeded_for": seeded}
+        say(f"autoscale: profile table {table} -> " + (f"seeded for {seeded}" if seeded else
+            "NOT seeded (none for this device type): the scheduler leaves a function without a table alone"))
         pio.deploy(t, body)
         pio.wait_ready(t, [service])
         pio.single_stream(t, service, 1, warm=2)
@@ -236,6 +248,7 @@ def run_autoscale(args: argparse.Namespace, fn: str, capacity_rps: float, slo_ms
             s = out["traces"][name]
             say(f"autoscale {name}: SLO attainment {s['slo_attainment']:.3f}, replicas max "
                 f"{s['replicas_max']}, mean share {s['device_share_mean']}")
+        out["scheduler_decision"] = pio.scheduler_decision(t, service)
         proc = getattr(t.platform, "_procs", {}).get("scheduler") if t.platform else None
         if proc is not None:
             rc = proc.poll()

@@ -73,6 +73,45 @@ def register_images(redis_url: str, functions: Sequence[str]) -> None:
         client.close()
 
 
+def seed_profile(t: Target, service: str, table_path: Path) -> str | None:
+    """Store a profiler table (``bench/results/profiles/*.json``) for ``service`` on this platform's
+    device type, so the scheduler, which leaves functions without a table alone, can act on it.
+    Returns the device type, or None when the table is for another device type or Redis is unknown."""
+    from dataclasses import replace
+
+    from fast_profiler.runner import device_type_of
+    from fast_profiler.store import save
+    from fast_profiler.table import ProfileTable
+
+    if not t.redis_url:
+        return None
+    table = ProfileTable.from_json(table_path.read_text())
+    client = redis.Redis.from_url(t.redis_url)
+    try:
+        devices = [json.loads(v) for v in client.hvals(keys.devices())]
+        if not devices:
+            return None
+        device_type = device_type_of(devices[0])
+        if device_type != table.device_type:
+            return None
+        save(client, replace(table, function=service))
+    finally:
+        client.close()
+    return device_type
+
+
+def scheduler_decision(t: Target, service: str) -> dict[str, Any] | None:
+    """The scheduler's last decision for ``service`` (``fastgshare:scheduler:decisions``), if any."""
+    if not t.redis_url or not hasattr(keys, "scheduler_decisions"):
+        return None
+    client = redis.Redis.from_url(t.redis_url)
+    try:
+        raw = client.hget(keys.scheduler_decisions(), f"{NAMESPACE}/{service}")
+    finally:
+        client.close()
+    return None if raw is None else dict(json.loads(raw))
+
+
 def deploy(t: Target, body: dict[str, Any]) -> None:
     """PUT, then POST on 404 (what faas-cli does)."""
     resp = t.session.put(f"{t.url}/system/functions", json=body, timeout=60)

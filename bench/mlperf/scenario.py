@@ -130,7 +130,8 @@ def run_trace(t: pio.Target, service: str, name: str, rates: Sequence[float], sl
                                               "share": c.get("share")} for c in f.get("configurations", [])],
                           "cpu_util": None if cpu is None else round(cpu, 4),
                           "busy": None if busy is None else round(busy, 4),
-                          "sm_time": None if sm_time is None else round(sm_time, 4)})
+                          "sm_time": None if sm_time is None else round(sm_time, 4),
+                          "decision": (pio.scheduler_decision(t, service) or {}).get("summary")})
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"trace-{name}")
     start = time.monotonic()

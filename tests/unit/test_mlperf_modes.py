@@ -45,7 +45,8 @@ def test_deployment_body_is_one_pinned_replica_of_the_registered_image():
 
 def test_exclusive_runs_one_function_per_phase_others_all_at_once():
     fns = ["resnet50", "bert"]
-    assert [[d.service for d in g] for g in md.phases(md.Mode.EXCLUSIVE, fns)] == [["resnet50-ex"], ["bert-ex"]]
+    groups = md.phases(md.Mode.EXCLUSIVE, fns)
+    assert [[d.service for d in g] for g in groups] == [["resnet50-ex"], ["bert-ex"]]
     for mode in md.MODES[1:]:
         (group,) = md.phases(mode, fns)
         assert [d.function for d in group] == fns
@@ -53,7 +54,8 @@ def test_exclusive_runs_one_function_per_phase_others_all_at_once():
 
 
 def test_bounds_gpu_mlperf_and_stand_ins_cpu_scaled():
-    assert md.bound_ms("resnet50", gpu=True, single_stream_p50_ms=3) == (15.0, "MLPerf Server bound of resnet50")
+    assert md.bound_ms("resnet50", gpu=True, single_stream_p50_ms=3) == (
+        15.0, "MLPerf Server bound of resnet50")
     assert md.bound_ms("bert", gpu=True, single_stream_p50_ms=3)[0] == 130.0
     assert md.bound_ms("minilm", gpu=True, single_stream_p50_ms=3)[0] == 130.0
     bound, why = md.bound_ms("resnet50", gpu=False, single_stream_p50_ms=100.0, cpu_slo_factor=4)
