@@ -3,7 +3,9 @@
 Each case co-locates N real replicas on one device: ``python -m fast_manager.sidecar`` processes
 in front of python3-torch workers running a small torch MLP for a set time per request, pinned to
 cores sized from their SM share (on a GPU: MPS shares), all saturated by closed-loop clients
-(two requests outstanding per replica) and sharing the device's arbiter in a real (embedded)
+(``--concurrency`` requests outstanding per replica, 4 by default: with 2, on a loaded machine
+the client's turnaround often left a 5 ms replica with nothing queued when its slice ended, so it
+gave the device away without demand) and sharing the device's arbiter in a real (embedded)
 Redis. One window of warm-up, then two windows of measurement.
 
 Measured share of device time = the wall time during which the replica HELD the device's token
@@ -206,6 +208,39 @@ def cores_for(executors: tuple[Executor, ...], all_cores: list[int]) -> list[str
     return out
 
 
+async def arbiter_charged(url: str, device: str, rids: list[str], params: ArbiterParams,
+                          warm_s: float, measure_s: float) -> list[float]:
+    """What the arbiter charged each replica over the measurement, as a share of it: its usage
+    buckets (read every quarter window, so none is pruned unseen) between the measurement's two
+    ends on the Redis clock. Lumpy: a burst is charged to the bucket of its release."""
+    import redis.asyncio as aioredis
+
+    from fast_manager.arbiter.lua import usage_key
+
+    r = aioredis.Redis.from_url(url)
+    seen: list[dict[int, int]] = [{} for _ in rids]
+
+    async def sample() -> int:
+        for k, rid in enumerate(rids):
+            for b, v in (await r.hgetall(usage_key(device, rid))).items():
+                seen[k][int(b)] = max(seen[k].get(int(b), 0), int(v))
+        sec, usec = await r.time()
+        return sec * 1_000_000 + usec
+
+    try:
+        await asyncio.sleep(warm_s)
+        t0 = await sample()
+        end = time.perf_counter() + measure_s
+        while time.perf_counter() < end:
+            await asyncio.sleep(min(params.window_us / 4e6, max(0.0, end - time.perf_counter())))
+            t1 = await sample()
+    finally:
+        await r.aclose()
+    lo, hi = t0 // params.bucket_us, t1 // params.bucket_us
+    span_s = (hi - lo) * params.bucket_us / 1e6
+    return [sum(v for b, v in got.items() if lo <= b < hi) / 1e6 / span_s for got in seen]
+
+
 def device_env(args: argparse.Namespace, i: int) -> dict[str, str]:
     if args.device.startswith("gpu:"):
         env = {"FASTGSHARE_DEVICE": args.device}
@@ -237,8 +272,17 @@ def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, param
         targets = [(f"{r.url}/?ms={e.exec_ms:g}", "GET", b"")
                    for r, e in zip(reps, case.executors, strict=True)]
         window_s = params.window_us / 1e6
-        totals, wall_s, done = asyncio.run(rp.stats_over(reps, targets, warm_s=window_s,
-                                                         measure_s=2 * window_s))
+        rids = [f"openfaas-fn/{r.name}/{r.name}-0" for r in reps]
+        device = specs[0]["FASTGSHARE_DEVICE"]
+
+        async def both() -> tuple[dict[str, list[float]], float, list[rp.Done], list[float]]:
+            charged = asyncio.ensure_future(arbiter_charged(url, device, rids, params, window_s,
+                                                            2 * window_s))
+            out = await rp.stats_over(reps, targets, warm_s=window_s, measure_s=2 * window_s,
+                                      concurrency=args.concurrency)
+            return (*out, await charged)
+
+        totals, wall_s, done, charged_s = asyncio.run(both())
     finally:
         rp.stop_replicas(reps)
     rows = []
@@ -252,6 +296,7 @@ def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, param
                      "configured_share": round(want, 4),
                      "measured_share": round(h / 1000 / wall_s, 4),
                      "busy_share": round(b / 1000 / wall_s, 4),
+                     "arbiter_charged_share": round(charged_s[k], 4),
                      "requests": len(lat), "p99_ms": round(rp.percentile(lat, 99), 1),
                      "errors": sum(1 for d in done if d.replica == k and d.status != 200)})
     return rows
@@ -298,6 +343,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--device", default="cpu", help="cpu, or gpu:<uuid> (bench/gpu/run.sh)")
     ap.add_argument("--mps-pipe-dir", default=None)
     ap.add_argument("--cases", default=None, help="comma-separated case numbers (default all)")
+    ap.add_argument("--concurrency", type=int, default=4,
+                    help="requests outstanding per replica (enough to keep it saturated)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each case (spread reported)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "isolation.json")
     ap.add_argument("--png", type=Path, default=None)
@@ -347,7 +394,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                    for r in rows]
     result: dict[str, object] = {
         "executor": ("real sidecars + python3-torch workers (small MLP, set time per request), "
-                     "closed loop, 2 outstanding per replica" if args.executor == "torch" else
+                     f"closed loop, {args.concurrency} outstanding per replica"
+                     if args.executor == "torch" else
                      "asyncio tasks sleeping for their execution length"),
         "device": args.device,
         "params": vars(params) | {},
@@ -371,12 +419,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(f"measured share = {result['measured_share_is']}; load average before/after "
           f"{result['load_average_before_after']}")
     print(f"{'case':32} {'run':>3} {'replica':10} {'sm':>4} {'cores':>5} {'req':>5} {'lim':>5} "
-          f"{'exec':>5} {'conf':>6} {'meas':>6} {'err pp':>6} {'busy':>6}")
+          f"{'exec':>5} {'conf':>6} {'meas':>6} {'err pp':>6} {'busy':>6} {'arb':>6}")
     for r, err in zip(rows, errors, strict=True):
         print(f"{r['case']:32} {r.get('rep', 0):>3} {r['replica']:10} {r['sm_pct']:>4} "
               f"{r.get('cores', ''):>5} {r['request']:>5} {r['limit']:>5} {r['exec_ms']:>5} "
               f"{r['configured_share']:>6.3f} {r['measured_share']:>6.3f} {err:>6.2f} "
-              f"{r.get('busy_share', float('nan')):>6.3f}")
+              f"{r.get('busy_share', float('nan')):>6.3f} "
+              f"{r.get('arbiter_charged_share', float('nan')):>6.3f}")
     print(f"max |error| {result['max_abs_error_pp']} pp, mean {result['mean_abs_error_pp']} pp; "
           f"normalised to the device time used: max {result['max_abs_error_normalised_pp']} pp; "
           f"busy share vs configured: max {result['max_abs_error_busy_pp']} pp")

@@ -96,7 +96,9 @@ class RedisTokenClient:
         """Acquires served from a lingering token's remaining slice (no Redis call)."""
         self._flusher: asyncio.Task[None] | None = None
         self._held_since: float | None = None
-        """Monotonic time at which the shared token in hand (or lingering) arrived."""
+        """Monotonic time since which this replica has held shared tokens without a break."""
+        self._slice_since = 0.0
+        """Monotonic time at which the token in hand (or lingering) arrived: its slice's start."""
         self._held_ms_done = 0.0
 
     # ---- the TokenClient protocol -------------------------------------------------------
@@ -113,7 +115,7 @@ class RedisTokenClient:
         try:
             if self.mode is TokenMode.SHARED:
                 pending = self._take_pending()
-                if pending is not None and self._held_ms() < pending[0].granted_ms:
+                if pending is not None and self._slice_ms() < pending[0].granted_ms:
                     self.reused += 1  # the slice has time left: keep executing under it
                     self._pending_burst = pending[1]
                     lease = pending[0]
@@ -186,11 +188,18 @@ class RedisTokenClient:
     def _held_ms(self) -> float:
         return 0.0 if self._held_since is None else (time.monotonic() - self._held_since) * 1000
 
-    def _got_token(self) -> None:
-        self._held_since = time.monotonic()
+    def _slice_ms(self) -> float:
+        return (time.monotonic() - self._slice_since) * 1000
 
-    def _token_returned(self) -> None:
-        self._held_ms_done += self._held_ms()
+    def _got_token(self) -> None:
+        self._slice_since = time.monotonic()
+        if self._held_since is None:
+            self._held_since = self._slice_since
+
+    def _token_returned(self, at: float | None = None) -> None:
+        if self._held_since is not None:
+            self._held_ms_done += ((time.monotonic() if at is None else at)
+                                   - self._held_since) * 1000
         self._held_since = None
 
     def _take_pending(self) -> tuple[Lease, float] | None:
@@ -223,39 +232,33 @@ class RedisTokenClient:
 
     async def _acquire_shared(self, deadline: float,
                               pending: tuple[Lease, float] | None) -> Lease | None:
-        loop = asyncio.get_running_loop()
+        returned_at = None
         try:
             if pending is None:
                 first = self._scripts.acquire(self.replica, self.spec)
             else:  # give back the lingering token and re-enqueue, atomically
                 first = self._scripts.release(self.replica, *self._release_args(pending),
                                               requeue=self.spec)
-                self._token_returned()
+                returned_at = time.monotonic()
                 pending = None
             out = parse_outcome(await self._call(first))
-            while True:
-                for g in out.grants:
-                    if g.replica == self.replica:
-                        self._got_token()
-                        return self._lease(g.token_id, g.token_us, g.expires_us)
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                wait_s = remaining if out.hint_us < 0 else min(remaining, out.hint_us / 1e6)
-                wait_s = max(0.001, min(wait_s, self._max_block_s))
-                item = await asyncio.wait_for(self._redis.blpop([self._wake], timeout=wait_s),
-                                              wait_s + self._op_timeout_s)
-                if item is not None:
+            for g in out.grants:
+                if g.replica == self.replica:
+                    # Granted again in the same script: the device never left this replica.
                     self._got_token()
-                    return self._lease(*parse_wake(item[1]))
-                # Woken by the timeout: a lease may have expired or a cap eased; look again.
-                out = parse_outcome(await self._call(
-                    self._scripts.acquire(self.replica, self.spec)))
+                    return self._lease(g.token_id, g.token_us, g.expires_us)
+            if returned_at is not None:
+                self._token_returned(returned_at)
+            lease = await self._wait_for_push(deadline, out.hint_us)
+            if lease is not None:
+                return lease
         except REDIS_DOWN:
+            self._token_returned(returned_at)
             if pending is not None:
                 self._fallback.release(pending[1])
             raise
         except asyncio.CancelledError:
+            self._token_returned(returned_at)
             # The request went away while waiting: leave the queue (in the background, since we
             # are being cancelled) so that no grant is held for nobody.
             task = asyncio.ensure_future(self._cancel_quietly())
@@ -263,6 +266,54 @@ class RedisTokenClient:
             raise
         await self._call(self._scripts.cancel(self.replica))
         return None
+
+    async def _wait_for_push(self, deadline: float, hint_us: int) -> Lease | None:
+        """Block on the wake list until a grant is pushed there (None: ``deadline`` passed).
+
+        The BLPOP waits long (``max_block_s``, a safety net); the script's hint (a lease expiry or
+        a cap easing, when no other event would grant us) is kept by a local timer that runs one
+        TICK, whose grant, if any, is pushed to the same list. Redis's own timeouts for blocked
+        clients are only as fine as its ``hz`` (100 ms by default): a BLPOP timeout as the timer
+        left a capped replica, and so the device, idle for up to 100 ms per cap easing.
+        """
+        loop = asyncio.get_running_loop()
+        pop: asyncio.Future[Any] | None = None
+        pop_deadline = 0.0
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                if pop is None:
+                    pop = asyncio.ensure_future(self._redis.blpop([self._wake],
+                                                                  timeout=self._max_block_s))
+                    pop_deadline = loop.time() + self._max_block_s + self._op_timeout_s
+                wait_s = remaining if hint_us < 0 else min(remaining, hint_us / 1e6)
+                wait_s = max(0.0005, min(wait_s, pop_deadline - loop.time()))
+                done, _ = await asyncio.wait({pop}, timeout=wait_s)
+                if pop in done:
+                    item, pop = pop.result(), None
+                    if item is not None:
+                        self._got_token()
+                        return self._lease(*parse_wake(item[1]))
+                    # The safety net: look again (and re-register, after a Redis restart).
+                    out = parse_outcome(await self._call(
+                        self._scripts.acquire(self.replica, self.spec)))
+                    for g in out.grants:
+                        if g.replica == self.replica:
+                            self._got_token()
+                            return self._lease(g.token_id, g.token_us, g.expires_us)
+                    hint_us = out.hint_us
+                elif loop.time() >= pop_deadline:
+                    raise TimeoutError("BLPOP on the wake list did not return")
+                elif hint_us >= 0:
+                    # A lease expiry or a cap easing is due: one grant round; a grant to us
+                    # lands on the wake list, where the pending BLPOP takes it at once.
+                    hint_us = parse_outcome(await self._call(self._scripts.tick())).hint_us
+            return None
+        finally:
+            if pop is not None and not pop.done():
+                pop.cancel()  # redis-py drops that connection; a lease it may have popped is
+                # handed back by the CANCEL that follows (it clears our holding)
+                with contextlib.suppress(asyncio.CancelledError, *REDIS_DOWN):
+                    await pop
 
     async def _cancel_quietly(self) -> None:
         with contextlib.suppress(*REDIS_DOWN):

@@ -30,10 +30,11 @@ PARAMS = model.ArbiterParams(window_us=1_000_000, bucket_us=20_000, min_token_us
 
 
 def client(url: str, replica: str, sm: int, req: float, lim: float, *, device: str = "dev",
-           params: model.ArbiterParams = PARAMS, **kw: float) -> RedisTokenClient:
+           params: model.ArbiterParams = PARAMS, cores: tuple[int, ...] = (),
+           **kw: float) -> RedisTokenClient:
     conn = aioredis.Redis.from_url(url, socket_connect_timeout=0.3, retry=Retry(NoBackoff(), 0))
-    return RedisTokenClient(conn, device, replica, model.make_spec(sm, req, lim, params), params,
-                            owns_client=True, **kw)
+    return RedisTokenClient(conn, device, replica, model.make_spec(sm, req, lim, params, cores),
+                            params, owns_client=True, **kw)
 
 
 async def saturate(clients: Sequence[RedisTokenClient], exec_ms: Sequence[float],
@@ -238,3 +239,71 @@ def test_redis_outage_falls_back_locally_then_returns_to_shared(own_redis: Embed
         await c.close()
 
     asyncio.run(go())
+
+
+def test_cpu_replicas_sharing_a_core_never_execute_together(redis_url: str) -> None:
+    """Nominal SM shares 50 each (sum 100 per pair) but a and c are pinned to core 0, b and d to
+    core 1: at most one per core executes at once, and the two cores do run side by side."""
+    async def go() -> tuple[int, int]:
+        cores = {"a": (0,), "b": (1,), "c": (0,), "d": (1,)}
+        cs = [client(redis_url, n, 50, 0.2, 1.0, device="cpu-cores", cores=c)
+              for n, c in cores.items()]
+        running: dict[str, tuple[int, ...]] = {}
+        worst_overlap, most_running = 0, 0
+        end = time.perf_counter() + 0.8
+
+        async def run(c: RedisTokenClient) -> None:
+            nonlocal worst_overlap, most_running
+            while time.perf_counter() < end:
+                lease = await c.acquire(5.0)
+                assert lease is not None
+                held = [k for v in running.values() for k in v]
+                worst_overlap = max(worst_overlap, len(set(held) & set(c.spec.cores)))
+                running[c.replica] = c.spec.cores
+                most_running = max(most_running, len(running))
+                await asyncio.sleep(0.004)
+                del running[c.replica]
+                await c.release(lease, 4.0)
+
+        await asyncio.gather(*(run(c) for c in cs))
+        for c in cs:
+            await c.close()
+        return worst_overlap, most_running
+
+    overlap, most = asyncio.run(go())
+    assert overlap == 0
+    assert most == 2
+
+
+def test_a_capped_waiter_gets_the_device_when_its_cap_eases_not_at_redis_hz(
+        redis_url: str) -> None:
+    """Redis times blocked clients out only every 1/hz (100 ms): the client keeps the script's
+    hint with its own timer, so a capped replica resumes within a few ms of its cap easing."""
+    short = model.ArbiterParams(window_us=200_000, bucket_us=10_000, min_token_us=10_000,
+                                max_token_us=50_000, lease_grace_us=200_000)
+
+    async def go() -> list[float]:
+        c = client(redis_url, "capped", 100, 0.25, 0.25, device="cap-timer", params=short,
+                   linger_s=0)
+        late = []
+        for _ in range(3):
+            lease = await c.acquire(2.0)
+            assert lease is not None and lease.granted_ms == 50.0
+            await c.release(lease, 50.0)  # the whole limit (50 ms of 200) is used at once
+            sec, usec = await c._redis.time()
+            now_us = sec * 1_000_000 + usec
+            eases_at_us = (now_us // short.bucket_us + short.buckets) * short.bucket_us
+            t0 = time.perf_counter()
+            lease = await c.acquire(2.0)
+            assert lease is not None
+            late.append(time.perf_counter() - t0 - (eases_at_us - now_us) / 1e6)
+            await c.release(lease, 50.0)
+            await asyncio.sleep(0.25)  # let the window empty
+        await c.close()
+        return late
+
+    late = asyncio.run(go())
+    # never before the cap eases (one bucket of slack: TIME is read just after the release,
+    # possibly one bucket after the one it was charged to)
+    assert min(late) >= -(short.bucket_us / 1e6 + 0.002), late
+    assert sorted(late)[1] < 0.04, late  # the median: well inside Redis's 100 ms timer resolution
