@@ -50,6 +50,11 @@ class SimSettings:
     gpus: int = 512
     gpus_per_node: int = 8
     device_mem_bytes: int = 32 * 2**30
+    borrow_idle: bool = True
+    """Replicas whose quota limit is above their request serve past it, up to the limit, on the
+    device's idle SM-time (what the arbiter lends); False: every replica at its request."""
+    record_latency: bool = False
+    """Keep per-step served counts and latency terms per function (calibration; costs memory)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,14 @@ class FunctionResult:
     arrived: float = 0.0
     served: float = 0.0
     within_slo: float = 0.0
+    served_by_step: list[float] = field(default_factory=list)
+    latency_terms: list[tuple[float, float, float, float]] = field(default_factory=list)
+    """(count, base_ms, rho, decay_per_ms): ``count`` requests whose latency exceeds ``base_ms + t``
+    with probability ``rho * exp(-decay_per_ms * t)`` (rho 0: exactly ``base_ms``). Only with
+    ``SimSettings.record_latency``."""
+
+    def latency_quantile_ms(self, q: float = 0.99) -> float:
+        return latency_quantile_ms(self.latency_terms, q)
 
     @property
     def slo_attainment(self) -> float:
@@ -112,6 +125,8 @@ class SimResult:
     rejected: int = 0
     moves: int = 0
     replicas_started: int = 0
+    replicas: list[int] = field(default_factory=list)
+    """Ready (serving) replicas per step, all functions."""
 
     def summary(self) -> dict[str, float]:
         arrived = sum(f.arrived for f in self.functions.values())
@@ -151,6 +166,8 @@ class _Replica:
     throughput_rps: float
     service_p99_ms: float
     stop_s: float = math.inf
+    burst_rps: float = 0.0
+    """Throughput at its quota limit (what it serves when the arbiter lends it idle time)."""
 
 
 def empty_cluster(settings: SimSettings) -> Snapshot:
@@ -243,8 +260,13 @@ def simulate(
                     conf = ReplicaConfig(a.sm_pct, a.quota_request_frac, a.quota_limit_frac, a.batch)
                     p = by_name[a.function].table.estimate(a.sm_pct, a.quota_request_frac, a.batch)
                     ready_s = now + (cfg.cold_start_s if k else 0.0)  # the run starts warm
+                    burst = p.throughput_rps
+                    if a.quota_limit_frac > a.quota_request_frac + 1e-9:
+                        tab = by_name[a.function].table
+                        burst = tab.estimate(a.sm_pct, a.quota_limit_frac, a.batch).throughput_rps
                     replicas[a.replica_id] = _Replica(
-                        a, conf, placed_on[a.replica_id], ready_s, p.throughput_rps, p.latency_p99_ms
+                        a, conf, placed_on[a.replica_id], ready_s, p.throughput_rps, p.latency_p99_ms,
+                        burst_rps=max(burst, p.throughput_rps),
                     )
                     res.replicas_started += 1
             for rid, r in replicas.items():
@@ -259,41 +281,93 @@ def simulate(
             )
 
         util_by_dev: dict[str, list[float]] = {}
-        for n, spec in by_name.items():
+        # Pass 1: arrivals, each function's ready replicas and demand; the SM-time its replicas use
+        # of their guaranteed request; what those with a limit above their request would borrow.
+        step_ready: dict[str, list[_Replica]] = {}
+        extra: dict[str, float] = {}
+        used_area: dict[str, float] = {}
+        wants: dict[str, list[tuple[_Replica, float, float]]] = {}
+        for n in by_name:
             a = float(trace.counts[n][k])
             since_tick[n] += a
-            fr = res.functions[n]
-            fr.arrived += a
+            res.functions[n].arrived += a
             q = queues[n]
             if a > 0:
                 q.append([now, a])
             ready = [r for r in fn_reps[n] if r.ready_s <= now]
-            mu = sum(r.throughput_rps for r in ready)
+            step_ready[n] = ready
+            if not ready or not q:
+                continue
+            g = sum(r.throughput_rps for r in ready) * dt
+            demand = sum(c[1] for c in q)
+            busy = min(1.0, demand / g) if g > 0 else 0.0
+            for r in ready:
+                used_area[r.device_id] = used_area.get(r.device_id, 0.0) + r.config.area * busy
+            if cfg.borrow_idle and demand > g:
+                pots = [(r, (r.burst_rps - r.throughput_rps) * dt)
+                        for r in ready if r.burst_rps > r.throughput_rps]
+                total = sum(p for _, p in pots)
+                for r, pot in pots:
+                    want = min(pot, (demand - g) * pot / total)
+                    lend = r.config.quota_limit_frac - r.config.quota_request_frac
+                    cost = r.config.sm_pct / 100 * lend / pot
+                    wants.setdefault(r.device_id, []).append((r, want, cost))
+        # Pass 2: the arbiter lends each device's idle SM-time to replicas past their request, up to
+        # their limit, in proportion to what they want.
+        for dev, ws in wants.items():
+            idle = max(0.0, 1.0 - used_area.get(dev, 0.0))
+            need = sum(w * c for _, w, c in ws)
+            f = min(1.0, idle / need) if need > 0 else 0.0
+            for r, w, c in ws:
+                extra[r.req.replica_id] = w * f
+                used_area[dev] = used_area.get(dev, 0.0) + w * f * c
+        # Pass 3: serve.
+        for n, spec in by_name.items():
+            fr = res.functions[n]
+            q = queues[n]
+            ready = step_ready[n]
+            rates = [r.throughput_rps + extra.get(r.req.replica_id, 0.0) / dt for r in ready]
+            mu = sum(rates)
             budget = mu * dt
-            lam = a / dt
-            for r in ready:  # busy share for utilisation
+            # The tail model wants the Poisson rate the step's arrivals were drawn from, not their count.
+            rate_k = trace.rates_rps[n][k] if k < len(trace.rates_rps[n]) else 0.0
+            lam = rate_k if rate_k > 0 else float(trace.counts[n][k]) / dt
+            for r, rate in zip(ready, rates, strict=True):  # busy share for utilisation
                 share = min(1.0, lam / mu) if mu else 0.0
-                util_by_dev.setdefault(r.device_id, [0.0, 0.0])
-                util_by_dev[r.device_id][0] += r.config.quota_request_frac * share
-                util_by_dev[r.device_id][1] += r.config.sm_pct / 100 * r.config.quota_request_frac * share
-            fresh_ok = _fresh_ok_fraction(ready, lam, mu, spec.slo_ms) if ready else 0.0
+                quota = r.config.quota_request_frac * rate / r.throughput_rps
+                u = util_by_dev.setdefault(r.device_id, [0.0, 0.0])
+                u[0] += quota * share
+                u[1] += r.config.sm_pct / 100 * quota * share
+            servers = [(rate, r.service_p99_ms) for r, rate in zip(ready, rates, strict=True)]
+            fresh_ok = _fresh_ok_fraction(servers, lam, mu, spec.slo_ms) if ready else 0.0
+            served_before = fr.served
+            full = budget
             while q and budget > 1e-9:
                 t_arr, cnt = q[0]
                 take = min(cnt, budget)
+                # Fluid within the step: arrivals spread over their step, served in FIFO order at ``mu``.
+                served_mid_s = now + (full - budget + take / 2) / mu
                 budget -= take
                 fr.served += take
-                wait_ms = (now - t_arr) * 1000
-                if wait_ms <= 0:
+                wait_ms = max(0.0, served_mid_s - (t_arr + dt / 2)) * 1000 if t_arr < now else 0.0
+                if t_arr >= now:
                     fr.within_slo += take * fresh_ok
+                    if cfg.record_latency:
+                        fr.latency_terms.extend(_fresh_terms(servers, take, lam, mu))
                 else:
                     svc = min(r.service_p99_ms for r in ready)
                     if wait_ms + svc <= spec.slo_ms:
                         fr.within_slo += take
+                    if cfg.record_latency:
+                        fr.latency_terms.append((take, wait_ms + svc, 0.0, 0.0))
                 if take >= cnt:
                     q.popleft()
                 else:
                     q[0][1] = cnt - take
+            if cfg.record_latency:
+                fr.served_by_step.append(fr.served - served_before)
         res.gpus.append(len(used_ids))
+        res.replicas.append(sum(1 for rs in fn_reps.values() for r in rs if r.ready_s <= now))
         if used_ids:
             zero = [0.0, 0.0]
             res.device_util.append(
@@ -308,20 +382,61 @@ def simulate(
     return res
 
 
-def _fresh_ok_fraction(ready: Sequence[_Replica], lam: float, mu: float, slo_ms: float) -> float:
-    """Share of requests served in their arrival step within the SLO (M/D/1 tail per replica)."""
+def _fresh_ok_fraction(servers: Sequence[tuple[float, float]], lam: float, mu: float, slo_ms: float) -> float:
+    """Share of requests served in their arrival step within the SLO (M/D/1 tail per server, a server
+    being (throughput, service p99))."""
     if lam <= 0:
         return 1.0
     if lam >= mu:
         return 0.0
     ok = 0.0
-    for r in ready:
-        w = r.throughput_rps / mu
+    for thr, svc in servers:
+        w = thr / mu
         lam_i = lam * w
-        slack_s = (slo_ms - r.service_p99_ms) / 1000
+        slack_s = (slo_ms - svc) / 1000
         if slack_s < 0:
             continue
-        rho = lam_i / r.throughput_rps
-        late = min(1.0, rho * math.exp(-2 * (r.throughput_rps - lam_i) * slack_s))
+        rho = lam_i / thr
+        late = min(1.0, rho * math.exp(-2 * (thr - lam_i) * slack_s))
         ok += w * (1 - late)
     return ok
+
+
+def _fresh_terms(
+    servers: Sequence[tuple[float, float]], count: float, lam: float, mu: float
+) -> list[tuple[float, float, float, float]]:
+    """Latency terms of ``count`` requests served in their arrival step, split over ``servers``."""
+    out = []
+    for thr, svc in servers:
+        w = thr / mu
+        lam_i = lam * w
+        if lam_i >= thr:  # overloaded at this rate: no stationary tail; a step's wait
+            out.append((count * w, svc + 1000 * count / max(lam, 1e-9) / 2, 0.0, 0.0))
+            continue
+        out.append((count * w, svc, lam_i / thr, 2 * (thr - lam_i) / 1000))
+    return out
+
+
+def latency_quantile_ms(terms: Sequence[tuple[float, float, float, float]], q: float = 0.99) -> float:
+    """The ``q`` quantile of the latency mixture ``terms`` (see ``FunctionResult.latency_terms``)."""
+    total = sum(t[0] for t in terms)
+    if total <= 0:
+        return 0.0
+    allowed = (1 - q) * total
+
+    def above(x: float) -> float:
+        n = 0.0
+        for cnt, base, rho, decay in terms:
+            if x < base:
+                n += cnt
+            elif rho > 0:
+                n += cnt * min(1.0, rho * math.exp(-decay * (x - base)))
+        return n
+
+    lo, hi = 0.0, max(t[1] for t in terms)
+    while above(hi) > allowed:
+        hi = hi * 2 + 1
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if above(mid) > allowed else (lo, mid)
+    return hi
