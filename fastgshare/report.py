@@ -75,5 +75,11 @@ def print_status(client: Any, state_dir: Path) -> None:
     platform_json = Path(state_dir) / "platform.json"
     if platform_json.exists():
         print()
-        print(table(["device", "kind", "name", "cores", "mem MiB"],
-                    device_rows(json.loads(platform_json.read_text())["redis_url"])))
+        redis_url = json.loads(platform_json.read_text())["redis_url"]
+        print(table(["device", "kind", "name", "cores", "mem MiB"], device_rows(redis_url)))
+        from fast_scheduler.report import HEADERS, decision_rows
+
+        decisions = decision_rows(redis_url)
+        if decisions:
+            print("\nscheduler decisions")
+            print(table(list(HEADERS), decisions))
