@@ -5,6 +5,10 @@ registered as ``cpu:0`` with its cores as the spatial capacity), writes each as 
 into the hash ``keys.devices()``, and keeps ``keys.device_heartbeat(id)`` alive with an expiry so
 readers can tell a live node from a stale record. On GPU nodes it checks the MPS control daemon
 (and starts it with ``--start-mps``), and says clearly when SM shares will not be enforced.
+
+It also hosts the model store (``--model-store-dir``): every beat it deletes weights no live replica
+uses (crashed replicas included) and publishes which models each device holds in
+``keys.device_models(device_id)`` for the scheduler's placement.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from fast_manager.devices import (
     gpu_device_id,
 )
 from fast_manager.logline import setup_logging
+from fast_manager.model_store import usage_by_device
+from fast_manager.model_store_fs import collect, scan, store_dir_from_env
+from fast_manager.model_store_redis import publish
 from fastgshare import keys
 from fastgshare.errors import ValidationError
 
@@ -211,11 +218,26 @@ def read_devices(client: redis.Redis, include_stale: bool = False) -> list[Devic
     return out
 
 
+# ---- the model store ---------------------------------------------------------------------------
+
+
+def maintain_model_store(client: redis.Redis, store_dir: Path, devices: list[DeviceInfo]) -> None:
+    """One GC pass over the store, then publish what each device holds."""
+    report = collect(store_dir)
+    for user in report.dead_users:
+        log.info("model store: replica %s died without releasing its model", user)
+    for name in report.deleted_files:
+        log.info("model store: freed %s (no live replica uses it)", name)
+    default = devices[0].device_id if devices else "cpu:0"
+    usage = usage_by_device(scan(store_dir), default)
+    publish(client, usage, [d.device_id for d in devices])
+
+
 # ---- the process -----------------------------------------------------------------------------
 
 
 def run(client: redis.Redis, node: str, interval_s: float, once: bool, pipe_dir: str,
-        allow_start_mps: bool, stop: threading.Event) -> int:
+        allow_start_mps: bool, stop: threading.Event, store_dir: Path | None = None) -> int:
     ttl_s = interval_s * HEARTBEAT_TTL_FACTOR
     devices = discover(node, time.time(), pipe_dir, allow_start_mps)
     for d in devices:
@@ -231,6 +253,10 @@ def run(client: redis.Redis, node: str, interval_s: float, once: bool, pipe_dir:
                 register(client, devices, ttl_s)
                 registered = True
                 log.info("registered %d device(s) in %s", len(devices), keys.devices())
+            if store_dir is not None:
+                maintain_model_store(client, store_dir, devices)
+        except OSError as e:
+            log.warning("model store %s: %s", store_dir, e)
         except redis.RedisError as e:
             # Keep beating: the registry comes back with Redis, and a re-register restores
             # records lost with a non-persistent server.
@@ -268,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"{DEFAULT_MPS_PIPE_DIR})")
     parser.add_argument("--start-mps", action="store_true",
                         help="start the MPS control daemon on GPU nodes when it is not running")
+    parser.add_argument("--model-store-dir", type=Path, default=store_dir_from_env(os.environ),
+                        help="the device model store to garbage-collect and publish (default: "
+                             "$FASTGSHARE_MODEL_STORE_DIR, else $FASTGSHARE_STATE_DIR/models; "
+                             "none: no store)")
     args = parser.parse_args(argv)
     setup_logging()
     if not args.redis_url:
@@ -280,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     client = redis.Redis.from_url(args.redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         return run(client, args.node, args.interval_s, args.once, args.mps_pipe_dir,
-                   args.start_mps, stop)
+                   args.start_mps, stop, args.model_store_dir)
     finally:
         client.close()
 

@@ -63,6 +63,11 @@ def profile_status(namespace: str, name: str) -> str:
     return f"{PREFIX}:profile-status:{namespace}:{name}"
 
 
+def device_models(device_id: str) -> str:
+    """Hash: model identity -> JSON {bytes, users, files}: the weights a device's store holds."""
+    return f"{PREFIX}:device:{device_id}:models"
+
+
 def scheduler_decisions() -> str:
     """Hash: ``<namespace>/<name>`` -> JSON of the scheduler's latest decision for that function
     (replicas by config, reason, target and observed rps, predicted utilisation and p99, at_s)."""

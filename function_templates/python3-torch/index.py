@@ -9,7 +9,10 @@ with the same event/context shape as the OpenFaaS python3-http template. Every a
 CUDA, otherwise the wall time of the call on the pinned cores).
 
 Standalone on purpose (stdlib only; torch only if the handler imports it): it runs inside function
-images that do not carry the rest of this project.
+images that do not carry the rest of this project. Its sibling ``fastgshare_runtime`` (imported by
+handlers that share their model's weights: ``load_shared``) is importable from ``handler.py``; on
+SIGTERM the worker exits through ``sys.exit`` so that module's exit hook gives its model back to the
+device's store at once (a crash leaves that to the node agent's GC).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -58,8 +62,12 @@ class Context:
 
 
 def import_handler(handler_dir: str | os.PathLike, module_name: str = "handler"):
-    """Import ``handler.py`` from ``handler_dir`` (the folder goes on sys.path for its siblings)."""
+    """Import ``handler.py`` from ``handler_dir`` (the folder goes on sys.path for its siblings,
+    this template's folder after it, for ``fastgshare_runtime``)."""
     folder = str(Path(handler_dir).resolve())
+    template = str(Path(__file__).resolve().parent)
+    if template not in sys.path:
+        sys.path.append(template)
     if folder not in sys.path:
         sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(module_name, os.path.join(folder, "handler.py"))
@@ -214,6 +222,8 @@ def main() -> None:
     handler_dir = os.getenv("FASTGSHARE_HANDLER_DIR") or str(Path(__file__).parent / "function")
     port = int(os.getenv("FASTGSHARE_WORKER_PORT", "5000") or 5000)
     t0 = time.monotonic()
+    # SIGTERM -> SystemExit: exit hooks run (a shared model's user record is released at once).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     module = import_handler(handler_dir)
     apply_share_to_torch()  # after the handler's imports (torch), before load() does real work
     runtime = Runtime(module, Context())

