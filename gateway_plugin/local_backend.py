@@ -399,6 +399,7 @@ class LocalBackend:
             "FASTGSHARE_QUOTA_REQUEST": f"{share.quota_request_frac:g}",
             "FASTGSHARE_QUOTA_LIMIT": f"{share.quota_limit_frac:g}",
             "FASTGSHARE_SECRETS_DIR": str(self._write_secrets(spec, replica_id)),
+            "FASTGSHARE_MODEL_STORE_DIR": str(self._state_dir / "models"),
             "REDIS_URL": self._redis_url,
         })
         if share.mem_bytes is not None:
