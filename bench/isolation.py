@@ -387,6 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     sums = _sums(rows)
     busy_errors = [abs(float(r["busy_share"]) - float(r["configured_share"])) * 100  # type: ignore[arg-type]
                    for r in rows if "busy_share" in r]
+    arb_errors = [abs(float(r["arbiter_charged_share"]) - float(r["configured_share"])) * 100  # type: ignore[arg-type]
+                  for r in rows if "arbiter_charged_share" in r]
     for r in rows:  # the arbiter's apportioning alone: shares of the device time actually used
         conf_sum, meas_sum = sums[_run_key(r)]
         r["normalised_share"] = round(float(r["measured_share"]) * conf_sum / meas_sum, 4)  # type: ignore[arg-type]
@@ -403,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "mean_abs_error_pp": round(sum(errors) / len(errors), 2),
         "max_abs_error_normalised_pp": round(max(norm_errors), 2),
         "max_abs_error_busy_pp": round(max(busy_errors), 2) if busy_errors else None,
+        "max_abs_error_arbiter_charged_pp": round(max(arb_errors), 2) if arb_errors else None,
         "measured_share_is": ("held: wall time the replica held the device's token (its sidecar's "
                               "clock) / measurement wall time" if args.executor == "torch" else
                               "busy: time spent executing (sleeping) / measurement wall time"),
@@ -428,7 +431,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
               f"{r.get('arbiter_charged_share', float('nan')):>6.3f}")
     print(f"max |error| {result['max_abs_error_pp']} pp, mean {result['mean_abs_error_pp']} pp; "
           f"normalised to the device time used: max {result['max_abs_error_normalised_pp']} pp; "
-          f"busy share vs configured: max {result['max_abs_error_busy_pp']} pp")
+          f"busy share vs configured: max {result['max_abs_error_busy_pp']} pp; arbiter-charged "
+          f"share vs configured: max {result['max_abs_error_arbiter_charged_pp']} pp")
     for case, (conf, meas) in sums.items():
         print(f"  {case}: configured total {conf:.3f}, measured total {meas:.3f} "
               f"(held by nobody: {100 * (conf - meas):.1f} pp, hand-overs)")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # FaST-GShare GPU check: on a machine with one NVIDIA H100/H200, run the arbiter's isolation and the
-# sharing-modes benchmarks on the GPU and print a short table. Finishes within 15 minutes.
+# sharing-modes benchmarks and the CUDA-IPC model sharing check on the GPU and print a short table.
+# Finishes within 15 minutes.
 #
 #   bash bench/gpu/run.sh              # needs a GPU; exits 2 at once (with the reason) without one
 #   bash bench/gpu/run.sh --cpu-dry-run  # the same steps on the CPU, shortened (to test the script)
@@ -89,12 +90,18 @@ stop_mps() { [[ $STARTED_MPS == 1 ]] && echo quit | nvidia-cuda-mps-control && s
 trap stop_mps EXIT
 
 # ---- 4. the benchmarks (each with its own time limit; 15 minutes in all) ------------------------
-if [[ $DRY == 1 ]]; then ISO_T=300; SM_T=300; else ISO_T=330; SM_T=390; fi
+if [[ $DRY == 1 ]]; then ISO_T=300; SM_T=300; else ISO_T=240; SM_T=270; fi
+MS_T=120  # model sharing (CUDA IPC) on the GPU only
 say "isolation on $DEVICE"
 timeout $ISO_T $PY -m bench.gpu.main isolation --device "$DEVICE" "${MPS_ARGS[@]}" --out "$OUT" \
   $([[ $DRY == 1 ]] && echo --quick) || say "isolation FAILED or timed out (rc $?)"
 say "sharing modes on $DEVICE"
 timeout $SM_T $PY -m bench.gpu.main sharing --device "$DEVICE" "${MPS_ARGS[@]}" --out "$OUT" \
   $([[ $DRY == 1 ]] && echo --quick) || say "sharing modes FAILED or timed out (rc $?)"
+if [[ $DRY == 0 ]]; then
+  say "model sharing (CUDA IPC) on $DEVICE"
+  timeout $MS_T $PY -m bench.gpu.model_sharing_gpu --fn resnet50 --replicas 3 \
+    || say "model sharing FAILED or timed out (rc $?)"
+fi
 $PY -m bench.gpu.main table --out "$OUT"
 say "done; results in $OUT"
