@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-table", type=Path, default=None,
                    help="profiler table for the autoscaled function (default "
                    "bench/results/profiles/<fn>.<device type>.json if present)")
+    p.add_argument("--autoscale-function", default=None,
+                   help="function of the autoscaling scenario (default: the first; one with a profiler "
+                   "table in bench/results/profiles/ lets the scheduler act)")
     p.add_argument("--skip-modes", action="store_true", help="only the autoscaling scenario")
     p.add_argument("--skip-autoscale", action="store_true", help="only the sharing modes")
     p.add_argument("--state-dir", type=Path, default=None,
@@ -163,6 +166,29 @@ class ModeRunner:
         self.cdfs["exclusive"] = {r.function: _cdf(r.latencies_ms) for r in runs}
         return agg.summarise_mode(res, self.bounds, time_share=1.0 / n)
 
+    def drift_check(self) -> dict[str, Any]:
+        """Single-stream p50 again, after every mode: the machine's speed drifted by this much while
+        the modes ran one after another (other tenants on a shared machine), so ratios between modes
+        carry at least this uncertainty."""
+        out: dict[str, Any] = {}
+        for group in md.phases(md.Mode.EXCLUSIVE, self.fns, window_s=self.args.window_s):
+            d = group[0]
+            pio.deploy_all(self.t, group)
+            try:
+                ss = pio.single_stream(self.t, d.service, 12 if self.args.quick else 20)
+            finally:
+                pio.remove_all(self.t, group)
+            p50 = agg.percentile(ss, 50)
+            ratio = p50 / self.single[d.function]["p50_ms"]
+            out[d.function] = {"p50_ms_start": self.single[d.function]["p50_ms"], "p50_ms_end": round(p50, 2),
+                               "end_over_start": round(ratio, 3)}
+            start = self.single[d.function]["p50_ms"]
+            say(f"drift check: {d.function} single-stream p50 {start:.1f} ms at the start, "
+                f"{p50:.1f} ms at the end (x{ratio:.2f})"
+                + ("  WARNING: the machine's speed changed; ratios between modes are unreliable"
+                   if not 0.8 <= ratio <= 1.25 else ""))
+        return out
+
     def shared(self, mode: md.Mode) -> dict[str, Any]:
         group = md.phases(mode, self.fns, window_s=self.args.window_s)[0]
         say(f"{mode.value}: deploying " + ", ".join(
@@ -201,25 +227,37 @@ def run_modes(args: argparse.Namespace, fns: list[str], gpu: bool, ncores: int) 
         if t.redis_url:
             pio.register_images(t.redis_url, fns)
         r = ModeRunner(t, args, fns, gpu, ncores)
+        load_before = os.getloadavg()[0]
         modes = {"exclusive": r.exclusive()}
+        modes["exclusive"]["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         for mode in md.MODES[1:]:
+            load_before = os.getloadavg()[0]
             modes[mode.value] = r.shared(mode)
+            modes[mode.value]["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        drift = r.drift_check()
         r.probe.close()
     return {"modes": modes, "bounds_ms": r.bounds, "bound_source": r.bound_source,
             "single_stream": r.single, "exclusive_rps": r.solo_rps, "latency_cdf_ms": r.cdfs,
-            "loadgen": r.loadgen,
+            "loadgen": r.loadgen, "drift": drift,
             "ratios_vs_time_sharing": agg.ratios_vs(modes, md.BASELINE.value)}
 
 
-def run_autoscale(args: argparse.Namespace, fn: str, capacity_rps: float, slo_ms: float,
-                  ncores: int) -> dict[str, Any]:
+def run_autoscale(args: argparse.Namespace, fn: str, capacity_rps: float | None, slo_ms: float | None,
+                  ncores: int, gpu: bool) -> dict[str, Any]:
     have_loop = importlib.util.find_spec("fast_scheduler.__main__") is not None
     duration = args.trace_s or (45.0 if args.quick else 180.0)
-    out: dict[str, Any] = {"function": fn, "slo_ms": slo_ms, "capacity_rps": round(capacity_rps, 3),
-                           "scheduler_module_present": have_loop, "traces": {}}
+    out: dict[str, Any] = {"function": fn, "scheduler_module_present": have_loop, "traces": {}}
     with platform(args, scheduler=True) as t:
         if t.redis_url:
             pio.register_images(t.redis_url, [fn])
+        if capacity_rps is None or slo_ms is None:  # not among the modes' functions: measure it here
+            say(f"autoscale: measuring {fn} alone first (single-stream latency and exclusive rate)")
+            r = ModeRunner(t, args, [fn], gpu, ncores)
+            out["exclusive"] = r.exclusive()
+            r.probe.close()
+            capacity_rps, slo_ms = r.solo_rps[fn], r.bounds[fn]
+            out["bound_source"] = r.bound_source[fn]
+        out.update({"slo_ms": slo_ms, "capacity_rps": round(capacity_rps, 3)})
         service = f"{fn}-as"
         body = {"service": service, "image": md.image_of(fn),
                 "annotations": {"fastgshare/gpu_sm_partition": "50", "fastgshare/gpu_quota_request": "0.5",
@@ -278,6 +316,10 @@ def print_table(result: dict[str, Any]) -> None:
               f"{f(r['device_utilisation'], 6)} "
               f"{f(r['sm_time'], 6)} {f(r['p99_over_bound'], 6)}")
     print("(x = ratio to time_sharing in this run; norm thr = devices' worth of work at the bounds)")
+    for fn, d in result.get("drift", {}).items():
+        print(f"drift: {fn} single-stream p50 {d['p50_ms_start']:.1f} -> {d['p50_ms_end']:.1f} ms "
+              f"(x{d['end_over_start']:.2f}); 1-min load average per mode: "
+              + ", ".join(f"{m} {v.get('loadavg_1m')}" for m, v in result["modes"].items()))
 
 
 def print_autoscale(a: dict[str, Any]) -> None:
@@ -320,13 +362,10 @@ def bench_main(argv: list[str] | None = None) -> int:
                   "loadgen", "ratios_vs_time_sharing"):
             result[k] = previous[k]
     if not args.skip_autoscale:
-        fn = fns[0]
+        fn = args.autoscale_function or fns[0]
         cap = result.get("exclusive_rps", {}).get(fn)
         slo = result.get("bounds_ms", {}).get(fn)
-        if cap is None or slo is None:  # no modes run: measure single-stream for the SLO here
-            raise SystemExit("the autoscaling scenario needs the exclusive figures: run without --skip-modes "
-                             "first (or keep the previous JSON)")
-        result["autoscale"] = run_autoscale(args, fn, cap, slo, ncores)
+        result["autoscale"] = run_autoscale(args, fn, cap, slo, ncores, gpu)
         print_autoscale(result["autoscale"])
     result["runtime_s"] = round(time.monotonic() - T0, 1)
     write_json(args.json, result)

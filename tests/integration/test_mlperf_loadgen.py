@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import redis
 
 from bench.mlperf import lgen
 from bench.mlperf import modes as md
 from bench.mlperf import platform_io as pio
+from fast_profiler.runner import device_type_of
+from fast_profiler.store import load
+from fast_profiler.table import synthetic_table
+from fastgshare import keys
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +69,19 @@ def test_replicas_endpoint_shows_the_exclusive_share(target):
     (fn,) = [f for f in pio.replicas(t) if f["name"] == service]
     assert fn["availableReplicas"] == 1
     assert fn["share"]["fastgshare/gpu_sm_partition"] == "100"
+
+
+
+def test_seed_profile_only_for_this_device_type(target, tmp_path):
+    t, _ = target
+    client = redis.Redis.from_url(t.redis_url)
+    here = device_type_of(json.loads(next(iter(client.hvals(keys.devices())))))
+    path = tmp_path / "table.json"
+    table = synthetic_table("mobilenet", saturation_sm_pct=50, full_rps=20)
+    path.write_text(replace(table, device_type=here).to_json())
+    assert pio.seed_profile(t, "mobilenet-as", path) == here
+    stored = load(client, "mobilenet-as", here)
+    assert stored is not None and stored.function == "mobilenet-as"
+    path.write_text(replace(table, device_type="some-gpu").to_json())
+    assert pio.seed_profile(t, "other-as", path) is None
+    client.close()
