@@ -143,6 +143,9 @@ class ModeRunner:
                                            "p90_ms": round(agg.percentile(ss, 90), 2)}
                 self.bounds[d.function], self.bound_source[d.function] = md.bound_ms(
                     d.function, gpu=self.gpu, single_stream_p50_ms=p50, cpu_slo_factor=self.args.slo_factor)
+                if p50 >= self.bounds[d.function]:
+                    say(f"exclusive: WARNING: {d.function}'s single-stream p50 through the platform is "
+                        "already over its bound: no rate can pass")
                 cap = 1000.0 / p50
                 say(f"exclusive: {d.function} single-stream p50 {p50:.1f} ms -> bound "
                     f"{self.bounds[d.function]:.1f} ms ({self.bound_source[d.function]})")
@@ -227,15 +230,22 @@ def run_modes(args: argparse.Namespace, fns: list[str], gpu: bool, ncores: int) 
         if t.redis_url:
             pio.register_images(t.redis_url, fns)
         r = ModeRunner(t, args, fns, gpu, ncores)
-        load_before = os.getloadavg()[0]
-        modes = {"exclusive": r.exclusive()}
-        modes["exclusive"]["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-        for mode in md.MODES[1:]:
+        modes: dict[str, Any] = {}
+        try:
             load_before = os.getloadavg()[0]
-            modes[mode.value] = r.shared(mode)
-            modes[mode.value]["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-        drift = r.drift_check()
-        r.probe.close()
+            modes["exclusive"] = r.exclusive()
+            modes["exclusive"]["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            for mode in md.MODES[1:]:
+                load_before = os.getloadavg()[0]
+                modes[mode.value] = r.shared(mode)
+                modes[mode.value]["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            drift = r.drift_check()
+        except Exception as e:  # keep what was measured: a GPU run that cannot meet a bound says so
+            say(f"modes stopped: {e}")
+            return {"error": str(e), "modes_partial": modes, "bounds_ms": r.bounds,
+                    "bound_source": r.bound_source, "single_stream": r.single, "exclusive_rps": r.solo_rps}
+        finally:
+            r.probe.close()
     return {"modes": modes, "bounds_ms": r.bounds, "bound_source": r.bound_source,
             "single_stream": r.single, "exclusive_rps": r.solo_rps, "latency_cdf_ms": r.cdfs,
             "loadgen": r.loadgen, "drift": drift,
@@ -356,6 +366,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     previous = json.loads(args.json.read_text()) if args.skip_modes and args.json.exists() else {}
     if not args.skip_modes:
         result.update(run_modes(args, fns, gpu, ncores))
+        if "error" in result:
+            write_json(args.json, result)
+            return 1
         print_table(result)
     elif "modes" in previous:
         for k in ("modes", "bounds_ms", "bound_source", "single_stream", "exclusive_rps", "latency_cdf_ms",
