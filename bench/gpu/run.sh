@@ -90,8 +90,9 @@ stop_mps() { [[ $STARTED_MPS == 1 ]] && echo quit | nvidia-cuda-mps-control && s
 trap stop_mps EXIT
 
 # ---- 4. the benchmarks (each with its own time limit; 15 minutes in all) ------------------------
-if [[ $DRY == 1 ]]; then ISO_T=300; SM_T=300; else ISO_T=240; SM_T=270; fi
+if [[ $DRY == 1 ]]; then ISO_T=300; SM_T=300; else ISO_T=220; SM_T=200; fi
 MS_T=120  # model sharing (CUDA IPC) on the GPU only
+ML_T=200  # the MLPerf-based modes comparison (bench/mlperf_gpu.py)
 say "isolation on $DEVICE"
 timeout $ISO_T $PY -m bench.gpu.main isolation --device "$DEVICE" "${MPS_ARGS[@]}" --out "$OUT" \
   $([[ $DRY == 1 ]] && echo --quick) || say "isolation FAILED or timed out (rc $?)"
@@ -103,5 +104,8 @@ if [[ $DRY == 0 ]]; then
   timeout $MS_T $PY -m bench.gpu.model_sharing_gpu --fn resnet50 --replicas 3 \
     || say "model sharing FAILED or timed out (rc $?)"
 fi
+say "MLPerf-based sharing modes on $DEVICE"
+timeout $ML_T $PY -m bench.mlperf_gpu --out "$OUT" $([[ $DRY == 1 ]] && echo --quick) \
+  || say "mlperf FAILED or timed out (rc $?)"
 $PY -m bench.gpu.main table --out "$OUT"
 say "done; results in $OUT"
