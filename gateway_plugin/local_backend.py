@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import redis
 import urllib3
@@ -345,13 +346,29 @@ class LocalBackend:
     def _log_dir(self, namespace: str, name: str) -> Path:
         return self._state_dir / "logs" / namespace / name
 
-    def _device(self) -> tuple[str, list[int]]:
-        """The CPU device from the node agent's registry, or this process's cores."""
-        for raw in self._redis.hvals(keys.devices()):
-            dev = json.loads(raw)
+    def _device(self, placement: Placement) -> dict[str, Any]:
+        """The device a new replica goes on, from the node agent's registry.
+
+        A GPU when the node has one (the one the scheduler placed the group on, else the one
+        with the least SM share in use), else the CPU device; with no registry yet, this
+        process's cores.
+        """
+        devices = [json.loads(raw) for raw in self._redis.hvals(keys.devices())]
+        gpus = [d for d in devices if d.get("kind") == "gpu"]
+        if gpus:
+            wanted = [d for d in gpus if placement.gpu_uuid and
+                      d["device_id"] == f"gpu:{placement.gpu_uuid}"]
+            if wanted:
+                return dict(wanted[0])
+            sm_in_use: dict[str, int] = {}
+            for fn in self._functions.values():
+                for r in fn.replica_list:
+                    sm_in_use[r.device_id] = sm_in_use.get(r.device_id, 0) + r.sm_pct
+            return dict(min(gpus, key=lambda d: (sm_in_use.get(d["device_id"], 0), d["device_id"])))
+        for dev in devices:
             if dev.get("kind") == "cpu" and dev.get("cores"):
-                return str(dev["device_id"]), [int(c) for c in dev["cores"]]
-        return "cpu:0", sorted(os.sched_getaffinity(0))
+                return dict(dev)
+        return {"device_id": "cpu:0", "kind": "cpu", "cores": sorted(os.sched_getaffinity(0))}
 
     def _core_load(self) -> dict[int, int]:
         load: dict[int, int] = {}
@@ -372,14 +389,18 @@ class LocalBackend:
                 path.chmod(0o600)
         return d
 
-    def _start_replica(self, fn: _Function, config_id: str, share: GpuShare) -> Replica:
+    def _start_replica(self, fn: _Function, config_id: str, share: GpuShare,
+                       placement: Placement) -> Replica:
         spec = fn.spec
         image = self._image(spec.image)
         if image is None:
             raise Invalid(f"image {spec.image!r} is no longer registered")
         replica_id = f"{spec.name}-{pysecrets.token_hex(3)}"
-        device_id, device_cores = self._device()
-        cores = pick_cores(device_cores, share.sm_pct, self._core_load())
+        device = self._device(placement)
+        device_id = str(device["device_id"])
+        cores: tuple[int, ...] = ()
+        if device.get("kind") != "gpu":  # on a GPU the SM share is MPS's job, not a core set
+            cores = pick_cores([int(c) for c in device["cores"]], share.sm_pct, self._core_load())
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FASTGSHARE_")}
         env.update(spec.env_vars)
@@ -404,6 +425,11 @@ class LocalBackend:
         })
         if share.mem_bytes is not None:
             env["FASTGSHARE_MEM_BYTES"] = str(share.mem_bytes)
+        if device.get("kind") == "gpu":
+            if device.get("mem_bytes"):
+                env["FASTGSHARE_DEVICE_MEM_BYTES"] = str(device["mem_bytes"])
+            if device.get("mps_pipe_dir"):
+                env["FASTGSHARE_MPS_PIPE_DIR"] = str(device["mps_pipe_dir"])
         if spec.share.model:
             env["FASTGSHARE_MODEL"] = spec.share.model
         log_dir = self._log_dir(spec.namespace, spec.name)
@@ -471,19 +497,20 @@ class LocalBackend:
                 if (sum(1 for r in current if r.ready) >= fn.desired_total()
                         or not any(r.ready for r in old)):
                     stop.extend(old)
-                to_start: list[tuple[str, GpuShare]] = []
-                for config_id, (share, want, _placement) in groups.items():
+                to_start: list[tuple[str, GpuShare, Placement]] = []
+                for config_id, (share, want, placement) in groups.items():
                     mine = [r for r in current if r.config_id == config_id]
                     if len(mine) > want:  # stop starting ones before ready ones
                         stop.extend(sorted(mine, key=lambda r: (r.ready, r.started_at_s))[:len(mine) - want])
-                    to_start += [(config_id, share)] * max(0, want - len(mine))
+                    to_start += [(config_id, share, placement)] * max(0, want - len(mine))
                 for rep in stop:
                     if rep in fn.replica_list:
                         fn.replica_list.remove(rep)
                 if to_start and now_s >= fn.next_start_s:
-                    for config_id, share in to_start:
+                    for config_id, share, placement in to_start:
                         try:
-                            fn.replica_list.append(self._start_replica(fn, config_id, share))
+                            fn.replica_list.append(
+                                self._start_replica(fn, config_id, share, placement))
                         except Exception:  # keep reconciling the other functions
                             log.exception("could not start a replica of %s", fn.spec.name)
                             fn.next_start_s = now_s + MAX_RESTART_BACKOFF_S

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+import requests
 
+from fastgshare import keys
 from fastgshare.resources import GpuShare
 from gateway_plugin.backend import FunctionSpec, ReplicaConfig
 from gateway_plugin.errors import Invalid
@@ -77,3 +80,25 @@ def test_crashed_replica_is_restarted(backend: LocalBackend):
     wait_for(lambda: any(r.pid != rep.pid and r.ready
                          for r in backend.status("openfaas-fn", "crashy").replica_status),
              what="a new replica after the crash")
+
+
+def test_replicas_go_on_the_gpu_with_the_mps_environment(backend: LocalBackend, redis_client):
+    """With a GPU in the registry, a replica is placed on it with its MPS share, not a core set.
+
+    No GPU here: the record is written by hand and the worker (CPU torch) runs on the CPU, but
+    the placement and the environment the sidecar gives its worker are the real ones.
+    """
+    redis_client.hset(keys.devices(), "gpu:GPU-test", json.dumps({
+        "device_id": "gpu:GPU-test", "kind": "gpu", "node": "n", "name": "Test GPU",
+        "mem_bytes": 8 * 2**30, "cores": [], "mps_pipe_dir": "/tmp/fastgshare-test-mps"}))
+    backend.deploy(FunctionSpec("ongpu", "t/linear", share=GpuShare(sm_pct=30, mem_bytes=2**30)))
+    wait_for(lambda: backend.status("openfaas-fn", "ongpu").available_replicas == 1, what="ready")
+    (rep,) = backend.status("openfaas-fn", "ongpu").replica_status
+    assert rep.device_id == "gpu:GPU-test" and rep.cores == ()
+    worker_pid = requests.get(f"{rep.url}/_/stats", timeout=5).json()["worker"]["pid"]
+    env = dict(item.split("=", 1) for item in
+               Path(f"/proc/{worker_pid}/environ").read_text().split("\0") if "=" in item)
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-test"
+    assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "30"
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == "/tmp/fastgshare-test-mps"
+    assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"].endswith("M")
