@@ -46,6 +46,8 @@ from pathlib import Path
 
 import torch
 
+from fast_manager.model_store_fs import user_is_alive  # one liveness rule for replicas and GC
+
 ENV_MODEL = "FASTGSHARE_MODEL"
 ENV_SHARING = "FASTGSHARE_MODEL_SHARING"
 ENV_STORE_DIR = "FASTGSHARE_MODEL_STORE_DIR"
@@ -340,21 +342,6 @@ def _flock(path: Path, wait_s: float | None = None) -> Iterator[bool]:
                     return
                 time.sleep(0.02)
         yield True
-    finally:
-        os.close(fd)
-
-
-def user_is_alive(user_file: Path) -> bool:
-    """A user record is alive while its owner holds its lock (the kernel drops it on any exit)."""
-    try:
-        fd = os.open(user_file, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
     finally:
         os.close(fd)
 
