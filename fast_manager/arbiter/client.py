@@ -49,12 +49,19 @@ DEFAULT_NEXT_WAITING_HOLD_S = 0.05
 """How long a released token is kept for a next acquire the sidecar announced (``next_waiting``):
 only a safety net for a request cancelled between the two; the acquire normally comes within a
 few event-loop turns, which on a loaded machine can exceed ``linger_s``."""
-DEFAULT_LINGER_S = 0.002
+DEFAULT_LINGER_S = 0.010
 """How long a released token waits for this replica's next acquire before going back. A
 saturated replica's next acquire comes within it, and then release and re-enqueue happen in one
 script, so the replica competes for the token it returns instead of losing every round to a
 waiting neighbour while it is "between requests". Costs an idle replica's neighbours at most this
-long per release."""
+long per release (and the replica itself that much held time).
+
+It must cover a whole round trip outside the sidecar (sidecar -> provider -> caller -> provider ->
+sidecar), not only the sidecar's own turnaround: with 2 ms, a closed-loop caller going through the
+provider came back after the token had gone on this 2-core machine, so every request paid an
+ACQUIRE and a RELEASE script (~1.9 calls per request, sidecar CPU 0.8 -> 2.1 ms per request plus
+~0.7 ms of Redis CPU), which more than doubled provider + sidecar latency (bench.overhead). At
+10 ms the token is reused for ~96 % of such requests; 10 ms is half the shortest token."""
 
 
 def _monotonic_us() -> int:
