@@ -199,7 +199,9 @@ def test_crashed_worker_is_restarted(torch_sidecar: Running) -> None:
     assert r.status_code == 200
     after = torch_sidecar.stats()["worker"]
     assert after["pid"] != before["pid"] and after["restarts"] == before["restarts"] + 1
-    assert after["last_exit_code"] == 3
+    # Its own exit(3), or the sidecar's kill when that lands first (a worker that broke off a
+    # request is killed and restarted): either way a failure, recorded.
+    assert after["last_exit_code"] not in (0, None)
     assert requests.get(torch_sidecar.url + "/_/health", timeout=5).status_code == 200
 
 
