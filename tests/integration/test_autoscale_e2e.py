@@ -29,6 +29,7 @@ from fast_profiler.runner import device_type_of
 from fast_profiler.table import ProfilePoint, ProfileTable
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
+from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "paced"
 TEMPLATE = Path(__file__).resolve().parents[2] / "function_templates" / "python3-torch"
@@ -39,14 +40,6 @@ SLO_MS = 600.0
 pytestmark = pytest.mark.slow
 
 
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def paced_table(device_type: str) -> ProfileTable:

@@ -16,19 +16,13 @@ from fastgshare.resources import GpuShare
 from gateway_plugin.backend import FunctionSpec, ReplicaConfig
 from gateway_plugin.errors import Invalid
 from gateway_plugin.local_backend import LocalBackend
+from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "linear"
 
 pytestmark = pytest.mark.slow
 
 
-def wait_for(predicate, timeout_s: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture

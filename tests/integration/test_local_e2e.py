@@ -4,7 +4,6 @@ sidecar and worker processes) and a real torch function, driven over HTTP as faa
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import requests
 
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
+from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "linear"
 TEMPLATE = Path(__file__).resolve().parents[2] / "function_templates" / "python3-torch"
@@ -41,14 +41,6 @@ def api(platform: tuple[Platform, PlatformInfo]) -> requests.Session:
     return s
 
 
-def wait_for(predicate, timeout_s: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def fn_status(api: requests.Session, url: str, name: str) -> dict:
