@@ -268,6 +268,7 @@ class Runner:
         load = PoissonLoad(session, url, self.src.body, seed=self.settings.seed)
         state = start_search(capacity)
         best: tuple[StepRecord, float] | None = None
+        best_latencies: tuple[float, ...] = ()
         lowest_fail: tuple[StepRecord, float] | None = None
         try:
             rate = search_next_rate(state, s)
@@ -275,16 +276,21 @@ class Runner:
                 n0, b0 = await self._stats(session, sidecar)
                 busy_now: list[float | None] = [None]
                 last_poll = [0.0]
+                # The latencies the verdict was taken on: requests still in flight then may finish
+                # later and land in the step's record, but the step was judged without them.
+                judged: list[tuple[float, ...]] = [()]
 
                 async def decide(rec: StepRecord, now: float, n0: int = n0, b0: float = b0,
                                  busy_now: list[float | None] = busy_now,
-                                 last_poll: list[float] = last_poll) -> Verdict:
+                                 last_poll: list[float] = last_poll,
+                                 judged: list[tuple[float, ...]] = judged) -> Verdict:
                     if now - last_poll[0] >= 0.3:
                         last_poll[0] = now
                         n, b = await self._stats(session, sidecar)
                         if n - n0 >= 5:
                             busy_now[0] = (b - b0) / (n - n0)
-                    obs = StepObservation(rec.rate_rps, now - rec.started_s, tuple(rec.latencies_ms),
+                    judged[0] = tuple(rec.latencies_ms)
+                    obs = StepObservation(rec.rate_rps, now - rec.started_s, judged[0],
                                           tuple(rec.waiting_ages_ms(now)), rec.errors, busy_now[0],
                                           cfg.quota_frac)
                     return step_verdict(obs, self.src.slo_ms, s)
@@ -298,6 +304,7 @@ class Runner:
                 state = record_step(state, rate, passed)
                 if passed and (best is None or rate > best[0].rate_rps):
                     best = (rec, busy_frac)
+                    best_latencies = judged[0]
                 if not passed:
                     if lowest_fail is None or rate < lowest_fail[0].rate_rps:
                         lowest_fail = (rec, busy_frac)
@@ -308,7 +315,7 @@ class Runner:
         chosen = best or lowest_fail
         assert chosen is not None
         rec, busy_frac = chosen
-        lat = rec.latencies_ms
+        lat = list(best_latencies) if best is not None and best_latencies else rec.latencies_ms
         total = len(lat) + rec.errors
         rps = result_rate(state) * cfg.batch
         return Measurement(cfg, rps, quantile(lat, 0.5), quantile(lat, 0.95), quantile(lat, 0.99),
