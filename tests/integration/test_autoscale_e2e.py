@@ -23,6 +23,7 @@ import pytest
 import redis
 import requests
 
+from bench.calibrate import ramp_rate as rate_at  # the one ramp, shared with the calibration
 from fast_manager.node_agent import read_devices
 from fast_profiler import store
 from fast_profiler.runner import device_type_of
@@ -72,17 +73,6 @@ def replicas_of(api: requests.Session, url: str) -> tuple[int, int]:
         if f["name"] == "paced":
             return int(f["replicas"]), sum(1 for s in f["replicaStatus"] if s["ready"])
     return 0, 0
-
-
-def rate_at(t_s: float) -> float:
-    """2 rps for 6 s, ramp to 20 over 14 s, 20 for 16 s, then 2 until the end."""
-    if t_s < 6:
-        return 2.0
-    if t_s < 20:
-        return 2.0 + 18.0 * (t_s - 6) / 14
-    if t_s < 36:
-        return 20.0
-    return 2.0
 
 
 def test_ramp_makes_replicas_rise_and_fall_with_the_slo_held(platform):
