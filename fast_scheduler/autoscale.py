@@ -6,11 +6,10 @@ the replicas it runs now; it gets back the replica set to run, with a reason a p
 the utilisation it predicts. Nothing here reads a clock or a metric: ``now_s`` and the observed rate
 are inputs, and all memory between ticks is in the returned state.
 
-The latency model (shared with the simulator): a replica with throughput ``mu`` (requests/s, with
-dynamic batching up to its batch size) and service p99 ``svc`` from the table, receiving Poisson
-traffic at ``rate``, has p99 = svc + W99 with W99 the M/D/1 waiting-time tail in the heavy-traffic
-approximation, P(W > t) = rho * exp(-2 (mu - rate) t). A config's *capacity at the SLO* is the
-highest rate whose p99 stays under the SLO.
+The latency model (shared with the simulator) is ``latency.LatencyCurve``: a table point is the
+p99 measured at the profiled rate, and the curve through it falls towards light-load latency below
+that rate and rises past it (M/G/1 shape). A config's *capacity at the SLO* is the highest rate whose
+p99 stays under the SLO, never above the profiled rate.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from fast_profiler.table import ProfilePoint, ProfileTable
+from fast_scheduler.latency import DEFAULT_MODEL, LatencyCurve, LatencyModel
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ class AutoscaleSettings:
     """Extra capacity per unit of the smoothed absolute forecast error (bursty demand gets more)."""
     volatility_smoothing: float = 0.1
     """Weight of the newest absolute forecast error in its smoothed value (a slow memory of bursts)."""
-    max_utilisation: float = 0.92
-    """No replica is planned past this fraction of its throughput, whatever the queueing model says."""
+    max_utilisation: float = 1.0
+    """No replica is planned past this fraction of its profiled rate, whatever the latency model says."""
     scale_down_delay_s: float = 30.0
     """Desired capacity must stay below the current one this long before replicas are removed."""
     scale_down_margin_frac: float = 0.15
@@ -52,6 +52,8 @@ class AutoscaleSettings:
     """Memory of one device; a replica's footprint is the larger of its SM-time area and memory."""
     limit_over_request: float = 1.0
     """Quota limit as a multiple of the request (capped at 1): >1 lets the arbiter lend idle time."""
+    latency: LatencyModel = DEFAULT_MODEL
+    """The latency curve through each table point (shared with the simulator)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,13 @@ class ConfigChoice:
     service_p99_ms: float
     footprint: float
     """max(SM-time area, share of device memory): the device resource it takes."""
+    curve: LatencyCurve | None = None
+    """Its p99 against rate (None: a flat ``service_p99_ms`` up to ``throughput_rps``)."""
+
+    def p99_at(self, rate_rps: float) -> float:
+        if self.curve is not None:
+            return self.curve.p99_at(rate_rps)
+        return self.service_p99_ms if rate_rps <= self.throughput_rps else math.inf
 
 
 class ChoiceSet:
@@ -179,32 +188,20 @@ class Decision:
 # ---- the latency model ----------------------------------------------------------------------
 
 
-def wait_p99_ms(throughput_rps: float, rate_rps: float) -> float:
-    """99th percentile of the queueing delay (M/D/1 tail approximation); inf when overloaded."""
-    if rate_rps <= 0:
-        return 0.0
-    if rate_rps >= throughput_rps:
-        return math.inf
-    rho = rate_rps / throughput_rps
-    return max(0.0, math.log(100 * rho)) / (2 * (throughput_rps - rate_rps)) * 1000.0
+def curve_of(point: ProfilePoint, model: LatencyModel = DEFAULT_MODEL) -> LatencyCurve:
+    return LatencyCurve.from_point(point.throughput_rps, point.latency_p50_ms, point.latency_p99_ms, model)
 
 
-def p99_at_rate_ms(point: ProfilePoint, rate_rps: float) -> float:
-    return point.latency_p99_ms + wait_p99_ms(point.throughput_rps, rate_rps)
+def p99_at_rate_ms(point: ProfilePoint, rate_rps: float, model: LatencyModel = DEFAULT_MODEL) -> float:
+    return curve_of(point, model).p99_at(rate_rps)
 
 
-def capacity_at_slo(point: ProfilePoint, slo_ms: float, max_utilisation: float = 1.0) -> float:
-    """Largest rate with p99 <= ``slo_ms`` (0 when even an idle replica misses the SLO)."""
-    mu = point.throughput_rps
-    if mu <= 0 or point.latency_p99_ms >= slo_ms:
-        return 0.0
-    lo, hi = 0.0, mu * max_utilisation
-    if p99_at_rate_ms(point, hi) <= slo_ms:
-        return hi
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if p99_at_rate_ms(point, mid) <= slo_ms else (lo, mid)
-    return lo
+def capacity_at_slo(
+    point: ProfilePoint, slo_ms: float, max_utilisation: float = 1.0, model: LatencyModel = DEFAULT_MODEL
+) -> float:
+    """Largest rate with p99 <= ``slo_ms``, at most ``max_utilisation`` x the profiled rate (0 when
+    even an idle replica misses the SLO)."""
+    return min(curve_of(point, model).capacity_at(slo_ms), point.throughput_rps * max_utilisation)
 
 
 def config_choices(
@@ -219,12 +216,15 @@ def config_choices(
     mem_frac = act_bytes / settings.device_mem_bytes
     out = []
     for p in table.grid() if points is None else points:
-        cap = capacity_at_slo(p, slo_ms, settings.max_utilisation)
+        curve = curve_of(p, settings.latency)
+        cap = min(curve.capacity_at(slo_ms), p.throughput_rps * settings.max_utilisation)
         if cap <= 0:
             continue
         limit = min(1.0, p.quota_frac * settings.limit_over_request)
         cfg = ReplicaConfig(p.sm_pct, p.quota_frac, limit, p.batch)
-        out.append(ConfigChoice(cfg, p.throughput_rps, cap, p.latency_p99_ms, max(cfg.area, mem_frac)))
+        out.append(
+            ConfigChoice(cfg, p.throughput_rps, cap, p.latency_p99_ms, max(cfg.area, mem_frac), curve)
+        )
     out.sort(key=lambda c: (c.footprint / c.capacity_rps, c.footprint, c.config.batch))
     return tuple(out)
 
@@ -328,9 +328,7 @@ def decide_replicas(
         for r in set(replicas):  # the proxy weights replicas by their capacity at the SLO
             c = cs.by_config.get(r)
             if c is not None and cap > 0:
-                p99 = max(
-                    p99, c.service_p99_ms + wait_p99_ms(c.throughput_rps, target * c.capacity_rps / cap)
-                )
+                p99 = max(p99, c.p99_at(target * c.capacity_rps / cap))
         util = target / total_thr if total_thr > 0 else (0.0 if target <= 0 else math.inf)
         changed = replicas is not ctx.current and Counter(replicas) != Counter(ctx.current)
         return (
@@ -385,11 +383,16 @@ def decide_replicas(
         or (obs > 0 and not ctx.current)
     ):
         if ctx.current and cur_cap > 0 and len(ctx.current) <= hi and len(ctx.current) >= lo:
-            # Add to what runs rather than replace it: replacing costs cold starts.
+            # Add to what runs rather than replace it: replacing costs cold starts, and a swap
+            # decided on one tick's noise is undone on the next before either set serves. An
+            # inefficient mix is re-planned by the scale-down path once it is 15 % too big.
             extra, ok = plan_for_rate(cs, target - cur_cap, hi - len(ctx.current))
-            if ok and cur_fp + sum(c.footprint for c in extra) <= new_fp * (1 + cfg.scale_down_margin_frac):
+            if ok:
                 add = tuple(c.config for c in extra)
                 return done(ctx.current + add, f"scale up by {len(add)}: capacity {cur_cap:.1f} < {note()}")
+            if cur_cap >= forecast:
+                return done(ctx.current, f"hold at {len(ctx.current)} replicas (max {hi}): capacity "
+                            f"{cur_cap:.1f} covers the forecast {forecast:.1f}, not the headroom; {note()}")
         return done(replicas, f"scale up: capacity {cur_cap:.1f} < target; {note()}")
 
     if new_fp < cur_fp * (1 - cfg.scale_down_margin_frac):

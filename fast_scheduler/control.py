@@ -292,7 +292,28 @@ def plan_tick(
                 n_now = (g.replicas if g else 0) + 1
                 groups[gid] = GroupSpec(gid, cfg, n_now, dv.device_id, dv.node, dv.gpu_uuid)
         if refused:
-            d = _annotate(d, f"; {refused} replica(s) found no device (placement refused)")
+            kept = 0
+            # Make-before-break when the make fails: keep the replicas this decision was removing
+            # (where they still fit), rather than run with less than before.
+            for gid, (cfg, n, dev_id) in sorted(f.groups.items()):
+                g = groups.get(gid)
+                have = g.replicas if g else 0
+                dv = devs.get(dev_id)
+                for i in range(have, n):
+                    if dv is None:
+                        break
+                    dev = snap.by_id()[dev_id]
+                    back = dev.with_replica(_request(f, cfg, f"{f.name}/{gid}/{i}", dv))
+                    if back is None:
+                        break
+                    snap = snap.with_device(back)
+                    have += 1
+                    kept += 1
+                if have and (g is None or have != g.replicas):
+                    groups[gid] = GroupSpec(gid, cfg, have, dev_id, dv.node if dv else "",
+                                            dv.gpu_uuid if dv else "")
+            d = _annotate(d, f"; {refused} replica(s) found no device (placement refused)"
+                          + (f", {kept} kept that it was removing" if kept else ""))
         # Make-before-break for base extras: scale the base down once the groups serve.
         ready_groups = sum(1 for r in f.running if r.config_id and r.ready)
         want_groups = sum(g.replicas for g in groups.values())

@@ -9,11 +9,12 @@ unless its function gets new replicas in the same tick: then it keeps serving (a
 as used) until they are up (make-before-break), though its place is already free for placement.
 
 Serving, per step and function: arrivals join a FIFO of (arrival time, count) chunks; ready
-replicas drain it at their table throughput (split in proportion to throughput, as the
-capacity-aware proxy does). A chunk served in the step it arrived meets the SLO unless its
-replica's service p99 plus the M/D/1 waiting tail (``autoscale.wait_p99_ms``'s model) exceeds it
-(the violating fraction is the tail probability); a chunk that waited across steps is late by its
-wait. So SLO attainment counts cold starts, under-provisioning and backlog, not only the model.
+replicas drain it at their service rate (``latency.LatencyCurve.service_rps``: the profiled rate
+over its utilisation; split in proportion to it, as the capacity-aware proxy does). A chunk served
+in the step it arrived has the latency distribution of ``latency.LatencyCurve`` at the rate its
+replica receives (the fraction over the SLO is that distribution's tail); a chunk that waited
+across steps is late by its wait plus the light-load p99. So SLO attainment counts cold starts,
+under-provisioning and backlog, not only the model.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Protocol
 
 from fast_profiler.table import ProfileTable
 from fast_scheduler.autoscale import ReplicaConfig
+from fast_scheduler.latency import DEFAULT_MODEL, LatencyCurve, LatencyModel
 from fast_scheduler.placement import Device, ReplicaRequest, Snapshot
 
 
@@ -55,6 +57,8 @@ class SimSettings:
     device's idle SM-time (what the arbiter lends); False: every replica at its request."""
     record_latency: bool = False
     """Keep per-step served counts and latency terms per function (calibration; costs memory)."""
+    latency: LatencyModel = DEFAULT_MODEL
+    """The latency curve through each table point (the autoscaler's, by default)."""
 
 
 @dataclass(frozen=True)
@@ -163,11 +167,15 @@ class _Replica:
     config: ReplicaConfig
     device_id: str
     ready_s: float
-    throughput_rps: float
-    service_p99_ms: float
+    curve: LatencyCurve
     stop_s: float = math.inf
     burst_rps: float = 0.0
-    """Throughput at its quota limit (what it serves when the arbiter lends it idle time)."""
+    """Service rate at its quota limit (what it serves when the arbiter lends it idle time)."""
+
+    @property
+    def throughput_rps(self) -> float:
+        """Its service rate at its quota request."""
+        return self.curve.service_rps
 
 
 def empty_cluster(settings: SimSettings) -> Snapshot:
@@ -215,6 +223,7 @@ def simulate(
             want = policy.desired(now, observed, current)
             adds: list[ReplicaRequest] = []
             devs = snap.by_id()
+            removed: dict[str, list[_Replica]] = {}
             for n, spec in by_name.items():
                 have = Counter(current[n])
                 target = Counter(want.get(n, current[n]))
@@ -228,6 +237,7 @@ def simulate(
                     for r in mine[:extra]:
                         devs[r.device_id] = devs[r.device_id].without(r.req.replica_id)
                         del replicas[r.req.replica_id]
+                        removed.setdefault(n, []).append(r)
                         if (
                             replacing and r.ready_s <= now
                         ):  # make-before-break: serve until the new ones are up
@@ -252,21 +262,39 @@ def simulate(
             snap = Snapshot(tuple(devs[d.device_id] for d in snap.devices))
             snap, rejected = policy.apply(snap, adds)
             res.rejected += len(rejected)
+            # Make-before-break when the make fails: a function whose new replicas found no device
+            # keeps what it was removing (where it still fits), as the live loop keeps its groups.
+            for n in sorted({a.function for a in rejected}):
+                devs = snap.by_id()
+                for r in removed.get(n, ()):
+                    back = devs[r.device_id].with_replica(r.req)
+                    if back is None:
+                        continue
+                    devs[r.device_id] = back
+                    r.stop_s = math.inf
+                    if r in draining:
+                        draining.remove(r)
+                    replicas[r.req.replica_id] = r
+                snap = Snapshot(tuple(devs[d.device_id] for d in snap.devices))
             snap, moved = policy.after(snap)
             res.moves += moved
             placed_on = {r.replica_id: d.device_id for d in snap.devices for r in d.replicas}
             for a in adds:
                 if a.replica_id in placed_on:
                     conf = ReplicaConfig(a.sm_pct, a.quota_request_frac, a.quota_limit_frac, a.batch)
-                    p = by_name[a.function].table.estimate(a.sm_pct, a.quota_request_frac, a.batch)
+                    tab = by_name[a.function].table
+                    p = tab.estimate(a.sm_pct, a.quota_request_frac, a.batch)
                     ready_s = now + (cfg.cold_start_s if k else 0.0)  # the run starts warm
-                    burst = p.throughput_rps
+                    curve = LatencyCurve.from_point(
+                        p.throughput_rps, p.latency_p50_ms, p.latency_p99_ms, cfg.latency
+                    )
+                    burst = curve.service_rps
                     if a.quota_limit_frac > a.quota_request_frac + 1e-9:
-                        tab = by_name[a.function].table
-                        burst = tab.estimate(a.sm_pct, a.quota_limit_frac, a.batch).throughput_rps
+                        pl = tab.estimate(a.sm_pct, a.quota_limit_frac, a.batch)
+                        burst = pl.throughput_rps / max(curve.rate_rps, 1e-9) * curve.service_rps
                     replicas[a.replica_id] = _Replica(
-                        a, conf, placed_on[a.replica_id], ready_s, p.throughput_rps, p.latency_p99_ms,
-                        burst_rps=max(burst, p.throughput_rps),
+                        a, conf, placed_on[a.replica_id], ready_s, curve,
+                        burst_rps=max(burst, curve.service_rps),
                     )
                     res.replicas_started += 1
             for rid, r in replicas.items():
@@ -338,7 +366,7 @@ def simulate(
                 u = util_by_dev.setdefault(r.device_id, [0.0, 0.0])
                 u[0] += quota * share
                 u[1] += r.config.sm_pct / 100 * quota * share
-            servers = [(rate, r.service_p99_ms) for r, rate in zip(ready, rates, strict=True)]
+            servers = [(rate, r.curve) for r, rate in zip(ready, rates, strict=True)]
             fresh_ok = _fresh_ok_fraction(servers, lam, mu, spec.slo_ms) if ready else 0.0
             served_before = fr.served
             full = budget
@@ -355,11 +383,12 @@ def simulate(
                     if cfg.record_latency:
                         fr.latency_terms.extend(_fresh_terms(servers, take, lam, mu))
                 else:
-                    svc = min(r.service_p99_ms for r in ready)
-                    if wait_ms + svc <= spec.slo_ms:
+                    c = min((r.curve for r in ready), key=lambda c: c.light_p99_ms)
+                    if wait_ms + c.light_p99_ms <= spec.slo_ms:
                         fr.within_slo += take
                     if cfg.record_latency:
-                        fr.latency_terms.append((take, wait_ms + svc, 0.0, 0.0))
+                        base, decay = c.tail(c.light_p99_ms)
+                        fr.latency_terms.append((take, wait_ms + base, 0.5, decay))
                 if take >= cnt:
                     q.popleft()
                 else:
@@ -382,38 +411,37 @@ def simulate(
     return res
 
 
-def _fresh_ok_fraction(servers: Sequence[tuple[float, float]], lam: float, mu: float, slo_ms: float) -> float:
-    """Share of requests served in their arrival step within the SLO (M/D/1 tail per server, a server
-    being (throughput, service p99))."""
+def _fresh_ok_fraction(servers: Sequence[tuple[float, LatencyCurve]], lam: float, mu: float,
+                       slo_ms: float) -> float:
+    """Share of requests served in their arrival step within the SLO; a server is (its service rate
+    this step, its curve), receiving its share of ``lam`` in proportion to its rate (the proxy)."""
     if lam <= 0:
         return 1.0
     if lam >= mu:
         return 0.0
     ok = 0.0
-    for thr, svc in servers:
+    for thr, curve in servers:
         w = thr / mu
-        lam_i = lam * w
-        slack_s = (slo_ms - svc) / 1000
-        if slack_s < 0:
-            continue
-        rho = lam_i / thr
-        late = min(1.0, rho * math.exp(-2 * (thr - lam_i) * slack_s))
-        ok += w * (1 - late)
+        # A replica borrowing idle time serves faster: its curve, at the same utilisation.
+        lam_i = lam * w * curve.service_rps / thr
+        ok += w * (1 - curve.late_fraction(lam_i, slo_ms))
     return ok
 
 
 def _fresh_terms(
-    servers: Sequence[tuple[float, float]], count: float, lam: float, mu: float
+    servers: Sequence[tuple[float, LatencyCurve]], count: float, lam: float, mu: float
 ) -> list[tuple[float, float, float, float]]:
     """Latency terms of ``count`` requests served in their arrival step, split over ``servers``."""
     out = []
-    for thr, svc in servers:
+    for thr, curve in servers:
         w = thr / mu
-        lam_i = lam * w
-        if lam_i >= thr:  # overloaded at this rate: no stationary tail; a step's wait
-            out.append((count * w, svc + 1000 * count / max(lam, 1e-9) / 2, 0.0, 0.0))
+        lam_i = lam * w * curve.service_rps / thr
+        p99 = curve.p99_at(lam_i)
+        if math.isinf(p99):  # overloaded at this rate: no stationary tail; a step's wait
+            out.append((count * w, curve.light_p99_ms + 1000 * count / max(lam, 1e-9) / 2, 0.0, 0.0))
             continue
-        out.append((count * w, svc, lam_i / thr, 2 * (thr - lam_i) / 1000))
+        base, decay = curve.tail(p99)
+        out.append((count * w, base, 0.5, decay))
     return out
 
 

@@ -1,10 +1,11 @@
 """decide_replicas as a pure function: ramp up, ramp down with hysteresis, zero, infeasible, bounds."""
 
+import math
 from collections import Counter
 
 import pytest
 
-from fast_profiler.table import synthetic_table
+from fast_profiler.table import ProfilePoint, synthetic_table
 from fast_scheduler.autoscale import (
     AutoscaleContext,
     AutoscaleSettings,
@@ -12,6 +13,7 @@ from fast_scheduler.autoscale import (
     decide_replicas,
     p99_at_rate_ms,
 )
+from fast_scheduler.latency import LatencyCurve, LatencyModel
 
 TABLE = synthetic_table("resnet50", saturation_sm_pct=24, full_rps=74.9)
 SLO = 69.0
@@ -77,10 +79,43 @@ def test_max_replicas_too_low_reported_infeasible():
     assert not d.feasible and len(d.replicas) == 2
 
 
-def test_capacity_at_slo_is_the_boundary():
+MODEL = LatencyModel(profiled_utilisation=0.5, service_spread_share=0.6)
+POINT = ProfilePoint(50, 1.0, 1, 10.0, 80.0, 180.0, 200.0)  # 10 rps at p50 80, p99 200 ms
+
+
+@pytest.mark.parametrize("rate, p99", [
+    (10.0, 200.0),  # the table's point: measured at its rate
+    (0.0, 152.0),  # light load: p50 + 0.6 x (p99 - p50)
+    (5.0, 152.0 + 48.0 / 3),  # rho 0.25: queueing 1/3 of what it is at rho* 0.5
+    (15.0, 152.0 + 48.0 * 3),  # rho 0.75: 3 x
+    (20.0, math.inf),  # the service rate, 10 / 0.5
+])
+def test_latency_curve_anchored_at_the_point(rate, p99):
+    assert p99_at_rate_ms(POINT, rate, MODEL) == pytest.approx(p99)
+
+
+@pytest.mark.parametrize("slo, cap", [
+    (250.0, 10.0),  # looser than measured: never past the profiled rate
+    (200.0, 10.0),
+    (168.0, 20.0 * (1 / 3) / (1 + 1 / 3)),  # rho / (1 - rho) = 1/3 at 168 ms
+    (151.0, 0.0),  # under the light-load p99: nothing meets it
+])
+def test_capacity_at_slo_is_the_boundary(slo, cap):
+    got = capacity_at_slo(POINT, slo, model=MODEL)
+    assert got == pytest.approx(cap)
+    if 0 < got < POINT.throughput_rps:
+        assert p99_at_rate_ms(POINT, got, MODEL) == pytest.approx(slo)
+
+
+def test_late_fraction_is_one_percent_at_the_p99():
+    c = LatencyCurve.from_point(10.0, 80.0, 200.0, MODEL)
+    assert c.late_fraction(10.0, 200.0) == pytest.approx(0.01)
+    assert c.late_fraction(10.0, 79.0) == 1.0 and c.late_fraction(25.0, 1e9) == 1.0
+
+
+def test_capacity_on_the_synthetic_table():
     p = TABLE.point(24, 1.0, 1)
-    cap = capacity_at_slo(p, SLO)
-    assert p99_at_rate_ms(p, cap) <= SLO + 1e-6 and p99_at_rate_ms(p, cap * 1.05) > SLO
+    assert capacity_at_slo(p, SLO) == pytest.approx(p.throughput_rps)
 
 
 def test_deterministic():
