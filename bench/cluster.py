@@ -4,7 +4,10 @@
 
 Profile tables are SYNTHETIC (``fast_profiler.table.synthetic_table``: the paper's curve shapes on a
 V100) until the profiler produces real ones; read the numbers as a comparison of policies under one
-model, not as a prediction of a real cluster.
+model, not as a prediction of a real cluster. ``synthetic_table`` gives a device's service rate and
+light-load latencies; ``as_profiled`` turns them into what the profiler records (the rate at the
+latency model's profiled utilisation and the latencies there), so the scheduler and the simulator
+read them as they read real tables.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS, parser, write_json
-from fast_profiler.table import synthetic_table
+from fast_profiler.table import ProfilePoint, ProfileTable, synthetic_table
 from fast_scheduler.autoscale import (
     AutoscaleContext,
     AutoscaleSettings,
@@ -26,6 +29,7 @@ from fast_scheduler.autoscale import (
     decide_replicas,
 )
 from fast_scheduler.baselines import all_policies, lower_bound_choices
+from fast_scheduler.latency import DEFAULT_MODEL, LatencyModel
 from fast_scheduler.lower_bound import GpuLowerBound
 from fast_scheduler.placement import Device, Rejection, ReplicaRequest, Snapshot, place
 from fast_scheduler.simulator import FunctionSpec, SimSettings, simulate
@@ -41,7 +45,35 @@ MIB = 2**20
 ORDER = ["exclusive", "time_sharing", "mps_equal", "fastgshare_original", "this"]
 
 
+def as_profiled(table: ProfileTable, model: LatencyModel = DEFAULT_MODEL) -> ProfileTable:
+    """What the profiler would record on a device whose truth is ``table``'s service rate ``mu`` and
+    light-load latencies, with M/D/1 queueing: the rate ``rho* mu`` (``model.profiled_utilisation``)
+    and p50 / p95 / p99 there (light-load values plus the M/D/1 waiting quantiles, heavy-traffic
+    tail P(W > t) = rho exp(-2 mu (1 - rho) t / rho)). The simulator then serves at ``mu`` again."""
+    rho = model.profiled_utilisation
+
+    def wait_ms(mu: float, q: float) -> float:
+        if mu <= 0 or rho * (1 - q) <= 0 or q <= 1 - rho:
+            return 0.0
+        return math.log(rho / (1 - q)) * rho / (2 * mu * (1 - rho)) * 1000
+
+    pts = tuple(
+        ProfilePoint(p.sm_pct, p.quota_frac, p.batch, rho * p.throughput_rps,
+                     p.latency_p50_ms + wait_ms(p.throughput_rps / p.batch, 0.50),
+                     p.latency_p95_ms + wait_ms(p.throughput_rps / p.batch, 0.95),
+                     p.latency_p99_ms + wait_ms(p.throughput_rps / p.batch, 0.99), p.measured)
+        for p in table.points
+    )
+    return ProfileTable(table.function, table.device_type, pts, table.weight_bytes, table.mem_bytes,
+                        synthetic=True)
+
+
 def tables() -> dict[str, Any]:
+    raw = _synthetic_tables()
+    return {k: (as_profiled(t), slo) for k, (t, slo) in raw.items()}
+
+
+def _synthetic_tables() -> dict[str, Any]:
     return {
         # ResNet-50: saturates near 24 % SMs, 74.9 RPS on a V100; model sharing 1525 -> 1427 MiB.
         "resnet50": (

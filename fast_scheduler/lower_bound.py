@@ -38,9 +38,11 @@ class GpuLowerBound:
         nf = len(self.functions)
         # rows: one per function (cover its rate), SM-time, memory, one per function (min replicas)
         mins = [float((min_replicas or {}).get(f, 0)) if choices[f] else 0.0 for f in self.functions]
+        # SM-time and memory rows are "used - G <= 0": inequalities (an equality would force the
+        # smaller of the two up to G with padding replicas, and over-state the bound).
         h.addRows(
             2 * nf + 2,
-            np.array([0.0] * (nf + 2) + mins),
+            np.array([0.0] * nf + [-inf, -inf] + mins),
             np.array([inf] * nf + [0.0, 0.0] + [inf] * nf),
             0,
             np.array([], dtype=np.int32),

@@ -90,3 +90,16 @@ def test_lp_bound_below_every_policy():
     for pol in all_policies(SPECS, settings):
         s = simulate(SPECS, trace, pol, SET).summary()
         assert bound <= s["gpus_mean"], pol.name
+
+
+@pytest.mark.parametrize("area, mem, rate, want", [
+    (0.5, 0.1, 40.0, 2.0),  # SM-time binds: 4 replicas x 0.5
+    (0.1, 0.5, 40.0, 2.0),  # memory binds: 4 replicas x 0.5
+    (0.2, 0.2, 10.0, 0.2),  # one replica; neither resource padded up to the other
+])
+def test_lp_bound_is_the_larger_resource_not_both(area, mem, rate, want):
+    from fast_scheduler.autoscale import ConfigChoice, ReplicaConfig
+
+    c = ConfigChoice(ReplicaConfig(int(area * 100), 1.0, 1.0), 10.0, 10.0, 50.0, max(area, mem))
+    lb = GpuLowerBound({"f": [c]}, {"f": mem}, {"f": 1})
+    assert lb.gpus({"f": rate}) == pytest.approx(want)
