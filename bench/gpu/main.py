@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         from bench import sharing_modes
 
         sharing_modes.main(["--device", args.device, *mps, "--json", str(args.out / "sharing_modes.json")]
-                           + (["--quick"] if args.quick else ["--measure-s", "20", "--window-s", "2"]))
+                           + (["--quick"] if args.quick else ["--measure-s", "10", "--window-s", "2"]))
     else:
         table(args.out)
 

