@@ -42,6 +42,8 @@ class DeviceView:
     is_gpu: bool
     cores: int = 0
     gpu_uuid: str = ""
+    stored_models: tuple[tuple[str, int], ...] = ()
+    """(model identity, weight bytes) its model store holds (``keys.device_models``)."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ def snapshot_of(functions: Sequence[FunctionView], devices: Sequence[DeviceView]
                 placed[d].append(_request(f, f.base_config, f"{f.name}/base/{i}", devs[d]))
     out = []
     for d in devices:
-        dev = Device(d.device_id, d.node, d.mem_bytes or 2**62)
+        dev = Device(d.device_id, d.node, d.mem_bytes or 2**62, stored_models=d.stored_models)
         for req in placed[d.device_id]:
             dev = dev.with_replica(req) or _force(dev, req)
         out.append(dev)
@@ -190,7 +192,8 @@ def snapshot_of(functions: Sequence[FunctionView], devices: Sequence[DeviceView]
 
 def _force(dev: Device, req: ReplicaRequest) -> Device:
     """An over-full device as it is (replicas placed by hand may break the rule): keep counting them."""
-    return Device(dev.device_id, dev.node, dev.mem_bytes, dev.replicas + (req,), dev.bands, 0)
+    return Device(dev.device_id, dev.node, dev.mem_bytes, dev.replicas + (req,), dev.bands, 0,
+                  dev.stored_models)
 
 
 def _request(f: FunctionView, cfg: ReplicaConfig, rid: str, dev: DeviceView) -> ReplicaRequest:

@@ -22,6 +22,8 @@ import redis
 import requests
 
 from fast_manager.devices import DeviceInfo
+from fast_manager.model_store import ModelUsage
+from fast_manager.model_store_redis import read_device_models
 from fast_manager.node_agent import read_devices
 from fast_profiler.runner import device_type_of
 from fast_profiler.table import ProfileTable
@@ -93,9 +95,11 @@ class Provider:
         r.raise_for_status()
 
 
-def as_device_view(d: DeviceInfo) -> DeviceView:
+def as_device_view(d: DeviceInfo, stored: Mapping[str, ModelUsage] | None = None) -> DeviceView:
+    """A registry device, with the models its store holds (``model_store_redis.read_device_models``)."""
     uuid = d.device_id.split(":", 1)[1] if d.is_gpu and ":" in d.device_id else ""
-    return DeviceView(d.device_id, d.node, d.mem_bytes, d.is_gpu, len(d.cores), uuid)
+    models = tuple(sorted((m, u.bytes) for m, u in (stored or {}).items() if u.users > 0))
+    return DeviceView(d.device_id, d.node, d.mem_bytes, d.is_gpu, len(d.cores), uuid, models)
 
 
 def _config(share: Mapping[str, str]) -> ReplicaConfig:
@@ -194,7 +198,7 @@ class SchedulerLoop:
         now_s = self.clock()
         infos = read_devices(self.client)
         gpus = [d for d in infos if d.is_gpu]
-        devices = [as_device_view(d) for d in (gpus or infos)]
+        devices = [as_device_view(d, read_device_models(self.client, d.device_id)) for d in (gpus or infos)]
         first = (gpus or infos or [None])[0]
         device_type = device_type_of(
             {"kind": first.kind.value, "name": first.name, "cores": list(first.cores)} if first else {})

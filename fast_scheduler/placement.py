@@ -58,6 +58,10 @@ class Device:
     replicas: tuple[ReplicaRequest, ...] = ()
     bands: tuple[Band, ...] = ()
     sm_capacity_pct: int = 100
+    stored_models: tuple[tuple[str, int], ...] = ()
+    """(``fastgshare/model`` identity, weight bytes) the device's model store holds for live users,
+    from the node agent's registry (``keys.device_models``); it may hold models of replicas this
+    snapshot does not list (another namespace, a profiling shadow)."""
 
     @property
     def area_used(self) -> float:
@@ -69,11 +73,12 @@ class Device:
 
     @property
     def models(self) -> frozenset[str]:
-        return frozenset(r.model for r in self.replicas)
+        """Models whose weights are on the device: its replicas' and its store's."""
+        return frozenset(r.model for r in self.replicas) | frozenset(m for m, _ in self.stored_models)
 
     @property
     def mem_used_bytes(self) -> int:
-        weights: dict[str, int] = {}
+        weights: dict[str, int] = dict(self.stored_models)
         act = 0
         for r in self.replicas:
             act += r.mem_bytes - r.weight_bytes
@@ -213,8 +218,9 @@ def most_allocated(req: ReplicaRequest, before: Device, after: Device) -> float:
 
 
 def model_affinity(req: ReplicaRequest, before: Device, after: Device) -> float:
-    """Same model already loaded here: its weights are shared."""
-    return 100.0 if req.model in before.models else 0.0
+    """Same model already on the device (a replica of it, or its weights in the device's model
+    store): the new replica maps those weights instead of loading its own."""
+    return 100.0 if req.model and req.model in before.models else 0.0
 
 
 DEFAULT_SCORES: tuple[tuple[Score, float], ...] = ((most_allocated, 1.0), (model_affinity, 0.3))
@@ -229,10 +235,10 @@ def place(
     """The best device for ``req``: every filter passes, highest weighted score, ties to the lowest id."""
     reasons: dict[str, int] = {}
     best: Placement | None = None
-    empty_seen: set[tuple[int, int]] = set()
+    empty_seen: set[tuple[int, int, tuple[tuple[str, int], ...]]] = set()
     for dev in snapshot.devices:
         if not dev.replicas:  # empty devices of one kind are interchangeable: try the first only
-            kind = (dev.mem_bytes, dev.sm_capacity_pct)
+            kind = (dev.mem_bytes, dev.sm_capacity_pct, dev.stored_models)
             if kind in empty_seen:
                 continue
             empty_seen.add(kind)
@@ -313,7 +319,7 @@ def plan_repack(snapshot: Snapshot, max_moves: int = 64) -> RepackPlan:
             if len(moves) + len(trial_moves) > max_moves:
                 break
             placed = trial.by_id()
-            empty = replace(src, replicas=(), bands=())
+            empty = replace(src, replicas=(), bands=(), stored_models=())
             snap = Snapshot(
                 tuple(
                     empty if d.device_id == src.device_id else placed.get(d.device_id, d)

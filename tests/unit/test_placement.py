@@ -111,3 +111,53 @@ def test_repack_frees_wasted_devices_without_losing_replicas():
     assert sorted(r.replica_id for d in plan.snapshot.devices for r in d.replicas) == ["r0", "r1", "r2", "r3"]
     for d in plan.snapshot.devices:
         feasible(d)
+
+
+# Model affinity from the node agent's model store registry: a device whose store already holds the
+# model (for a replica this snapshot does not list) wins over an equally full one without it.
+@pytest.mark.parametrize(
+    "stored, model, want",
+    [
+        ({"gpu1": (("m", 2 * GIB),)}, "m", "gpu1"),  # the store holds m on gpu1
+        ({"gpu0": (("o", 2 * GIB),), "gpu1": (("m", 2 * GIB),)}, "m", "gpu1"),  # beats a fuller device
+        ({"gpu1": (("o", 2 * GIB),)}, "m", "gpu1"),  # another model: no affinity; the fuller device
+        ({}, "m", "gpu0"),  # nothing stored anywhere
+        ({"gpu0": (("m", GIB),), "gpu1": (("m", GIB),)}, "m", "gpu0"),  # both: tie to the lowest id
+    ],
+)
+def test_affinity_to_models_in_the_device_store(stored, model, want):
+    devs = []
+    for i in range(2):
+        d = Device(f"gpu{i}", "n0", 16 * GIB, stored_models=stored.get(f"gpu{i}", ()))
+        devs.append(d.with_replica(ReplicaRequest(f"x{i}", "g", "x", 50, 1.0, GIB)))
+    p = place(req(9, 25, 1.0, model=model, mem=3 * GIB, weight=2 * GIB), Snapshot(tuple(devs)))
+    assert isinstance(p, Placement) and p.device_id == want
+    if model in dict(stored.get(want, ())):
+        assert p.scores["model_affinity"] == 100.0
+        # Its weights are already there (counted once): only its activations are new memory.
+        assert p.device.mem_used_bytes == GIB + max(dict(stored[want])[model], 2 * GIB) + GIB
+
+
+def test_stored_weights_count_once_and_make_room():
+    # 4 GiB device whose store holds m's 2 GiB weights: a 3 GiB replica of m (2 GiB weights) fits,
+    # one of another model does not.
+    dev = Device("gpu0", "n0", 4 * GIB, stored_models=(("m", 2 * GIB),))
+    s = Snapshot((dev,))
+    assert isinstance(place(req(1, 50, 1.0, model="m", mem=3 * GIB, weight=2 * GIB), s), Placement)
+    r = place(req(2, 50, 1.0, model="o", mem=3 * GIB, weight=2 * GIB), s)
+    assert isinstance(r, Rejection) and "memory" in r.reasons
+
+
+def test_live_snapshot_carries_the_store_registry():
+    # The live loop reads keys.device_models per device (model_store_redis) into its DeviceViews, and
+    # control.snapshot_of hands them to placement; models without a live user are not loaded.
+    from fast_manager.devices import DeviceInfo, DeviceKind
+    from fast_manager.model_store import ModelUsage
+    from fast_scheduler.control import snapshot_of
+    from fast_scheduler.loop import as_device_view
+
+    info = DeviceInfo("gpu:abc", DeviceKind.GPU, "n0", "H100", 0, 16 * GIB)
+    view = as_device_view(info, {"m": ModelUsage(2 * GIB, 2), "gone": ModelUsage(GIB, 0)})
+    assert view.stored_models == (("m", 2 * GIB),)
+    (dev,) = snapshot_of([], [view]).devices
+    assert dev.models == {"m"} and dev.mem_used_bytes == 2 * GIB
