@@ -40,12 +40,18 @@ class AutoscaleSettings:
     """Extra capacity per unit of the smoothed absolute forecast error (bursty demand gets more)."""
     volatility_smoothing: float = 0.1
     """Weight of the newest absolute forecast error in its smoothed value (a slow memory of bursts)."""
+    jump_sigmas: float = 3.0
+    """An observed rate this many Poisson standard deviations above the forecast is a jump, taken at once."""
+    noise_error_sigmas: float = 1.0
+    """Forecast error up to this many Poisson standard deviations is sampling noise, not volatility."""
     max_utilisation: float = 1.0
     """No replica is planned past this fraction of its profiled rate, whatever the latency model says."""
     scale_down_delay_s: float = 30.0
     """Desired capacity must stay below the current one this long before replicas are removed."""
     scale_down_margin_frac: float = 0.15
-    """...and by at least this fraction of the current footprint (hysteresis band)."""
+    """...and by at least this fraction of the current footprint (hysteresis band) to re-plan the mix."""
+    trim_margin_frac: float = 0.05
+    """Replicas are removed (without re-planning) while the rest serve the target plus this fraction."""
     idle_to_zero_s: float = 300.0
     """With min replicas 0, no request for this long scales the function to zero."""
     device_mem_bytes: int = 32 * 2**30
@@ -297,11 +303,17 @@ def decide_replicas(
 
     # Holt's linear smoothing of the observed rate, and how wrong its last forecast was.
     obs = max(0.0, ctx.observed_rps)
+    noise = 0.0
     if st.last_s is None:
         level, trend, err = obs, 0.0, 0.0
+        jump = False
     else:
         dt = max(1e-6, ctx.now_s - st.last_s)
         pred = max(0.0, st.level_rps + st.trend_rps_per_s * dt)
+        # A rate counted over dt seconds of Poisson arrivals has this standard deviation: noise, not
+        # demand. The table's p99 was measured under Poisson arrivals, so it already covers it.
+        noise = math.sqrt(max(pred, obs) / dt)
+        jump = obs - pred > cfg.jump_sigmas * noise
         level = cfg.smoothing * obs + (1 - cfg.smoothing) * pred
         trend = (
             cfg.trend_smoothing * (level - st.level_rps) / dt + (1 - cfg.trend_smoothing) * st.trend_rps_per_s
@@ -309,9 +321,13 @@ def decide_replicas(
         err = cfg.volatility_smoothing * abs(obs - pred) + (1 - cfg.volatility_smoothing) * st.error_rps
     level = max(0.0, level)
     last_active = ctx.now_s if obs > 0 else st.last_active_s
-    forecast = max(obs, level + max(0.0, trend) * cfg.horizon_s)
-    # Poisson noise of the observed rate is part of ``err``; bursts raise it for a while.
-    target = forecast * (1 + cfg.headroom_frac) + cfg.volatility_k * err if forecast > 0 else 0.0
+    # A jump beyond the noise is taken at once (a burst); otherwise the smoothed level, plus the
+    # trend's extrapolation where it exceeds what noise alone would give.
+    climb = max(0.0, trend * cfg.horizon_s - noise)
+    forecast = max(obs if jump else 0.0, level + climb)
+    # Headroom for volatility beyond Poisson noise (E|obs - pred| of pure noise is ~0.9 sigma).
+    excess = max(0.0, err - cfg.noise_error_sigmas * noise)
+    target = forecast * (1 + cfg.headroom_frac) + cfg.volatility_k * excess if forecast > 0 else 0.0
     choice_set_now = cs
 
     lo, hi = ctx.min_replicas, ctx.max_replicas
@@ -395,21 +411,54 @@ def decide_replicas(
                             f"{cur_cap:.1f} covers the forecast {forecast:.1f}, not the headroom; {note()}")
         return done(replicas, f"scale up: capacity {cur_cap:.1f} < target; {note()}")
 
-    if new_fp < cur_fp * (1 - cfg.scale_down_margin_frac):
+    trimmed = _trim(ctx.current, fixed, cs, target * (1 + cfg.trim_margin_frac), lo)
+    replan = new_fp < cur_fp * (1 - cfg.scale_down_margin_frac)
+    if replan or len(trimmed) < len(ctx.current):
         since = st.low_since_s if st.low_since_s is not None else ctx.now_s
         if ctx.now_s - since >= cfg.scale_down_delay_s:
+            if replan:
+                return done(
+                    replicas,
+                    f"scale down after {ctx.now_s - since:.0f} s below: footprint "
+                    f"{cur_fp:.2f} -> {new_fp:.2f}; {note()}",
+                )
             return done(
-                replicas,
-                f"scale down after {ctx.now_s - since:.0f} s below: footprint "
-                f"{cur_fp:.2f} -> {new_fp:.2f}; {note()}",
+                trimmed,
+                f"scale down by {len(ctx.current) - len(trimmed)} after {ctx.now_s - since:.0f} s "
+                f"above the target: the rest serve {cs.totals(trimmed)[1]:.1f} rps; {note()}",
             )
         return done(
             ctx.current,
-            f"hold: {new_fp:.2f} < {cur_fp:.2f} footprint for "
-            f"{ctx.now_s - since:.0f} s of {cfg.scale_down_delay_s:g} s",
+            f"hold: {len(ctx.current) - len(trimmed)} replica(s) or footprint {cur_fp:.2f} -> {new_fp:.2f} "
+            f"spare for {ctx.now_s - since:.0f} s of {cfg.scale_down_delay_s:g} s",
             low_since=since,
         )
     return done(ctx.current, f"hold: capacity {cur_cap:.1f} >= target {target:.1f} rps")
+
+
+def _trim(
+    current: tuple[ReplicaConfig, ...], fixed: tuple[ReplicaConfig, ...], cs: ChoiceSet, keep_rps: float,
+    lo: int,
+) -> tuple[ReplicaConfig, ...]:
+    """``current`` without the replicas it can spare while still serving ``keep_rps``: least
+    efficient (footprint per capacity) first, never the fixed ones, never below ``lo``. Removing is
+    free (no cold start), unlike a re-plan that swaps configs."""
+    _, cap, _ = cs.totals(current)
+    rest = list(current)
+    spare = Counter(current) - Counter(fixed)
+
+    def cost(c: ReplicaConfig) -> float:
+        ch = cs.by_config.get(c)
+        return ch.footprint / ch.capacity_rps if ch is not None and ch.capacity_rps > 0 else math.inf
+
+    for c in sorted(spare.elements(), key=cost, reverse=True):
+        ch = cs.by_config.get(c)
+        c_cap = ch.capacity_rps if ch is not None else 0.0
+        if len(rest) <= lo or cap - c_cap < keep_rps:
+            continue
+        rest.remove(c)
+        cap -= c_cap
+    return tuple(rest)
 
 
 def _describe(replicas: Sequence[ReplicaConfig]) -> str:
