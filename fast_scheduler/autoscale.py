@@ -314,10 +314,16 @@ def decide_replicas(
         # demand. The table's p99 was measured under Poisson arrivals, so it already covers it.
         noise = math.sqrt(max(pred, obs) / dt)
         jump = obs - pred > cfg.jump_sigmas * noise
-        level = cfg.smoothing * obs + (1 - cfg.smoothing) * pred
-        trend = (
-            cfg.trend_smoothing * (level - st.level_rps) / dt + (1 - cfg.trend_smoothing) * st.trend_rps_per_s
-        )
+        if abs(obs - pred) > cfg.jump_sigmas * noise:
+            # A step (up or down), not a slope: the level moves there at once and has no trend; a
+            # slope learned from a step would be extrapolated into the next tick's error.
+            level, trend = obs, 0.0
+        else:
+            level = cfg.smoothing * obs + (1 - cfg.smoothing) * pred
+            trend = (
+                cfg.trend_smoothing * (level - st.level_rps) / dt
+                + (1 - cfg.trend_smoothing) * st.trend_rps_per_s
+            )
         err = cfg.volatility_smoothing * abs(obs - pred) + (1 - cfg.volatility_smoothing) * st.error_rps
     level = max(0.0, level)
     last_active = ctx.now_s if obs > 0 else st.last_active_s
