@@ -99,7 +99,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     platform = Platform(args.state_dir, port=args.port, basic_auth=not args.no_auth,
                         redis_url=os.environ.get("REDIS_URL"), profiler=not args.no_profiler,
-                        scheduler=not args.no_scheduler)
+                        scheduler=not args.no_scheduler, start_mps=args.start_mps)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not profile functions with fastgshare/slo_ms in the background")
     up.add_argument("--no-scheduler", action="store_true",
                     help="do not run the SLO-aware autoscaler (functions keep static annotations)")
+    up.add_argument("--start-mps", action="store_true",
+                    help="on a GPU node, start the MPS control daemon when none is running "
+                    "(without it, SM shares are not enforced: replicas share GPUs by time only)")
     up.set_defaults(func=cmd_up)
 
     b = sub.add_parser("build", help="register each function's image as its handler folder",

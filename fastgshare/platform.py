@@ -83,6 +83,8 @@ class Platform:
     """Run the background profiler (profiles functions with ``fastgshare/slo_ms`` and no table)."""
     scheduler: bool = False
     """Run the scheduler's control loop (``python -m fast_scheduler``)."""
+    start_mps: bool = False
+    """Let the node agent start the MPS control daemon on GPU nodes where none is running."""
     _redis: EmbeddedRedis | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _redis_url: str = ""
@@ -102,7 +104,8 @@ class Platform:
         self._redis_url = redis_url
         try:
             self._spawn("node-agent", [sys.executable, "-m", "fast_manager.node_agent",
-                                       "--redis-url", redis_url])
+                                       "--redis-url", redis_url]
+                        + (["--start-mps"] if self.start_mps else []))
             self._spawn_provider()
         except BaseException:
             self.stop()

@@ -163,7 +163,11 @@ def test_state_survives_platform_restart(tmp_path: Path):
         s.auth = info.auth
         deploy_like_faas_cli(s, info.url, {"service": "survivor", "image": IMAGE})
         s.post(f"{info.url}/system/secrets", json={"name": "sec", "value": "x"})
-    with Platform(state, port=0) as info2:
+    # --start-mps on a node without a GPU: the node agent still registers the CPU as the device
+    platform = Platform(state, port=0, start_mps=True)
+    with platform as info2:
+        agent_pid = platform._procs["node-agent"].pid
+        assert b"--start-mps" in Path(f"/proc/{agent_pid}/cmdline").read_bytes().split(b"\0")
         s = requests.Session()
         s.auth = info2.auth
         assert info2.auth == info.auth  # same credentials from STATE/secrets
