@@ -95,11 +95,17 @@ local function cap_eases_at(bs, used, tok, limit, now)
 end
 
 local function charge(rid, amount, now)
+  -- spread over the buckets of [now - amount, now] (the time it was used), within the window
   if amount <= 0 then return end
   local key = PREFIX .. 'use:' .. rid
   local cur = math.floor(now / BUCKET)
-  redis.call('HINCRBY', key, I(cur), I(amount))
   local low = cur - NB
+  local e, s, b = now, now - amount, cur
+  while e > s and b > low do
+    local lo = math.max(s, b * BUCKET)
+    if e > lo then redis.call('HINCRBY', key, I(b), I(e - lo)) end
+    e, b = lo, b - 1
+  end
   local fields = redis.call('HKEYS', key)
   for _, f in ipairs(fields) do
     if tonumber(f) <= low then redis.call('HDEL', key, f) end

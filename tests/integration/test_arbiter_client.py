@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from fast_manager.arbiter import model
 from fast_manager.arbiter.client import RedisTokenClient
+from fast_manager.arbiter.lua import usage_key
 from fast_manager.tokens import TokenMode
 from fastgshare.redis_server import EmbeddedRedis
 
@@ -292,7 +293,11 @@ def test_a_capped_waiter_gets_the_device_when_its_cap_eases_not_at_redis_hz(
             await c.release(lease, 50.0)  # the whole limit (50 ms of 200) is used at once
             sec, usec = await c._redis.time()
             now_us = sec * 1_000_000 + usec
-            eases_at_us = (now_us // short.bucket_us + short.buckets) * short.bucket_us
+            buckets = {int(b): int(v) for b, v in (await c._redis.hgetall(
+                usage_key("cap-timer", "capped"))).items()}
+            used = model.window_usage(buckets, now_us, short)
+            eases_at_us = model.cap_eases_at(buckets, used, short.min_token_us, c.spec.limit_us,
+                                             now_us, short)
             t0 = time.perf_counter()
             lease = await c.acquire(2.0)
             assert lease is not None

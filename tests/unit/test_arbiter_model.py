@@ -162,12 +162,22 @@ def test_clock_never_goes_back() -> None:
 
 
 def test_old_charges_leave_the_window() -> None:
-    b = model.charged({}, 50_000, T0, P)
+    b = model.charged({}, 50_000, T0 + 50_000, P)
     b = model.charged(b, 70_000, T0 + 950_000, P)
     assert model.window_usage(b, T0 + 950_000, P) == 120_000
     assert model.window_usage(b, T0 + 1_000_000, P) == 70_000
     b = model.charged(b, 1, T0 + 1_000_000, P)
     assert T0 // P.bucket_us not in b  # pruned when charging
+
+
+def test_a_charge_is_spread_over_the_buckets_it_was_used_in() -> None:
+    # 250 ms ending 30 ms into bucket 105: 30 ms there, 100 ms in 104 and 103, 20 ms in 102
+    b = model.charged({}, 250_000, T0 + 530_000, P)
+    assert b == {105: 30_000, 104: 100_000, 103: 100_000, 102: 20_000}
+    # so it leaves the window as the time it paid for does, not a token plus a bucket late
+    assert model.window_usage(b, T0 + 1_350_000, P) == 130_000
+    # the part older than the window is not charged at all (a long execution)
+    assert sum(model.charged({}, 3_000_000, T0 + 530_000, P).values()) == 930_000
 
 
 def test_requeue_on_release_competes_for_the_returned_token() -> None:
