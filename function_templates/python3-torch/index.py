@@ -1,4 +1,4 @@
-"""The python3-torch worker runtime: loads ``handler.py`` once and serves it one request at a time.
+"""The python3-torch worker runtime: loads ``handler.py`` once and serves it one execution at a time.
 
 Started by the FaST-GShare sidecar with its spatial share already applied (CPU affinity set before
 exec, OMP_NUM_THREADS, or the MPS variables on a GPU). It listens on
@@ -7,6 +7,14 @@ answers 200 once ``load()`` has returned; any other request becomes ``handle(eve
 with the same event/context shape as the OpenFaaS python3-http template. Every answer carries
 ``X-Fastgshare-Busy-Ms``: the device time the execution used (CUDA events when the handler used
 CUDA, otherwise the wall time of the call on the pinned cores).
+
+Dynamic batching: with ``FASTGSHARE_BATCH=B`` (B > 1) the worker takes up to B queued requests at
+once, waiting at most ``FASTGSHARE_BATCH_DELAY_MS`` (default 2 ms) after the first for more, and
+calls ``handle_batch(events, context)`` once with them (a list of answers in the same order); each
+request gets its own answer. A handler without ``handle_batch`` is served one request at a time as
+before. A batch's device time is split evenly over its requests (each answer's busy header carries
+its share, ``X-Fastgshare-Batch`` the batch's size), so the sidecar's sum counts it once. A batch
+that raises is retried one request at a time, so a bad input fails only its own request.
 
 Standalone on purpose (stdlib only; torch only if the handler imports it): it runs inside function
 images that do not carry the rest of this project. Its sibling ``fastgshare_runtime`` (imported by
@@ -20,6 +28,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import queue
 import signal
 import socket
 import sys
@@ -31,6 +40,12 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 BUSY_HEADER = "X-Fastgshare-Busy-Ms"
+BATCH_HEADER = "X-Fastgshare-Batch"
+"""How many requests the execution that answered this one served (dynamic batching)."""
+BATCH_ENV = "FASTGSHARE_BATCH"
+BATCH_DELAY_ENV = "FASTGSHARE_BATCH_DELAY_MS"
+DEFAULT_BATCH_DELAY_MS = 2.0
+"""How long the first request of a batch waits for more: small next to a model's execution."""
 DEFAULT_SECRETS_DIR = "/var/openfaas/secrets"
 
 
@@ -137,32 +152,156 @@ class _BusyClock:
         return (time.perf_counter() - self._t0) * 1000.0
 
 
+def make_event(method: str, target: str, headers: dict[str, str], body: bytes) -> Event:
+    url = urlsplit(target)
+    query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(url.query).items()}
+    return Event(body, headers, method, query, url.path or "/")
+
+
+def _error_response(e: Exception) -> tuple[int, dict[str, str], bytes]:
+    return 500, {"Content-Type": "text/plain; charset=utf-8"}, f"{type(e).__name__}: {e}".encode()
+
+
+def run_one(module, context: Context, event: Event) -> tuple[int, dict[str, str], bytes, float]:
+    """``handle`` on one event: (status, headers, body, busy_ms). Handler errors become a 500."""
+    clock = _BusyClock()
+    try:
+        status, out_headers, out_body = as_response(module.handle(event, context))
+    except Exception as e:  # the worker outlives a failing request
+        traceback.print_exc()
+        status, out_headers, out_body = _error_response(e)
+    return status, out_headers, out_body, clock.stop_ms()
+
+
 def call_handler(module, context: Context, method: str, target: str, headers: dict[str, str],
                  body: bytes) -> tuple[int, dict[str, str], bytes, float]:
     """Run ``handle`` once: (status, headers, body, busy_ms). Handler errors become a 500."""
-    url = urlsplit(target)
-    query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(url.query).items()}
-    event = Event(body, headers, method, query, url.path or "/")
+    return run_one(module, context, make_event(method, target, headers, body))
+
+
+def run_batch(module, context: Context,
+              events: list[Event]) -> list[tuple[int, dict[str, str], bytes, float]]:
+    """``handle_batch`` on ``events`` (``handle`` for a batch of one, or without ``handle_batch``):
+    one (status, headers, body, busy_ms) per event, busy_ms being its share of the batch's device
+    time. A batch that raises (or answers the wrong number of results) is retried one at a time."""
+    handle_batch = getattr(module, "handle_batch", None)
+    if len(events) == 1 or not callable(handle_batch):
+        return [run_one(module, context, ev) for ev in events]
     clock = _BusyClock()
     try:
-        result = module.handle(event, context)
-        status, out_headers, out_body = as_response(result)
-    except Exception as e:  # the worker outlives a failing request
+        results = list(handle_batch(events, context))
+        if len(results) != len(events):
+            raise ValueError(f"handle_batch answered {len(results)} results for {len(events)} requests")
+        answers = [as_response(r) for r in results]
+    except Exception:
         traceback.print_exc()
-        status, out_headers = 500, {"Content-Type": "text/plain; charset=utf-8"}
-        out_body = f"{type(e).__name__}: {e}".encode()
-    busy_ms = clock.stop_ms()
-    return status, out_headers, out_body, busy_ms
+        failed_ms = clock.stop_ms() / len(events)
+        return [(st, h, b, ms + failed_ms) for st, h, b, ms in
+                (run_one(module, context, ev) for ev in events)]
+    share_ms = clock.stop_ms() / len(events)
+    return [(st, h, b, share_ms) for st, h, b in answers]
+
+
+class _Pending:
+    """One request waiting in the batcher, and later its answer."""
+
+    __slots__ = ("answer", "done", "event")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.done = threading.Event()
+        self.answer: tuple[int, dict[str, str], bytes, float, int] | None = None
+
+
+class Batcher:
+    """Collects up to ``max_batch`` requests (waiting at most ``delay_s`` after the first) and runs
+    them as one execution on a single thread."""
+
+    def __init__(self, module, context: Context, max_batch: int, delay_s: float) -> None:
+        self.module = module
+        self.context = context
+        self.max_batch = max_batch
+        self.delay_s = delay_s
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self.batches = 0
+        self.requests = 0
+        threading.Thread(target=self._loop, name="batcher", daemon=True).start()
+
+    def submit(self, event: Event) -> tuple[int, dict[str, str], bytes, float, int]:
+        item = _Pending(event)
+        self._queue.put(item)
+        item.done.wait()
+        assert item.answer is not None
+        return item.answer
+
+    def take(self) -> list[_Pending]:
+        """The next batch: blocks for the first request, then waits up to ``delay_s`` for more."""
+        batch = [self._queue.get()]
+        deadline = time.monotonic() + self.delay_s
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=left))
+            except queue.Empty:
+                break
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self.take()
+            try:
+                answers = run_batch(self.module, self.context, [p.event for p in batch])
+            except BaseException as e:  # never leave a request waiting forever
+                answers = [(*_error_response(e), 0.0) for _ in batch]  # type: ignore[arg-type]
+            self.batches += 1
+            self.requests += len(batch)
+            for item, (st, h, b, ms) in zip(batch, answers, strict=True):
+                item.answer = (st, h, b, ms, len(batch))
+                item.done.set()
+
+
+def batch_settings(env=os.environ) -> tuple[int, float]:
+    """(largest batch, delay in seconds) from ``FASTGSHARE_BATCH`` / ``FASTGSHARE_BATCH_DELAY_MS``."""
+    try:
+        size = max(1, int(env.get(BATCH_ENV, "1") or 1))
+    except ValueError:
+        print(f"ignoring {BATCH_ENV}={env.get(BATCH_ENV)!r} (not an integer): batch 1", flush=True)
+        size = 1
+    try:
+        delay_ms = max(0.0, float(env.get(BATCH_DELAY_ENV, "") or DEFAULT_BATCH_DELAY_MS))
+    except ValueError:
+        delay_ms = DEFAULT_BATCH_DELAY_MS
+    return size, delay_ms / 1000.0
 
 
 class Runtime:
-    """The loaded handler plus the lock that keeps it to one execution at a time."""
+    """The loaded handler, served one execution at a time: a lock, or a batcher when the handler
+    has ``handle_batch`` and the batch size is above 1."""
 
-    def __init__(self, module, context: Context) -> None:
+    def __init__(self, module, context: Context, max_batch: int = 1,
+                 delay_s: float = DEFAULT_BATCH_DELAY_MS / 1000.0) -> None:
         self.module = module
         self.context = context
         self.lock = threading.Lock()
         self.ready = threading.Event()
+        self.batcher = (Batcher(module, context, max_batch, delay_s)
+                        if max_batch > 1 and callable(getattr(module, "handle_batch", None)) else None)
+
+    def execute(self, method: str, target: str, headers: dict[str, str],
+                body: bytes) -> tuple[int, dict[str, str], bytes, float, int]:
+        """(status, headers, body, busy_ms, batch size) for one request."""
+        event = make_event(method, target, headers, body)
+        if self.batcher is not None:
+            return self.batcher.submit(event)
+        with self.lock:
+            return (*run_one(self.module, self.context, event), 1)
 
 
 def make_request_handler(runtime: Runtime) -> type[BaseHTTPRequestHandler]:
@@ -207,10 +346,11 @@ def make_request_handler(runtime: Runtime) -> type[BaseHTTPRequestHandler]:
                            b"ready" if ok else b"loading")
                 return
             headers = {k: v for k, v in self.headers.items()}
-            with runtime.lock:
-                status, out_headers, out_body, busy_ms = call_handler(
-                    runtime.module, runtime.context, self.command, self.path, headers, body)
+            status, out_headers, out_body, busy_ms, size = runtime.execute(
+                self.command, self.path, headers, body)
             out_headers[BUSY_HEADER] = f"{busy_ms:.3f}"
+            if size > 1:
+                out_headers[BATCH_HEADER] = str(size)
             self._send(status, out_headers, out_body)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
@@ -226,7 +366,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     module = import_handler(handler_dir)
     apply_share_to_torch()  # after the handler's imports (torch), before load() does real work
-    runtime = Runtime(module, Context())
+    max_batch, delay_s = batch_settings()
+    runtime = Runtime(module, Context(), max_batch, delay_s)
     server = ThreadingHTTPServer(("127.0.0.1", port), make_request_handler(runtime))
     server.daemon_threads = True
     server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -238,7 +379,8 @@ def main() -> None:
     runtime.ready.set()
     cores = sorted(os.sched_getaffinity(0))
     print(f"worker ready on 127.0.0.1:{port} in {time.monotonic() - t0:.2f}s, "
-          f"handler {handler_dir}, cores {cores}", flush=True)
+          f"handler {handler_dir}, cores {cores}"
+          + (f", batch {max_batch} (delay {delay_s * 1000:g} ms)" if runtime.batcher else ""), flush=True)
     threading.Event().wait()
 
 

@@ -6,6 +6,8 @@ does not depend on their values). Tokens come from a simple deterministic hashin
 
 Input: ``{"text": "..."}`` (one string) or ``{}`` (a built-in sample sentence).
 Output: ``{"tokens": n, "dim": 768, "pooled_head": [first 8 values of the pooled output]}``.
+``handle_batch`` (dynamic batching, ``FASTGSHARE_BATCH`` > 1): every request is padded to the same
+128 tokens, so the batch is one stacked forward pass with each request's own padding mask.
 """
 
 import json
@@ -80,15 +82,41 @@ def run(text):
     return pooled, n
 
 
-def handle(event, context):
-    try:
-        payload = json.loads(event.body or b"{}")
-        text = payload.get("text", SAMPLE) if isinstance(payload, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError('expected {"text": "<a non-empty string>"} or {}')
-    except ValueError as e:
-        return {"statusCode": 400, "body": {"error": str(e)}}
-    pooled, n = run(text)
+def parse_text(event):
+    payload = json.loads(event.body or b"{}")
+    text = payload.get("text", SAMPLE) if isinstance(payload, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError('expected {"text": "<a non-empty string>"} or {}')
+    return text
+
+
+def _answer(pooled, n):
     return {"statusCode": 200, "body": {
         "tokens": n, "dim": HIDDEN, "pooled_head": [round(float(v), 6) for v in pooled[:8]],
     }}
+
+
+def handle(event, context):
+    try:
+        text = parse_text(event)
+    except ValueError as e:
+        return {"statusCode": 400, "body": {"error": str(e)}}
+    return _answer(*run(text))
+
+
+def handle_batch(events, context):
+    """One forward pass over every valid request; answers in the requests' order."""
+    answers, rows = [None] * len(events), []
+    for i, event in enumerate(events):
+        try:
+            rows.append((i, tokenize(parse_text(event))))
+        except ValueError as e:
+            answers[i] = {"statusCode": 400, "body": {"error": str(e)}}
+    if rows:
+        ids = torch.cat([r[0] for _, r in rows])
+        mask = torch.cat([r[1] for _, r in rows])
+        with torch.inference_mode():
+            pooled = model(ids.to(device), mask.to(device)).cpu()
+        for k, (i, r) in enumerate(rows):
+            answers[i] = _answer(pooled[k], r[2])
+    return answers

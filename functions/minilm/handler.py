@@ -3,7 +3,8 @@ package (sentence-transformers), so outputs can be checked for correctness.
 
 Input: ``{"text": "..."}`` or ``{"texts": ["...", ...]}``, or ``{}`` (a built-in sample sentence).
 Output: ``{"dim": 384, "embedding": [...]}`` (L2-normalised), or ``"embeddings": [[...], ...]``
-for ``texts``.
+for ``texts``. ``handle_batch`` (dynamic batching, ``FASTGSHARE_BATCH`` > 1): every request's texts
+are encoded in one call (one forward pass, padded to the longest text, masked), then split.
 """
 
 import contextlib
@@ -71,20 +72,47 @@ def embed(texts):
     return vectors.cpu()
 
 
-def handle(event, context):
-    try:
-        payload = json.loads(event.body or b"{}")
-        if not isinstance(payload, dict):
-            raise ValueError("expected a JSON object")
-        texts = payload.get("texts")
-        single = texts is None
-        if single:
-            texts = [payload.get("text", SAMPLE)]
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise ValueError('expected {"text": "..."} or {"texts": ["...", ...]} or {}')
-    except ValueError as e:
-        return {"statusCode": 400, "body": {"error": str(e)}}
-    vectors = [[round(float(v), 6) for v in row] for row in embed(texts)]
+def parse_texts(event):
+    """(texts, single) of one request; ValueError on bad input."""
+    payload = json.loads(event.body or b"{}")
+    if not isinstance(payload, dict):
+        raise ValueError("expected a JSON object")
+    texts = payload.get("texts")
+    single = texts is None
+    if single:
+        texts = [payload.get("text", SAMPLE)]
+    if not texts or not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError('expected {"text": "..."} or {"texts": ["...", ...]} or {}')
+    return texts, single
+
+
+def _answer(rows, single):
+    vectors = [[round(float(v), 6) for v in row] for row in rows]
     if single:
         return {"statusCode": 200, "body": {"dim": len(vectors[0]), "embedding": vectors[0]}}
     return {"statusCode": 200, "body": {"dim": len(vectors[0]), "embeddings": vectors}}
+
+
+def handle(event, context):
+    try:
+        texts, single = parse_texts(event)
+    except ValueError as e:
+        return {"statusCode": 400, "body": {"error": str(e)}}
+    return _answer(embed(texts), single)
+
+
+def handle_batch(events, context):
+    """Every valid request's texts in one ``encode`` call; answers in the requests' order."""
+    answers, parsed = [None] * len(events), []
+    for i, event in enumerate(events):
+        try:
+            parsed.append((i, *parse_texts(event)))
+        except ValueError as e:
+            answers[i] = {"statusCode": 400, "body": {"error": str(e)}}
+    if parsed:
+        vectors = embed([t for _, texts, _ in parsed for t in texts])
+        start = 0
+        for i, texts, single in parsed:
+            answers[i] = _answer(vectors[start:start + len(texts)], single)
+            start += len(texts)
+    return answers

@@ -4,7 +4,8 @@ A few milliseconds per request on one CPU core: the light function that shares a
 heavy ones. Random weights: no weights can be downloaded here; outputs are stable but meaningless.
 
 Input: ``{}`` (a built-in seeded sample) or ``{"tensor": [[[...]]]}`` (3x96x96 floats).
-Output: ``{"top5": [{"class": id, "score": probability}, ...]}``.
+Output: ``{"top5": [{"class": id, "score": probability}, ...]}``. ``handle_batch``: one forward pass
+for a dynamic batch (``FASTGSHARE_BATCH`` > 1).
 """
 
 import json
@@ -82,21 +83,48 @@ def load():
         model(sample.to(device))  # warm-up off the first request
 
 
-def handle(event, context):
-    try:
-        payload = json.loads(event.body or b"{}")
-        x = sample
-        if "tensor" in payload:
-            x = torch.tensor(payload["tensor"], dtype=torch.float32)
-            x = x.unsqueeze(0) if x.dim() == 3 else x
-            if tuple(x.shape[1:]) != (3, SIZE, SIZE):
-                raise ValueError(f"tensor must be 3x{SIZE}x{SIZE}, got {list(x.shape)}")
-    except (ValueError, TypeError) as e:
-        return {"statusCode": 400, "body": {"error": str(e)}}
-    with torch.inference_mode():
-        probs = torch.softmax(model(x.to(device)), dim=1)[0].cpu()
+def parse_input(event):
+    payload = json.loads(event.body or b"{}")
+    x = sample
+    if "tensor" in payload:
+        x = torch.tensor(payload["tensor"], dtype=torch.float32)
+        x = x.unsqueeze(0) if x.dim() == 3 else x
+        if tuple(x.shape[1:]) != (3, SIZE, SIZE):
+            raise ValueError(f"tensor must be 3x{SIZE}x{SIZE}, got {list(x.shape)}")
+    return x
+
+
+def _answer(probs):
     top = torch.topk(probs, 5)
     return {"statusCode": 200, "body": {
         "top5": [{"class": int(i), "score": round(float(s), 6)}
                  for s, i in zip(top.values, top.indices, strict=True)],
     }}
+
+
+def handle(event, context):
+    try:
+        x = parse_input(event)
+    except (ValueError, TypeError) as e:
+        return {"statusCode": 400, "body": {"error": str(e)}}
+    with torch.inference_mode():
+        probs = torch.softmax(model(x.to(device)), dim=1)[0].cpu()
+    return _answer(probs)
+
+
+def handle_batch(events, context):
+    """Dynamic batching: one forward pass over every valid request; answers in their order."""
+    answers, inputs = [None] * len(events), []
+    for i, event in enumerate(events):
+        try:
+            inputs.append((i, parse_input(event)))
+        except (ValueError, TypeError) as e:
+            answers[i] = {"statusCode": 400, "body": {"error": str(e)}}
+    if inputs:
+        with torch.inference_mode():
+            probs = torch.softmax(model(torch.cat([x for _, x in inputs]).to(device)), dim=1).cpu()
+        start = 0
+        for i, x in inputs:
+            answers[i] = _answer(probs[start])
+            start += x.shape[0]
+    return answers

@@ -9,6 +9,9 @@ Input (POST body), one of:
 - ``{"tensor": [[[...]]]}``: a float tensor 3x224x224 (already normalised), as nested lists;
 - a raw image body with ``Content-Type: image/*``.
 Output: ``{"top5": [{"class": id, "score": probability}, ...], "shape": [1, 3, 224, 224]}``.
+
+``handle_batch`` (dynamic batching, ``FASTGSHARE_BATCH`` > 1): the requests' inputs go through one
+forward pass; each answer is the one ``handle`` gives for that request alone.
 """
 
 import base64
@@ -124,16 +127,43 @@ def parse_input(event):
     return sample
 
 
-def handle(event, context):
-    try:
-        x = parse_input(event)
-    except Exception as e:  # bad input is the caller's error, not ours
-        return {"statusCode": 400, "body": {"error": f"{type(e).__name__}: {e}"}}
-    with torch.inference_mode():
-        probs = torch.softmax(model(x.to(device)), dim=1)[0].cpu()
+def _bad_input(e):  # bad input is the caller's error, not ours
+    return {"statusCode": 400, "body": {"error": f"{type(e).__name__}: {e}"}}
+
+
+def _answer(probs, shape):
     top = torch.topk(probs, 5)
     return {"statusCode": 200, "body": {
         "top5": [{"class": int(i), "score": round(float(s), 6)}
                  for s, i in zip(top.values, top.indices, strict=True)],
-        "shape": list(x.shape),
+        "shape": list(shape),
     }}
+
+
+def handle(event, context):
+    try:
+        x = parse_input(event)
+    except Exception as e:
+        return _bad_input(e)
+    with torch.inference_mode():
+        probs = torch.softmax(model(x.to(device)), dim=1)[0].cpu()
+    return _answer(probs, x.shape)
+
+
+def handle_batch(events, context):
+    """One forward pass over every valid request's input; answers in the requests' order."""
+    answers, inputs = [None] * len(events), []
+    for i, event in enumerate(events):
+        try:
+            inputs.append((i, parse_input(event)))
+        except Exception as e:
+            answers[i] = _bad_input(e)
+    if inputs:
+        xs = [x for _, x in inputs]
+        with torch.inference_mode():
+            probs = torch.softmax(model(torch.cat(xs).to(device)), dim=1).cpu()
+        start = 0
+        for (i, x) in inputs:
+            answers[i] = _answer(probs[start], x.shape)  # row 0 of its own input, as handle()
+            start += x.shape[0]
+    return answers

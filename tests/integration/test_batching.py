@@ -1,0 +1,271 @@
+"""Dynamic batching: the worker runtime's batcher, the sidecar keeping a batch in flight, and the
+example handlers' ``handle_batch`` giving each request what ``handle`` gives it alone (real torch)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from fast_manager.settings import sidecar_settings_from_env
+from fast_manager.sidecar import start_sidecar, stop_sidecar
+from fast_manager.tokens import Lease, TokenMode
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "function_templates" / "python3-torch"
+sys.path.insert(0, str(TEMPLATE))
+import index  # noqa: E402  (the worker runtime, a script folder rather than a package)
+
+# A handler whose batch costs the same whatever its size (a device with spare parallelism).
+BATCH_HANDLER = """
+import json, time
+
+def handle(event, context):
+    time.sleep(0.1)
+    return {"n": 1, "x": json.loads(event.body or b"{}").get("x")}
+
+def handle_batch(events, context):
+    time.sleep(0.1)
+    out = []
+    for e in events:
+        x = json.loads(e.body or b"{}").get("x")
+        out.append({"statusCode": 400, "body": "bad"} if x == "bad" else {"n": len(events), "x": x})
+    return out
+"""
+
+
+# ---- the runtime's batcher, in-process -----------------------------------------------------
+
+
+def _event(body: bytes) -> index.Event:
+    return index.make_event("POST", "/", {}, body)
+
+
+def _fake(batch_fn=None) -> SimpleNamespace:
+    seen: list[int] = []
+
+    def handle(event, context):
+        seen.append(1)
+        return {"x": json.loads(event.body)["x"]}
+
+    def handle_batch(events, context):
+        seen.append(len(events))
+        if batch_fn is not None:
+            return batch_fn(events)
+        return [{"x": json.loads(e.body)["x"], "n": len(events)} for e in events]
+
+    return SimpleNamespace(handle=handle, handle_batch=handle_batch, seen=seen)
+
+
+def test_batch_settings_from_the_environment() -> None:
+    assert index.batch_settings({}) == (1, 0.002)
+    assert index.batch_settings({"FASTGSHARE_BATCH": "8", "FASTGSHARE_BATCH_DELAY_MS": "5"}) == (8, 0.005)
+    assert index.batch_settings({"FASTGSHARE_BATCH": "x", "FASTGSHARE_BATCH_DELAY_MS": "y"}) == (1, 0.002)
+    assert index.batch_settings({"FASTGSHARE_BATCH": "0"})[0] == 1
+
+
+def test_batcher_takes_what_is_queued_up_to_the_batch_size() -> None:
+    module = _fake()
+    b = index.Batcher.__new__(index.Batcher)  # no thread: take() driven directly
+    b.module, b.context, b.max_batch, b.delay_s = module, index.Context("/x"), 3, 0.0
+    import queue
+
+    b._queue = queue.SimpleQueue()
+    for i in range(5):
+        b._queue.put(index._Pending(_event(json.dumps({"x": i}).encode())))
+    assert [len(b.take()) for _ in range(2)] == [3, 2]
+
+
+def test_runtime_batches_concurrent_requests_and_splits_busy_time() -> None:
+    module = _fake()
+    rt = index.Runtime(module, index.Context("/x"), max_batch=4, delay_s=1.0)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda i: rt.execute("POST", "/", {}, json.dumps({"x": i}).encode()),
+                                range(4)))
+    assert module.seen == [4]  # one call for the four
+    for i, (status, _, body, _busy, size) in enumerate(answers):
+        assert status == 200 and json.loads(body) == {"x": i, "n": 4} and size == 4
+    assert len({a[3] for a in answers}) == 1  # each carries the same share of the batch's time
+
+
+def test_a_failing_batch_is_retried_one_request_at_a_time() -> None:
+    def boom(events):
+        raise RuntimeError("bad batch")
+
+    module = _fake(boom)
+    out = index.run_batch(module, index.Context("/x"), [_event(b'{"x": 1}'), _event(b'{"x": 2}')])
+    assert [(st, json.loads(b)) for st, _, b, _ in out] == [(200, {"x": 1}), (200, {"x": 2})]
+    assert module.seen == [2, 1, 1]
+    short = _fake(lambda events: [{"x": 0}])  # wrong number of answers: also retried singly
+    out = index.run_batch(short, index.Context("/x"), [_event(b'{"x": 1}'), _event(b'{"x": 2}')])
+    assert [json.loads(b) for _, _, b, _ in out] == [{"x": 1}, {"x": 2}]
+
+
+def test_without_handle_batch_the_runtime_serves_one_at_a_time() -> None:
+    module = SimpleNamespace(handle=lambda e, c: {"ok": True})
+    rt = index.Runtime(module, index.Context("/x"), max_batch=4)
+    assert rt.batcher is None
+    assert rt.execute("POST", "/", {}, b"{}")[4] == 1
+
+
+# ---- the sidecar keeps a batch in flight, one token per batch --------------------------------
+
+
+class CountingTokens:
+    mode = TokenMode.SHARED
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.released: list[float] = []
+        self.held = False
+
+    async def acquire(self, timeout_s: float) -> Lease | None:
+        while self.held:  # one token per replica at a time, like the arbiter's client
+            await asyncio.sleep(0.001)
+        self.held = True
+        self.acquired += 1
+        return Lease("t", 1000.0, time.time() + 10)
+
+    async def release(self, lease: Lease, busy_ms: float, next_waiting: bool = False) -> None:
+        self.held = False
+        self.released.append(busy_ms)
+
+    async def close(self) -> None:
+        return None
+
+
+def _serve_batched(tmp_path: Path, tokens: CountingTokens, bodies: list[bytes], batch: int) -> dict:
+    fn = tmp_path / "fn"
+    fn.mkdir()
+    (fn / "handler.py").write_text(textwrap.dedent(BATCH_HANDLER))
+    env = dict(os.environ, FASTGSHARE_PORT="0", FASTGSHARE_HANDLER_DIR=str(fn),
+               FASTGSHARE_BATCH=str(batch), FASTGSHARE_BATCH_DELAY_MS="20")
+    settings = sidecar_settings_from_env(env)
+    out: dict = {}
+
+    async def main() -> None:
+        sidecar, runner, port = await start_sidecar(settings, env, tokens=tokens)
+        try:
+            assert await sidecar.worker.wait_ready(30)
+            url = f"http://127.0.0.1:{port}/"
+
+            def post(body: bytes) -> requests.Response:
+                return requests.post(url, data=body, timeout=20)
+
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(len(bodies)) as pool:
+                out["answers"] = await asyncio.gather(
+                    *(asyncio.get_running_loop().run_in_executor(pool, post, b) for b in bodies))
+            out["seconds"] = time.monotonic() - t0
+            out["stats"] = await asyncio.to_thread(
+                lambda: requests.get(f"http://127.0.0.1:{port}/_/stats", timeout=5).json())
+        finally:
+            await stop_sidecar(sidecar, runner)
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()))
+    thread.start()
+    thread.join(90)
+    return out
+
+
+@pytest.mark.slow
+def test_sidecar_forwards_a_batch_at_once_and_charges_it_once(tmp_path: Path) -> None:
+    tokens = CountingTokens()
+    bodies = [json.dumps({"x": i}).encode() for i in range(8)]
+    bodies[5] = b'{"x": "bad"}'
+    out = _serve_batched(tmp_path, tokens, bodies, batch=4)
+    answers = out["answers"]
+    assert [r.status_code for r in answers] == [400 if i == 5 else 200 for i in range(8)]
+    for i, r in enumerate(answers):
+        if i != 5:
+            assert r.json()["x"] == i  # each request its own answer
+    sizes = [int(r.headers.get("X-Fastgshare-Batch", "1")) for r in answers]
+    assert max(sizes) >= 3 and all(s <= 4 for s in sizes)
+    n_batches = sum(1 / s for s in sizes)
+    # 8 requests in batches: far less than 8 x 100 ms, and device time counted once per batch.
+    assert out["seconds"] < 0.65
+    busy = out["stats"]["busy_ms_total"]
+    assert busy == pytest.approx(100 * n_batches, rel=0.3)
+    assert busy < 100 * 8 / 2
+    assert sum(float(r.headers["X-Fastgshare-Busy-Ms"]) for r in answers) == pytest.approx(busy, rel=0.01)
+    # One token per batch in flight, released with the batch's busy time.
+    assert tokens.acquired == len(tokens.released) < 8
+    assert sum(tokens.released) == pytest.approx(busy, rel=0.01)
+
+
+@pytest.mark.slow
+def test_sidecar_without_batching_stays_serial(tmp_path: Path) -> None:
+    tokens = CountingTokens()
+    out = _serve_batched(tmp_path, tokens, [b"{}"] * 4, batch=1)
+    assert all(r.status_code == 200 and r.json()["n"] == 1 for r in out["answers"])
+    assert out["seconds"] >= 0.38
+    assert tokens.acquired == len(tokens.released) == 4
+
+
+# ---- the example handlers: a batch answers what each request gets alone ----------------------
+
+
+def _flat(x) -> list:
+    if isinstance(x, dict):
+        return [v for k in sorted(x) for v in _flat(x[k])]
+    if isinstance(x, list):
+        return [v for i in x for v in _flat(i)]
+    return [x]
+
+
+def _check_batch_equals_single(name: str, bodies: list[bytes]) -> None:
+    module = index.import_handler(REPO / "functions" / name, f"fn_batch_{name}")
+    module.load()
+    ctx = index.Context("/nonexistent")
+    events = [_event(b) for b in bodies]
+    single = [index.as_response(module.handle(e, ctx)) for e in events]
+    batched = [index.as_response(r) for r in module.handle_batch(events, ctx)]
+    assert len(batched) == len(single)
+    for one, many in zip(single, batched, strict=True):
+        assert one[0] == many[0]
+        a, b = _flat(json.loads(one[2])), _flat(json.loads(many[2]))
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            if isinstance(x, float):
+                # Outputs are rounded to 6 decimals; batched kernels may flip the last digit.
+                assert abs(x - y) <= 1.5e-6, (name, x, y)
+            else:
+                assert x == y, (name, x, y)
+
+
+def test_mobilenet_batch_equals_single() -> None:
+    import torch
+
+    t = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(3)).tolist()
+    _check_batch_equals_single("mobilenet", [b"{}", json.dumps({"tensor": t}).encode(), b'{"tensor": [1]}',
+                                             b"{}"])
+
+
+@pytest.mark.slow
+def test_resnet50_batch_equals_single() -> None:
+    import torch
+
+    t = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(3)).tolist()
+    _check_batch_equals_single("resnet50", [json.dumps({"tensor": t}).encode(), b'{"tensor": [1, 2]}', b"{}"])
+
+
+@pytest.mark.slow
+def test_bert_batch_equals_single() -> None:
+    _check_batch_equals_single("bert", [b"{}", b'{"text": "hello world"}', b'{"text": ""}',
+                                        b'{"text": "a longer sentence, with punctuation and more words"}'])
+
+
+@pytest.mark.slow
+def test_minilm_batch_equals_single() -> None:
+    _check_batch_equals_single("minilm", [b'{"text": "hi"}', b"{}", b'{"texts": ["a b c", "hello there"]}',
+                                          b'{"text": 3}'])
