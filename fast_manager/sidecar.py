@@ -9,6 +9,12 @@ the worker measured, and reports per-replica metrics. Routes (all registered in 
     GET /_/stats     JSON summary
     anything else    queued -> token -> forwarded to the worker -> token released
 
+Dynamic batching (``FASTGSHARE_BATCH=B`` > 1 in the function's environment): up to B requests are
+forwarded to the worker at once, each on its own kept-alive connection, so that the worker can run
+them as one batch; they share one token (the first takes it, the others ride on it), and the token
+goes back when the last of them is answered, charged with the sum of their busy times (the worker
+splits a batch's device time over its requests, so the batch is counted once).
+
 Must not import torch (import-linter): it runs beside every replica and must stay small.
 """
 
@@ -24,6 +30,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -50,27 +57,29 @@ _HOP_BY_HOP = frozenset({
 
 
 class FifoGate:
-    """One holder at a time, waiters served strictly in arrival order, each with its own deadline.
+    """Up to ``capacity`` holders at a time (1 unless batching), waiters served strictly in arrival
+    order, each with its own deadline.
 
     Hand-rolled rather than ``asyncio.wait_for(lock.acquire())``: that pattern can acquire the
     lock and still raise TimeoutError in Python 3.11, leaking it and stalling the replica.
     """
 
-    def __init__(self) -> None:
-        self._busy = False
+    def __init__(self, capacity: int = 1) -> None:
+        self._capacity = max(1, capacity)
+        self._holders = 0
         self._waiters: deque[asyncio.Future[bool]] = deque()
 
     @property
     def busy(self) -> bool:
-        return self._busy
+        return self._holders >= self._capacity
 
     @property
     def waiting(self) -> int:
         return sum(1 for f in self._waiters if not f.done())
 
     async def enter(self, timeout_s: float) -> bool:
-        if not self._busy and not self.waiting:
-            self._busy = True
+        if not self.busy and not self.waiting:
+            self._holders += 1
             return True
         if timeout_s <= 0:
             return False
@@ -94,9 +103,22 @@ class FifoGate:
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
-                fut.set_result(True)  # handed over: the gate stays busy
+                fut.set_result(True)  # handed over: the holder count stays
                 return
-        self._busy = False
+        self._holders -= 1
+
+
+@dataclass
+class _SharedLease:
+    """One token shared by up to ``batch`` requests forwarded together (dynamic batching)."""
+
+    lease: asyncio.Future[Lease | None]
+    members: int = 1
+    """Requests that joined (at most the batch size)."""
+    running: int = 1
+    """Members not yet answered: the token goes back when this reaches 0."""
+    busy_ms: float = 0.0
+    closed: bool = False
 
 
 def _text(status: int, message: str, retry_after_s: int | None = None) -> web.Response:
@@ -108,13 +130,18 @@ class Sidecar:
     """The request path of one replica; dependencies are given, never looked up."""
 
     def __init__(self, settings: SidecarSettings, tokens: TokenClient, worker: WorkerProcess,
-                 metrics: ReplicaMetrics | None = None) -> None:
+                 metrics: ReplicaMetrics | None = None, batch: int = 1) -> None:
         self.settings = settings
         self.tokens = tokens
         self.worker = worker
         self.metrics = metrics or ReplicaMetrics(settings)
-        self._gate = FifoGate()
-        self._client = WorkerClient()
+        self.batch = max(1, batch)
+        """Requests forwarded to the worker at once (its dynamic batch size)."""
+        self._gate = FifoGate(self.batch)
+        self._idle_clients = [WorkerClient()]
+        """Worker connections not in use: one per request in flight."""
+        self._shared: _SharedLease | None = None
+        self._inflight = 0
         worker.on_state_change = self._worker_state
 
     def _worker_state(self, up: bool) -> None:
@@ -128,7 +155,8 @@ class Sidecar:
         await self.worker.stop()
         with contextlib.suppress(Exception):
             await self.tokens.close()
-        self._client.close()
+        for client in self._idle_clients:
+            client.close()
 
     # ---- routes ---------------------------------------------------------------------------
 
@@ -191,10 +219,13 @@ class Sidecar:
                               f"(queued behind other requests; queue timeout {s.queue_timeout_s:g}s)")
         try:
             self.metrics.queue_waited(waited_s)
-            self.metrics.set_inflight(1)
+            self._inflight += 1
+            self.metrics.set_inflight(self._inflight)
             if not await self.worker.wait_ready(deadline - time.monotonic()):
                 return _text(503, f"worker not ready after {time.monotonic() - t0:.1f}s "
                                   "(loading or restarting); retry later", retry_after_s=1)
+            if self.batch > 1:
+                return await self._invoke_batched(request, body, t0, deadline)
             tw0 = time.monotonic()
             lease = await self.tokens.acquire(max(0.0, deadline - tw0))
             self.metrics.token_waited(time.monotonic() - tw0)
@@ -205,8 +236,51 @@ class Sidecar:
                                   f"mode {self.tokens.mode.value})")
             return await self._execute(request, body, lease)
         finally:
-            self.metrics.set_inflight(0)
+            self._inflight -= 1
+            self.metrics.set_inflight(self._inflight)
             self._gate.leave()
+
+    async def _invoke_batched(self, request: web.Request, body: bytes, t0: float,
+                              deadline: float) -> web.Response:
+        """Inside the gate, batch > 1: lead a new shared token or ride on the open one."""
+        shared = self._shared
+        if shared is None or shared.closed or shared.members >= self.batch:
+            shared = self._shared = _SharedLease(asyncio.get_running_loop().create_future())
+            tw0 = time.monotonic()
+            lease: Lease | None = None
+            try:
+                lease = await self.tokens.acquire(max(0.0, deadline - tw0))
+            finally:  # riders wait on this future, whatever happens to the leader
+                shared.closed = lease is None
+                shared.lease.set_result(lease)
+            self.metrics.token_waited(time.monotonic() - tw0)
+            self.metrics.token_mode(self.tokens.mode)
+        else:
+            shared.members += 1
+            shared.running += 1
+            lease = await asyncio.shield(shared.lease)
+        if lease is None:
+            shared.closed = True
+            shared.running -= 1
+            return _text(504, f"timed out after {time.monotonic() - t0:.1f}s waiting for "
+                              f"device time (no token granted by the device arbiter, "
+                              f"mode {self.tokens.mode.value})")
+        busy_ms: float | None = None
+        te = time.monotonic()
+        try:
+            response, busy_ms = await self._forward(request, body)
+            return response
+        finally:
+            charged = busy_ms if busy_ms is not None else (time.monotonic() - te) * 1000.0
+            self.metrics.busy(charged)
+            shared.busy_ms += charged
+            shared.running -= 1
+            if shared.running == 0:
+                shared.closed = True
+                try:
+                    await self.tokens.release(lease, shared.busy_ms, next_waiting=self._gate.waiting > 0)
+                except Exception:  # a lost release expires with the lease; the answer still goes out
+                    log.exception("token release failed")
 
     async def _execute(self, request: web.Request, body: bytes, lease: Lease) -> web.Response:
         busy_ms: float | None = None
@@ -227,9 +301,13 @@ class Sidecar:
         s = self.settings
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
         try:
-            async with asyncio.timeout(s.exec_timeout_s):
-                status, raw_headers, out_body = await self._client.request(
-                    self.worker.port, request.method, request.raw_path, headers, body)
+            client = self._idle_clients.pop() if self._idle_clients else WorkerClient()
+            try:
+                async with asyncio.timeout(s.exec_timeout_s):
+                    status, raw_headers, out_body = await client.request(
+                        self.worker.port, request.method, request.raw_path, headers, body)
+            finally:
+                self._idle_clients.append(client)
         except TimeoutError:
             await self.worker.kill(f"execution exceeded {s.exec_timeout_s:g}s")
             return _text(504, f"execution exceeded the {s.exec_timeout_s:g}s limit; "
@@ -260,6 +338,14 @@ def _busy_ms(raw: str | None) -> float | None:
     return value if value is not None and value >= 0 and value == value else None
 
 
+def batch_size(env: Mapping[str, str]) -> int:
+    """``FASTGSHARE_BATCH`` (the worker's dynamic batch size; 1 when unset or not an integer)."""
+    try:
+        return max(1, int(env.get("FASTGSHARE_BATCH", "1") or 1))
+    except ValueError:
+        return 1
+
+
 def create_app(sidecar: Sidecar) -> web.Application:
     """Every sidecar route, in one place."""
     app = web.Application(client_max_size=sidecar.settings.max_body_bytes)
@@ -278,7 +364,8 @@ async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
               if settings.is_gpu else
               MemoryGuard.open(settings.share.mem_bytes,
                                f"fastgshare-{settings.replica}-{os.getpid()}", settings.mem_enforce))
-    sidecar = Sidecar(settings, tokens, WorkerProcess(settings, env, memory=memory))
+    sidecar = Sidecar(settings, tokens, WorkerProcess(settings, env, memory=memory),
+                      batch=batch_size(env))
     runner = web.AppRunner(create_app(sidecar), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind, settings.port, backlog=1024)
@@ -286,8 +373,9 @@ async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
     port = runner.addresses[0][1]
     await sidecar.start()
     log.info("sidecar for %s.%s replica %s listening on %s:%d, device %s, queue max %d, "
-             "token mode %s", settings.function, settings.namespace, settings.replica,
-             settings.bind, port, settings.device, settings.queue_max, tokens.mode.value)
+             "batch %d, token mode %s", settings.function, settings.namespace, settings.replica,
+             settings.bind, port, settings.device, settings.queue_max, sidecar.batch,
+             tokens.mode.value)
     log.info("%s", memory.describe())
     return sidecar, runner, port
 
