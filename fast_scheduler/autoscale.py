@@ -210,6 +210,28 @@ def capacity_at_slo(
     return min(curve_of(point, model).capacity_at(slo_ms), point.throughput_rps * max_utilisation)
 
 
+TILE_SM_PCT = (50, 33, 25, 20, 16, 14, 12)
+"""SM shares that tile a device exactly (100 // k, k = 2..8): k replicas fill its SMs with no strip
+left over, where the profiling grid's 24 % leaves 4 % of every device unusable."""
+
+
+def candidate_points(table: ProfileTable) -> list[ProfilePoint]:
+    """The configs a policy may choose: the table's grid, plus the tiling SM shares at every quota and
+    batch of the grid, read through the table's interpolation (inside its SM range; not measured)."""
+    pts = list(table.grid())
+    have = set(table.sm_grid)
+    lo = table.sm_grid[0]
+    for sm in TILE_SM_PCT:
+        if sm in have or sm < lo:
+            continue
+        for b in table.batches:
+            for q in table.quota_grid:
+                e = table.estimate(sm, q, b)
+                pts.append(ProfilePoint(sm, q, b, e.throughput_rps, e.latency_p50_ms, e.latency_p95_ms,
+                                        e.latency_p99_ms, False))
+    return pts
+
+
 def config_choices(
     table: ProfileTable,
     slo_ms: float,

@@ -223,8 +223,11 @@ def all_policies(
 
 
 def lower_bound_choices(spec: FunctionSpec, settings: AutoscaleSettings) -> list:
-    """Configs for the LP bound: the whole grid, capacity at the SLO without the utilisation cap."""
-    from fast_scheduler.autoscale import config_choices
+    """Configs for the LP bound: every config any policy here may run (the grid, the tiling SM shares
+    this project's policy and MPS-equal use), capacity at the SLO without a utilisation cap, under
+    the same latency model."""
+    from fast_scheduler.autoscale import candidate_points, config_choices
 
-    loose = AutoscaleSettings(max_utilisation=1.0, device_mem_bytes=settings.device_mem_bytes)
-    return list(config_choices(spec.table, spec.slo_ms, loose))
+    loose = AutoscaleSettings(max_utilisation=1.0, device_mem_bytes=settings.device_mem_bytes,
+                              latency=settings.latency)
+    return list(config_choices(spec.table, spec.slo_ms, loose, candidate_points(spec.table)))

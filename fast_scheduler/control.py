@@ -26,6 +26,7 @@ from fast_scheduler.autoscale import (
     ChoiceSet,
     Decision,
     ReplicaConfig,
+    candidate_points,
     choice_set,
     decide_replicas,
 )
@@ -136,9 +137,9 @@ def live_points(table: ProfileTable, dev: DeviceView | None) -> list[ProfilePoin
     """The table's configs the live loop can apply: batch 1 (batch is set through the spec, not
     per group), and on the CPU one point per core count with its SM share as the cores really
     given (``sm 6`` on 2 cores is one core, 50 %), so footprints are honest."""
-    pts = [p for p in table.grid() if p.batch == 1]
     if dev is None or dev.is_gpu or dev.cores <= 0:
-        return pts
+        return [p for p in candidate_points(table) if p.batch == 1]
+    pts = [p for p in table.grid() if p.batch == 1]
     out: dict[tuple[int, float], ProfilePoint] = {}
     for p in sorted(pts, key=lambda p: p.sm_pct):
         eff = effective_sm_pct(p.sm_pct, dev)

@@ -20,6 +20,7 @@ from fast_scheduler.autoscale import (
     ConfigChoice,
     Decision,
     ReplicaConfig,
+    candidate_points,
     choice_set,
     config_choices,
     decide_replicas,
@@ -111,8 +112,12 @@ class AutoscaledPolicy:
 
 
 def this_policy(specs: Sequence[FunctionSpec], settings: AutoscaleSettings | None = None) -> AutoscaledPolicy:
-    """This project's policy: every (SM, quota, batch) config, band admission, packing + affinity, re-pack."""
-    return AutoscaledPolicy("this", specs, settings or AutoscaleSettings(), repack_every_ticks=6)
+    """This project's policy: every (SM, quota, batch) config of the table and the tiling SM shares
+    (``candidate_points``, as the live loop offers them), band admission, packing + affinity, re-pack."""
+    return AutoscaledPolicy(
+        "this", specs, settings or AutoscaleSettings(), restricted(lambda s: candidate_points(s.table)),
+        repack_every_ticks=6,
+    )
 
 
 def restricted(points_of: Callable[[FunctionSpec], list]) -> ChoiceFilter:
