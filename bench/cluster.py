@@ -127,6 +127,24 @@ def lower_bound_series(specs: list[FunctionSpec], trace: Any, settings: SimSetti
     return out
 
 
+def reaction_window_share(trace: Any, window_s: float, jump: float = 1.3) -> float:
+    """Share of arrivals within ``window_s`` after a step up of the rate by >= ``jump`` x: what a
+    reactive policy serves with the capacity it had before (a tick plus a cold start later it can
+    have more). Bounds what any reactive policy reaches on the trace without standing headroom."""
+    w = max(1, round(window_s / trace.step_s))
+    hit = total = 0.0
+    for f, rates in trace.rates_rps.items():
+        counts = trace.counts[f]
+        until = -1
+        for k in range(min(len(rates), len(counts))):
+            if k and rates[k] > jump * rates[k - 1]:
+                until = k + w
+            total += counts[k]
+            if k < until:
+                hit += counts[k]
+    return hit / total if total else 0.0
+
+
 def decision_time(n_functions: int, n_gpus: int) -> dict[str, float]:
     """One control tick for ``n_functions`` on ``n_gpus``: every function decides, changes are placed."""
     rng = np.random.default_rng(3)
@@ -220,11 +238,16 @@ def main(argv: list[str] | None = None) -> None:
             f"\n[{tr.name}] LP lower bound: mean {lb_mean:.1f}, peak {max(lbs)} GPUs "
             f"({time.perf_counter() - t0:.1f} s)"
         )
+        window_s = settings.control_interval_s + settings.cold_start_s
         entry: dict[str, Any] = {
             "lower_bound_gpus": lb_mean,
             "lower_bound_gpus_peak": max(lbs),
+            "reaction_window_s": window_s,
+            "reaction_window_share": reaction_window_share(tr, window_s),
             "policies": {},
         }
+        print(f"  arrivals within {window_s:.0f} s of a rate step up: "
+              f"{100 * entry['reaction_window_share']:.1f} %")
         series[tr.name] = {"lower_bound": lbs}
         for pol in all_policies(specs, AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)):
             t0 = time.perf_counter()

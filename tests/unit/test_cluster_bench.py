@@ -1,0 +1,30 @@
+"""bench/cluster's pure helpers: synthetic tables read as profiled, the reaction-window share."""
+
+import pytest
+
+from bench.cluster import _synthetic_tables, as_profiled, reaction_window_share
+from fast_scheduler.latency import LatencyCurve, LatencyModel
+from fast_scheduler.simulator import Trace
+
+
+def test_profiled_view_serves_at_the_synthetic_rate_again():
+    model = LatencyModel(profiled_utilisation=0.5)
+    raw, _slo = _synthetic_tables()["bert"]
+    prof = as_profiled(raw, model)
+    for p, q in zip(raw.points, prof.points, strict=True):
+        assert q.throughput_rps == pytest.approx(0.5 * p.throughput_rps)
+        assert q.latency_p50_ms >= p.latency_p50_ms and q.latency_p99_ms > p.latency_p99_ms
+        # The simulator drains a replica at profiled rate / utilisation: the synthetic service rate.
+        c = LatencyCurve.from_point(q.throughput_rps, q.latency_p50_ms, q.latency_p99_ms, model)
+        assert c.service_rps == pytest.approx(p.throughput_rps)
+
+
+@pytest.mark.parametrize("rates, window_s, want", [
+    ([10.0] * 10, 3.0, 0.0),  # no step
+    ([10.0] * 5 + [30.0] * 5, 3.0, 90 / 200),  # 3 steps of 30 after the step, of 200 arrivals
+    ([10.0] * 5 + [12.0] * 5, 3.0, 0.0),  # +20 %: not a step
+])
+def test_reaction_window_share(rates, window_s, want):
+    counts = [int(r) for r in rates]
+    tr = Trace("t", 1.0, {"f": counts}, {"f": rates})
+    assert reaction_window_share(tr, window_s) == pytest.approx(want)
