@@ -13,6 +13,12 @@ timeout is the script's hint (the next lease expiry or cap easing, when nothing 
 us) and at most ``max_block_s``, so a waiter costs Redis a handful of commands per grant, never a
 loop. The replica holds at most one token: concurrent acquires queue locally on a lock.
 
+While it holds a token the client renews the lease every half grace (``RENEW``: the lease is
+extended to now + grace), so an execution that runs past its token and grace keeps the device,
+and no neighbour is admitted beyond the SM rule while it still runs; a dead sidecar stops
+renewing and blocks nobody past its last lease. A renewal that finds the lease gone (it lapsed,
+e.g. Redis was unreachable for a whole grace) is logged and counted (``leases_lost``).
+
 When Redis cannot be reached the client switches to ``LocalLimiter`` (mode LOCAL_FALLBACK, logged),
 probes Redis every ``probe_interval_s``, and switches back to SHARED by itself when it answers.
 """
@@ -76,7 +82,8 @@ class RedisTokenClient:
                  max_block_s: float = DEFAULT_MAX_BLOCK_S,
                  op_timeout_s: float = DEFAULT_OP_TIMEOUT_S,
                  probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
-                 linger_s: float = DEFAULT_LINGER_S) -> None:
+                 linger_s: float = DEFAULT_LINGER_S,
+                 renew_every_s: float | None = None) -> None:
         self.mode = TokenMode.SHARED
         self.device_id = device_id
         self.replica = replica
@@ -107,6 +114,15 @@ class RedisTokenClient:
         self._slice_since = 0.0
         """Monotonic time at which the token in hand (or lingering) arrived: its slice's start."""
         self._held_ms_done = 0.0
+        self._renew_every_s = (params.lease_grace_us / 2e6 if renew_every_s is None
+                               else renew_every_s)
+        """Heartbeat period while a token is held: half the grace, so a renewal lands well
+        before a lease that was granted (or last renewed) with at least the grace to run."""
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.renewals = 0
+        """Leases extended by a heartbeat (executions that ran past half the grace)."""
+        self.leases_lost = 0
+        """Heartbeats that found the lease already gone (it lapsed before being renewed)."""
 
     # ---- the TokenClient protocol -------------------------------------------------------
 
@@ -160,6 +176,7 @@ class RedisTokenClient:
 
     async def close(self) -> None:
         await self._flush_now()
+        self._stop_heartbeat()
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -177,6 +194,9 @@ class RedisTokenClient:
         return await asyncio.wait_for(awaitable, self._op_timeout_s)
 
     def _lease(self, token_id: int, token_us: int, expires_us: int) -> Lease:
+        """The lease just granted to this replica (and its heartbeat started)."""
+        self._stop_heartbeat()
+        self._heartbeat = asyncio.ensure_future(self._renew_while_held(token_id))
         return Lease(f"{self.device_id}:{self.replica}:{token_id}", token_us / 1000,
                      expires_us / 1e6)
 
@@ -204,10 +224,37 @@ class RedisTokenClient:
             self._held_since = self._slice_since
 
     def _token_returned(self, at: float | None = None) -> None:
+        self._stop_heartbeat()
         if self._held_since is not None:
             self._held_ms_done += ((time.monotonic() if at is None else at)
                                    - self._held_since) * 1000
         self._held_since = None
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+
+    async def _renew_while_held(self, token_id: int) -> None:
+        """The heartbeat: renew the lease every ``renew_every_s`` until the token is returned
+        (this task is cancelled then). A failed call is retried at the next beat; a lost lease
+        ends the heartbeat (nothing to renew: the arbiter has reaped it or will)."""
+        while True:
+            await asyncio.sleep(self._renew_every_s)
+            try:
+                out = parse_outcome(await self._call(self._scripts.renew(self.replica,
+                                                                         token_id)))
+            except REDIS_DOWN as e:
+                log.debug("lease renewal failed (%s); retrying", e)
+                continue
+            if out.grants:
+                self.renewals += 1
+                continue
+            self.leases_lost += 1
+            log.warning("device %s replica %s: lease of token %d lapsed before it was renewed; "
+                        "the execution runs on without it", self.device_id, self.replica,
+                        token_id)
+            return
 
     def _take_pending(self) -> tuple[Lease, float] | None:
         """Claim the lingering release (synchronously, so the flusher cannot also send it)."""

@@ -274,6 +274,25 @@ end
 return grant_round(now, false)
 """
 
+RENEW = _HEADER + """
+-- ARGV[9] replica, ARGV[10] token_id
+-- A live holder's heartbeat: a lease still in force is extended to at least now + the grace
+-- (max(GRACE, 2 x estimate)); an expired one is not (it is dead, reaped by the next round).
+-- Returns {now, -1} plus the renewed lease as the only grant, or no grant when it was lost.
+""" + _PRELUDE + """
+local now = clock()
+local rid, tok_id = ARGV[9], tonumber(ARGV[10])
+local h = redis.call('HGET', KEYS[4], rid)
+if not h then return {now, -1} end
+local h_tok, h_granted, h_len, h_exp, h_sm, h_cores = parse_holding(h)
+if h_tok ~= tok_id or h_exp <= now then return {now, -1} end
+local est = tonumber(redis.call('HGET', KEYS[2], rid) or '0')
+local exp = math.max(h_exp, now + lease_len(0, est))
+redis.call('HSET', KEYS[4], rid, I(h_tok) .. '|' .. I(h_granted) .. '|' .. I(h_len) .. '|' ..
+  I(exp) .. '|' .. I(h_sm) .. '|' .. h_cores)
+return {now, -1, rid, h_tok, h_len, exp}
+"""
+
 CANCEL = _HEADER + """
 -- ARGV[9] replica
 -- A waiter gave up: leave the queue and hand back, uncharged, a grant it never picked up.
@@ -365,11 +384,12 @@ class ArbiterScripts:
     cancel_script: Any
     unregister_script: Any
     tick_script: Any
+    renew_script: Any
 
     @classmethod
     def register(cls, client: Any, device_id: str, params: ArbiterParams) -> ArbiterScripts:
-        return cls(device_id, params, *(client.register_script(s)
-                                        for s in (ACQUIRE, RELEASE, CANCEL, UNREGISTER, TICK)))
+        return cls(device_id, params, *(client.register_script(s) for s in
+                                        (ACQUIRE, RELEASE, CANCEL, UNREGISTER, TICK, RENEW)))
 
     def _args(self, now_us: int | None, *extra: object) -> list[object]:
         return [replica_prefix(self.device_id), "" if now_us is None else int(now_us),
@@ -384,6 +404,10 @@ class ArbiterScripts:
         extra = [] if requeue is None else spec_args(requeue)
         return self.release_script(keys=device_keys(self.device_id), args=self._args(
             now_us, replica, token_id, token_us, max(0, int(busy_us)), *extra))
+
+    def renew(self, replica: str, token_id: int, now_us: int | None = None) -> Any:
+        return self.renew_script(keys=device_keys(self.device_id),
+                                 args=self._args(now_us, replica, token_id))
 
     def cancel(self, replica: str, now_us: int | None = None) -> Any:
         return self.cancel_script(keys=device_keys(self.device_id),

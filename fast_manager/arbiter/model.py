@@ -344,6 +344,24 @@ def release(state: ArbiterState, replica: str, token_id: int, tok_us: int, busy_
     return w.freeze(), out
 
 
+def renew(state: ArbiterState, replica: str, token_id: int, now_us: int,
+          params: ArbiterParams) -> tuple[ArbiterState, Outcome]:
+    """A live holder's heartbeat: its execution runs on, so its lease is extended to at least
+    ``now`` plus the grace (``max(lease_grace, 2 x burst estimate)``, as at a grant). Only a lease
+    still in force is renewed: one that has expired is dead even if nobody has reaped it yet (a
+    renewal cannot resurrect it, so a holder is never trusted past a lease it let lapse). The
+    outcome's only grant is the renewed lease (none: it was lost); no grant round runs, since a
+    renewal frees nothing."""
+    w = _Work.of(state, now_us)
+    now = w.clock_us
+    h = w.holders.get(replica)
+    if h is None or h.token_id != token_id or h.expires_us <= now:
+        return w.freeze(), Outcome(now, -1)
+    exp = max(h.expires_us, now + lease_us(0, w.est_us.get(replica, 0), params))
+    w.holders[replica] = Holding(h.token_id, h.granted_us, h.token_us, exp, h.sm_pct, h.cores)
+    return w.freeze(), Outcome(now, -1, (Grant(replica, h.token_id, h.token_us, exp),))
+
+
 def cancel(state: ArbiterState, replica: str, now_us: int,
            params: ArbiterParams) -> tuple[ArbiterState, Outcome]:
     """A waiter gave up: leave the queue, and hand back (uncharged) a grant it never picked up."""

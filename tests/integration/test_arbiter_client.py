@@ -142,31 +142,68 @@ asyncio.run(main())
 
 
 def test_a_killed_holder_blocks_nobody_past_its_lease(redis_url: str) -> None:
+    """A live holder that executes long past its token + grace keeps its lease by renewing it
+    (no neighbour gets in beyond the SM rule while it runs); killed, it stops renewing and blocks
+    nobody past its last lease (at most one grace after the kill)."""
     params = dict(window_us=1_000_000, bucket_us=20_000, min_token_us=10_000,
                   max_token_us=50_000, lease_grace_us=200_000)
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, redis_url, repr(params)],
                             stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"held"
-        proc.kill()
-        proc.wait()
 
-        async def go() -> float:
+        async def go() -> tuple[float, float]:
             c = client(redis_url, "survivor", 100, 0.5, 1.0)
             t0 = time.perf_counter()
+            # the holder's first lease (50 ms token + 200 ms grace) is long over by then
+            assert await c.acquire(0.8) is None
+            proc.kill()
+            proc.wait()
+            killed = time.perf_counter()
             lease = await c.acquire(3.0)
-            waited = time.perf_counter() - t0
+            waited = time.perf_counter() - killed
             assert lease is not None
             await c.release(lease, 1.0)
             await c.close()
-            return waited
+            return killed - t0, waited
 
-        waited = asyncio.run(go())
-        assert waited <= (50_000 + 200_000) / 1e6 + 0.2  # the holder's token + grace, + slack
+        alive_s, waited = asyncio.run(go())
+        assert alive_s >= 0.8
+        assert waited <= 200_000 / 1e6 + 0.2  # the grace of its last renewal, + slack
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_long_execution_renews_its_lease_and_keeps_the_sm_rule(redis_url: str) -> None:
+    """60 % + 60 % SMs: while the first replica's 1 s execution runs (its token is 50 ms, its
+    grace 200 ms), the second never holds; it gets the device once the first has released."""
+    async def go() -> tuple[float, float, int]:
+        long, other = client(redis_url, "long", 60, 0.5, 1.0), client(redis_url, "other", 60,
+                                                                       0.5, 1.0)
+        lease = await long.acquire(1.0)
+        assert lease is not None
+        waiting = asyncio.ensure_future(other.acquire(5.0))
+        t0 = time.perf_counter()
+        await asyncio.sleep(1.0)  # the execution
+        assert not waiting.done()
+        released = time.perf_counter()
+        await long.release(lease, 1000.0)
+        got = await waiting
+        granted = time.perf_counter()
+        assert got is not None
+        await other.release(got, 1.0)
+        renewals, lost = long.renewals, long.leases_lost
+        await long.close()
+        await other.close()
+        assert lost == 0
+        return released - t0, granted - released, renewals
+
+    ran_s, wait_after_s, renewals = asyncio.run(go())
+    assert ran_s >= 1.0
+    assert wait_after_s < 0.2  # the release wakes it (after the 10 ms linger)
+    assert renewals >= 3  # every 100 ms after the first 100: about 9
 
 
 def _arbiter_calls(r: redis.Redis) -> int:

@@ -46,6 +46,7 @@ events = st.lists(st.one_of(
               st.one_of(st.none(), replica_spec())),
     st.tuples(st.just("advance"), us_steps(70)),
     st.tuples(st.just("cancel"), st.sampled_from(REPLICAS)),
+    st.tuples(st.just("renew"), st.sampled_from(REPLICAS), st.booleans()),
     st.tuples(st.just("unregister"), st.sampled_from(REPLICAS)),
     st.tuples(st.just("tick"),),
     st.tuples(st.just("clock_skew"), st.integers(1, 50_000)),
@@ -116,6 +117,12 @@ def test_lua_and_model_decide_alike(redis_client: redis.Redis, evs: list[tuple])
             tok, length = (h.token_id, h.token_us) if h and not stale else (10**6, 50_000)
             state, want = model.release(state, rid, tok, length, busy, now, PARAMS, requeue)
             got = parse_outcome(scripts.release(rid, tok, length, busy, now, requeue))
+        elif kind == "renew":
+            _, rid, stale = ev
+            h = state.holders.get(rid)
+            tok = h.token_id if h and not stale else 10**6
+            state, want = model.renew(state, rid, tok, now, PARAMS)
+            got = parse_outcome(scripts.renew(rid, tok, now))
         elif kind == "cancel":
             state, want = model.cancel(state, ev[1], now, PARAMS)
             got = parse_outcome(scripts.cancel(ev[1], now))

@@ -228,3 +228,39 @@ def test_make_spec_keeps_a_sorted_core_set() -> None:
     assert model.make_spec(50, 0.2, 0.4, P, [3, 1, 3]).cores == (1, 3)
     with pytest.raises(ValidationError):
         model.make_spec(50, 0.2, 0.4, P, [-1])
+
+
+def test_a_renewed_lease_keeps_the_device_until_it_is_released() -> None:
+    s, out = model.acquire(model.ArbiterState(), "long", spec(60, 500, 1000), T0, P)
+    g = out.grants[0]
+    s, out = model.acquire(s, "other", spec(60, 500, 1000), T0 + 1, P)
+    assert out.grants == ()
+    # heartbeats every 100 ms (half the grace) while the execution runs, far past the lease
+    for t in range(T0 + 100_000, T0 + 2_000_000, 100_000):
+        s, out = model.renew(s, "long", g.token_id, t, P)
+        assert out.grants == (model.Grant("long", g.token_id, g.token_us, t + P.lease_grace_us),)
+        s, out = model.tick(s, t + 1, P)
+        assert out.grants == () and "other" not in s.holders  # 60 + 60 > 100: never both
+    s, out = model.release(s, "long", g.token_id, g.token_us, 1_900_000, T0 + 1_950_000, P)
+    assert [x.replica for x in out.grants] == ["other"]
+    # the long execution is charged what it held, as far as the window's buckets reach (the
+    # current one, half gone, and the 9 before it)
+    assert model.window_usage(s.usage["long"], T0 + 1_950_000, P) == 950_000
+
+
+def test_a_lapsed_or_stale_lease_is_not_renewed() -> None:
+    s, out = model.acquire(model.ArbiterState(), "dead", spec(100, 500, 1000), T0, P)
+    g = out.grants[0]
+    s, out = model.renew(s, "dead", g.token_id + 1, T0 + 10, P)  # not its token
+    assert out.grants == () and s.holders["dead"].expires_us == g.expires_us
+    s, out = model.renew(s, "dead", g.token_id, g.expires_us, P)  # too late: the lease is over
+    assert out.grants == () and s.holders["dead"].expires_us == g.expires_us
+    s, out = model.acquire(s, "alive", spec(100, 500, 1000), g.expires_us, P)
+    assert [x.replica for x in out.grants] == ["alive"]
+
+
+def test_renewal_never_shortens_a_lease() -> None:
+    s, out = model.acquire(model.ArbiterState(), "a", spec(100, 500, 1000), T0, P)
+    g = out.grants[0]  # expires at T0 + 100 ms token + 200 ms grace
+    s, out = model.renew(s, "a", g.token_id, T0 + 10_000, P)
+    assert out.grants[0].expires_us == g.expires_us
