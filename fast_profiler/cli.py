@@ -131,7 +131,8 @@ def profile_main(argv: list[str] | None = None) -> int:
             bar.total = max(p.planned, 1)
             bar.n = p.measured
             if p.current is not None:
-                bar.set_postfix_str(f"sm {p.current.sm_pct}% quota {p.current.quota_frac:g}", refresh=False)
+                bar.set_postfix_str(f"sm {p.current.sm_pct}% quota {p.current.quota_frac:g} "
+                                    f"batch {p.current.batch}", refresh=False)
             bar.refresh()
 
         try:

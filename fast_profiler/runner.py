@@ -1,10 +1,11 @@
 """Measures configurations through the real platform: provider -> sidecar -> worker.
 
 For each configuration the runner deploys a shadow of the function (``<name>-profile``, one
-replica, the configuration's ``fastgshare/gpu_sm_partition`` and quota request = limit, the batch
-size in ``FASTGSHARE_BATCH``), waits for that replica alone to be ready, and searches the highest
-Poisson rate with p99 under the SLO (``fast_profiler.search``) through the gateway's
-``/function/<shadow>``. The sidecar's ``/_/stats`` gives the busy time. The shadow carries no
+replica, the configuration's ``fastgshare/gpu_sm_partition`` and quota request = limit, the
+largest dynamic batch in ``FASTGSHARE_BATCH``: the worker runs up to that many queued requests as
+one execution, the sidecar keeps that many in flight), waits for that replica alone to be ready,
+and searches the highest Poisson rate with p99 under the SLO (``fast_profiler.search``) through
+the gateway's ``/function/<shadow>``. The sidecar's ``/_/stats`` gives the busy time. The shadow carries no
 ``fastgshare/slo_ms``, so neither the scheduler nor the profile watcher acts on it; it is removed at
 the end. The planner (``fast_profiler.planner``) decides what to measure; this module only runs it.
 """
@@ -53,7 +54,8 @@ from fastgshare.resources import QUOTA_LIMIT, QUOTA_REQUEST, SCALE_MAX, SCALE_MI
 log = logging.getLogger("fast_profiler")
 
 BATCH_ENV = "FASTGSHARE_BATCH"
-"""Environment variable that tells a handler how many samples one request carries."""
+"""The replica's dynamic batch size: its worker runs up to this many queued requests at once
+(``handle_batch``). Throughput stays in requests per second at every batch size."""
 SHADOW_SUFFIX = "-profile"
 READY_TIMEOUT_S = 180.0
 """How long one configuration's replica may take to load."""
@@ -69,7 +71,8 @@ class RunSettings:
     probe_s: float = 1.0
     """Closed-loop saturation probe at full quota (capacity estimate)."""
     probe_concurrency: int = 3
-    """Back-to-back clients of the probe: enough to keep the sidecar's queue non-empty."""
+    """Back-to-back clients of the probe: enough to keep the sidecar's queue non-empty (at batch b,
+    at least 2 b: one batch executing, the next one queued)."""
     warmup_requests: int = 8
     """Sequential requests after each deployment, before measuring (first-call costs, busy time)."""
     seed: int = 1
@@ -192,6 +195,8 @@ class Runner:
         self.clock = clock
         self._generation = -1
         self._full_capacity: dict[tuple[int, int], float] = {}
+        self._full_busy: dict[tuple[int, int], float] = {}
+        """Busy ms per request under the full-quota probe (batches as the load forms them)."""
 
     # ---- deployment ------------------------------------------------------------------------
 
@@ -243,17 +248,21 @@ class Runner:
                         raise ProfileError(f"{self.src.shadow} answers HTTP {r.status} at {cfg}: "
                                            f"{(await r.text())[:200]}")
             n0, b0 = await self._stats(session, sidecar)
-            busy_per_req = b0 / max(1, n0)
             full_key = (cfg.sm_pct, cfg.batch)
+            # Sequential warm-up requests run one at a time: at batch > 1 the probe's busy time
+            # (batches as a saturating load forms them) is the one that bounds a quota.
+            busy_per_req = self._full_busy.get(full_key, b0 / max(1, n0))
             if cfg.quota_frac >= 1.0 or full_key not in self._full_capacity:
                 done, _, el = await closed_loop(session, url, self.src.body,
-                                                concurrency=s.probe_concurrency, duration_s=s.probe_s)
+                                                concurrency=max(s.probe_concurrency, 2 * cfg.batch),
+                                                duration_s=s.probe_s)
                 n1, b1 = await self._stats(session, sidecar)
                 if n1 > n0:
                     busy_per_req = (b1 - b0) / (n1 - n0)
                 mu = done / el if el > 0 else 0.0
                 if cfg.quota_frac >= 1.0:
                     self._full_capacity[full_key] = mu
+                    self._full_busy[full_key] = busy_per_req
             mu_full = self._full_capacity.get(full_key, 0.0)
             capacity = mu_full
             if cfg.quota_frac < 1.0 and busy_per_req > 0:
@@ -317,7 +326,7 @@ class Runner:
         rec, busy_frac = chosen
         lat = list(best_latencies) if best is not None and best_latencies else rec.latencies_ms
         total = len(lat) + rec.errors
-        rps = result_rate(state) * cfg.batch
+        rps = result_rate(state)  # requests per second (a request is one sample at every batch)
         return Measurement(cfg, rps, quantile(lat, 0.5), quantile(lat, 0.95), quantile(lat, 0.99),
                            min(1.0, busy_frac), rec.errors / total if total else 0.0,
                            self._busy_per_req(rec, busy_frac), 0.0, state.history)

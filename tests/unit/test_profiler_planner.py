@@ -116,6 +116,38 @@ def test_batches_are_planned_independently():
     assert len(fill(spec, done)) == spec.points_total == 8
 
 
+def test_skip_rules_apply_per_batch():
+    # 4 cores (shares -> 1, 2, 3, 4 cores): batch 1 gains nothing past one core, batch 4 up to 3.
+    spec = GridSpec(sm_grid=(6, 50, 80, 100), quota_grid=(0.25, 0.5, 0.75, 1.0), batches=(1, 4),
+                    quota_anchors=(0.25, 1.0), device_cores=4)
+
+    def truth(b):
+        def f(sm, q):
+            cores = {6: 1, 50: 2, 80: 3, 100: 4}[sm]
+            return q * (10.0 if b == 1 else 25.0 * min(cores, 3))
+        return f
+
+    done: dict[Config, Measurement] = {}
+    while (c := next_config(spec, done)) is not None:
+        done[c] = m(c.sm_pct, c.quota_frac, truth(c.batch)(c.sm_pct, c.quota_frac), c.batch)
+    by_batch = {b: sorted((c.sm_pct, c.quota_frac) for c in done if c.batch == b) for b in (1, 4)}
+    # batch 1: one class with its anchors, the next class at full quota shows saturation
+    assert by_batch[1] == [(6, 0.25), (6, 1.0), (50, 1.0)]
+    # batch 4: 1 -> 2 -> 3 cores gain (anchors measured in each), the 4th core does not
+    assert by_batch[4] == [(6, 0.25), (6, 1.0), (50, 0.25), (50, 1.0), (80, 0.25), (80, 1.0), (100, 1.0)]
+    points = {(p.config.sm_pct, p.config.quota_frac, p.config.batch): p for p in fill(spec, done)}
+    assert len(points) == spec.points_total
+    assert points[(80, 0.5, 1)].source is Source.SATURATED and points[(80, 0.5, 1)].throughput_rps == 5.0
+    sat = points[(100, 0.25, 4)]
+    assert sat.source is Source.SATURATED and sat.throughput_rps == 18.75
+    # interpolation stays inside its batch: batch 4's 0.5 quota from batch 4's anchors only
+    p = points[(50, 0.5, 4)]
+    assert p.source is Source.INTERPOLATED and p.throughput_rps == pytest.approx(25.0)
+    assert {c.batch for c in p.basis} == {4}
+    table = to_table("f", "cpu-4c", tuple(points.values()))
+    assert table.throughput(80, 1.0, 4) == 75 and table.throughput(80, 1.0, 1) == 10
+
+
 def test_fill_refuses_an_unfinished_plan_and_bad_grids():
     with pytest.raises(ValidationError):
         fill(GridSpec(), {})
