@@ -165,7 +165,7 @@ def decision_time(n_functions: int, n_gpus: int) -> dict[str, float]:
         current[s.name] = d.replicas
     devices = [Device(f"gpu{i:04d}", f"node{i // 8}", 32 * 2**30) for i in range(n_gpus)]
     snap = Snapshot(tuple(devices))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     adds = []
     for s in specs:
         rate = rates[s.name] * float(rng.uniform(0.8, 1.3))
@@ -200,6 +200,7 @@ def decision_time(n_functions: int, n_gpus: int) -> dict[str, float]:
         "decide_s": t_decide,
         "placed": placed,
         "decision_time_s": t_total,
+        "decision_cpu_s": time.process_time() - c0,
     }
 
 
@@ -278,10 +279,15 @@ def main(argv: list[str] | None = None) -> None:
         k: {m: az["policies"][k][m] for m in ("gpus_mean", "gpus_peak", "slo_attainment")} for k in ORDER
     }
     print(f"\ndecision time: {dt_fns} functions on {dt_fns // 10} GPUs ...")
-    dt = decision_time(dt_fns, dt_fns // 10)
-    result["decision"] = dt
+    # The machine is shared: the best of 3 runs is the tick's cost, the others say how noisy it was.
+    runs = [decision_time(dt_fns, dt_fns // 10) for _ in range(3)]
+    dt = min(runs, key=lambda r: r["decision_time_s"])
+    result["decision"] = {**dt, "runs_wall_s": [r["decision_time_s"] for r in runs],
+                          "runs_cpu_s": [r["decision_cpu_s"] for r in runs]}
     result["decision_time_s"] = dt["decision_time_s"]
-    print(f"  {dt['decision_time_s']:.2f} s ({dt['decide_s']:.2f} s deciding, {dt['placed']} placements)")
+    print(f"  {dt['decision_time_s']:.2f} s best of 3 ({dt['decide_s']:.2f} s deciding, {dt['placed']} "
+          f"placements; wall {', '.join(f'{r:.2f}' for r in result['decision']['runs_wall_s'])} s, "
+          f"CPU {', '.join(f'{r:.2f}' for r in result['decision']['runs_cpu_s'])} s)")
 
     print_table(result)
     plot(

@@ -18,7 +18,7 @@ import bisect
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from fast_profiler.table import ProfilePoint, ProfileTable
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyCurve, LatencyModel
@@ -71,6 +71,16 @@ class ReplicaConfig:
     quota_request_frac: float
     quota_limit_frac: float
     batch: int = 1
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Configs key every count and lookup of a decision: hash once, not per use.
+        object.__setattr__(
+            self, "_hash", hash((self.sm_pct, self.quota_request_frac, self.quota_limit_frac, self.batch))
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def area(self) -> float:
@@ -382,7 +392,9 @@ def decide_replicas(
             if c is not None and cap > 0:
                 p99 = max(p99, c.p99_at(target * c.capacity_rps / cap))
         util = target / total_thr if total_thr > 0 else (0.0 if target <= 0 else math.inf)
-        changed = replicas is not ctx.current and Counter(replicas) != Counter(ctx.current)
+        changed = replicas is not ctx.current and (
+            len(replicas) != len(ctx.current) or Counter(replicas) != Counter(ctx.current)
+        )
         return (
             Decision(ctx.function, replicas, reason, target, cap, util, p99, feasible, changed),
             AutoscaleState(level, trend, ctx.now_s, last_active, low_since, err, choice_set_now),
@@ -480,6 +492,8 @@ def _trim(
     efficient (footprint per capacity) first, never the fixed ones, never below ``lo``. Removing is
     free (no cold start), unlike a re-plan that swaps configs."""
     _, cap, _ = cs.totals(current)
+    if len(current) <= lo or not cs._caps or cap - cs._caps[0] < keep_rps:
+        return current  # not even the smallest config could go (most ticks: cheap)
     rest = list(current)
     spare = Counter(current) - Counter(fixed)
 
