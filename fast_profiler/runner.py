@@ -40,6 +40,7 @@ from fast_profiler.search import (
     SearchSettings,
     StepObservation,
     Verdict,
+    disturbed,
     quantile,
     record_step,
     result_rate,
@@ -269,16 +270,18 @@ class Runner:
                 capacity = min(mu_full or float("inf"), cfg.quota_frac * 1000.0 / busy_per_req)
             if not capacity > 0:
                 raise ProfileError(f"{self.src.shadow}: no capacity measured at {cfg}")
-            return await self._search(cfg, session, url, sidecar, capacity)
+            return await self._search(cfg, session, url, sidecar, capacity, busy_per_req)
 
     async def _search(self, cfg: Config, session: aiohttp.ClientSession, url: str, sidecar: str,
-                      capacity: float) -> Measurement:
+                      capacity: float, ref_busy_ms: float) -> Measurement:
         s = self.settings.search
         load = PoissonLoad(session, url, self.src.body, seed=self.settings.seed)
         state = start_search(capacity)
-        best: tuple[StepRecord, float] | None = None
-        best_latencies: tuple[float, ...] = ()
+        passes: dict[float, tuple[StepRecord, float, tuple[float, ...]]] = {}
+        """Rate -> its last passing step (the answer is the rate the majority passed)."""
         lowest_fail: tuple[StepRecord, float] | None = None
+        quiet_busy = ref_busy_ms if ref_busy_ms > 0 else None
+        reruns = 0
         try:
             rate = search_next_rate(state, s)
             while rate is not None:
@@ -307,13 +310,21 @@ class Runner:
                 rec = await load.step(rate, decide)
                 n1, b1 = await self._stats(session, sidecar)
                 busy_frac = (b1 - b0) / 1000.0 / max(1e-9, rec.ended_s - rec.started_s)
+                step_busy = (b1 - b0) / (n1 - n0) if n1 - n0 >= 5 else None
                 passed = rec.verdict is Verdict.PASS
                 log.info("%s %s: %.1f rps %s (%d sent, p99 %.1f ms, busy %.2f)", self.src.name, cfg, rate,
                          rec.verdict.value, rec.sent, quantile(rec.latencies_ms, 0.99), busy_frac)
+                if not passed and reruns < s.max_reruns and disturbed(step_busy, quiet_busy, s):
+                    reruns += 1
+                    log.info("%s %s: %.1f rps rerun (%.1f ms busy per request vs %.1f quiet: disturbed)",
+                             self.src.name, cfg, rate, step_busy or 0.0, quiet_busy or 0.0)
+                    await load.drain(DRAIN_TIMEOUT_S)
+                    continue
+                if step_busy is not None:
+                    quiet_busy = step_busy if quiet_busy is None else min(quiet_busy, step_busy)
                 state = record_step(state, rate, passed)
-                if passed and (best is None or rate > best[0].rate_rps):
-                    best = (rec, busy_frac)
-                    best_latencies = judged[0]
+                if passed:
+                    passes[rate] = (rec, busy_frac, judged[0])
                 if not passed:
                     if lowest_fail is None or rate < lowest_fail[0].rate_rps:
                         lowest_fail = (rec, busy_frac)
@@ -321,10 +332,11 @@ class Runner:
                 rate = search_next_rate(state, s)
         finally:
             await load.close()
-        chosen = best or lowest_fail
+        best = passes.get(result_rate(state))
+        chosen = (best[0], best[1]) if best is not None else lowest_fail
         assert chosen is not None
         rec, busy_frac = chosen
-        lat = list(best_latencies) if best is not None and best_latencies else rec.latencies_ms
+        lat = list(best[2]) if best is not None and best[2] else rec.latencies_ms
         total = len(lat) + rec.errors
         rps = result_rate(state)  # requests per second (a request is one sample at every batch)
         return Measurement(cfg, rps, quantile(lat, 0.5), quantile(lat, 0.95), quantile(lat, 0.99),

@@ -16,7 +16,20 @@ Two decisions, both pure functions over numbers the runner collects (no clock, n
   the highest passing and the lowest failing rate, started just under the capacity estimate, stopped
   when the bracket is within ``rel_tol`` (the point's estimate is tight enough) or after
   ``max_steps``. The answer is the highest passing rate: it errs on the safe side by at most the
-  tolerance.
+  tolerance. Two guards against a noisy machine (held-out error 22-30 % under load before them):
+
+  * the bracket is not capped by the capacity estimate: a rate that passes at the estimate's
+    ceiling (``ceiling_frac`` x capacity) is followed by ``expand_frac`` x larger ones (up to
+    ``max_expand_frac`` x capacity) until one fails, so a probe taken in a busy moment no longer
+    caps the answer at 1.05 x its own low estimate;
+  * a rate is decided by the majority of its steps (the median verdict): the answer must have
+    passed ``confirm_passes`` times (a lucky quiet step alone no longer sets it), and a split vote
+    is broken by one more step at that rate.
+
+- ``disturbed``: interference from other load. On a shared node a burst of someone else's work
+  stretches every execution (the sidecar's busy time per request rises) and fails a step that the
+  function alone would pass; such a step is rerun (at most ``max_reruns`` per configuration)
+  rather than counted as a failure.
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ class SearchSettings:
     """A step ends here whatever its count: slow rates decide on what they saw."""
     rel_tol: float = 0.05
     """Stop when the lowest failing rate is within this fraction of the highest passing rate."""
-    max_steps: int = 8
+    max_steps: int = 10
     """Rate steps per configuration at most."""
     start_frac: float = 0.85
     """The first rate tried, as a fraction of the capacity estimate."""
@@ -57,6 +70,17 @@ class SearchSettings:
     """Below capacity x this the configuration is declared unable to meet the SLO (throughput 0)."""
     quota_tol: float = 0.02
     """A step fails when rate x busy per request exceeds the quota by more than this fraction."""
+    expand_frac: float = 1.25
+    """Past the ceiling with nothing failed yet, each next rate is the highest pass x this."""
+    max_expand_frac: float = 3.0
+    """... but never above capacity x this (a function whose SLO no load breaks)."""
+    confirm_passes: int = 2
+    """Passing steps the answer needs (1: the first pass decides, as a plain bisection)."""
+    disturbed_frac: float = 1.3
+    """A failing step whose device time per request is above the configuration's quietest step's
+    x this was disturbed (something else took the cores): it is run again instead of counted."""
+    max_reruns: int = 2
+    """Disturbed steps rerun per configuration at most (a node that stays busy is measured busy)."""
 
 
 @dataclass(frozen=True)
@@ -116,29 +140,67 @@ def start_search(capacity_rps: float) -> SearchState:
     return SearchState(capacity_rps)
 
 
+def votes(history: Sequence[tuple[float, bool]], rate_rps: float) -> tuple[int, int]:
+    """(passes, fails) of the steps run at ``rate_rps``."""
+    passes = sum(1 for r, ok in history if r == rate_rps and ok)
+    return passes, sum(1 for r, ok in history if r == rate_rps and not ok)
+
+
+def _bracket(history: Sequence[tuple[float, bool]]) -> tuple[float, float | None, float | None]:
+    """(highest passing rate, lowest failing rate, a rate with a split vote) by majority per rate."""
+    pass_rps, fail_rps, tie = 0.0, None, None
+    for r in {r for r, _ in history}:
+        p, f = votes(history, r)
+        if p > f:
+            pass_rps = max(pass_rps, r)
+        elif f > p:
+            fail_rps = r if fail_rps is None else min(fail_rps, r)
+        else:
+            tie = r
+    return pass_rps, fail_rps, tie
+
+
 def record_step(state: SearchState, rate_rps: float, passed: bool) -> SearchState:
     history = state.history + ((rate_rps, passed),)
-    if passed:
-        return replace(state, pass_rps=max(state.pass_rps, rate_rps), steps=state.steps + 1, history=history)
-    fail = rate_rps if state.fail_rps is None else min(state.fail_rps, rate_rps)
-    return replace(state, fail_rps=fail, steps=state.steps + 1, history=history)
+    pass_rps, fail_rps, _ = _bracket(history)
+    return replace(state, pass_rps=pass_rps, fail_rps=fail_rps, steps=state.steps + 1, history=history)
 
 
 def next_rate(state: SearchState, settings: SearchSettings) -> float | None:
     """The next rate to try, or None when the estimate is tight enough (or the budget is spent)."""
     if state.steps >= settings.max_steps:
         return None
-    ceiling = state.capacity_rps * settings.ceiling_frac
-    hi = ceiling if state.fail_rps is None else min(state.fail_rps, ceiling)
-    lo = state.pass_rps
     if state.steps == 0:
         return state.capacity_rps * settings.start_frac
-    if lo > 0 and hi / lo <= 1 + settings.rel_tol:
-        return None
+    _, _, tie = _bracket(state.history)
+    if tie is not None:
+        return tie  # one more step breaks the split vote
+    lo = state.pass_rps
+    if state.fail_rps is None:
+        hi = state.capacity_rps * settings.ceiling_frac
+        if lo > 0 and hi / lo <= 1 + settings.rel_tol:  # passes at the estimate's ceiling: look above
+            top = state.capacity_rps * settings.max_expand_frac
+            if lo < top * (1 - 1e-9):
+                return min(top, lo * settings.expand_frac)
+            return None if votes(state.history, lo)[0] >= settings.confirm_passes else lo
+    else:
+        hi = state.fail_rps
     if lo <= 0:
         nxt = hi * 0.5
         return nxt if nxt >= state.capacity_rps * settings.min_rate_frac else None
+    if hi / lo <= 1 + settings.rel_tol:
+        if votes(state.history, lo)[0] >= settings.confirm_passes:
+            return None
+        return lo  # confirm the answer
     return math.sqrt(lo * hi)
+
+
+def disturbed(step_busy_ms: float | None, quiet_busy_ms: float | None, settings: SearchSettings) -> bool:
+    """Whether a failing step ran while something else took the cores: its device time per request
+    is more than ``disturbed_frac`` x the quietest seen for this configuration."""
+    if not step_busy_ms or not quiet_busy_ms or quiet_busy_ms <= 0:
+        return False
+    return step_busy_ms > quiet_busy_ms * settings.disturbed_frac
 
 
 def result_rate(state: SearchState) -> float:

@@ -19,11 +19,13 @@ from fast_profiler.search import (
     SearchSettings,
     StepObservation,
     Verdict,
+    disturbed,
     next_rate,
     quantile,
     record_step,
     start_search,
     step_verdict,
+    votes,
 )
 from fast_profiler.table import ProfileTable
 from fastgshare.errors import ValidationError
@@ -206,8 +208,36 @@ def test_search_brackets_the_rate_within_tolerance(capacity, true_rate):
     st = search(capacity, true_rate)
     assert st.pass_rps <= true_rate
     assert st.pass_rps >= true_rate / (1 + SearchSettings().rel_tol) - 1e-9
-    # near capacity (the usual case) in 3-4 steps; far below it a few more
-    assert st.steps <= (4 if true_rate >= 0.85 * capacity else 7)
+    # near capacity (the usual case) in 5 steps with the confirming one; far below it a few more
+    assert st.steps <= (5 if true_rate >= 0.85 * capacity else 8)
+    assert votes(st.history, st.pass_rps)[0] >= 2  # the answer passed twice
+
+
+def test_search_looks_above_a_low_capacity_estimate():
+    # The probe ran in a busy moment: the function really serves 2.5x its estimate.
+    st = search(40, 100)
+    assert 100 / 1.25 <= st.pass_rps <= 100
+
+
+def test_search_decides_a_rate_by_majority():
+    # The function really serves 95; a lucky step passes 99.6 once, its confirmation and the
+    # tie-break fail, so the answer stays at a rate that passed twice.
+    lucky = iter([True, True, True, False, False, False])  # 85, 94.5, 99.6, 102.3, 99.6, 99.6
+    st = start_search(100)
+    rates = []
+    while (r := next_rate(st, SearchSettings())) is not None:
+        rates.append(round(r, 1))
+        st = record_step(st, r, next(lucky, r <= 95))
+    assert rates == [85.0, 94.5, 99.6, 102.3, 99.6, 99.6, 97.0, 94.5]
+    assert votes(st.history, st.history[2][0]) == (1, 2)
+    assert round(st.pass_rps, 1) == 94.5 and votes(st.history, st.pass_rps) == (2, 0)
+
+
+def test_a_disturbed_step_is_told_from_an_overloaded_one():
+    s = SearchSettings()
+    assert disturbed(14.0, 10.0, s)  # executions stretched: something else had the cores
+    assert not disturbed(12.0, 10.0, s)  # the function's own cost at this rate
+    assert not disturbed(None, 10.0, s) and not disturbed(14.0, None, s)
 
 
 def test_search_gives_up_when_even_light_load_fails():
