@@ -264,6 +264,8 @@ def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, param
                 "FASTGSHARE_ARBITER_MIN_TOKEN_MS": f"{params.min_token_us / 1000:g}",
                 "FASTGSHARE_ARBITER_MAX_TOKEN_MS": f"{params.max_token_us / 1000:g}"}
         spec |= device_env(args, i * 100 + rep)
+        if args.worker_nice is not None:
+            spec["FASTGSHARE_WORKER_NICE"] = str(args.worker_nice)
         if not gpu:
             spec["FASTGSHARE_CPU_CORES"] = c
         specs.append(spec)
@@ -279,7 +281,9 @@ def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, param
             charged = asyncio.ensure_future(arbiter_charged(url, device, rids, params, window_s,
                                                             2 * window_s))
             out = await rp.stats_over(reps, targets, warm_s=window_s, measure_s=2 * window_s,
-                                      concurrency=args.concurrency)
+                                      concurrency=args.concurrency,
+                                      fields=("busy_ms_total", "held_ms_total", "tokens_total",
+                                              "tokens_pushed"))
             return (*out, await charged)
 
         totals, wall_s, done, charged_s = asyncio.run(both())
@@ -290,6 +294,10 @@ def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, param
     for k, (e, h, b, want) in enumerate(zip(case.executors, totals["held_ms_total"],
                                             totals["busy_ms_total"], want_all, strict=True)):
         lat = [d.latency_ms for d in done if d.replica == k and d.status == 200]
+        pushed = int(totals["tokens_pushed"][k])
+        # the device was reserved for it (charged, from the grant) but it did not run yet (held,
+        # from the pick-up): per hand-over to it, the wake-up latency (lumpy: buckets vs clock)
+        pickup_ms = (charged_s[k] * wall_s - h / 1000) * 1000 / pushed if pushed else 0.0
         rows.append({"case": case.name, "rep": rep, "replica": e.name, "sm_pct": e.sm_pct,
                      "cores": "" if gpu else cores[k],
                      "request": e.request, "limit": e.limit, "exec_ms": e.exec_ms,
@@ -297,6 +305,8 @@ def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, param
                      "measured_share": round(h / 1000 / wall_s, 4),
                      "busy_share": round(b / 1000 / wall_s, 4),
                      "arbiter_charged_share": round(charged_s[k], 4),
+                     "tokens": int(totals["tokens_total"][k]), "handovers_in": pushed,
+                     "pickup_ms_mean": round(pickup_ms, 2),
                      "requests": len(lat), "p99_ms": round(rp.percentile(lat, 99), 1),
                      "errors": sum(1 for d in done if d.replica == k and d.status != 200)})
     return rows
@@ -345,6 +355,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--cases", default=None, help="comma-separated case numbers (default all)")
     ap.add_argument("--concurrency", type=int, default=4,
                     help="requests outstanding per replica (enough to keep it saturated)")
+    ap.add_argument("--worker-nice", type=int, default=None,
+                    help="FASTGSHARE_WORKER_NICE for the replicas (default: the sidecar's)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each case (spread reported)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "isolation.json")
     ap.add_argument("--png", type=Path, default=None)
@@ -412,6 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "load_average_before_after": [round(x, 2) for x in load_before + os.getloadavg()],
         "repeat": args.repeat,
         "sum_configured_vs_measured": sums,
+        "worker_nice": args.worker_nice,
         "arbiter_latency": latency,
         "runtime_s": round(time.perf_counter() - t_start, 1),
         "cases": rows,
@@ -422,13 +435,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(f"measured share = {result['measured_share_is']}; load average before/after "
           f"{result['load_average_before_after']}")
     print(f"{'case':32} {'run':>3} {'replica':10} {'sm':>4} {'cores':>5} {'req':>5} {'lim':>5} "
-          f"{'exec':>5} {'conf':>6} {'meas':>6} {'err pp':>6} {'busy':>6} {'arb':>6}")
+          f"{'exec':>5} {'conf':>6} {'meas':>6} {'err pp':>6} {'busy':>6} {'arb':>6} "
+          f"{'tok/s':>6} {'hand-in':>7} {'pickup':>6}")
     for r, err in zip(rows, errors, strict=True):
         print(f"{r['case']:32} {r.get('rep', 0):>3} {r['replica']:10} {r['sm_pct']:>4} "
               f"{r.get('cores', ''):>5} {r['request']:>5} {r['limit']:>5} {r['exec_ms']:>5} "
               f"{r['configured_share']:>6.3f} {r['measured_share']:>6.3f} {err:>6.2f} "
               f"{r.get('busy_share', float('nan')):>6.3f} "
-              f"{r.get('arbiter_charged_share', float('nan')):>6.3f}")
+              f"{r.get('arbiter_charged_share', float('nan')):>6.3f} "
+              f"{float(r.get('tokens', 0)) / (2 * window_s):>6.1f} "  # type: ignore[arg-type]
+              f"{r.get('handovers_in', 0):>7} {r.get('pickup_ms_mean', float('nan')):>6.2f}")
     print(f"max |error| {result['max_abs_error_pp']} pp, mean {result['mean_abs_error_pp']} pp; "
           f"normalised to the device time used: max {result['max_abs_error_normalised_pp']} pp; "
           f"busy share vs configured: max {result['max_abs_error_busy_pp']} pp; arbiter-charged "

@@ -183,6 +183,8 @@ class Sidecar:
             "held_ms_total": round(float(getattr(self.tokens, "held_ms_total", 0.0)), 3),
             "token_mode": self.tokens.mode.value,
             "token_fallbacks": getattr(self.tokens, "fallback_switches", 0),
+            "tokens_total": getattr(self.tokens, "tokens_total", 0),
+            "tokens_pushed": getattr(self.tokens, "tokens_pushed", 0),
             "token_renewals": getattr(self.tokens, "renewals", 0),
             "token_leases_lost": getattr(self.tokens, "leases_lost", 0),
             "memory": {"limit_bytes": w.memory.limit_bytes, "enforcement": w.memory.mode.value,

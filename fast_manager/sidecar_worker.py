@@ -35,6 +35,8 @@ STABLE_AFTER_S = 60.0
 STOP_GRACE_S = 5.0
 """Time between SIGTERM and SIGKILL when the worker is stopped."""
 _PR_SET_PDEATHSIG = 1
+DEFAULT_WORKER_NICE = 0
+"""The worker's niceness above its sidecar's (see ``worker_nice``)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,12 +45,27 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _child_setup(cores: tuple[int, ...], cgroup_procs: str | None) -> Callable[[], None]:
+def worker_nice() -> int:
+    """How much nicer than its sidecar the worker runs (``FASTGSHARE_WORKER_NICE``, default
+    ``DEFAULT_WORKER_NICE``; 0 = the same priority). Lowering one's own priority needs no
+    privilege."""
+    try:
+        return max(0, min(19, int(os.environ.get("FASTGSHARE_WORKER_NICE",
+                                                 DEFAULT_WORKER_NICE))))
+    except ValueError:
+        return DEFAULT_WORKER_NICE
+
+
+def _child_setup(cores: tuple[int, ...], cgroup_procs: str | None,
+                 nice: int = 0) -> Callable[[], None]:
     def setup() -> None:  # runs in the child between fork and exec: no locks, no logging
         if cgroup_procs:  # before exec, so the runtime and torch are charged to the limit
             join_cgroup(cgroup_procs)
         if cores:
             os.sched_setaffinity(0, cores)
+        if nice:
+            with contextlib.suppress(OSError):
+                os.nice(nice)
         # The worker must not outlive a SIGKILLed sidecar (it would hold its cores and memory).
         with contextlib.suppress(Exception):
             ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -166,7 +183,7 @@ class WorkerProcess:
             sys.executable, str(s.runtime), env=env, cwd=str(s.runtime.parent),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_child_setup(s.cpu_cores, self.memory.procs_file()),
+            preexec_fn=_child_setup(s.cpu_cores, self.memory.procs_file(), worker_nice()),
         )
         self._proc = proc
         log.info("worker pid %d started on port %d, cores %s, device %s", proc.pid, self.port,

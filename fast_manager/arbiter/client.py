@@ -122,6 +122,11 @@ class RedisTokenClient:
         self.renewals = 0
         """Leases extended by a heartbeat (executions that ran past half the grace)."""
         self.leases_lost = 0
+        self.tokens_total = 0
+        """Tokens granted to this replica."""
+        self.tokens_pushed = 0
+        """... of which pushed by another's script while it waited: hand-overs, each with the
+        wake-up latency in which the device is reserved for it but nobody runs."""
         """Heartbeats that found the lease already gone (it lapsed before being renewed)."""
 
     # ---- the TokenClient protocol -------------------------------------------------------
@@ -197,6 +202,7 @@ class RedisTokenClient:
         """The lease just granted to this replica (and its heartbeat started)."""
         self._stop_heartbeat()
         self._heartbeat = asyncio.ensure_future(self._renew_while_held(token_id))
+        self.tokens_total += 1
         return Lease(f"{self.device_id}:{self.replica}:{token_id}", token_us / 1000,
                      expires_us / 1e6)
 
@@ -346,6 +352,7 @@ class RedisTokenClient:
                     item, pop = pop.result(), None
                     if item is not None:
                         self._got_token()
+                        self.tokens_pushed += 1
                         return self._lease(*parse_wake(item[1]))
                     # The safety net: look again (and re-register, after a Redis restart).
                     out = parse_outcome(await self._call(
