@@ -27,7 +27,7 @@ from fast_profiler.table import ProfileTable
 
 DEFAULT_STATE_DIR = Path(os.environ.get("FASTGSHARE_STATE_DIR", ".fastgshare"))
 QUICK_SEARCH = SearchSettings(min_duration_s=1.0, min_requests=80, max_duration_s=3.0, rel_tol=0.08,
-                              max_steps=7)
+                              max_steps=5)
 """``--quick``: shorter steps and a looser bracket (a coarse table in about half the time)."""
 
 

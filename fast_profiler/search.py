@@ -22,9 +22,11 @@ Two decisions, both pure functions over numbers the runner collects (no clock, n
     ceiling (``ceiling_frac`` x capacity) is followed by ``expand_frac`` x larger ones (up to
     ``max_expand_frac`` x capacity) until one fails, so a probe taken in a busy moment no longer
     caps the answer at 1.05 x its own low estimate;
-  * a rate is decided by the majority of its steps (the median verdict): the answer must have
-    passed ``confirm_passes`` times (a lucky quiet step alone no longer sets it), and a split vote
-    is broken by one more step at that rate.
+  * a rate is decided by the majority of its steps (the median verdict); with ``confirm_passes``
+    = 2 the answer must pass twice and a split vote is broken by one more step at that rate. Off by
+    default (1): on this shared machine the load drifted within a profile, the repeated steps
+    followed the drift, and with a fixed step budget a search could end with no confirmed rate
+    (``result_rate`` then falls back to the highest rate that passed below every unanimous failure).
 
 - ``disturbed``: interference from other load. On a shared node a burst of someone else's work
   stretches every execution (the sidecar's busy time per request rises) and fails a step that the
@@ -60,7 +62,7 @@ class SearchSettings:
     """A step ends here whatever its count: slow rates decide on what they saw."""
     rel_tol: float = 0.05
     """Stop when the lowest failing rate is within this fraction of the highest passing rate."""
-    max_steps: int = 10
+    max_steps: int = 8
     """Rate steps per configuration at most."""
     start_frac: float = 0.85
     """The first rate tried, as a fraction of the capacity estimate."""
@@ -74,7 +76,7 @@ class SearchSettings:
     """Past the ceiling with nothing failed yet, each next rate is the highest pass x this."""
     max_expand_frac: float = 3.0
     """... but never above capacity x this (a function whose SLO no load breaks)."""
-    confirm_passes: int = 2
+    confirm_passes: int = 1
     """Passing steps the answer needs (1: the first pass decides, as a plain bisection)."""
     disturbed_frac: float = 1.3
     """A failing step whose device time per request is above the configuration's quietest step's
@@ -204,8 +206,14 @@ def disturbed(step_busy_ms: float | None, quiet_busy_ms: float | None, settings:
 
 
 def result_rate(state: SearchState) -> float:
-    """The configuration's answer: the highest rate that passed (0 when none did)."""
-    return state.pass_rps
+    """The configuration's answer: the highest rate the majority of its steps passed; when none did
+    (repeated steps split), the highest rate that passed at all below every rate that only failed;
+    0 when nothing passed."""
+    if state.pass_rps > 0:
+        return state.pass_rps
+    only_failed = [r for r, _ in state.history if votes(state.history, r)[0] == 0]
+    below = min(only_failed, default=float("inf"))
+    return max((r for r, ok in state.history if ok and r < below), default=0.0)
 
 
 def quantile(values: Sequence[float], q: float) -> float:
