@@ -248,43 +248,50 @@ class Sidecar:
                               deadline: float) -> web.Response:
         """Inside the gate, batch > 1: lead a new shared token or ride on the open one."""
         shared = self._shared
-        if shared is None or shared.closed or shared.members >= self.batch:
+        lead = shared is None or shared.closed or shared.members >= self.batch
+        if lead:
             shared = self._shared = _SharedLease(asyncio.get_running_loop().create_future())
-            tw0 = time.monotonic()
-            lease: Lease | None = None
-            try:
-                lease = await self.tokens.acquire(max(0.0, deadline - tw0))
-            finally:  # riders wait on this future, whatever happens to the leader
-                shared.closed = lease is None
-                shared.lease.set_result(lease)
-            self.metrics.token_waited(time.monotonic() - tw0)
-            self.metrics.token_mode(self.tokens.mode)
         else:
+            assert shared is not None
             shared.members += 1
             shared.running += 1
-            lease = await asyncio.shield(shared.lease)
-        if lease is None:
-            shared.closed = True
-            shared.running -= 1
-            return _text(504, f"timed out after {time.monotonic() - t0:.1f}s waiting for "
-                              f"device time (no token granted by the device arbiter, "
-                              f"mode {self.tokens.mode.value})")
         busy_ms: float | None = None
-        te = time.monotonic()
+        te: float | None = None
         try:
+            if lead:
+                tw0 = time.monotonic()
+                lease: Lease | None = None
+                try:
+                    lease = await self.tokens.acquire(max(0.0, deadline - tw0))
+                finally:  # riders wait on this future, whatever happens to the leader
+                    shared.closed = lease is None
+                    shared.lease.set_result(lease)
+                self.metrics.token_waited(time.monotonic() - tw0)
+                self.metrics.token_mode(self.tokens.mode)
+            else:
+                lease = await asyncio.shield(shared.lease)
+            if lease is None:
+                return _text(504, f"timed out after {time.monotonic() - t0:.1f}s waiting for "
+                                  f"device time (no token granted by the device arbiter, "
+                                  f"mode {self.tokens.mode.value})")
+            te = time.monotonic()
             response, busy_ms = await self._forward(request, body)
             return response
         finally:
-            charged = busy_ms if busy_ms is not None else (time.monotonic() - te) * 1000.0
-            self.metrics.busy(charged)
-            shared.busy_ms += charged
+            if te is not None:
+                charged = busy_ms if busy_ms is not None else (time.monotonic() - te) * 1000.0
+                self.metrics.busy(charged)
+                shared.busy_ms += charged
             shared.running -= 1
-            if shared.running == 0:
+            if shared.running == 0:  # the last one out gives the shared token back
                 shared.closed = True
-                try:
-                    await self.tokens.release(lease, shared.busy_ms, next_waiting=self._gate.waiting > 0)
-                except Exception:  # a lost release expires with the lease; the answer still goes out
-                    log.exception("token release failed")
+                granted = shared.lease.result() if shared.lease.done() else None
+                if granted is not None:
+                    try:
+                        await self.tokens.release(granted, shared.busy_ms,
+                                                  next_waiting=self._gate.waiting > 0)
+                    except Exception:  # a lost release expires with the lease; the answer goes out
+                        log.exception("token release failed")
 
     async def _execute(self, request: web.Request, body: bytes, lease: Lease) -> web.Response:
         busy_ms: float | None = None
