@@ -6,7 +6,17 @@ after another on one model store; after each start every live replica's PSS is r
 ``/proc/<pid>/smaps_rollup``. ``pss_bytes_*`` is the mean per replica (total / n). Start time is
 spawn -> ``/_/ready`` of the replica just added (the first shared replica writes the store file).
 
-    python -m bench.model_sharing [--quick] [--json PATH]
+Extra model memory (``extra_model_frac_of_weights``, the issue's target: <= 0.10): what replica n
+adds to the total with sharing, beyond what it adds without sharing less the weights, i.e. beyond
+an unshared replica's non-weight memory, as a fraction of the weights:
+``(extra_shared - (extra_unshared - weights)) / weights``. It is computed from the PSS of every
+mapping except code and data files (shared libraries, the interpreter, locales): those pages are the
+same with and without sharing, but their PSS moves whenever any other process on the machine (other
+benchmarks, tests) maps or unmaps libtorch, which is noise of several MiB between two readings.
+``extra_model_frac_of_weights_all_pss`` is the same from the whole PSS. Per model, ``fit`` has the
+same from the least-squares slope over n = 2..N (every reading at once; replica 1 left out).
+
+    python -m bench.model_sharing [--quick] [--guard on|off] [--json PATH]
 """
 
 from __future__ import annotations
@@ -30,14 +40,30 @@ MODELS = {"resnet50": "resnet50-seed0", "bert": "bert-base-seed0"}
 MiB = 2**20
 
 
-def _start(fn: str, store: Path, replica: str, shared: bool, log: Path) -> tuple[subprocess.Popen,
-                                                                                 str, float]:
+def pss_code_bytes(pid: int, store: Path) -> int:
+    """PSS of the process's file mappings outside the model store: code and data files."""
+    total = 0
+    in_code = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head, _, rest = line.partition(" ")
+        if not head.endswith(":"):  # a mapping's header: "lo-hi perms offset dev inode [path]"
+            fields = rest.split(maxsplit=4)
+            path = fields[4] if len(fields) > 4 else ""
+            in_code = path.startswith("/") and not path.startswith(str(store))
+        elif in_code and head == "Pss:":
+            total += int(rest.split()[0]) * 1024
+    return total
+
+
+def _start(fn: str, store: Path, replica: str, shared: bool, log: Path,
+           guard: str = "on") -> tuple[subprocess.Popen, str, float]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTGSHARE_")}
     env.update({"FASTGSHARE_HANDLER_DIR": str(REPO / "functions" / fn),
                 "FASTGSHARE_WORKER_PORT": str(port), "FASTGSHARE_REPLICA": replica,
                 "FASTGSHARE_DEVICE": "cpu:0", "FASTGSHARE_MODEL": MODELS[fn],
-                "FASTGSHARE_MODEL_STORE_DIR": str(store), "OMP_NUM_THREADS": "1"})
+                "FASTGSHARE_MODEL_STORE_DIR": str(store), "FASTGSHARE_MODEL_GUARD": guard,
+                "OMP_NUM_THREADS": "1"})
     if not shared:
         env["FASTGSHARE_MODEL_SHARING"] = "off"
     t0 = time.monotonic()
@@ -72,7 +98,7 @@ def weights_bytes(fn: str) -> int:
     return sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])
 
 
-def run_model(fn: str, n_max: int, tmp: Path) -> dict:
+def run_model(fn: str, n_max: int, tmp: Path, guard: str = "on") -> dict:
     out: dict = {"weights_bytes": weights_bytes(fn), "replicas": []}
     rows: dict[int, dict] = {n: {"n": n} for n in range(1, n_max + 1)}
     for shared in (True, False):
@@ -83,16 +109,21 @@ def run_model(fn: str, n_max: int, tmp: Path) -> dict:
         try:
             for n in range(1, n_max + 1):
                 proc, url, start_s = _start(fn, store, f"{fn}-{mode}-{n}", shared,
-                                            tmp / f"{fn}-{mode}-{n}.log")
+                                            tmp / f"{fn}-{mode}-{n}.log", guard)
                 procs.append(proc)
                 outputs.append(requests.post(url, json={}, timeout=120).json())
                 time.sleep(0.5)  # let the warm-up's freed memory settle before reading PSS
-                total = sum(pss_bytes(p.pid) for p in procs)
+                total = code = 0
+                for p in procs:  # one pass per process, back to back
+                    total += pss_bytes(p.pid)
+                    code += pss_code_bytes(p.pid, store)
                 rows[n][f"pss_bytes_{mode}"] = total // n
                 rows[n][f"pss_total_bytes_{mode}"] = total
+                rows[n][f"pss_code_total_bytes_{mode}"] = code
                 rows[n][f"start_s_{mode}"] = round(start_s, 3)
                 print(f"  {fn} {mode:8s} n={n}: start {start_s:5.2f} s, PSS/replica "
-                      f"{total / n / MiB:7.1f} MiB, total {total / MiB:7.1f} MiB", flush=True)
+                      f"{total / n / MiB:7.1f} MiB, total {total / MiB:7.1f} MiB (code files "
+                      f"{code / MiB:.1f})", flush=True)
         finally:
             for p in procs:
                 p.terminate()
@@ -105,6 +136,28 @@ def run_model(fn: str, n_max: int, tmp: Path) -> dict:
     out["outputs_identical"] = out.pop("output_shared") == out.pop("output_unshared")
     out["replicas"] = [rows[n] for n in sorted(rows)]
     return out
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def fitted_extra(data: dict) -> dict | None:
+    """Extra model memory from the slope of total PSS (less code files) over n = 2..n_max: one
+    number per model from every reading, less noisy than the step from n-1 to n. Replica 1 is left
+    out: the shared one also built the weights and wrote the store file."""
+    rows = [r for r in data["replicas"] if r["n"] >= 2]
+    if len(rows) < 2:
+        return None
+    w = data["weights_bytes"]
+    ns = [r["n"] for r in rows]
+    per = {mode: slope(ns, [r[f"pss_total_bytes_{mode}"] - r[f"pss_code_total_bytes_{mode}"]
+                            for r in rows]) for mode in ("shared", "unshared")}
+    return {"n_from": ns[0], "n_to": ns[-1], "extra_bytes_shared": round(per["shared"]),
+            "extra_bytes_unshared": round(per["unshared"]),
+            "extra_model_frac_of_weights": round((per["shared"] - (per["unshared"] - w)) / w, 4)}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -134,34 +187,51 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = parser("model_sharing", __doc__.splitlines()[0])
     p.add_argument("--replicas", type=int, default=None, help="max replicas (default 4; 2 quick)")
+    p.add_argument("--guard", choices=("on", "off"), default="on",
+                   help="FASTGSHARE_MODEL_GUARD of the shared replicas (default on)")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default all)")
     args = p.parse_args(argv)
     n_max = args.replicas or (2 if args.quick else 4)
     tmp = Path(tempfile.mkdtemp(prefix="fastgshare-bench-sharing-"))
-    result: dict = {"n_max": n_max, "models": {}}
+    result: dict = {"n_max": n_max, "guard": args.guard, "models": {}}
     try:
-        for fn in MODELS:
+        for fn in args.models.split(","):
             print(f"{fn}: 1..{n_max} replicas, shared then unshared", flush=True)
-            result["models"][fn] = run_model(fn, n_max, tmp)
+            result["models"][fn] = run_model(fn, n_max, tmp, args.guard)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{'model':9s} {'n':>2s} {'PSS/rep shared':>15s} {'unshared':>10s} {'extra shared':>13s} "
-          f"{'extra unsh.':>12s} {'start sh.':>10s} {'start unsh.':>12s}")
+          f"{'extra unsh.':>12s} {'extra model':>12s} {'(all PSS)':>10s} {'start sh.':>10s} "
+          f"{'start unsh.':>12s}")
     for fn, data in result["models"].items():
         w = data["weights_bytes"]
         prev = None
         for r in data["replicas"]:
-            extra = ("", "")
+            extra = ("", "", "", "")
             if prev is not None:
                 es = r["pss_total_bytes_shared"] - prev["pss_total_bytes_shared"]
                 eu = r["pss_total_bytes_unshared"] - prev["pss_total_bytes_unshared"]
                 r["extra_bytes_shared"], r["extra_bytes_unshared"] = es, eu
                 # What an extra shared replica costs beyond an unshared one's non-weight memory.
-                r["extra_model_frac_of_weights"] = round((es - (eu - w)) / w, 4)
-                extra = (f"{es / MiB:.1f}", f"{eu / MiB:.1f}")
+                r["extra_model_frac_of_weights_all_pss"] = round((es - (eu - w)) / w, 4)
+                es_nc = es - (r["pss_code_total_bytes_shared"] - prev["pss_code_total_bytes_shared"])
+                eu_nc = eu - (r["pss_code_total_bytes_unshared"]
+                              - prev["pss_code_total_bytes_unshared"])
+                r["extra_model_frac_of_weights"] = round((es_nc - (eu_nc - w)) / w, 4)
+                extra = (f"{es / MiB:.1f}", f"{eu / MiB:.1f}",
+                         f"{100 * r['extra_model_frac_of_weights']:.1f} %",
+                         f"{100 * r['extra_model_frac_of_weights_all_pss']:.1f} %")
             print(f"{fn:9s} {r['n']:2d} {r['pss_bytes_shared'] / MiB:15.1f} "
                   f"{r['pss_bytes_unshared'] / MiB:10.1f} {extra[0]:>13s} {extra[1]:>12s} "
+                  f"{extra[2]:>12s} {extra[3]:>10s} "
                   f"{r['start_s_shared']:10.2f} {r['start_s_unshared']:12.2f}")
             prev = r
+        fit = data["fit"] = fitted_extra(data)
+        if fit:
+            print(f"{fn:9s} fit n={fit['n_from']}..{fit['n_to']}: an extra replica adds "
+                  f"{fit['extra_bytes_shared'] / MiB:.1f} MiB shared, "
+                  f"{fit['extra_bytes_unshared'] / MiB:.1f} MiB unshared: extra model memory "
+                  f"{100 * fit['extra_model_frac_of_weights']:.1f} % of the weights")
         print(f"{fn:9s} weights {w / MiB:.1f} MiB, outputs identical: {data['outputs_identical']}")
     write_json(args.json, result)
     plot(result, RESULTS / "model_sharing.png")
