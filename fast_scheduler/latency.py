@@ -44,7 +44,7 @@ class LatencyModel:
 
     profiled_utilisation: float = 0.5
     """Busy fraction of a replica at its profiled rate: service rate = profiled rate / this."""
-    service_spread_share: float = 0.6
+    service_spread_share: float = 0.3
     """Share of the measured p99 - p50 spread that is present at any load (not queueing)."""
 
 
