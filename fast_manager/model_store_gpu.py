@@ -1,9 +1,10 @@
 """The GPU model holder: one process per GPU keeps each shared model's weights on the device once
 and hands CUDA IPC handles to the replicas that ask (``torch.multiprocessing`` tensor sharing).
 
-UNTESTED on this project's development machine (no GPU); exercised by
-``bench/gpu/model_sharing_gpu.py``. Start it with the GPU it serves as the only visible device, so
-that device index 0 means the same GPU in the holder and in the replicas::
+Ran on an NVIDIA H200 once (``bench/gpu/model_sharing_gpu.py``, 2026-11-27, without MPS); no GPU
+on the development machine. The node agent keeps one per GPU (``node_agent.GpuHolders``). Start
+it with the GPU it serves as the only visible device, so that device index 0 means the same GPU in
+the holder and in the replicas::
 
     CUDA_VISIBLE_DEVICES=<uuid> python -m fast_manager.model_store_gpu --socket STORE/gpu-<uuid>.sock
 
@@ -55,8 +56,8 @@ def holder_pays(models: Iterable[tuple[int, int]],
     model plus its context, and the replicas none. So it pays when the copies it spares,
     ``sum((replicas - 1) * weights)``, exceed ``context_bytes``: for one model with
     ``context_bytes`` 540 MiB, from 7 replicas of ResNet-50 (98 MiB), 3 of BERT-base (418 MiB), 2
-    of anything over 540 MiB. UNTESTED on a GPU as a policy: the node agent does not start holders
-    yet; this is the rule for when it should."""
+    of anything over 540 MiB. Not applied yet: the node agent starts a holder per GPU
+    unconditionally (``node_agent.GpuHolders``); this is the rule a finer policy would use."""
     spared = sum(max(0, replicas - 1) * weights for replicas, weights in models)
     return spared > context_bytes
 

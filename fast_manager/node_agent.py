@@ -8,7 +8,10 @@ readers can tell a live node from a stale record. On GPU nodes it checks the MPS
 
 It also hosts the model store (``--model-store-dir``): every beat it deletes weights no live replica
 uses (crashed replicas included) and publishes which models each device holds in
-``keys.device_models(device_id)`` for the scheduler's placement.
+``keys.device_models(device_id)`` for the scheduler's placement. On GPU nodes it keeps one GPU model
+holder per GPU running (``fast_manager.model_store_gpu``, socket ``STORE/gpu-<uuid>.sock``), through
+which replicas of the same model map one copy of its weights by CUDA IPC (``--no-gpu-model-holder``
+leaves it out: every replica then copies its weights to the GPU).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from fast_manager.model_store_fs import collect, scan, store_dir_from_env
 from fast_manager.model_store_redis import publish
 from fastgshare import keys
 from fastgshare.errors import ValidationError
+from fastgshare.redis_server import die_with_parent
 
 log = logging.getLogger("node_agent")
 
@@ -233,13 +237,81 @@ def maintain_model_store(client: redis.Redis, store_dir: Path, devices: list[Dev
     publish(client, usage, [d.device_id for d in devices])
 
 
+# ---- the GPU model holders ---------------------------------------------------------------------
+
+
+def holder_socket(store_dir: Path, device: DeviceInfo) -> Path:
+    """Where a GPU's model holder listens: the path the python3-torch runtime looks for."""
+    uuid = device.device_id.partition(":")[2]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in uuid)
+    return Path(store_dir) / f"gpu-{safe}.sock"
+
+
+class GpuHolders:
+    """One ``fast_manager.model_store_gpu`` process per GPU, restarted when it dies.
+
+    A holder starts CUDA only at its first claim, so an idle one costs no device memory; once a
+    replica claims a model it costs a CUDA context (about 540 MiB measured on an H200) plus one copy
+    of each model's weights (see ``model_store_gpu.holder_pays``). Under MPS it joins the same
+    MPS server as the replicas (``CUDA_MPS_PIPE_DIRECTORY``). The holder itself ran on an H200
+    (bench/gpu); starting it from the node agent has only run on the CPU, with a stand-in GPU record.
+    """
+
+    def __init__(self, store_dir: Path, gpus: Iterable[DeviceInfo]) -> None:
+        self.store_dir = Path(store_dir)
+        self.gpus = [d for d in gpus if d.is_gpu]
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def ensure(self) -> None:
+        for d in self.gpus:
+            proc = self.procs.get(d.device_id)
+            if proc is not None and proc.poll() is None:
+                continue
+            if proc is not None:
+                log.warning("GPU model holder of %s exited (%s): restarting it", d.device_id,
+                            proc.returncode)
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=d.device_id.partition(":")[2])
+            if d.mps is MpsState.RUNNING and d.mps_pipe_dir:
+                env["CUDA_MPS_PIPE_DIRECTORY"] = d.mps_pipe_dir
+            else:
+                env.pop("CUDA_MPS_PIPE_DIRECTORY", None)
+            self.procs[d.device_id] = subprocess.Popen(
+                [sys.executable, "-m", "fast_manager.model_store_gpu", "--socket",
+                 str(holder_socket(self.store_dir, d))], env=env, preexec_fn=die_with_parent)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
 # ---- the process -----------------------------------------------------------------------------
 
 
 def run(client: redis.Redis, node: str, interval_s: float, once: bool, pipe_dir: str,
-        allow_start_mps: bool, stop: threading.Event, store_dir: Path | None = None) -> int:
+        allow_start_mps: bool, stop: threading.Event, store_dir: Path | None = None,
+        gpu_holders: bool = True) -> int:
     ttl_s = interval_s * HEARTBEAT_TTL_FACTOR
     devices = discover(node, time.time(), pipe_dir, allow_start_mps)
+    holders = GpuHolders(store_dir, devices) if store_dir is not None and gpu_holders and not once \
+        else None
+    try:
+        return _beat(client, devices, interval_s, ttl_s, once, stop, store_dir, holders)
+    finally:
+        if holders is not None:
+            holders.stop()
+
+
+def _beat(client: redis.Redis, devices: list[DeviceInfo], interval_s: float, ttl_s: float,
+          once: bool, stop: threading.Event, store_dir: Path | None,
+          holders: GpuHolders | None) -> int:
     for d in devices:
         share = (f"{d.spatial_capacity} cores {list(d.cores)}" if d.kind is DeviceKind.CPU
                  else f"{d.spatial_capacity}% SMs, MPS {d.mps.value}")
@@ -253,6 +325,8 @@ def run(client: redis.Redis, node: str, interval_s: float, once: bool, pipe_dir:
                 register(client, devices, ttl_s)
                 registered = True
                 log.info("registered %d device(s) in %s", len(devices), keys.devices())
+            if holders is not None:
+                holders.ensure()
             if store_dir is not None:
                 maintain_model_store(client, store_dir, devices)
         except OSError as e:
@@ -294,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"{DEFAULT_MPS_PIPE_DIR})")
     parser.add_argument("--start-mps", action="store_true",
                         help="start the MPS control daemon on GPU nodes when it is not running")
+    parser.add_argument("--no-gpu-model-holder", action="store_true",
+                        help="do not run a GPU model holder per GPU (replicas then copy their "
+                             "weights to the GPU each)")
     parser.add_argument("--model-store-dir", type=Path, default=store_dir_from_env(os.environ),
                         help="the device model store to garbage-collect and publish (default: "
                              "$FASTGSHARE_MODEL_STORE_DIR, else $FASTGSHARE_STATE_DIR/models; "
@@ -310,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     client = redis.Redis.from_url(args.redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         return run(client, args.node, args.interval_s, args.once, args.mps_pipe_dir,
-                   args.start_mps, stop, args.model_store_dir)
+                   args.start_mps, stop, args.model_store_dir, not args.no_gpu_model_holder)
     finally:
         client.close()
 

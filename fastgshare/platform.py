@@ -20,7 +20,7 @@ from pathlib import Path
 import redis
 import requests
 
-from fastgshare.redis_server import EmbeddedRedis, _die_with_parent, free_port
+from fastgshare.redis_server import EmbeddedRedis, die_with_parent, free_port
 
 DEFAULT_USER = "admin"
 """Basic-auth user written to ``STATE/secrets/basic-auth-user`` on first start."""
@@ -145,7 +145,7 @@ class Platform:
         with open(logs / f"{name}.log", "ab") as out:
             self._procs[name] = subprocess.Popen(
                 argv, env=self._env(), cwd=str(REPO_ROOT), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
             )
 
     def _spawn_provider(self) -> None:

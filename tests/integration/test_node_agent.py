@@ -73,3 +73,47 @@ def test_unreachable_redis_is_reported_not_raised() -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "redis unavailable" in out and "Traceback" not in out
+
+
+def test_gpu_model_holders_run_restart_and_stop(tmp_path: Path) -> None:
+    """One holder process per GPU record, on the socket the runtime looks for; restarted when it
+    dies, stopped with the agent. A stand-in GPU record: the holder starts CUDA only on a claim."""
+    from fast_manager.devices import DeviceInfo, MpsState
+    from fast_manager.node_agent import GpuHolders, holder_socket
+    from tests.waiting import wait_for
+
+    gpu = DeviceInfo("gpu:GPU-0000-test", DeviceKind.GPU, "node", "stand-in GPU", 0, 2**30,
+                     mps=MpsState.NOT_RUNNING, mps_pipe_dir=str(tmp_path / "mps"))
+    cpu = cpu_device("node", "cpu", (0,), 2**30, 0.0)
+    holders = GpuHolders(tmp_path, [cpu, gpu])
+    sock = holder_socket(tmp_path, gpu)
+
+    def listening() -> bool:  # a socket file left by a killed holder refuses connections
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(sock))
+            except OSError:
+                return False
+        return True
+
+    assert sock == tmp_path / "gpu-GPU-0000-test.sock"
+    try:
+        holders.ensure()
+        assert list(holders.procs) == ["gpu:GPU-0000-test"]  # the CPU gets none
+        first = holders.procs[gpu.device_id]
+        env = Path(f"/proc/{first.pid}/environ").read_bytes().split(b"\0")
+        assert b"CUDA_VISIBLE_DEVICES=GPU-0000-test" in env
+        assert not any(e.startswith(b"CUDA_MPS_PIPE_DIRECTORY=") for e in env)  # MPS not running
+        wait_for(listening, what="holder listening")
+        first.kill()
+        first.wait(10)
+        holders.ensure()
+        second = holders.procs[gpu.device_id]
+        assert second.pid != first.pid and second.poll() is None
+        wait_for(listening, what="restarted holder listening")
+    finally:
+        holders.stop()
+    assert second.poll() is not None
+    assert not sock.exists()  # the holder removes its socket on SIGTERM
