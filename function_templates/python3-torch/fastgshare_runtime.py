@@ -575,7 +575,7 @@ def load_shared(model_id: str, build: Callable[[], torch.nn.Module],
 def _gpu_tensors(env: Mapping[str, str], path: Path) -> dict[str, torch.Tensor] | None:
     """The GPU holder's tensors for ``path`` through CUDA IPC, or None if no holder answers.
 
-    UNTESTED here (no GPU on the development machine); exercised by bench/gpu/model_sharing_gpu.py.
+    Ran on an NVIDIA H200 (bench/gpu/model_sharing_gpu.py, 2026-11-27); no GPU on the development machine.
     """
     import pickle
     import socket
