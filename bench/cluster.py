@@ -25,6 +25,7 @@ from fast_scheduler.autoscale import (
     AutoscaleSettings,
     AutoscaleState,
     ChoiceSet,
+    candidate_points,
     choice_set,
     decide_replicas,
 )
@@ -155,7 +156,8 @@ def decision_time(n_functions: int, n_gpus: int) -> dict[str, float]:
     for s in specs:  # choices depend only on (table, SLO): the loop computes them once per table
         key = (id(s.table), s.slo_ms)
         if key not in cache:
-            cache[key] = choice_set(s.table, s.slo_ms, settings)
+            # The configs this policy and the live loop choose from (grid + tiling shares).
+            cache[key] = choice_set(s.table, s.slo_ms, settings, candidate_points(s.table), "this")
         states[s.name] = AutoscaleState(choice_set=cache[key])
     current = {}
     for s in specs:

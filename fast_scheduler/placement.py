@@ -15,7 +15,8 @@ Memory counts each model's weights once per device (model sharing).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 EPS = 1e-9
 
@@ -63,20 +64,25 @@ class Device:
     from the node agent's registry (``keys.device_models``); it may hold models of replicas this
     snapshot does not list (another namespace, a profiling shadow)."""
 
-    @property
+    @cached_property
+    def kind(self) -> tuple[int, int, tuple[tuple[str, int], ...]]:
+        """What makes two empty devices interchangeable for placement."""
+        return (self.mem_bytes, self.sm_capacity_pct, self.stored_models)
+
+    @cached_property
     def area_used(self) -> float:
         return sum(r.area for r in self.replicas)
 
-    @property
+    @cached_property
     def height_used_pct(self) -> int:
         return sum(b.height_pct for b in self.bands)
 
-    @property
+    @cached_property
     def models(self) -> frozenset[str]:
         """Models whose weights are on the device: its replicas' and its store's."""
         return frozenset(r.model for r in self.replicas) | frozenset(m for m, _ in self.stored_models)
 
-    @property
+    @cached_property
     def mem_used_bytes(self) -> int:
         weights: dict[str, int] = dict(self.stored_models)
         act = 0
@@ -146,12 +152,54 @@ class Snapshot:
     """The devices the scheduler may use, as it sees them now."""
 
     devices: tuple[Device, ...]
+    _positions: Mapping[str, int] | None = field(default=None, compare=False, repr=False)
+    """Index of each device id (shared by the snapshots derived with ``with_device``)."""
 
     def by_id(self) -> dict[str, Device]:
         return {d.device_id: d for d in self.devices}
 
+    @cached_property
+    def positions(self) -> Mapping[str, int]:
+        if self._positions is not None:
+            return self._positions
+        return {d.device_id: i for i, d in enumerate(self.devices)}
+
+    @cached_property
+    def candidates(self) -> tuple[int, ...]:
+        """Indices of the devices worth trying, in order: every used device, and the first empty
+        device of each kind (empty devices of one kind are interchangeable)."""
+        out, seen = [], set()
+        for i, d in enumerate(self.devices):
+            if d.replicas:
+                out.append(i)
+            elif d.kind not in seen:
+                seen.add(d.kind)
+                out.append(i)
+        return tuple(out)
+
     def with_device(self, dev: Device) -> Snapshot:
-        return Snapshot(tuple(dev if d.device_id == dev.device_id else d for d in self.devices))
+        """This snapshot with ``dev`` in place of the device of the same id. 1,000 devices x hundreds
+        of placements per tick: the tuple is sliced, not rebuilt, and the candidates carried over
+        when the change is the usual one (a used device stays used, or the first empty device of a
+        kind gets its first replica and the next empty one of that kind takes its place)."""
+        i = self.positions.get(dev.device_id)
+        if i is None:
+            return self
+        devices = self.devices[:i] + (dev,) + self.devices[i + 1 :]
+        new = Snapshot(devices, self.positions)
+        c = self.__dict__.get("candidates")
+        old = self.devices[i]
+        if c is not None and dev.replicas and old.kind == dev.kind:
+            if old.replicas:
+                new.__dict__["candidates"] = c
+            elif i in c:
+                nxt = next(
+                    (j for j in range(i + 1, len(devices))
+                     if not devices[j].replicas and devices[j].kind == old.kind),
+                    None,
+                )
+                new.__dict__["candidates"] = c if nxt is None else tuple(sorted((*c, nxt)))
+        return new
 
     @property
     def used_devices(self) -> int:
@@ -235,13 +283,9 @@ def place(
     """The best device for ``req``: every filter passes, highest weighted score, ties to the lowest id."""
     reasons: dict[str, int] = {}
     best: Placement | None = None
-    empty_seen: set[tuple[int, int, tuple[tuple[str, int], ...]]] = set()
-    for dev in snapshot.devices:
-        if not dev.replicas:  # empty devices of one kind are interchangeable: try the first only
-            kind = (dev.mem_bytes, dev.sm_capacity_pct, dev.stored_models)
-            if kind in empty_seen:
-                continue
-            empty_seen.add(kind)
+    devices = snapshot.devices
+    for i in snapshot.candidates:  # used devices, and the first empty device of each kind
+        dev = devices[i]
         why = None
         for f in filters:
             why = f(req, dev)

@@ -161,3 +161,24 @@ def test_live_snapshot_carries_the_store_registry():
     assert view.stored_models == (("m", 2 * GIB),)
     (dev,) = snapshot_of([], [view]).devices
     assert dev.models == {"m"} and dev.mem_used_bytes == 2 * GIB
+
+
+def test_carried_candidates_match_a_fresh_snapshot():
+    # with_device carries the candidate list over; it must be what a fresh snapshot computes.
+    rng = random.Random(4)
+    kinds = [(), (("m", GIB),)]
+    s = Snapshot(tuple(Device(f"gpu{i:02d}", "n0", 8 * GIB, stored_models=kinds[i % 3 == 0])
+                       for i in range(30)))
+    _ = s.candidates
+    for i in range(200):
+        if rng.random() < 0.8:
+            p = place(req(i, rng.choice([6, 12, 25, 50]), rng.choice([0.2, 0.5, 1.0]),
+                          model=rng.choice("mn"), mem=GIB, weight=GIB // 2), s)
+            if isinstance(p, Placement):
+                s = s.with_device(p.device)
+        else:
+            used = [d for d in s.devices if d.replicas]
+            if used:
+                d = rng.choice(used)
+                s = s.with_device(d.without(d.replicas[0].replica_id))
+        assert s.candidates == Snapshot(s.devices).candidates
