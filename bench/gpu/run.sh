@@ -142,7 +142,7 @@ stop_mps() {
 trap stop_mps EXIT
 
 Q=$([[ $DRY == 1 ]] && echo --quick)
-step "isolation on $DEVICE" 110 60 \
+step "isolation on $DEVICE" 140 90 \
   $PY -m bench.gpu.main isolation --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
 step "sharing modes on $DEVICE" 120 60 \
   $PY -m bench.gpu.main sharing --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
