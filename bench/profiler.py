@@ -3,8 +3,10 @@
 For each example function: bring the embedded platform up, deploy the function with an SLO, profile
 it on the paper's grid (SM 6..100 mapped to this machine's cores x quota 0.2..1.0, batch 1) through
 provider -> sidecar -> worker, then re-measure held-out points that the table inferred (interpolated
-or copied past saturation) plus one measured point (repeatability), each with a fresh rate search,
-and compare with the table. Times are wall-clock on this (shared) machine.
+or copied past saturation) plus one measured point (repeatability), each with a fresh rate search run
+with the same settings as the table's (other settings would count their difference as error), and
+compare with the table. Times are wall-clock on this (shared) machine; the 1-minute load average is
+recorded before the profile, after it and after the held-out points (other jobs share the 2 cores).
 
 SLOs: the stack's mobilenet SLO (50 ms) is at the edge of its unloaded latency through the platform on
 a shared 2-core machine (~25-35 ms p50, ~50 ms p99 while other jobs run), so a table against it is
@@ -13,7 +15,9 @@ mostly zeros; the benchmark uses 150 ms for mobilenet and the stack's 300 ms for
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +33,7 @@ from fast_profiler.jobs import profile_and_store
 from fast_profiler.planner import Config, Source
 from fast_profiler.plot import plot_table
 from fast_profiler.runner import Gateway, Runner, RunSettings, as_function_source
+from fast_profiler.search import SearchSettings
 from fastgshare import keys
 from fastgshare.platform import Platform
 
@@ -56,7 +61,14 @@ def heldout_configs(points, limit: int) -> list[Config]:
     return chosen
 
 
-def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int) -> dict:
+def plain(search: SearchSettings) -> SearchSettings:
+    """The estimator before its guards (for comparison): the capacity estimate caps the bracket,
+    every failure counts at once (disturbed or lone), the rate halves before the first pass."""
+    return dataclasses.replace(search, max_expand_frac=search.ceiling_frac, disturbed_frac=float("inf"),
+                               confirm_fails=1, down_frac=0.5)
+
+
+def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_search: bool = False) -> dict:
     state = Path(tempfile.mkdtemp(prefix=f"bench-profiler-{name}-"))
     p = Platform(state, port=0)
     info = p.start()
@@ -74,13 +86,17 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int) -> dic
         api.post(f"{info.url}/system/scale-function/{name}", json={"serviceName": name, "replicas": 0})
         gw = Gateway(info.url, info.auth, client)
         settings = RunSettings(search=QUICK_SEARCH) if quick else RunSettings()
+        if plain_search:
+            settings = dataclasses.replace(settings, search=plain(settings.search))
 
         def show(pr) -> None:
             cur = pr.current
             where = "" if cur is None else f"sm {cur.sm_pct}% quota {cur.quota_frac:g}"
             print(f"  [{pr.elapsed_s:6.1f} s] {pr.measured}/{pr.planned} measured {where}", flush=True)
 
-        print(f"{name}: profiling (SLO {slo_ms:g} ms, {'quick' if quick else 'full'} search)", flush=True)
+        load_before = os.getloadavg()[0]
+        print(f"{name}: profiling (SLO {slo_ms:g} ms, {'quick' if quick else 'full'} search, "
+              f"load average {load_before:.2f})", flush=True)
         t0 = time.monotonic()
         result = profile_and_store(gw, name, settings=settings, on_progress=show)
         seconds = time.monotonic() - t0
@@ -92,7 +108,8 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int) -> dic
 
         print(f"{name}: re-measuring held-out points", flush=True)
         src = as_function_source(gw.function_status(name) or {}, slo_ms=slo_ms)
-        runner = Runner(gw, src, RunSettings())
+        runner = Runner(gw, src, settings)
+        load_mid = os.getloadavg()[0]
         by_cfg = {pt.config: pt for pt in result.points}
         held = []
         try:
@@ -110,7 +127,8 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int) -> dic
                              "source": by_cfg[cfg].source.value, "table_rps": round(tab, 2),
                              "remeasured_rps": round(m.throughput_rps, 2),
                              "remeasured_p99_ms": round(m.latency_p99_ms, 1), "rel_error": round(err, 4),
-                             "seconds": round(m.seconds, 1)})
+                             "seconds": round(m.seconds, 1), "load_average_1m": round(os.getloadavg()[0], 2),
+                             "rates": [[round(r, 1), ok] for r, ok in m.steps]})
                 print(f"  held-out sm {cfg.sm_pct}% quota {cfg.quota_frac:g} ({by_cfg[cfg].source.value}): "
                       f"table {tab:.1f} rps, re-measured {m.throughput_rps:.1f} rps, error {err:.1%}",
                       flush=True)
@@ -120,18 +138,23 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int) -> dic
         max_err = max((h["rel_error"] for h in ok), default=0.0)
         inferred_err = max((h["rel_error"] for h in ok if h["source"] != "measured"), default=0.0)
         original_s = ORIGINAL_POINTS * ORIGINAL_POINT_S
+        load_after = os.getloadavg()[0]
         return {
-            "function": name, "slo_ms": slo_ms, "device_type": table.device_type,
+            "function": name, "slo_ms": slo_ms, "estimator": "plain" if plain_search else "guarded",
+            "device_type": table.device_type,
             "seconds": round(seconds, 1), "points_measured": len(result.measurements),
             "points_total": len(result.points), "original_seconds": original_s,
             "speedup_vs_original": round(original_s / seconds, 2),
             "fraction_of_original_time": round(seconds / original_s, 3),
             "holdout_max_rel_error": max_err, "heldout_max_error_pct": round(100 * max_err, 1),
             "heldout_inferred_max_error_pct": round(100 * inferred_err, 1), "heldout": held,
+            "load_average_1m": {"before": round(load_before, 2), "after_profile": round(load_mid, 2),
+                                "after_heldout": round(load_after, 2)},
             "measurements": [{"sm_pct": m.config.sm_pct, "quota_frac": m.config.quota_frac,
                               "rps": round(m.throughput_rps, 2), "p99_ms": round(m.latency_p99_ms, 1),
                               "busy_frac": round(m.busy_frac, 3), "seconds": round(m.seconds, 1),
-                              "steps": len(m.steps)} for m in result.measurements],
+                              "steps": len(m.steps), "rates": [[round(r, 1), ok] for r, ok in m.steps]}
+                             for m in result.measurements],
             "table": json.loads(table.to_json()), "png": str(png),
         }
     finally:
@@ -143,18 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--functions", default=None,
                     help="comma-separated (default: mobilenet; mobilenet,resnet50 without --quick)")
     ap.add_argument("--heldout", type=int, default=4, help="held-out points per function")
+    ap.add_argument("--plain-search", action="store_true",
+                    help="the estimator without its guards (open bracket, reruns, 0.7 step down), to compare")
     args = ap.parse_args(argv)
     names = (args.functions or ("mobilenet" if args.quick else "mobilenet,resnet50")).split(",")
     results = {}
     for n in names:
-        results[n] = bench_function(n, FUNCTIONS.get(n, 200.0), args.quick, 2 if args.quick else args.heldout)
+        results[n] = bench_function(n, FUNCTIONS.get(n, 200.0), args.quick, 2 if args.quick else args.heldout,
+                                    args.plain_search)
     print(f"\n{'function':<10} {'seconds':>8} {'vs 35x30s':>10} {'measured':>9} {'points':>7} "
-          f"{'held-out max err':>17}")
+          f"{'held-out max err':>17} {'load avg (1m)':>14}")
     original_s = ORIGINAL_POINTS * ORIGINAL_POINT_S
     print(f"{'original':<10} {original_s:>8.0f} {'1.00':>10} {35:>9} {35:>7} {'-':>17}")
     for n, r in results.items():
         print(f"{n:<10} {r['seconds']:>8.1f} {r['fraction_of_original_time']:>10.3f} "
-              f"{r['points_measured']:>9} {r['points_total']:>7} {r['heldout_max_error_pct']:>16.1f}%")
+              f"{r['points_measured']:>9} {r['points_total']:>7} {r['heldout_max_error_pct']:>16.1f}% "
+              f"{r['load_average_1m']['before']:>6.1f}-{r['load_average_1m']['after_heldout']:<6.1f}")
     write_json(args.json, {"benchmark": "profiler", "quick": args.quick, "functions": results})
     return 0
 

@@ -27,8 +27,9 @@ from fast_profiler.table import ProfileTable
 
 DEFAULT_STATE_DIR = Path(os.environ.get("FASTGSHARE_STATE_DIR", ".fastgshare"))
 QUICK_SEARCH = SearchSettings(min_duration_s=1.0, min_requests=80, max_duration_s=3.0, rel_tol=0.08,
-                              max_steps=5)
-"""``--quick``: shorter steps and a looser bracket (a coarse table in about half the time)."""
+                              max_steps=5, confirm_fails=1)
+"""``--quick``: shorter steps and a looser bracket (a coarse table in about half the time); every
+failure counts (5 steps leave no room to rerun one)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

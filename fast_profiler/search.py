@@ -83,6 +83,13 @@ class SearchSettings:
     x this was disturbed (something else took the cores): it is run again instead of counted."""
     max_reruns: int = 2
     """Disturbed steps rerun per configuration at most (a node that stays busy is measured busy)."""
+    confirm_fails: int = 2
+    """2: a lone failure of the first step, or of the rate just above the highest pass, is run again
+    (a split vote then gets a third step). Other load only ever makes a step fail, so one failure
+    is weak evidence on a shared node, and these two decide the most. 1: every failure counts."""
+    down_frac: float = 0.7
+    """Before any pass, the next rate is the lowest failure x this (the capacity estimate is a
+    saturation throughput: the SLO-bound rate is usually not far below it)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,7 @@ def votes(history: Sequence[tuple[float, bool]], rate_rps: float) -> tuple[int, 
 def _bracket(history: Sequence[tuple[float, bool]]) -> tuple[float, float | None, float | None]:
     """(highest passing rate, lowest failing rate, a rate with a split vote) by majority per rate."""
     pass_rps, fail_rps, tie = 0.0, None, None
-    for r in {r for r, _ in history}:
+    for r in sorted({r for r, _ in history}):
         p, f = votes(history, r)
         if p > f:
             pass_rps = max(pass_rps, r)
@@ -177,6 +184,14 @@ def next_rate(state: SearchState, settings: SearchSettings) -> float | None:
     _, _, tie = _bracket(state.history)
     if tie is not None:
         return tie  # one more step breaks the split vote
+    if settings.confirm_fails >= 2:
+        # A lone failure where it decides most is run again: the first step's (it sets how far the
+        # search descends) and the bracket's top just above a pass (it sets the answer).
+        lone = [r for r in {r for r, _ in state.history} if votes(state.history, r) == (0, 1)]
+        first = state.history[0][0]
+        again = [r for r in lone if r == first or (state.pass_rps > 0 and r == state.fail_rps)]
+        if again:
+            return min(again)
     lo = state.pass_rps
     if state.fail_rps is None:
         hi = state.capacity_rps * settings.ceiling_frac
@@ -188,7 +203,7 @@ def next_rate(state: SearchState, settings: SearchSettings) -> float | None:
     else:
         hi = state.fail_rps
     if lo <= 0:
-        nxt = hi * 0.5
+        nxt = hi * settings.down_frac
         return nxt if nxt >= state.capacity_rps * settings.min_rate_frac else None
     if hi / lo <= 1 + settings.rel_tol:
         if votes(state.history, lo)[0] >= settings.confirm_passes:

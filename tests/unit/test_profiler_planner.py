@@ -196,8 +196,8 @@ def test_step_verdict(obs, verdict):
     assert step_verdict(obs, 50.0, S) is verdict
 
 
-def search(capacity: float, true_rate: float):
-    settings = SearchSettings()
+def search(capacity: float, true_rate: float, **over):
+    settings = SearchSettings(**over)
     state = start_search(capacity)
     while (r := next_rate(state, settings)) is not None:
         state = record_step(state, r, r <= true_rate)
@@ -208,9 +208,26 @@ def search(capacity: float, true_rate: float):
 def test_search_brackets_the_rate_within_tolerance(capacity, true_rate):
     st = search(capacity, true_rate)
     assert st.pass_rps <= true_rate
-    assert st.pass_rps >= true_rate / (1 + SearchSettings().rel_tol) - 1e-9
-    # near capacity (the usual case) in 3-4 steps; far below it a few more
-    assert st.steps <= (4 if true_rate >= 0.85 * capacity else 7)
+    converged = st.steps < SearchSettings().max_steps
+    assert st.pass_rps >= true_rate / (1 + SearchSettings().rel_tol if converged else 1.2) - 1e-9
+    # near capacity (the usual case) in 3-4 steps plus reruns of lone failures; far below more
+    assert st.steps <= (6 if true_rate >= 0.85 * capacity else 8)
+    quick = search(capacity, true_rate, confirm_fails=1, rel_tol=0.08)
+    assert true_rate / 1.08 - 1e-9 <= quick.pass_rps <= true_rate
+
+
+def test_a_lone_failure_that_decides_is_run_again():
+    # A hiccup fails the first step at 85: it is run again, passes, and a third step settles it.
+    hiccup = iter([False, True, True])
+    st = start_search(100)
+    rates = []
+    while (r := next_rate(st, SearchSettings())) is not None and len(rates) < 4:
+        rates.append(round(r, 1))
+        st = record_step(st, r, next(hiccup, r <= 95))
+    assert rates[:3] == [85.0, 85.0, 85.0] and votes(st.history, 85.0) == (2, 1)
+    # every failure counts with confirm_fails=1: the search steps down by down_frac at once
+    st = record_step(start_search(100), 85.0, False)
+    assert next_rate(st, SearchSettings(confirm_fails=1)) == pytest.approx(85.0 * 0.7)
 
 
 def test_search_looks_above_a_low_capacity_estimate():
@@ -225,7 +242,7 @@ def test_search_decides_a_rate_by_majority():
     lucky = iter([True, True, True, False, False, False])  # 85, 94.5, 99.6, 102.3, 99.6, 99.6
     st = start_search(100)
     rates = []
-    while (r := next_rate(st, SearchSettings(confirm_passes=2))) is not None:
+    while (r := next_rate(st, SearchSettings(confirm_passes=2, confirm_fails=1))) is not None:
         rates.append(round(r, 1))
         st = record_step(st, r, next(lucky, r <= 95))
     assert rates == [85.0, 94.5, 99.6, 102.3, 99.6, 99.6, 97.0, 94.5]
@@ -252,7 +269,7 @@ def test_a_disturbed_step_is_told_from_an_overloaded_one():
 
 def test_search_gives_up_when_even_light_load_fails():
     st = search(100, 0.0)
-    assert st.pass_rps == 0.0 and st.steps < SearchSettings().max_steps
+    assert st.pass_rps == 0.0 and st.steps <= SearchSettings().max_steps
 
 
 def test_quantile_nearest_rank():
