@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from fast_scheduler.baselines import all_policies, lower_bound_choices
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyModel
 from fast_scheduler.lower_bound import GpuLowerBound
 from fast_scheduler.placement import Device, Rejection, ReplicaRequest, Snapshot, place
+from fast_scheduler.policies import this_policy
 from fast_scheduler.simulator import FunctionSpec, SimSettings, simulate
 from fast_scheduler.traces import (
     azure_like_trace,
@@ -44,6 +46,9 @@ from fast_scheduler.traces import (
 
 MIB = 2**20
 ORDER = ["exclusive", "time_sharing", "mps_equal", "fastgshare_original", "this"]
+BURST_K_SWEEP = (0.0, 0.5, 1.0)
+"""This policy's burst headroom (``AutoscaleSettings.burst_k``) swept for the GPUs-vs-SLO curve;
+the default (0.5) is ``policies.this``."""
 
 
 def as_profiled(table: ProfileTable, model: LatencyModel = DEFAULT_MODEL) -> ProfileTable:
@@ -267,6 +272,21 @@ def main(argv: list[str] | None = None) -> None:
                 f"SLO {100 * s['slo_attainment']:6.2f} %  util {s['device_utilisation']:.2f}  "
                 f"({s['wall_s']:.1f} s)"
             )
+        base = AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)
+        entry["this_sweep"] = []
+        for k in BURST_K_SWEEP:
+            if k == base.burst_k:
+                s = entry["policies"]["this"]
+            else:
+                t0 = time.perf_counter()
+                s = simulate(specs, tr, this_policy(specs, replace(base, burst_k=k)), settings).summary()
+                print(f"  this (burst_k {k:g}){'':6s} GPUs mean {s['gpus_mean']:7.1f} "
+                      f"peak {s['gpus_peak']:4d}  SLO {100 * s['slo_attainment']:6.2f} %  "
+                      f"({time.perf_counter() - t0:.1f} s)")
+            vs_lb = s["gpus_mean"] / lb_mean if lb_mean else math.nan
+            entry["this_sweep"].append({"burst_k": k, "default": k == base.burst_k,
+                                        **{m: s[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment")},
+                                        "gpus_vs_lower_bound": vs_lb})
         orig = entry["policies"]["fastgshare_original"]["gpus_mean"]
         for s in entry["policies"].values():
             s["gpus_vs_original"] = s["gpus_mean"] / orig if orig else math.nan
@@ -293,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print_table(result)
     plot(
-        series, args.json.with_suffix(".png") if args.json.parent != RESULTS else RESULTS / "cluster.png"
+        series, args.json.with_suffix(".png") if args.json.parent != RESULTS else RESULTS / "cluster.png",
+        result,
     )
     write_json(args.json, result)
 
@@ -312,15 +333,20 @@ def print_table(result: dict[str, Any]) -> None:
         print(
             f"{tname:8s} {'LP lower bound':20s} {e['lower_bound_gpus']:9.1f} {e['lower_bound_gpus_peak']:5d}"
         )
+        for p in e.get("this_sweep", ()):
+            print(f"{tname:8s} {'this burst_k ' + format(p['burst_k'], 'g'):20s} {p['gpus_mean']:9.1f} "
+                  f"{p['gpus_peak']:5d} {100 * p['slo_attainment']:7.2f} {'':32s} "
+                  f"{p['gpus_vs_lower_bound']:6.2f}")
 
 
-def plot(series: dict[str, dict[str, list[int]]], path: Any) -> None:
+def plot(series: dict[str, dict[str, list[int]]], path: Any, result: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 4), squeeze=False)
+    rows = 2 if result else 1
+    fig, axes = plt.subplots(rows, len(series), figsize=(6 * len(series), 4 * rows), squeeze=False)
     for ax, (tname, by_pol) in zip(axes[0], series.items(), strict=True):
         for name, ys in by_pol.items():
             ax.plot(range(len(ys)), ys, label=name, linestyle="--" if name == "lower_bound" else "-")
@@ -328,6 +354,24 @@ def plot(series: dict[str, dict[str, list[int]]], path: Any) -> None:
         ax.set_xlabel("time (s)")
         ax.set_ylabel("GPUs in use")
     axes[0][0].legend(fontsize=8)
+    if result:  # GPUs vs SLO: this policy's burst-headroom curve beside the baselines' points
+        for ax, tname in zip(axes[1], series, strict=True):
+            e = result["traces"][tname]
+            sw = e.get("this_sweep", [])
+            ax.plot([p["gpus_mean"] for p in sw], [100 * p["slo_attainment"] for p in sw], "o-",
+                    label="this (burst_k " + ", ".join(f"{p['burst_k']:g}" for p in sw) + ")")
+            for p in sw:
+                ax.annotate(f"{p['burst_k']:g}", (p["gpus_mean"], 100 * p["slo_attainment"]), fontsize=7)
+            for k in ORDER[:-1]:
+                s = e["policies"][k]
+                ax.plot([s["gpus_mean"]], [100 * s["slo_attainment"]], "s", label=k)
+            ax.axvline(e["lower_bound_gpus"], linestyle="--", color="grey", label="LP bound")
+            ax.axhline(99.0, linestyle=":", color="grey")
+            ax.set_xscale("log")
+            ax.set_xlabel("GPUs (time mean, log)")
+            ax.set_ylabel("SLO attainment (%)")
+            ax.set_title(f"{tname}: GPUs vs SLO")
+        axes[1][0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-down-delay-s", type=float, default=d.scale_down_delay_s)
     p.add_argument("--idle-to-zero-s", type=float, default=d.idle_to_zero_s)
     p.add_argument("--horizon-s", type=float, default=d.horizon_s)
+    p.add_argument("--burst-k", type=float, default=d.burst_k,
+                   help="share of the gap to the recent peak rate held as capacity (0: reactive only)")
+    p.add_argument("--burst-memory-s", type=float, default=d.burst_memory_s,
+                   help="time constant of the remembered peak's decay once calm")
     p.add_argument("--once", action="store_true", help="one tick, then exit")
     args = p.parse_args(argv)
     if not args.redis_url:
@@ -37,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     password = os.environ.get("FASTGSHARE_PASSWORD")
     auth = (os.environ.get("FASTGSHARE_USER", "admin"), password) if password else None
     auto = AutoscaleSettings(scale_down_delay_s=args.scale_down_delay_s, idle_to_zero_s=args.idle_to_zero_s,
-                             horizon_s=args.horizon_s)
+                             horizon_s=args.horizon_s, burst_k=args.burst_k,
+                             burst_memory_s=args.burst_memory_s)
     settings = LoopSettings(interval_s=args.interval_s, namespace=args.namespace, autoscale=auto)
     loop = SchedulerLoop(Provider(args.gateway, auth, settings.http_timeout_s),
                          redis.Redis.from_url(args.redis_url), settings)

@@ -104,6 +104,8 @@ class FunctionResult:
     served: float = 0.0
     within_slo: float = 0.0
     served_by_step: list[float] = field(default_factory=list)
+    late_by_step: list[float] = field(default_factory=list)
+    """Requests served over the SLO, per step (only with ``SimSettings.record_latency``)."""
     latency_terms: list[tuple[float, float, float, float]] = field(default_factory=list)
     """(count, base_ms, rho, decay_per_ms): ``count`` requests whose latency exceeds ``base_ms + t``
     with probability ``rho * exp(-decay_per_ms * t)`` (rho 0: exactly ``base_ms``). Only with
@@ -368,7 +370,7 @@ def simulate(
                 u[1] += r.config.sm_pct / 100 * quota * share
             servers = [(rate, r.curve) for r, rate in zip(ready, rates, strict=True)]
             fresh_ok = _fresh_ok_fraction(servers, lam, mu, spec.slo_ms) if ready else 0.0
-            served_before = fr.served
+            served_before, ok_before = fr.served, fr.within_slo
             full = budget
             while q and budget > 1e-9:
                 t_arr, cnt = q[0]
@@ -395,6 +397,7 @@ def simulate(
                     q[0][1] = cnt - take
             if cfg.record_latency:
                 fr.served_by_step.append(fr.served - served_before)
+                fr.late_by_step.append((fr.served - served_before) - (fr.within_slo - ok_before))
         res.gpus.append(len(used_ids))
         res.replicas.append(sum(1 for rs in fn_reps.values() for r in rs if r.ready_s <= now))
         if used_ids:

@@ -92,7 +92,8 @@ def test_ramp_makes_replicas_rise_and_fall_with_the_slo_held(platform):
     with open(log_path, "wb") as out:
         sched = subprocess.Popen(
             [sys.executable, "-m", "fast_scheduler", "--redis-url", info.redis_url, "--gateway", url,
-             "--interval-s", "1", "--scale-down-delay-s", "5", "--horizon-s", "8"],
+             "--interval-s", "1", "--scale-down-delay-s", "5", "--horizon-s", "8",
+             "--burst-memory-s", "5"],
             env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT)
     try:
         results: list[tuple[float, float, int]] = []

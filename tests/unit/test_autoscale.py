@@ -122,3 +122,24 @@ def test_deterministic():
     assert [Counter(d.replicas) for d in run([10, 80, 30, 5])] == [
         Counter(d.replicas) for d in run([10, 80, 30, 5])
     ]
+
+
+def test_burst_memory_holds_part_of_the_last_step_then_decays():
+    # A function that stepped 40 -> 400 and back keeps burst_k of the gap as headroom, decaying.
+    s = AutoscaleSettings(burst_k=0.5, burst_memory_s=60.0, scale_down_delay_s=0)
+    calm = [40.0] * 3 + [400.0] * 3 + [40.0] * 40
+    ds = run(calm, s)
+    r = run(calm, AutoscaleSettings(burst_k=0.0, scale_down_delay_s=0))  # reactive only
+    held = [d.target_rps - e.target_rps for d, e in zip(ds, r, strict=True)]
+    assert held[:6] == pytest.approx([0.0] * 6, abs=1e-6)  # rising and in the burst: nothing extra
+    assert held[6] > 0.4 * (400 - 40) * math.exp(-5 / 60)  # first calm tick: ~half the gap
+    assert held[7:] == sorted(held[7:], reverse=True) and held[-1] < 0.05 * (400 - 40)  # decays
+    # A steady function (only Poisson noise) gets no burst headroom.
+    steady = run([200.0] * 10, AutoscaleSettings(burst_k=0))[-1].target_rps
+    assert run([200.0] * 10, s)[-1].target_rps == pytest.approx(steady)
+
+
+def test_jump_gain_extrapolates_a_step_inside_the_tick():
+    base = run([40.0] * 3 + [220.0], AutoscaleSettings(burst_k=0))[-1].target_rps
+    gain = run([40.0] * 3 + [220.0], AutoscaleSettings(burst_k=0, jump_gain=2.0))[-1].target_rps
+    assert gain - base == pytest.approx(180.0 * 1.02, rel=0.02)  # level 40 + 2 x 180, not 220
