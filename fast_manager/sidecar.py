@@ -15,6 +15,11 @@ them as one batch; they share one token (the first takes it, the others ride on 
 goes back when the last of them is answered, charged with the sum of their busy times (the worker
 splits a batch's device time over its requests, so the batch is counted once).
 
+Fatal device faults (``fast_manager.device_faults``): an execution that hit a context-fatal device
+error is answered 500, reported on the device's fault channel, and its worker restarted; on a GPU
+every other sidecar of the device restarts its worker too (the MPS server recovers only when all its
+clients have exited), and runs again the requests that restart cut short.
+
 Must not import torch (import-linter): it runs beside every replica and must stay small.
 """
 
@@ -36,6 +41,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import disable_created_metrics
 
+from fast_manager.device_faults import FAULT_HEADER, FaultChannel, is_collateral
 from fast_manager.logline import setup_logging
 from fast_manager.memory import MemoryEnforcement, MemoryGuard
 from fast_manager.settings import SidecarSettings, sidecar_settings_from_env
@@ -142,6 +148,11 @@ class Sidecar:
         """Worker connections not in use: one per request in flight."""
         self._shared: _SharedLease | None = None
         self._inflight = 0
+        self.faults: FaultChannel | None = None
+        """The device's fault channel (set by ``start_sidecar``; None in tests that need none)."""
+        self._fault_epoch = 0
+        """Bumped whenever the worker is restarted for a device fault: requests it cut short run again."""
+        self.device_faults = 0
         worker.on_state_change = self._worker_state
 
     def _worker_state(self, up: bool) -> None:
@@ -150,8 +161,12 @@ class Sidecar:
     async def start(self) -> None:
         self.metrics.token_mode(self.tokens.mode)
         self.worker.start()
+        if self.faults is not None:
+            self.faults.start()
 
     async def close(self) -> None:
+        if self.faults is not None:
+            await self.faults.close()
         await self.worker.stop()
         with contextlib.suppress(Exception):
             await self.tokens.close()
@@ -192,6 +207,7 @@ class Sidecar:
                        "breaches": w.memory.breaches},
             "worker": {"pid": w.pid, "ready": w.ready, "port": w.port, "restarts": w.restarts,
                        "last_exit_code": w.last_exit_code},
+            "device_faults": self.device_faults,
         })
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
@@ -309,6 +325,57 @@ class Sidecar:
 
     async def _forward(self, request: web.Request,
                        body: bytes) -> tuple[web.Response, float | None]:
+        """Forward to the worker; an execution cut short by a device fault elsewhere runs again
+        (once) when the worker is back; one that faulted itself is answered 500."""
+        for attempt in (1, 2):
+            epoch = self._fault_epoch
+            response, busy_ms, fault = await self._forward_once(request, body, epoch)
+            if fault is None:
+                return response, busy_ms
+            collateral = fault == "" or is_collateral(fault)
+            if not collateral:
+                await self._own_fault(fault)
+                return _text(500, f"the execution hit a fatal device error ({fault}); the "
+                                  f"replicas of {self.settings.device} are restarting so that it "
+                                  "recovers"), busy_ms
+            if fault:  # the worker answered with the echo of a neighbour's fault: its context is dead
+                await self._restart_for_fault(f"its execution was terminated by a device fault "
+                                              f"elsewhere ({fault})")
+            ready = await self.worker.wait_ready(self.settings.queue_timeout_s)
+            if attempt == 1 and ready:
+                log.warning("%s %s was cut short by a device fault; running it again",
+                            request.method, request.path)
+                continue
+            break
+        return _text(503, f"the device {self.settings.device} is recovering from a fault; "
+                          "retry later", retry_after_s=1), None
+
+    async def _own_fault(self, reason: str) -> None:
+        log.error("device fault in this replica's execution: %s", reason)
+        if self.faults is not None:
+            await self.faults.report(reason)
+        await self._restart_for_fault(f"its execution hit a fatal device error ({reason})")
+
+    async def _restart_for_fault(self, why: str) -> None:
+        self._fault_epoch += 1
+        self.device_faults += 1
+        await self.worker.kill(why)
+
+    async def on_neighbour_fault(self, fault: Mapping[str, object]) -> None:
+        """Another replica of this device faulted: on a GPU, restart this worker as well."""
+        if not self.settings.is_gpu:
+            log.info("replica %s of this CPU device reported a fault (%s): nothing to do here",
+                     fault.get("replica"), fault.get("reason"))
+            return
+        await self._restart_for_fault(
+            f"replica {fault.get('replica')} of {self.settings.device} hit a fatal device error "
+            f"({fault.get('reason')}): every MPS client of the GPU restarts so that its MPS server "
+            "recovers")
+
+    async def _forward_once(self, request: web.Request, body: bytes,
+                            epoch: int) -> tuple[web.Response, float | None, str | None]:
+        """One try: (response, busy_ms, fault); fault is None, the worker's fault text, or ""
+        for a request cut short by a restart for a device fault."""
         s = self.settings
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
         try:
@@ -322,23 +389,26 @@ class Sidecar:
         except TimeoutError:
             await self.worker.kill(f"execution exceeded {s.exec_timeout_s:g}s")
             return _text(504, f"execution exceeded the {s.exec_timeout_s:g}s limit; "
-                              "the worker is being restarted"), None
+                              "the worker is being restarted"), None, None
         except WorkerHttpError as e:
+            if self._fault_epoch != epoch:  # restarted for a device fault while this ran
+                return _text(503, "restarted for a device fault"), None, ""
             if self.worker.memory.breached():
                 log.error("request %s %s failed: %s", request.method, request.path,
                           self.worker.memory.message())
                 await self.worker.kill("it exceeded its memory limit")
                 return _text(502, f"{self.worker.memory.message()} during the request; "
-                                  "it is being restarted"), None
+                                  "it is being restarted"), None, None
             log.warning("worker failed during %s %s: %s", request.method, request.path, e)
             # Stop routing to it now; waiting for its exit to be noticed would fail the next one.
             await self.worker.kill("it failed during a request")
             return _text(502, f"the function worker failed during the request ({e}); "
-                              "it is being restarted"), None
+                              "it is being restarted"), None, None
         out_headers = CIMultiDict(
             (k, v) for k, v in raw_headers if k.lower() not in _HOP_BY_HOP)
         busy_ms = _busy_ms(out_headers.get(BUSY_HEADER))
-        return web.Response(status=status, body=out_body, headers=out_headers), busy_ms
+        fault = out_headers.pop(FAULT_HEADER, None)
+        return web.Response(status=status, body=out_body, headers=out_headers), busy_ms, fault
 
 
 def _busy_ms(raw: str | None) -> float | None:
@@ -377,6 +447,8 @@ async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
                                f"fastgshare-{settings.replica}-{os.getpid()}", settings.mem_enforce))
     sidecar = Sidecar(settings, tokens, WorkerProcess(settings, env, memory=memory),
                       batch=batch_size(env))
+    sidecar.faults = FaultChannel(settings.redis_url, settings.device, settings.replica,
+                                  sidecar.on_neighbour_fault)
     runner = web.AppRunner(create_app(sidecar), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind, settings.port, backlog=1024)

@@ -68,6 +68,12 @@ def device_models(device_id: str) -> str:
     return f"{PREFIX}:device:{device_id}:models"
 
 
+def device_faults(device_id: str) -> str:
+    """Pub/sub channel, and a list of the last faults: fatal device errors reported by the replicas
+    of one device (JSON {device, replica, reason, at_s}); every MPS client of a faulted GPU restarts."""
+    return f"{PREFIX}:device:{device_id}:faults"
+
+
 def scheduler_decisions() -> str:
     """Hash: ``<namespace>/<name>`` -> JSON of the scheduler's latest decision for that function
     (replicas by config, reason, target and observed rps, predicted utilisation and p99, at_s)."""

@@ -158,8 +158,34 @@ def make_event(method: str, target: str, headers: dict[str, str], body: bytes) -
     return Event(body, headers, method, query, url.path or "/")
 
 
+FAULT_HEADER = "X-Fastgshare-Device-Fault"
+"""Tells the sidecar an execution hit a context-fatal device error (see fast_manager.device_faults)."""
+FATAL_DEVICE_ERRORS = (
+    "illegal memory access", "unspecified launch failure", "misaligned address",
+    "illegal instruction", "device-side assert", "uncorrectable ecc", "hardware stack error",
+    "mps client terminated", "mpsclientterminated", "mps client has been terminated",
+    "mps server is not ready", "launch timed out",
+)
+"""Texts of CUDA errors after which the process's CUDA context is unusable (sticky errors)."""
+
+
+def fatal_device_error(e: BaseException) -> str | None:
+    """The error's text if it is a sticky CUDA error (the worker must restart), else None."""
+    text = f"{type(e).__name__}: {e}"
+    low = text.lower().replace("_", " ")
+    if "cuda" in low or "mps" in low:
+        for marker in FATAL_DEVICE_ERRORS:
+            if marker in low or marker in low.replace(" ", ""):
+                return " ".join(text.split())[:300]
+    return None
+
+
 def _error_response(e: Exception) -> tuple[int, dict[str, str], bytes]:
-    return 500, {"Content-Type": "text/plain; charset=utf-8"}, f"{type(e).__name__}: {e}".encode()
+    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    fatal = fatal_device_error(e)
+    if fatal is not None:
+        headers[FAULT_HEADER] = fatal.encode("ascii", "replace").decode()
+    return 500, headers, f"{type(e).__name__}: {e}".encode()
 
 
 def run_one(module, context: Context, event: Event) -> tuple[int, dict[str, str], bytes, float]:
