@@ -30,7 +30,7 @@ from fast_scheduler.autoscale import (
     choice_set,
     decide_replicas,
 )
-from fast_scheduler.baselines import all_policies, lower_bound_choices
+from fast_scheduler.baselines import all_policies, lower_bound_choices, mps_equal
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyModel
 from fast_scheduler.lower_bound import GpuLowerBound
 from fast_scheduler.placement import Device, Rejection, ReplicaRequest, Snapshot, place
@@ -47,8 +47,8 @@ from fast_scheduler.traces import (
 MIB = 2**20
 ORDER = ["exclusive", "time_sharing", "mps_equal", "fastgshare_original", "this"]
 BURST_K_SWEEP = (0.0, 0.5, 1.0)
-"""This policy's burst headroom (``AutoscaleSettings.burst_k``) swept for the GPUs-vs-SLO curve;
-the default (0.5) is ``policies.this``."""
+"""Burst headroom (``AutoscaleSettings.burst_k``) swept for the GPUs-vs-SLO curves of this policy and
+MPS-equal (which runs the same autoscaler); the default (0.5) is ``policies.this`` / ``mps_equal``."""
 
 
 def as_profiled(table: ProfileTable, model: LatencyModel = DEFAULT_MODEL) -> ProfileTable:
@@ -273,20 +273,22 @@ def main(argv: list[str] | None = None) -> None:
                 f"({s['wall_s']:.1f} s)"
             )
         base = AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)
-        entry["this_sweep"] = []
-        for k in BURST_K_SWEEP:
-            if k == base.burst_k:
-                s = entry["policies"]["this"]
-            else:
-                t0 = time.perf_counter()
-                s = simulate(specs, tr, this_policy(specs, replace(base, burst_k=k)), settings).summary()
-                print(f"  this (burst_k {k:g}){'':6s} GPUs mean {s['gpus_mean']:7.1f} "
-                      f"peak {s['gpus_peak']:4d}  SLO {100 * s['slo_attainment']:6.2f} %  "
-                      f"({time.perf_counter() - t0:.1f} s)")
-            vs_lb = s["gpus_mean"] / lb_mean if lb_mean else math.nan
-            entry["this_sweep"].append({"burst_k": k, "default": k == base.burst_k,
-                                        **{m: s[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment")},
-                                        "gpus_vs_lower_bound": vs_lb})
+        entry["burst_sweep"] = {}
+        for name, make in (("this", this_policy), ("mps_equal", mps_equal)):
+            pts = entry["burst_sweep"][name] = []
+            for k in BURST_K_SWEEP:
+                if k == base.burst_k:
+                    s = entry["policies"][name]
+                else:
+                    t0 = time.perf_counter()
+                    s = simulate(specs, tr, make(specs, replace(base, burst_k=k)), settings).summary()
+                    print(f"  {name + f' burst_k {k:g}':20s} GPUs mean {s['gpus_mean']:7.1f} "
+                          f"peak {s['gpus_peak']:4d}  SLO {100 * s['slo_attainment']:6.2f} %  "
+                          f"({time.perf_counter() - t0:.1f} s)")
+                vs_lb = s["gpus_mean"] / lb_mean if lb_mean else math.nan
+                pts.append({"burst_k": k, "default": k == base.burst_k,
+                            **{m: s[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment")},
+                            "gpus_vs_lower_bound": vs_lb})
         orig = entry["policies"]["fastgshare_original"]["gpus_mean"]
         for s in entry["policies"].values():
             s["gpus_vs_original"] = s["gpus_mean"] / orig if orig else math.nan
@@ -333,10 +335,11 @@ def print_table(result: dict[str, Any]) -> None:
         print(
             f"{tname:8s} {'LP lower bound':20s} {e['lower_bound_gpus']:9.1f} {e['lower_bound_gpus_peak']:5d}"
         )
-        for p in e.get("this_sweep", ()):
-            print(f"{tname:8s} {'this burst_k ' + format(p['burst_k'], 'g'):20s} {p['gpus_mean']:9.1f} "
-                  f"{p['gpus_peak']:5d} {100 * p['slo_attainment']:7.2f} {'':32s} "
-                  f"{p['gpus_vs_lower_bound']:6.2f}")
+        for name, pts in e.get("burst_sweep", {}).items():
+            for p in pts:
+                label = f"{name} burst_k {p['burst_k']:g}"
+                print(f"{tname:8s} {label:20s} {p['gpus_mean']:9.1f} {p['gpus_peak']:5d} "
+                      f"{100 * p['slo_attainment']:7.2f} {'':32s} {p['gpus_vs_lower_bound']:6.2f}")
 
 
 def plot(series: dict[str, dict[str, list[int]]], path: Any, result: dict[str, Any] | None = None) -> None:
@@ -357,12 +360,12 @@ def plot(series: dict[str, dict[str, list[int]]], path: Any, result: dict[str, A
     if result:  # GPUs vs SLO: this policy's burst-headroom curve beside the baselines' points
         for ax, tname in zip(axes[1], series, strict=True):
             e = result["traces"][tname]
-            sw = e.get("this_sweep", [])
-            ax.plot([p["gpus_mean"] for p in sw], [100 * p["slo_attainment"] for p in sw], "o-",
-                    label="this (burst_k " + ", ".join(f"{p['burst_k']:g}" for p in sw) + ")")
-            for p in sw:
-                ax.annotate(f"{p['burst_k']:g}", (p["gpus_mean"], 100 * p["slo_attainment"]), fontsize=7)
-            for k in ORDER[:-1]:
+            for name, sw in e.get("burst_sweep", {}).items():
+                ax.plot([p["gpus_mean"] for p in sw], [100 * p["slo_attainment"] for p in sw], "o-",
+                        label=f"{name} (burst_k " + ", ".join(f"{p['burst_k']:g}" for p in sw) + ")")
+                for p in sw:
+                    ax.annotate(f"{p['burst_k']:g}", (p["gpus_mean"], 100 * p["slo_attainment"]), fontsize=7)
+            for k in ("exclusive", "time_sharing", "fastgshare_original"):
                 s = e["policies"][k]
                 ax.plot([s["gpus_mean"]], [100 * s["slo_attainment"]], "s", label=k)
             ax.axvline(e["lower_bound_gpus"], linestyle="--", color="grey", label="LP bound")

@@ -69,6 +69,9 @@ class AutoscaleSettings:
     bursty and Azure-like traces (docs/scheduler.md)."""
     burst_memory_s: float = 300.0
     """Time constant over which the remembered peak decays towards the current level once calm."""
+    burst_round_up: bool = True
+    """With burst headroom, round the target up to whole replicas of the most efficient config (the
+    spare of the last replica goes to the next burst instead of a small residual replica)."""
     limit_over_request: float = 1.0
     """Quota limit as a multiple of the request (capped at 1): >1 lets the arbiter lend idle time."""
     latency: LatencyModel = DEFAULT_MODEL
@@ -388,16 +391,21 @@ def decide_replicas(
     # Headroom for volatility beyond Poisson noise (E|obs - pred| of pure noise is ~0.9 sigma).
     excess = max(0.0, err - cfg.noise_error_sigmas * noise)
     # Burst memory: the level's recent peak, decaying towards the level once calm. Part of the gap
-    # (beyond one sigma of noise) is held as capacity for the next step up.
+    # is held as capacity for the next step up, once the gap is beyond what noise moves the level
+    # (``jump_sigmas``; a steady Poisson function gets none).
     if st.last_s is None:
         peak = level
     else:
         peak = level + max(0.0, st.peak_rps - level) * math.exp(-dt / max(cfg.burst_memory_s, 1e-9))
         peak = max(peak, level)
-    burst = cfg.burst_k * max(0.0, peak - forecast - noise) if cfg.burst_k > 0 else 0.0
+    gap = peak - forecast
+    burst = cfg.burst_k * (gap - noise) if cfg.burst_k > 0 and gap > cfg.jump_sigmas * noise else 0.0
     target = (
         forecast * (1 + cfg.headroom_frac) + cfg.volatility_k * excess + burst if forecast > 0 else 0.0
     )
+    if burst > 0 and cfg.burst_round_up and cs.choices:
+        unit = cs.choices[0].capacity_rps
+        target = math.ceil(target / unit - 1e-9) * unit
     choice_set_now = cs
 
     lo, hi = ctx.min_replicas, ctx.max_replicas

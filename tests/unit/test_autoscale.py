@@ -10,6 +10,7 @@ from fast_scheduler.autoscale import (
     AutoscaleContext,
     AutoscaleSettings,
     capacity_at_slo,
+    choice_set,
     decide_replicas,
     p99_at_rate_ms,
 )
@@ -126,7 +127,7 @@ def test_deterministic():
 
 def test_burst_memory_holds_part_of_the_last_step_then_decays():
     # A function that stepped 40 -> 400 and back keeps burst_k of the gap as headroom, decaying.
-    s = AutoscaleSettings(burst_k=0.5, burst_memory_s=60.0, scale_down_delay_s=0)
+    s = AutoscaleSettings(burst_k=0.5, burst_memory_s=60.0, scale_down_delay_s=0, burst_round_up=False)
     calm = [40.0] * 3 + [400.0] * 3 + [40.0] * 40
     ds = run(calm, s)
     r = run(calm, AutoscaleSettings(burst_k=0.0, scale_down_delay_s=0))  # reactive only
@@ -134,6 +135,11 @@ def test_burst_memory_holds_part_of_the_last_step_then_decays():
     assert held[:6] == pytest.approx([0.0] * 6, abs=1e-6)  # rising and in the burst: nothing extra
     assert held[6] > 0.4 * (400 - 40) * math.exp(-5 / 60)  # first calm tick: ~half the gap
     assert held[7:] == sorted(held[7:], reverse=True) and held[-1] < 0.05 * (400 - 40)  # decays
+    # Rounded up (the default): whole replicas of the most efficient config while the headroom holds.
+    rounded = run(calm, AutoscaleSettings(burst_k=0.5, burst_memory_s=60.0, scale_down_delay_s=0))
+    unit = choice_set(TABLE, SLO, AutoscaleSettings()).choices[0].capacity_rps
+    assert rounded[6].target_rps >= ds[6].target_rps - 1e-9
+    assert rounded[6].target_rps / unit == pytest.approx(round(rounded[6].target_rps / unit), abs=1e-6)
     # A steady function (only Poisson noise) gets no burst headroom.
     steady = run([200.0] * 10, AutoscaleSettings(burst_k=0))[-1].target_rps
     assert run([200.0] * 10, s)[-1].target_rps == pytest.approx(steady)
