@@ -200,7 +200,8 @@ class AutoscaleState:
     choice_set: ChoiceSet | None = None
     """The table's configs under the SLO, computed once and kept (the loop's lookup cache)."""
     peak_rps: float = 0.0
-    """The highest level of late (decaying towards the level over ``burst_memory_s``): burst memory."""
+    """The highest level held for two ticks of late (decaying towards the level over
+    ``burst_memory_s``): burst memory."""
 
 
 @dataclass(frozen=True)
@@ -390,14 +391,15 @@ def decide_replicas(
     forecast = max(obs if jump else 0.0, level + climb)
     # Headroom for volatility beyond Poisson noise (E|obs - pred| of pure noise is ~0.9 sigma).
     excess = max(0.0, err - cfg.noise_error_sigmas * noise)
-    # Burst memory: the level's recent peak, decaying towards the level once calm. Part of the gap
-    # is held as capacity for the next step up, once the gap is beyond what noise moves the level
-    # (``jump_sigmas``; a steady Poisson function gets none).
+    # Burst memory: the level's recent peak (held two ticks), decaying towards the level once calm.
+    # Part of the gap is held as capacity for the next step up, once the gap is beyond what noise
+    # moves the level (``jump_sigmas``; a steady Poisson function gets none).
     if st.last_s is None:
         peak = level
     else:
-        peak = level + max(0.0, st.peak_rps - level) * math.exp(-dt / max(cfg.burst_memory_s, 1e-9))
-        peak = max(peak, level)
+        # A level held for two ticks: a one-tick jump of noise (3 sigma, ~0.3 % of ticks) is no burst.
+        held = min(level, st.level_rps)
+        peak = held + max(0.0, st.peak_rps - held) * math.exp(-dt / max(cfg.burst_memory_s, 1e-9))
     gap = peak - forecast
     burst = cfg.burst_k * (gap - noise) if cfg.burst_k > 0 and gap > cfg.jump_sigmas * noise else 0.0
     target = (
