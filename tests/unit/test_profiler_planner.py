@@ -104,6 +104,24 @@ def test_cpu_saturation_after_one_core():
     assert pts[(100, 0.2)].source is Source.SATURATED and pts[(100, 0.2)].throughput_rps == pytest.approx(6.0)
 
 
+def test_saturated_partial_quota_scales_with_the_faster_request():
+    """Full quota stops growing at the second core (something else limits it), but each request
+    runs 1.6x faster there: a partial quota, which limits device time, serves 1.6x more."""
+    spec = GridSpec(device_cores=2)
+    busy = {6: 40.0, 80: 25.0}
+    done: dict[Config, Measurement] = {}
+    while (c := next_config(spec, done)) is not None:
+        rps = min(20.0, c.quota_frac * 1000.0 / busy[c.sm_pct])
+        done[c] = Measurement(c, rps, 5.0, 9.0, 10.0, busy_frac=rps * busy[c.sm_pct] / 1000,
+                              busy_ms_per_request=busy[c.sm_pct])
+    pts = {(p.config.sm_pct, p.config.quota_frac): p for p in fill(spec, done)}
+    assert pts[(6, 0.2)].throughput_rps == pytest.approx(5.0)
+    assert pts[(100, 0.2)].source is Source.SATURATED
+    assert pts[(100, 0.2)].throughput_rps == pytest.approx(8.0)  # 5.0 x 40/25
+    assert pts[(100, 0.8)].throughput_rps == pytest.approx(20.0)  # capped by the full-quota rate
+    assert pts[(80, 1.0)].source is Source.MEASURED
+
+
 def test_plan_shrinks_as_saturation_is_found_and_resumes():
     spec = GridSpec()
     assert len(planned_configs(spec, {})) == 7 + 7 * 2
