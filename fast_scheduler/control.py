@@ -134,16 +134,17 @@ def effective_sm_pct(sm_pct: int, dev: DeviceView) -> int:
 
 
 def live_points(table: ProfileTable, dev: DeviceView | None) -> list[ProfilePoint]:
-    """The table's configs the live loop can apply: batch 1 (batch is set through the spec, not
-    per group), and on the CPU one point per core count with its SM share as the cores really
-    given (``sm 6`` on 2 cores is one core, 50 %), so footprints are honest."""
+    """The table's configs the live loop can apply: every batch the table profiled (a group's
+    batch becomes its workers' ``FASTGSHARE_BATCH``), and on the CPU one point per core count and
+    batch with its SM share as the cores really given (``sm 6`` on 2 cores is one core, 50 %), so
+    footprints are honest."""
     if dev is None or dev.is_gpu or dev.cores <= 0:
-        return [p for p in candidate_points(table) if p.batch == 1]
-    pts = [p for p in table.grid() if p.batch == 1]
-    out: dict[tuple[int, float], ProfilePoint] = {}
+        return list(candidate_points(table))
+    pts = list(table.grid())
+    out: dict[tuple[int, float, int], ProfilePoint] = {}
     for p in sorted(pts, key=lambda p: p.sm_pct):
         eff = effective_sm_pct(p.sm_pct, dev)
-        key = (eff, p.quota_frac)
+        key = (eff, p.quota_frac, p.batch)
         if key not in out:  # same-share copies: the smallest profiled share measured it
             out[key] = replace(p, sm_pct=eff)
     return list(out.values())

@@ -102,9 +102,9 @@ def as_device_view(d: DeviceInfo, stored: Mapping[str, ModelUsage] | None = None
     return DeviceView(d.device_id, d.node, d.mem_bytes, d.is_gpu, len(d.cores), uuid, models)
 
 
-def _config(share: Mapping[str, str]) -> ReplicaConfig:
+def _config(share: Mapping[str, str], batch: int = 1) -> ReplicaConfig:
     g = parse_share({str(k): str(v) for k, v in share.items()})
-    return ReplicaConfig(g.sm_pct, g.quota_request_frac, g.quota_limit_frac, 1)
+    return ReplicaConfig(g.sm_pct, g.quota_request_frac, g.quota_limit_frac, max(1, int(batch)))
 
 
 def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> FunctionView:
@@ -119,7 +119,7 @@ def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> F
         total = int(reps.get("replicas", total) or 0)
         by_id: dict[str, ReplicaConfig] = {}
         for c in reps.get("configurations") or []:
-            cfg = _config(c.get("share") or {})
+            cfg = _config(c.get("share") or {}, c.get("batch") or 1)
             by_id[c["configId"]] = cfg
             gid = str(c["configId"])
             dev = f"gpu:{c['gpuUuid']}" if c.get("gpuUuid") else ""
@@ -220,7 +220,7 @@ class SchedulerLoop:
             if a.groups is not None:
                 self.provider.apply(a.name, a.namespace, [
                     {"configId": g.config_id, "replicas": g.replicas, "node": g.node, "gpuUuid": g.gpu_uuid,
-                     "share": {"fastgshare/gpu_sm_partition": str(g.config.sm_pct),
+                     "batch": g.config.batch, "share": {"fastgshare/gpu_sm_partition": str(g.config.sm_pct),
                                "fastgshare/gpu_quota_request": f"{g.config.quota_request_frac:g}",
                                "fastgshare/gpu_quota_limit": f"{g.config.quota_limit_frac:g}"}}
                     for g in a.groups])

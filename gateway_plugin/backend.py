@@ -59,6 +59,8 @@ class ReplicaConfig:
     share: GpuShare
     replicas: int
     placement: Placement = field(default_factory=Placement)
+    batch: int = 1
+    """The worker's dynamic batch size for this group (``FASTGSHARE_BATCH``; 1: no batching)."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from gateway_plugin.handlers import accepted, json_response
 from gateway_plugin.settings import ProviderSettings
 
 MAX_CONFIGURATIONS = 64
+MAX_BATCH = 256
+"""Largest dynamic batch size a configuration may ask of its workers."""
 """Replica groups one function may have; more is surely a scheduler bug."""
 
 
@@ -33,7 +35,7 @@ def make_replicas_json(state: FunctionState) -> dict[str, Any]:
         "share": state.spec.share.as_annotations(),
         "configurations": [
             {"configId": c.config_id, "replicas": c.replicas, "share": c.share.as_annotations(),
-             "node": c.placement.node, "gpuUuid": c.placement.gpu_uuid}
+             "node": c.placement.node, "gpuUuid": c.placement.gpu_uuid, "batch": c.batch}
             for c in state.configs
         ],
         "replicaStatus": [
@@ -67,8 +69,11 @@ def as_configurations(body: Any) -> list[ReplicaConfig]:
         if not isinstance(share, dict):
             raise ValidationError(f"{where}.share", "an object of gpu-share annotations")
         placement = Placement(str(item.get("node") or ""), str(item.get("gpuUuid") or ""))
+        batch = item.get("batch", 1)
+        if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
+            raise ValidationError(f"{where}.batch", f"an integer 1..{MAX_BATCH}", batch)
         out.append(ReplicaConfig(config_id, parse_share({str(k): str(v) for k, v in share.items()}),
-                                 replicas, placement))
+                                 replicas, placement, batch))
     if len({c.config_id for c in out}) != len(out):
         raise ValidationError("configurations", "unique configId values")
     return out

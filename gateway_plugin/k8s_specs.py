@@ -24,6 +24,8 @@ from .backend import FunctionSpec, LogLine, Placement, ReplicaConfig, ReplicaSta
 FUNCTION_LABEL = "faas_function"
 """Label OpenFaaS (faas-netes) puts on a function's Deployment, pods and Service."""
 CONFIG_LABEL = "fastgshare/config"
+BATCH_KEY = "fastgshare/batch"
+"""Annotation of a configuration's Deployment: its workers' dynamic batch size."""
 """Label naming the replica configuration a Deployment runs (empty for the base one)."""
 SPEC_ANNOTATION = "fastgshare/spec"
 """Deployment annotation holding the desired ``FunctionSpec`` as JSON (the provider keeps none)."""
@@ -131,7 +133,7 @@ def _node_selector(constraints: Sequence[str]) -> dict[str, str]:
 
 
 def _env(spec: FunctionSpec, share: GpuShare, placement: Placement,
-         pod: PodSettings) -> list[dict[str, Any]]:
+         pod: PodSettings, batch: int = 1) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in sorted(spec.env_vars.items())]
     if spec.env_process:
         env.append({"name": "fprocess", "value": spec.env_process})
@@ -152,6 +154,8 @@ def _env(spec: FunctionSpec, share: GpuShare, placement: Placement,
     if share.model:
         ours["FASTGSHARE_MODEL"] = share.model
     ours["FASTGSHARE_DEVICE"] = device_id(placement)
+    if batch > 1:
+        ours["FASTGSHARE_BATCH"] = str(batch)
     if placement.gpu_uuid:
         ours["FASTGSHARE_MPS_PIPE_DIR"] = pod.mps_pipe_dir
         # The NVIDIA container runtime exposes exactly this GPU; no nvidia.com/gpu request, since
@@ -190,8 +194,9 @@ def make_deployment(spec: FunctionSpec, *, replicas: int, pod: PodSettings,
     name = deployment_name(spec.name, config_id)
     selector = {FUNCTION_LABEL: spec.name, CONFIG_LABEL: config_id}
     labels = {**spec.labels, **selector}
+    batch = {BATCH_KEY: str(config.batch)} if config and config.batch > 1 else {}
     pod_annotations = {
-        **spec.annotations, **_share_annotations(share, placement),
+        **spec.annotations, **_share_annotations(share, placement), **batch,
         "prometheus.io/scrape": "true", "prometheus.io/port": str(SIDECAR_PORT),
         "prometheus.io/path": METRICS_PATH,
     }
@@ -200,7 +205,7 @@ def make_deployment(spec: FunctionSpec, *, replicas: int, pod: PodSettings,
         "image": spec.image,
         "imagePullPolicy": pod.image_pull_policy,
         "command": list(pod.sidecar_command),
-        "env": _env(spec, share, placement, pod),
+        "env": _env(spec, share, placement, pod, config.batch if config else 1),
         "ports": [{"name": "http", "containerPort": SIDECAR_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe(failure_threshold=3, period_s=2),
         "livenessProbe": _probe(failure_threshold=3, period_s=10),
@@ -249,7 +254,7 @@ def make_deployment(spec: FunctionSpec, *, replicas: int, pod: PodSettings,
         "kind": "Deployment",
         "metadata": {
             "name": name, "namespace": spec.namespace, "labels": labels,
-            "annotations": {**spec.annotations, **_share_annotations(share, placement),
+            "annotations": {**spec.annotations, **_share_annotations(share, placement), **batch,
                             SPEC_ANNOTATION: spec_as_json(spec)},
         },
         "spec": {

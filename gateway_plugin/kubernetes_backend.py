@@ -311,10 +311,14 @@ class KubernetesBackend:
         except ValidationError:
             log.warning("configuration Deployment %s has invalid share annotations", meta.get("name"))
             return None
+        try:
+            batch = max(1, int(annotations.get(specs.BATCH_KEY, "1")))
+        except ValueError:
+            batch = 1
         return ReplicaConfig(
             config_id, share, int((dep.get("spec") or {}).get("replicas") or 0),
             Placement(annotations.get(specs.NODE_KEY, ""),
-                            annotations.get(specs.GPU_UUID_KEY, "")))
+                            annotations.get(specs.GPU_UUID_KEY, "")), batch)
 
     def apply_configurations(self, namespace: str, name: str,
                              configs: Sequence[ReplicaConfig]) -> None:
@@ -361,7 +365,8 @@ class KubernetesBackend:
         return FunctionState(
             spec=spec, replicas=desired, available_replicas=available,
             created_at=created or _EPOCH,
-            replica_status=tuple(specs.as_replica_status(p) for p in pods), status=status)
+            replica_status=tuple(specs.as_replica_status(p) for p in pods), status=status,
+            configs=tuple(c for d in deps if (c := self._config_of(d)) is not None))
 
     def list(self, namespace: str) -> list[FunctionState]:
         deps = self._deployments(namespace, None)

@@ -84,7 +84,8 @@ class _Function:
             "spec": spec_to_dict(self.spec), "replicas": self.replicas,
             "created_at": self.created_at.isoformat(), "generation": self.generation,
             "configs": [{"config_id": c.config_id, "share": asdict(c.share), "replicas": c.replicas,
-                         "placement": asdict(c.placement)} for c in self.configs.values()],
+                         "placement": asdict(c.placement), "batch": c.batch}
+                        for c in self.configs.values()],
         })
 
     def groups(self) -> dict[str, tuple[GpuShare, int, Placement]]:
@@ -134,7 +135,7 @@ class LocalBackend:
             for c in data.get("configs", []):
                 fn.configs[c["config_id"]] = ReplicaConfig(
                     c["config_id"], GpuShare(**c["share"]), int(c["replicas"]),
-                    Placement(**c.get("placement", {})))
+                    Placement(**c.get("placement", {})), int(c.get("batch", 1)))
             self._functions[(spec.namespace, spec.name)] = fn
             for rid, rec in self._redis.hgetall(keys.replicas(spec.namespace, spec.name)).items():
                 r = json.loads(rec)
@@ -432,6 +433,9 @@ class LocalBackend:
                 env["FASTGSHARE_MPS_PIPE_DIR"] = str(device["mps_pipe_dir"])
         if spec.share.model:
             env["FASTGSHARE_MODEL"] = spec.share.model
+        config = fn.configs.get(config_id)
+        if config is not None and config.batch > 1:  # the scheduler's batch for this group
+            env["FASTGSHARE_BATCH"] = str(config.batch)
         log_dir = self._log_dir(spec.namespace, spec.name)
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / f"{replica_id}.log", "ab") as out:

@@ -273,8 +273,13 @@ def test_configurations_are_deployments_of_their_own(backend: KubernetesBackend,
     assert dep["spec"]["template"]["metadata"]["annotations"]["fastgshare/gpu_sm_partition"] == "50"
     assert backend.status(NS, "resnet").replicas == 3
 
-    backend.apply_configurations(NS, "resnet", [replace(wide, replicas=2)])
+    backend.apply_configurations(NS, "resnet", [replace(wide, replicas=2, batch=4)])
     assert backend.status(NS, "resnet").replicas == 4
+    (cfg,) = backend.status(NS, "resnet").configs
+    assert cfg.batch == 4  # read back from the Deployment
+    dep = raw(api, client.AppsV1Api(api).read_namespaced_deployment, "resnet-sm50", NS)
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FASTGSHARE_BATCH"] == "4"
     backend.apply_configurations(NS, "resnet", [])
     with pytest.raises(client.ApiException):
         client.AppsV1Api(api).read_namespaced_deployment("resnet-sm50", NS)

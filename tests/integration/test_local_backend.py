@@ -39,12 +39,17 @@ def test_configuration_groups_start_before_dropped_ones_stop(backend: LocalBacke
     wait_for(lambda: backend.status("openfaas-fn", "lin").available_replicas == 1, what="base")
 
     backend.apply_configurations("openfaas-fn", "lin", [
-        ReplicaConfig("half", GpuShare(sm_pct=50, quota_request_frac=0.3, quota_limit_frac=0.5), 2)])
+        ReplicaConfig("half", GpuShare(sm_pct=50, quota_request_frac=0.3, quota_limit_frac=0.5), 2,
+                      batch=2)])
     wait_for(lambda: backend.status("openfaas-fn", "lin").available_replicas == 3, what="3 ready")
     state = backend.status("openfaas-fn", "lin")
-    assert state.replicas == 3
+    assert state.replicas == 3 and state.configs[0].batch == 2
     half = [r for r in state.replica_status if r.config_id == "half"]
     assert len(half) == 2 and all(r.sm_pct == 50 and len(r.cores) == 1 for r in half)
+    # the group's batch reaches its sidecars (and so its workers); the base group has none
+    for rep in backend._functions[("openfaas-fn", "lin")].replica_list:
+        env = Path(f"/proc/{rep.pid}/environ").read_bytes().split(b"\0")
+        assert (b"FASTGSHARE_BATCH=2" in env) == (rep.config_id == "half")
 
     # Replace the group: the old group keeps serving until the new one is ready.
     backend.apply_configurations("openfaas-fn", "lin", [ReplicaConfig("quarter", GpuShare(sm_pct=25), 1)])

@@ -91,3 +91,18 @@ def test_scale_to_zero_with_min_zero():
 def test_config_id_is_a_short_dns_label():
     cid = config_id(ReplicaConfig(100, 0.35, 1.0, 16), 12)
     assert len(cid) <= 20 and cid == cid.lower() and cid.replace("-", "").isalnum()
+
+
+def test_a_profiled_batch_is_chosen_when_it_serves_more_per_share():
+    """Batch 4 serves 3x the rate of batch 1 on the same share: the live loop uses it, and the
+    group's config id names it (its replicas get FASTGSHARE_BATCH=4)."""
+    pts = [ProfilePoint(sm, 1.0, b, (30.0 if b == 4 else 10.0) * min(sm, 50) / 25, 50.0, 60.0, 70.0)
+           for sm in (6, 25, 50, 75, 100) for b in (1, 4)]
+    table = ProfileTable("f", "cpu-4c", tuple(pts))
+    assert {p.batch for p in live_points(table, CPU)} == {1, 4}
+    mem: dict[str, FunctionMemory] = {}
+    tick(mem, 0.0, view(0), table)
+    r = tick(mem, 2.0, view(120), table)  # 60 rps
+    (a,) = r.actions
+    assert a.groups and all(g.config.batch == 4 for g in a.groups)
+    assert all(g.config_id.startswith("s") and "b4-" in g.config_id for g in a.groups)
