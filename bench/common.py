@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "function_templates" / "python3-torch"
 
 
 def parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -39,3 +44,31 @@ def pss_bytes(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+@contextlib.contextmanager
+def platform_with_function(name: str, slo_ms: float) -> Iterator[tuple[Any, Any]]:
+    """The embedded platform on a fresh state directory with the example function ``name``
+    (``functions/<name>``) deployed with ``fastgshare/slo_ms`` and scale-from-zero allowed;
+    yields (PlatformInfo, Redis client) and stops everything on exit."""
+    import redis
+    import requests
+
+    from fastgshare import keys
+    from fastgshare.platform import Platform
+
+    p = Platform(Path(tempfile.mkdtemp(prefix=f"bench-{name}-")), port=0)
+    info = p.start()
+    try:
+        client = redis.Redis.from_url(info.redis_url)
+        image = f"bench/{name}:latest"
+        client.hset(keys.images(), image, json.dumps({"handler_dir": str(ROOT / "functions" / name),
+                                                      "template_dir": str(TEMPLATE)}))
+        api = requests.Session()
+        api.auth = info.auth
+        api.post(f"{info.url}/system/functions", json={
+            "service": name, "image": image, "annotations": {"fastgshare/slo_ms": f"{slo_ms:g}"},
+            "labels": {"com.openfaas.scale.min": "0"}}, timeout=30).raise_for_status()
+        yield info, client
+    finally:
+        p.stop()

@@ -19,14 +19,12 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import redis
 import requests
 
-from bench.common import RESULTS, parser, write_json
+from bench.common import RESULTS, parser, platform_with_function, write_json
 from fast_profiler import store
 from fast_profiler.cli import QUICK_SEARCH, summary
 from fast_profiler.jobs import profile_and_store
@@ -34,8 +32,6 @@ from fast_profiler.planner import Config, Source
 from fast_profiler.plot import plot_table
 from fast_profiler.runner import Gateway, Runner, RunSettings, as_function_source
 from fast_profiler.search import SearchSettings
-from fastgshare import keys
-from fastgshare.platform import Platform
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "function_templates" / "python3-torch"
@@ -69,20 +65,9 @@ def plain(search: SearchSettings) -> SearchSettings:
 
 
 def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_search: bool = False) -> dict:
-    state = Path(tempfile.mkdtemp(prefix=f"bench-profiler-{name}-"))
-    p = Platform(state, port=0)
-    info = p.start()
-    try:
-        client = redis.Redis.from_url(info.redis_url)
-        image = f"bench/{name}:latest"
-        client.hset(keys.images(), image, json.dumps({"handler_dir": str(ROOT / "functions" / name),
-                                                      "template_dir": str(TEMPLATE)}))
+    with platform_with_function(name, slo_ms) as (info, client):
         api = requests.Session()
         api.auth = info.auth
-        r = api.post(f"{info.url}/system/functions", json={
-            "service": name, "image": image, "annotations": {"fastgshare/slo_ms": f"{slo_ms:g}"},
-            "labels": {"com.openfaas.scale.min": "0"}})
-        r.raise_for_status()
         api.post(f"{info.url}/system/scale-function/{name}", json={"serviceName": name, "replicas": 0})
         gw = Gateway(info.url, info.auth, client)
         settings = RunSettings(search=QUICK_SEARCH) if quick else RunSettings()
@@ -157,8 +142,6 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
                              for m in result.measurements],
             "table": json.loads(table.to_json()), "png": str(png),
         }
-    finally:
-        p.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

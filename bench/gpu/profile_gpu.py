@@ -13,22 +13,16 @@ of ``bench/gpu/run.sh``) it is ``cpu-<n>c``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import redis
-import requests
-
+from bench.common import platform_with_function
 from fast_profiler import store
 from fast_profiler.cli import QUICK_SEARCH, summary
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.plot import plot_table
 from fast_profiler.runner import Gateway, RunSettings, device_type_of, grid_for_device
-from fastgshare import keys
-from fastgshare.platform import Platform
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "function_templates" / "python3-torch"
@@ -44,19 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the profiler's quick search (shorter steps)")
     args = ap.parse_args(argv)
 
-    state = Path(tempfile.mkdtemp(prefix=f"gpu-profile-{args.fn}-"))
-    p = Platform(state, port=0)
-    info = p.start()
-    try:
-        client = redis.Redis.from_url(info.redis_url)
-        image = f"bench/{args.fn}:latest"
-        client.hset(keys.images(), image, json.dumps({"handler_dir": str(ROOT / "functions" / args.fn),
-                                                      "template_dir": str(TEMPLATE)}))
-        api = requests.Session()
-        api.auth = info.auth
-        api.post(f"{info.url}/system/functions", json={
-            "service": args.fn, "image": image, "annotations": {"fastgshare/slo_ms": f"{args.slo_ms:g}"},
-            "labels": {"com.openfaas.scale.min": "0"}}, timeout=30).raise_for_status()
+    with platform_with_function(args.fn, args.slo_ms) as (info, client):
         gw = Gateway(info.url, info.auth, client)
         device = gw.device()
         print(f"{args.fn}: device {device.get('device_id')} ({device_type_of(device)}, "
@@ -86,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  sm {m.config.sm_pct:3d}% quota {m.config.quota_frac:4g}: {m.throughput_rps:8.1f} rps "
                   f"p99 {m.latency_p99_ms:7.1f} ms busy {m.busy_frac:.2f}", flush=True)
         return 0
-    finally:
-        p.stop()
 
 
 if __name__ == "__main__":

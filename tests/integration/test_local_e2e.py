@@ -13,6 +13,7 @@ import requests
 
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
+from tests.integration.platform_helpers import start_platform
 from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "linear"
@@ -24,12 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, PlatformInfo]]:
-    p = Platform(tmp_path_factory.mktemp("platform"), port=0)
-    info = p.start()
-    client = redis.Redis.from_url(info.redis_url)
-    client.hset(keys.images(), IMAGE,
-                json.dumps({"handler_dir": str(HANDLER), "template_dir": str(TEMPLATE)}))
-    client.close()
+    p, info = start_platform(tmp_path_factory.mktemp("platform"), {IMAGE: HANDLER})
     yield p, info
     p.stop()
 

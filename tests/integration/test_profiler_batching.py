@@ -8,7 +8,6 @@ configuration serves more requests per second at batch 4 than at batch 1, within
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +20,9 @@ from fast_profiler import store
 from fast_profiler.cli import summary
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.planner import GridSpec
-from fast_profiler.runner import Gateway, RunSettings, device_type_of
-from fast_profiler.search import SearchSettings
-from fastgshare import keys
-from fastgshare.platform import Platform, PlatformInfo
+from fast_profiler.runner import Gateway, device_type_of
+from fastgshare.platform import PlatformInfo
+from tests.integration.platform_helpers import FAST_PROFILE, start_platform
 
 HANDLER = Path(__file__).parent / "handlers" / "mlp"
 TEMPLATE = Path(__file__).resolve().parents[2] / "function_templates" / "python3-torch"
@@ -32,18 +30,12 @@ IMAGE = "test/mlp:latest"
 
 pytestmark = pytest.mark.slow
 
-FAST = RunSettings(search=SearchSettings(min_duration_s=1.0, min_requests=60, max_duration_s=2.5, rel_tol=0.1,
-                                         max_steps=5), probe_s=0.8)
+FAST = FAST_PROFILE
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformInfo]:
-    p = Platform(tmp_path_factory.mktemp("platform"), port=0)
-    info = p.start()
-    client = redis.Redis.from_url(info.redis_url)
-    client.hset(keys.images(), IMAGE,
-                json.dumps({"handler_dir": str(HANDLER), "template_dir": str(TEMPLATE)}))
-    client.close()
+    p, info = start_platform(tmp_path_factory.mktemp("platform"), {IMAGE: HANDLER})
     yield info
     p.stop()
 
