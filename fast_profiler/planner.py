@@ -256,8 +256,10 @@ def _saturated_speedup(spec: GridSpec, classes: Sequence[SpatialClass], sat: int
 
     Saturation is judged at full quota, where the rate stops growing (one request at a time gains
     nothing from more SMs or cores); a partial quota limits device *time* instead, and a request
-    that runs faster on the bigger share uses less of it: measured on MobileNet on 2 cores, quota
-    0.2 served 5.9 rps on both cores against 3.7 on one."""
+    that runs faster on the bigger share uses less of it. Only a speed-up seen at full quota counts:
+    on a 2-core CPU the full-quota busy times are taken while the load generator and the platform
+    share the cores, where two threads run no faster (MobileNet: 23 ms per request on both cores
+    against 12 on one), although at quota 0.2 both cores served 5.8 rps against 3.7 on one."""
     q_full = spec.quota_grid[-1]
     lo = measured.get(_key(Config(classes[sat - 1].sm_pct, q_full, batch)))
     hi = measured.get(_key(Config(classes[sat].sm_pct, q_full, batch)))
