@@ -9,25 +9,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 import requests
 
-from fast_manager.sidecar_worker import free_port
+from bench.replicas import Replica, start_replicas, stop_replicas, write_handler
 from fastgshare import keys
 from fastgshare.redis_server import EmbeddedRedis
 from tests.waiting import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 HANDLER = """
@@ -43,20 +38,11 @@ def handle(event, context):
 """
 
 
-@dataclass
-class Replica:
-    name: str
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def stats(self) -> dict:
-        return requests.get(f"{self.url}/_/stats", timeout=5).json()
-
-    def pid(self) -> int:
-        resp = requests.get(f"{self.url}/", timeout=30)
-        assert resp.status_code == 200, resp.text
-        return int(resp.text)
+def pid(r: Replica) -> int:
+    """The pid of the worker that answered (the handler returns it)."""
+    resp = requests.get(f"{r.url}/", timeout=30)
+    assert resp.status_code == 200, resp.text
+    return int(resp.text)
 
 
 @pytest.fixture
@@ -65,38 +51,16 @@ def server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         yield srv
 
 
-def start(tmp_path: Path, name: str, device: str, redis_url: str) -> Replica:
-    fn = tmp_path / "fn"
-    fn.mkdir(exist_ok=True)
-    (fn / "handler.py").write_text(textwrap.dedent(HANDLER))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTGSHARE_", "CUDA_"))}
-    env |= {"REDIS_URL": redis_url, "FASTGSHARE_PORT": str(port), "FASTGSHARE_HANDLER_DIR": str(fn),
-            "FASTGSHARE_FUNCTION": name, "FASTGSHARE_REPLICA": f"{name}-0",
-            "FASTGSHARE_DEVICE": device, "FASTGSHARE_SM_PCT": "50",
-            "FASTGSHARE_QUOTA_REQUEST": "0.5", "FASTGSHARE_QUOTA_LIMIT": "1"}
-    if device.startswith("cpu:"):
-        env["FASTGSHARE_CPU_CORES"] = str(max(os.sched_getaffinity(0)))
-    log = tmp_path / f"{name}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fast_manager.sidecar"], env=env, cwd=REPO,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    r = Replica(name, proc, f"http://127.0.0.1:{port}", log)
-
-    def healthy() -> bool:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return requests.get(f"{r.url}/_/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(healthy, timeout_s=60, what=f"replica {name}")
-    return r
-
-
 @contextlib.contextmanager
 def pair(tmp_path: Path, device: str, redis_url: str) -> Iterator[tuple[Replica, Replica]]:
-    a = start(tmp_path, "a", device, redis_url)
-    b = start(tmp_path, "b", device, redis_url)
+    """Replicas a and b of two functions on ``device``, both following its fault channel."""
+    handler = write_handler(tmp_path / "fn", HANDLER)
+    common = {"REDIS_URL": redis_url, "FASTGSHARE_HANDLER_DIR": str(handler),
+              "FASTGSHARE_DEVICE": device, "FASTGSHARE_SM_PCT": "50",
+              "FASTGSHARE_QUOTA_REQUEST": "0.5", "FASTGSHARE_QUOTA_LIMIT": "1"}
+    if device.startswith("cpu:"):
+        common["FASTGSHARE_CPU_CORES"] = str(max(os.sched_getaffinity(0)))
+    a, b = start_replicas([common | {"name": "a"}, common | {"name": "b"}], tmp_path / "logs", 60)
     client = redis.Redis.from_url(redis_url)
     try:  # both follow the device's fault channel before anything faults
         wait_for(lambda: client.pubsub_numsub(keys.device_faults(device))[0][1] >= 2,
@@ -104,10 +68,7 @@ def pair(tmp_path: Path, device: str, redis_url: str) -> Iterator[tuple[Replica,
         yield a, b
     finally:
         client.close()
-        for r in (a, b):
-            r.proc.terminate()
-        for r in (a, b):
-            r.proc.wait(30)
+        stop_replicas([a, b])
 
 
 def slow_request(r: Replica, out: list) -> None:
@@ -131,7 +92,7 @@ def test_a_gpu_fault_restarts_every_replica_and_reruns_what_they_ran(tmp_path: P
                                                                       server: EmbeddedRedis):
     device = "gpu:GPU-fake-fault-test"
     with pair(tmp_path, device, server.url) as (a, b):
-        pid_a, pid_b = a.pid(), b.pid()
+        pid_a, pid_b = pid(a), pid(b)
         fault, (status_b, body_b) = fault_during_slow_request(a, b)
         # the request that faulted is answered, not run again
         assert fault.status_code == 500
@@ -139,7 +100,7 @@ def test_a_gpu_fault_restarts_every_replica_and_reruns_what_they_ran(tmp_path: P
         # the neighbour's execution was cut short by its restart and run again on the new worker
         assert status_b == 200, body_b
         assert int(body_b) != pid_b
-        assert a.pid() != pid_a  # both workers are new
+        assert pid(a) != pid_a  # both workers are new
         assert b.stats()["device_faults"] == 1 and a.stats()["device_faults"] == 1
         faults = [json.loads(x) for x in redis.Redis.from_url(server.url).lrange(
             keys.device_faults(device), 0, -1)]
@@ -149,9 +110,9 @@ def test_a_gpu_fault_restarts_every_replica_and_reruns_what_they_ran(tmp_path: P
 def test_on_a_cpu_device_a_fault_is_its_replica_alone(tmp_path: Path, server: EmbeddedRedis):
     device = "cpu:fault-test"
     with pair(tmp_path, device, server.url) as (a, b):
-        pid_a, pid_b = a.pid(), b.pid()
+        pid_a, pid_b = pid(a), pid(b)
         fault, (status_b, body_b) = fault_during_slow_request(a, b)
         assert fault.status_code == 500 and "fatal device error" in fault.text
         assert (status_b, int(body_b)) == (200, pid_b)  # untouched, same worker
         assert b.stats()["device_faults"] == 0
-        assert a.pid() != pid_a  # the faulted worker restarted (its context would be unusable)
+        assert pid(a) != pid_a  # the faulted worker restarted (its context would be unusable)

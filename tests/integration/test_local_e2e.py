@@ -13,11 +13,10 @@ import requests
 
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
-from tests.integration.platform_helpers import start_platform
+from tests.integration.platform_helpers import register_images, start_platform
 from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "linear"
-TEMPLATE = Path(__file__).resolve().parents[2] / "function_templates" / "python3-torch"
 IMAGE = "test/linear:latest"
 
 pytestmark = pytest.mark.slow
@@ -151,10 +150,7 @@ def test_bad_deploys_change_nothing(platform, api):
 def test_state_survives_platform_restart(tmp_path: Path):
     state = tmp_path / "state"
     with Platform(state, port=0) as info:
-        client = redis.Redis.from_url(info.redis_url)
-        client.hset(keys.images(), IMAGE,
-                    json.dumps({"handler_dir": str(HANDLER), "template_dir": str(TEMPLATE)}))
-        client.close()
+        register_images(info.redis_url, {IMAGE: HANDLER})
         s = requests.Session()
         s.auth = info.auth
         deploy_like_faas_cli(s, info.url, {"service": "survivor", "image": IMAGE})

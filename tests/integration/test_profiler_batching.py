@@ -25,12 +25,9 @@ from fastgshare.platform import PlatformInfo
 from tests.integration.platform_helpers import FAST_PROFILE, start_platform
 
 HANDLER = Path(__file__).parent / "handlers" / "mlp"
-TEMPLATE = Path(__file__).resolve().parents[2] / "function_templates" / "python3-torch"
 IMAGE = "test/mlp:latest"
 
 pytestmark = pytest.mark.slow
-
-FAST = FAST_PROFILE
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def test_batch_4_serves_more_requests_than_batch_1(platform: PlatformInfo, tmp_p
     # One core for the worker (SM 50 % of 2 cores), the other for the platform and the load.
     spec = GridSpec(sm_grid=(50,), quota_grid=(1.0,), batches=(1, 4),
                     device_cores=len(os.sched_getaffinity(0)))
-    result = profile_and_store(gw, "mlp", spec=spec, settings=FAST)
+    result = profile_and_store(gw, "mlp", spec=spec, settings=FAST_PROFILE)
     table = result.table
     print(summary(table), os.getloadavg())
     assert table.batches == (1, 4) and len(result.measurements) == 2

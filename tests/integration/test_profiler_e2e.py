@@ -24,12 +24,9 @@ from fastgshare.platform import PlatformInfo
 from tests.integration.platform_helpers import FAST_PROFILE, start_platform
 
 HANDLER = Path(__file__).parent / "handlers" / "matmul"
-TEMPLATE = Path(__file__).resolve().parents[2] / "function_templates" / "python3-torch"
 IMAGE = "test/matmul:latest"
 
 pytestmark = pytest.mark.slow
-
-FAST = FAST_PROFILE
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +50,7 @@ def test_profile_through_the_platform(platform: PlatformInfo, tmp_path: Path) ->
     cores = len(os.sched_getaffinity(0))
     spec = GridSpec(sm_grid=(25, 50, 100), quota_grid=(0.25, 1.0), device_cores=cores)
     seen: list[int] = []
-    result = profile_and_store(gw, "mm", spec=spec, settings=FAST,
+    result = profile_and_store(gw, "mm", spec=spec, settings=FAST_PROFILE,
                                on_progress=lambda p: seen.append(p.measured))
     table = result.table
     device_type = device_type_of(gw.device())
