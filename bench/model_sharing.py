@@ -55,15 +55,17 @@ def pss_code_bytes(pid: int, store: Path) -> int:
     return total
 
 
-def _start(fn: str, store: Path, replica: str, shared: bool, log: Path,
-           guard: str = "on") -> tuple[subprocess.Popen, str, float]:
+def start_worker(fn: str, store: Path, replica: str, shared: bool, log: Path, *,
+                 device: str = "cpu:0", model: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, float]:
+    """One python3-torch worker of example function ``fn`` with the model store at ``store``
+    (sharing on or off); returns (process, URL, seconds until ready). Also used by the GPU check."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTGSHARE_")}
     env.update({"FASTGSHARE_HANDLER_DIR": str(REPO / "functions" / fn),
                 "FASTGSHARE_WORKER_PORT": str(port), "FASTGSHARE_REPLICA": replica,
-                "FASTGSHARE_DEVICE": "cpu:0", "FASTGSHARE_MODEL": MODELS[fn],
-                "FASTGSHARE_MODEL_STORE_DIR": str(store), "FASTGSHARE_MODEL_GUARD": guard,
-                "OMP_NUM_THREADS": "1"})
+                "FASTGSHARE_DEVICE": device, "FASTGSHARE_MODEL": model or MODELS[fn],
+                "FASTGSHARE_MODEL_STORE_DIR": str(store)} | (extra_env or {}))
     if not shared:
         env["FASTGSHARE_MODEL_SHARING"] = "off"
     t0 = time.monotonic()
@@ -73,7 +75,7 @@ def _start(fn: str, store: Path, replica: str, shared: bool, log: Path,
     url = f"http://127.0.0.1:{port}"
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"{replica} exited: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"{replica} exited: {log.read_text()[-3000:]}")
         try:
             if requests.get(f"{url}/_/ready", timeout=5).status_code == 200:
                 return proc, url, time.monotonic() - t0
@@ -108,8 +110,9 @@ def run_model(fn: str, n_max: int, tmp: Path, guard: str = "on") -> dict:
         outputs = []
         try:
             for n in range(1, n_max + 1):
-                proc, url, start_s = _start(fn, store, f"{fn}-{mode}-{n}", shared,
-                                            tmp / f"{fn}-{mode}-{n}.log", guard)
+                proc, url, start_s = start_worker(
+                    fn, store, f"{fn}-{mode}-{n}", shared, tmp / f"{fn}-{mode}-{n}.log",
+                    extra_env={"FASTGSHARE_MODEL_GUARD": guard, "OMP_NUM_THREADS": "1"})
                 procs.append(proc)
                 outputs.append(requests.post(url, json={}, timeout=120).json())
                 time.sleep(0.5)  # let the warm-up's freed memory settle before reading PSS

@@ -27,7 +27,7 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME = REPO / "function_templates" / "python3-torch" / "index.py"
 sys.path.insert(0, str(REPO))
-from fastgshare.redis_server import free_port  # noqa: E402
+from bench.model_sharing import start_worker  # noqa: E402
 
 MiB = 2**20
 
@@ -60,28 +60,8 @@ def device_used_bytes() -> int:
 
 
 def start_replica(fn: str, store: Path, uuid: str, shared: bool, n: int, log: Path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTGSHARE_")}
-    env.update({"FASTGSHARE_HANDLER_DIR": str(REPO / "functions" / fn),
-                "FASTGSHARE_WORKER_PORT": str(port), "FASTGSHARE_REPLICA": f"{fn}-{n}",
-                "FASTGSHARE_DEVICE": f"gpu:{uuid}", "FASTGSHARE_MODEL": f"{fn}-seed0",
-                "FASTGSHARE_MODEL_STORE_DIR": str(store), "CUDA_VISIBLE_DEVICES": uuid})
-    if not shared:
-        env["FASTGSHARE_MODEL_SHARING"] = "off"
-    t0 = time.monotonic()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(RUNTIME)], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(log.read_text()[-3000:])
-        try:
-            if requests.get(f"{url}/_/ready", timeout=5).status_code == 200:
-                return proc, url, time.monotonic() - t0
-        except (requests.ConnectionError, requests.Timeout):
-            pass
-        time.sleep(0.2)
+    return start_worker(fn, store, f"{fn}-{n}", shared, log, device=f"gpu:{uuid}",
+                        model=f"{fn}-seed0", extra_env={"CUDA_VISIBLE_DEVICES": uuid})
 
 
 def run(fn: str, n_max: int, uuid: str, tmp: Path, shared: bool) -> list[dict]:
