@@ -34,10 +34,6 @@ from fast_manager.logline import setup_logging
 
 log = logging.getLogger("model_store_gpu")
 
-_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-                "BOOL": "bool"}
-
 
 MiB = 2**20
 HOLDER_CONTEXT_BYTES = 540 * MiB
@@ -64,21 +60,15 @@ def holder_pays(models: Iterable[tuple[int, int]],
 
 def read_safetensors_to(path: Path, device: str) -> dict[str, Any]:
     """Every tensor of the file on ``device``; aliases (tied weights) stay one tensor."""
-    import torch
+    from fast_manager.weights_file import read_weights
 
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-        data = bytearray(f.read())
-    meta = header.pop("__metadata__", None) or {}
-    flat = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    tensors, _ = read_weights(path)
+    moved: dict[int, Any] = {}
     out: dict[str, Any] = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        dtype = getattr(torch, _DTYPE_NAMES[info["dtype"]])
-        out[name] = flat[begin:end].view(dtype).view(info["shape"]).to(device)
-    for alias, target in json.loads(meta.get("fastgshare.aliases", "{}")).items():
-        out[alias] = out[target]
+    for name, t in tensors.items():
+        if id(t) not in moved:
+            moved[id(t)] = t.to(device)
+        out[name] = moved[id(t)]
     return out
 
 
