@@ -158,6 +158,8 @@ local function grant_round(now, caller)
       local bs = buckets_of(rid)
       local used = usage(bs, now)
       local need = math.min(MIN_TOK, lim)
+      -- granted for its guarantee: only up to it (what is left of the request, >= MIN_TOK)
+      if used < req then tok = math.min(tok, math.max(MIN_TOK, req - used)) end
       if lim < WINDOW then tok = math.min(tok, lim - used) end
       if lim >= WINDOW or used + need <= lim then
         cands[#cands + 1] = {rid = rid, seq = seq, sm = sm, req = req, used = used,

@@ -267,6 +267,8 @@ def _grant_round(w: _Work, caller: str | None, params: ArbiterParams) -> Outcome
         buckets = w.usage.get(rid, {})
         used = window_usage(buckets, now, params)
         need = min(params.min_token_us, spec.limit_us)
+        if used < spec.request_us:  # granted for its guarantee: only up to the guarantee
+            tok = min(tok, max(params.min_token_us, spec.request_us - used))
         if spec.limit_us < params.window_us:
             tok = min(tok, spec.limit_us - used)  # the cap is never passed by a whole token
         if spec.limit_us >= params.window_us or used + need <= spec.limit_us:

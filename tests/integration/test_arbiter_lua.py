@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -145,3 +146,28 @@ def test_server_clock_is_used_when_now_is_empty(redis_client: redis.Redis) -> No
     out = parse_outcome(scripts.acquire("a", model.ReplicaSpec(50, 100_000, 200_000)))
     assert abs(out.now_us - (sec * 1_000_000 + usec)) < 1_000_000
     assert [g.replica for g in out.grants] == ["a"]
+
+
+@pytest.mark.parametrize(("used_ms", "token_ms"), [
+    (100, 100),  # burst 100 -> token 125, cut to the 100 ms left of the 200 ms request
+    (150, 50),
+    (190, 20),   # what is left (10 ms) floored at min_token
+    (250, 300),  # past its request: the whole token (burst 250 -> 312, clamped)
+])
+def test_lua_cuts_a_token_granted_for_the_request_as_the_model_does(
+        redis_client: redis.Redis, used_ms: int, token_ms: int) -> None:
+    """Real Redis: a replica under its request is granted only what is left of it."""
+    scripts = ArbiterScripts.register(redis_client, f"cut-{uuid.uuid4().hex[:8]}", PARAMS)
+    a = model.ReplicaSpec(100, 200_000, 1_000_000)
+    now = 1_700_000_000_000_000
+    state, want = model.acquire(model.ArbiterState(), "a", a, now, PARAMS)
+    got = parse_outcome(scripts.acquire("a", a, now))
+    assert got == want
+    g = got.grants[0]
+    now += used_ms * 1000
+    state, want = model.release(state, "a", g.token_id, g.token_us, used_ms * 1000, now, PARAMS,
+                                requeue=a)
+    got = parse_outcome(scripts.release("a", g.token_id, g.token_us, used_ms * 1000, now, a))
+    assert got == want
+    assert [(x.replica, x.token_us) for x in got.grants] == [("a", token_ms * 1000)]
+
