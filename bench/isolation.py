@@ -266,6 +266,8 @@ def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, param
         spec |= device_env(args, i * 100 + rep)
         if args.worker_nice is not None:
             spec["FASTGSHARE_WORKER_NICE"] = str(args.worker_nice)
+        if args.sidecar_nice is not None:
+            spec["FASTGSHARE_SIDECAR_NICE"] = str(args.sidecar_nice)
         if not gpu:
             spec["FASTGSHARE_CPU_CORES"] = c
         specs.append(spec)
@@ -357,6 +359,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                     help="requests outstanding per replica (enough to keep it saturated)")
     ap.add_argument("--worker-nice", type=int, default=None,
                     help="FASTGSHARE_WORKER_NICE for the replicas (default: the sidecar's)")
+    ap.add_argument("--sidecar-nice", type=int, default=None,
+                    help="FASTGSHARE_SIDECAR_NICE for the replicas (<= 0: raise the sidecars' "
+                         "priority, needs CAP_SYS_NICE; default: the platform's)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each case (spread reported)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "isolation.json")
     ap.add_argument("--png", type=Path, default=None)
@@ -425,6 +430,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "repeat": args.repeat,
         "sum_configured_vs_measured": sums,
         "worker_nice": args.worker_nice,
+        "sidecar_nice": args.sidecar_nice,
         "arbiter_latency": latency,
         "runtime_s": round(time.perf_counter() - t_start, 1),
         "cases": rows,

@@ -47,7 +47,7 @@ from fast_manager.memory import MemoryEnforcement, MemoryGuard
 from fast_manager.settings import SidecarSettings, sidecar_settings_from_env
 from fast_manager.sidecar_http import WorkerClient, WorkerHttpError
 from fast_manager.sidecar_metrics import ReplicaMetrics
-from fast_manager.sidecar_worker import WorkerProcess
+from fast_manager.sidecar_worker import WorkerProcess, raise_own_priority, sidecar_nice
 from fast_manager.token_factory import make_token_client
 from fast_manager.tokens import Lease, TokenClient
 from fastgshare.errors import ValidationError
@@ -438,14 +438,18 @@ def create_app(sidecar: Sidecar) -> web.Application:
 
 
 async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
-                        tokens: TokenClient | None = None) -> tuple[Sidecar, web.AppRunner, int]:
-    """Start the worker and the HTTP server; returns the port actually bound."""
+                        tokens: TokenClient | None = None, worker_base_nice: int | None = None
+                        ) -> tuple[Sidecar, web.AppRunner, int]:
+    """Start the worker and the HTTP server; returns the port actually bound.
+    ``worker_base_nice``: the niceness the worker starts from when this process raised its own
+    priority (``raise_own_priority``)."""
     tokens = tokens if tokens is not None else make_token_client(settings)
     memory = (MemoryGuard(MemoryEnforcement.OFF, None, why="GPU memory is limited by MPS")
               if settings.is_gpu else
               MemoryGuard.open(settings.share.mem_bytes,
                                f"fastgshare-{settings.replica}-{os.getpid()}", settings.mem_enforce))
-    sidecar = Sidecar(settings, tokens, WorkerProcess(settings, env, memory=memory),
+    sidecar = Sidecar(settings, tokens,
+                      WorkerProcess(settings, env, memory=memory, base_nice=worker_base_nice),
                       batch=batch_size(env))
     sidecar.faults = FaultChannel(settings.redis_url, settings.device, settings.replica,
                                   sidecar.on_neighbour_fault)
@@ -469,8 +473,9 @@ async def stop_sidecar(sidecar: Sidecar, runner: web.AppRunner) -> None:
     await sidecar.close()
 
 
-async def serve(settings: SidecarSettings, env: Mapping[str, str]) -> None:
-    sidecar, runner, _ = await start_sidecar(settings, env)
+async def serve(settings: SidecarSettings, env: Mapping[str, str],
+                worker_base_nice: int | None = None) -> None:
+    sidecar, runner, _ = await start_sidecar(settings, env, worker_base_nice=worker_base_nice)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -489,7 +494,10 @@ def main() -> None:
     except ValidationError as e:
         log.error("bad sidecar environment: %s", e)
         sys.exit(2)
-    asyncio.run(serve(settings, os.environ))
+    # Linux niceness is per thread: raised here, before any thread or child exists.
+    base_nice, why = raise_own_priority(sidecar_nice())
+    log.info("%s", why)
+    asyncio.run(serve(settings, os.environ, base_nice))
 
 
 if __name__ == "__main__":

@@ -56,14 +56,52 @@ def worker_nice() -> int:
         return DEFAULT_WORKER_NICE
 
 
+DEFAULT_SIDECAR_NICE = 0
+"""The sidecar's own niceness change at start (see ``sidecar_nice``)."""
+
+
+def sidecar_nice() -> int:
+    """How much the sidecar raises its own priority at start (``FASTGSHARE_SIDECAR_NICE``, a
+    niceness change from -20 to 0, default ``DEFAULT_SIDECAR_NICE``): a sidecar woken by a
+    hand-over then gets a CPU ahead of busy workers. Needs ``CAP_SYS_NICE`` (best effort); the
+    worker still starts at the sidecar's original niceness (plus ``FASTGSHARE_WORKER_NICE``)."""
+    try:
+        return max(-20, min(0, int(os.environ.get("FASTGSHARE_SIDECAR_NICE",
+                                                  DEFAULT_SIDECAR_NICE))))
+    except ValueError:
+        return DEFAULT_SIDECAR_NICE
+
+
+def raise_own_priority(change: int) -> tuple[int | None, str]:
+    """Lower this process's niceness by ``-change`` (``change`` <= 0), best effort. Returns the
+    niceness it had before when it changed (what the worker is reset to), else None, and a line
+    for the log saying what happened."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if change >= 0:
+        return None, f"sidecar at nice {base}"
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(-20, base + change))
+    except OSError as e:
+        return None, (f"sidecar priority not raised ({e.strerror or e}; needs CAP_SYS_NICE): "
+                      f"sidecar and worker at nice {base}")
+    return base, (f"sidecar priority raised from nice {base} to "
+                  f"{os.getpriority(os.PRIO_PROCESS, 0)}; the worker starts at nice {base} "
+                  f"(+ FASTGSHARE_WORKER_NICE)")
+
+
 def _child_setup(cores: tuple[int, ...], cgroup_procs: str | None,
-                 nice: int = 0) -> Callable[[], None]:
+                 nice: int = 0, base_nice: int | None = None) -> Callable[[], None]:
+    """``nice``: the worker's niceness above the sidecar's; above ``base_nice`` instead when the
+    sidecar raised its own priority (the worker is put back where the sidecar started)."""
     def setup() -> None:  # runs in the child between fork and exec: no locks, no logging
         if cgroup_procs:  # before exec, so the runtime and torch are charged to the limit
             join_cgroup(cgroup_procs)
         if cores:
             os.sched_setaffinity(0, cores)
-        if nice:
+        if base_nice is not None:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, 0, min(19, base_nice + nice))
+        elif nice:
             with contextlib.suppress(OSError):
                 os.nice(nice)
         # The worker must not outlive a SIGKILLed sidecar (it would hold its cores and memory).
@@ -76,8 +114,11 @@ class WorkerProcess:
     """One worker child at a time, kept alive until ``stop``."""
 
     def __init__(self, settings: SidecarSettings, base_env: Mapping[str, str],
-                 out=None, memory: MemoryGuard | None = None) -> None:
+                 out=None, memory: MemoryGuard | None = None,
+                 base_nice: int | None = None) -> None:
         self._settings = settings
+        self._base_nice = base_nice
+        """The sidecar's niceness before it raised its priority (None: it did not)."""
         self.memory = memory or MemoryGuard(MemoryEnforcement.OFF, None, why="not requested")
         self._base_env = dict(base_env)
         self._out = out or sys.stdout
@@ -183,7 +224,8 @@ class WorkerProcess:
             sys.executable, str(s.runtime), env=env, cwd=str(s.runtime.parent),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_child_setup(s.cpu_cores, self.memory.procs_file(), worker_nice()),
+            preexec_fn=_child_setup(s.cpu_cores, self.memory.procs_file(), worker_nice(),
+                                    self._base_nice),
         )
         self._proc = proc
         log.info("worker pid %d started on port %d, cores %s, device %s", proc.pid, self.port,

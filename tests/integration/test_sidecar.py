@@ -255,6 +255,27 @@ def test_sigterm_stops_sidecar_and_worker(tmp_path: Path) -> None:
     assert "stopped" in r.log.read_text()
 
 
+def test_sidecar_nice_raises_the_sidecar_and_leaves_the_worker_where_it_was(
+        tmp_path: Path) -> None:
+    """FASTGSHARE_SIDECAR_NICE=-5: the sidecar (woken by hand-overs) runs 5 nice levels above
+    where it started, its worker stays there (plus FASTGSHARE_WORKER_NICE); without the
+    privilege both stay and the log says why."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    r = _start(tmp_path, SLOW_HANDLER, FASTGSHARE_SIDECAR_NICE="-5", FASTGSHARE_WORKER_NICE="2")
+    try:
+        worker_pid = r.stats()["worker"]["pid"]
+        sidecar_nice = os.getpriority(os.PRIO_PROCESS, r.proc.pid)
+        worker_nice = os.getpriority(os.PRIO_PROCESS, worker_pid)
+        text = r.log.read_text()
+    finally:
+        _stop(r)
+    if "priority raised" in text:
+        assert (sidecar_nice, worker_nice) == (max(-20, base - 5), min(19, base + 2)), text
+    else:
+        assert "priority not raised" in text and "CAP_SYS_NICE" in text, text
+        assert (sidecar_nice, worker_nice) == (base, min(19, base + 2)), text
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
