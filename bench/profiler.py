@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ import requests
 from bench.common import RESULTS, parser, platform_with_function, write_json
 from fast_profiler import store
 from fast_profiler.cli import QUICK_SEARCH, summary
+from fast_profiler.interference import CpuMonitor
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.planner import Config, Source
 from fast_profiler.plot import plot_table
@@ -83,7 +86,9 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
         print(f"{name}: profiling (SLO {slo_ms:g} ms, {'quick' if quick else 'full'} search, "
               f"load average {load_before:.2f})", flush=True)
         t0 = time.monotonic()
-        result = profile_and_store(gw, name, settings=settings, on_progress=show)
+        # The embedded platform runs under this process: CPU used outside its tree is other load.
+        monitor = CpuMonitor(os.getpid())
+        result = profile_and_store(gw, name, settings=settings, on_progress=show, monitor=monitor)
         seconds = time.monotonic() - t0
         table = result.table
         print(summary(table))
@@ -93,7 +98,8 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
 
         print(f"{name}: re-measuring held-out points", flush=True)
         src = as_function_source(gw.function_status(name) or {}, slo_ms=slo_ms)
-        runner = Runner(gw, src, settings)
+        runner = Runner(gw, src, settings, monitor=monitor)
+        runner.seed(result.measurements)  # each search starts as the table's did (capacity estimate)
         load_mid = os.getloadavg()[0]
         by_cfg = {pt.config: pt for pt in result.points}
         held = []
@@ -113,6 +119,7 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
                              "remeasured_rps": round(m.throughput_rps, 2),
                              "remeasured_p99_ms": round(m.latency_p99_ms, 1), "rel_error": round(err, 4),
                              "seconds": round(m.seconds, 1), "load_average_1m": round(os.getloadavg()[0], 2),
+                             "foreign_cores": m.foreign_cores,
                              "rates": [[round(r, 1), ok] for r, ok in m.steps]})
                 print(f"  held-out sm {cfg.sm_pct}% quota {cfg.quota_frac:g} ({by_cfg[cfg].source.value}): "
                       f"table {tab:.1f} rps, re-measured {m.throughput_rps:.1f} rps, error {err:.1%}",
@@ -138,10 +145,62 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
             "measurements": [{"sm_pct": m.config.sm_pct, "quota_frac": m.config.quota_frac,
                               "rps": round(m.throughput_rps, 2), "p99_ms": round(m.latency_p99_ms, 1),
                               "busy_frac": round(m.busy_frac, 3), "seconds": round(m.seconds, 1),
-                              "steps": len(m.steps), "rates": [[round(r, 1), ok] for r, ok in m.steps]}
+                              "steps": len(m.steps), "foreign_cores": m.foreign_cores,
+                              "rates": [[round(r, 1), ok] for r, ok in m.steps]}
                              for m in result.measurements],
             "table": json.loads(table.to_json()), "png": str(png),
         }
+
+
+def parse_configs(text: str) -> list[Config]:
+    """``"6:1.0,80:0.2"`` -> configurations (SM percent : quota, batch 1)."""
+    out = []
+    for part in text.split(","):
+        sm, q = part.split(":")
+        out.append(Config(int(sm), float(q)))
+    return out
+
+
+def repeat_configs(name: str, slo_ms: float, quick: bool, configs: list[Config], times: int,
+                   no_monitor: bool = False) -> dict:
+    """Measure each configuration ``times`` times on one platform (the spread of the estimator).
+
+    A partial quota's search starts from its class's full-quota probe, as in a profile: that
+    configuration is measured first (once, not counted) when it is not itself in the list."""
+    with platform_with_function(name, slo_ms) as (info, client):
+        api = requests.Session()
+        api.auth = info.auth
+        api.post(f"{info.url}/system/scale-function/{name}", json={"serviceName": name, "replicas": 0})
+        gw = Gateway(info.url, info.auth, client)
+        src = as_function_source(gw.function_status(name) or {}, slo_ms=slo_ms)
+        runner = Runner(gw, src, RunSettings(search=QUICK_SEARCH) if quick else RunSettings(),
+                        monitor=None if no_monitor else CpuMonitor(os.getpid()))
+        out = []
+        try:
+            for cfg in configs:
+                if cfg.quota_frac < 1.0 and Config(cfg.sm_pct, 1.0) not in configs:
+                    runner.measure(Config(cfg.sm_pct, 1.0, cfg.batch))
+                runs = []
+                for i in range(times):
+                    load = os.getloadavg()[0]
+                    m = runner.measure(cfg)
+                    runs.append({"rps": round(m.throughput_rps, 2), "p99_ms": round(m.latency_p99_ms, 1),
+                                 "seconds": round(m.seconds, 1), "load_average_1m": round(load, 2),
+                                 "foreign_cores": m.foreign_cores,
+                                 "rates": [[round(r, 1), ok] for r, ok in m.steps]})
+                    print(f"  sm {cfg.sm_pct}% quota {cfg.quota_frac:g} #{i + 1}: {m.throughput_rps:.1f} rps "
+                          f"in {m.seconds:.1f} s ({len(m.steps)} steps, load {load:.2f})", flush=True)
+                rps = [r["rps"] for r in runs]
+                mid = statistics.median(rps)
+                out.append({"sm_pct": cfg.sm_pct, "quota_frac": cfg.quota_frac, "runs": runs,
+                            "median_rps": mid, "min_rps": min(rps), "max_rps": max(rps),
+                            "spread_rel": round((max(rps) - min(rps)) / mid, 4) if mid > 0 else None,
+                            "max_dev_from_median_rel": round(max(abs(r - mid) for r in rps) / mid, 4)
+                            if mid > 0 else None})
+        finally:
+            runner.cleanup()
+        return {"function": name, "slo_ms": slo_ms, "times": times, "cpu_monitor": not no_monitor,
+                "configs": out}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +210,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout", type=int, default=4, help="held-out points per function")
     ap.add_argument("--plain-search", action="store_true",
                     help="the estimator without its guards (open bracket, reruns, 0.7 step down), to compare")
+    ap.add_argument("--repeat", default=None, metavar="SM:Q[,SM:Q]",
+                    help="instead of a profile: measure these configurations --times times each (the "
+                         "estimator's spread; default output bench/results/profiler_repeat.json)")
+    ap.add_argument("--times", type=int, default=4, help="measurements per --repeat configuration")
+    ap.add_argument("--no-monitor", action="store_true",
+                    help="--repeat without the CPU monitor (judge interference by busy time only)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log every rate step")
     args = ap.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        for noisy in ("fastgshare", "fast_manager", "urllib3", "aiohttp"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.repeat:
+        name = (args.functions or "mobilenet").split(",")[0]
+        res = repeat_configs(name, FUNCTIONS.get(name, 200.0), args.quick, parse_configs(args.repeat),
+                             args.times, args.no_monitor)
+        for c in res["configs"]:
+            print(f"sm {c['sm_pct']}% quota {c['quota_frac']:g}: median {c['median_rps']:.1f} rps, "
+                  f"range {c['min_rps']:.1f}-{c['max_rps']:.1f} (max deviation from the median "
+                  f"{100 * (c['max_dev_from_median_rel'] or 0):.1f} %)")
+        path = args.json if args.json != RESULTS / "profiler.json" else RESULTS / "profiler_repeat.json"
+        write_json(path, {"benchmark": "profiler-repeat", "quick": args.quick, **res})
+        return 0
     names = (args.functions or ("mobilenet" if args.quick else "mobilenet,resnet50")).split(",")
     results = {}
     for n in names:

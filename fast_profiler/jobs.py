@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from fast_profiler import store
 from fast_profiler.errors import ProfileError
+from fast_profiler.interference import CpuMonitor
 from fast_profiler.planner import GridSpec
 from fast_profiler.runner import (
     Gateway,
@@ -34,7 +35,8 @@ log = logging.getLogger("fast_profiler")
 
 def profile_and_store(gw: Gateway, name: str, *, namespace: str = "openfaas-fn", spec: GridSpec | None = None,
                       settings: RunSettings | None = None, slo_ms: float | None = None, body: bytes = b"{}",
-                      on_progress: Callable[[Progress], None] | None = None) -> ProfileResult:
+                      on_progress: Callable[[Progress], None] | None = None,
+                      monitor: CpuMonitor | None = None) -> ProfileResult:
     """Profile the deployed function ``name``, store its table in Redis, keep its status current."""
     status = gw.function_status(name, namespace)
     if status is None:
@@ -55,7 +57,8 @@ def profile_and_store(gw: Gateway, name: str, *, namespace: str = "openfaas-fn",
     store.set_status(client, namespace, name, ProfileState.PROFILING, device_type=device_type,
                      message="starting")
     try:
-        result = profile_function(Runner(gw, src, settings), spec, device_type, on_progress=progress)
+        result = profile_function(Runner(gw, src, settings, monitor=monitor), spec, device_type,
+                                  on_progress=progress)
     except Exception as e:
         store.set_status(client, namespace, name, ProfileState.FAILED, device_type=device_type,
                          message=f"{type(e).__name__}: {e}"[:500])

@@ -9,8 +9,10 @@ The grid is SM share x quota x batch (the original's 7 x 5 x 1). Three rules mak
    own point (``device_cores=None``).
 2. **Saturation along the SM axis.** Spatial classes are measured in ascending order at full quota;
    once a class gains less than ``saturation_tol`` over the one below, the classes above it cannot
-   matter (more SMs buy nothing) and are not measured (``Source.SATURATED``: copied from the last
-   class that still gained).
+   matter (more SMs buy nothing) and are not measured. The first saturated class is measured at the
+   smallest quota as well (a partial quota limits device time, where a faster request may still
+   gain); its other quotas are the last growing class's column x the ratio of the two classes,
+   interpolated between the two ends, and the classes above copy it (``Source.SATURATED``).
 3. **Quota anchors.** In each class that still gains, only the anchor quotas are measured (by default
    the smallest, the middle and the largest of the grid); the others are interpolated linearly
    between the neighbouring anchors (``Source.INTERPOLATED``).
@@ -35,7 +37,9 @@ class Source(StrEnum):
     SAME_SHARE = "same-share"
     """Maps to the same enforced share as a measured point (CPU: same core count)."""
     SATURATED = "saturated"
-    """Past the SM share where throughput stopped growing: copied from the last growing class."""
+    """Past the SM share where throughput stopped growing: the first saturated class between its
+    smallest- and full-quota measurements (the last growing class's column x the ratio of the two,
+    interpolated in quota); the classes above it copy that column."""
     INTERPOLATED = "interpolated"
     """Linear in quota between measured anchors of the same spatial class."""
 
@@ -122,6 +126,12 @@ class Measurement:
     """Wall time this configuration took to measure, deployment included."""
     steps: tuple[tuple[float, bool], ...] = ()
     """The rates tried and whether each passed."""
+    capacity_rps: float = 0.0
+    """The capacity estimate the search started from (at full quota: the closed-loop probe's rate)."""
+    probe_busy_ms: float = 0.0
+    """Busy ms per request under that probe (full quota; 0 when none ran)."""
+    foreign_cores: float = 0.0
+    """Most CPU (in cores) other processes used during a counted step (0: quiet, or not watched)."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,11 @@ def planned_configs(spec: GridSpec, measured: Mapping[Config, Measurement]) -> t
                 out.append(Config(c.sm_pct, q_full, b))
         for c in growing:
             out.extend(Config(c.sm_pct, q, b) for q in spec.quota_anchors if q != q_full)
+        q_lo = spec.quota_anchors[0]
+        if sat is not None and q_lo != q_full:
+            # The first saturated class at the smallest quota as well: a partial quota limits device
+            # time, where a faster request may still gain (see ``_saturated_column``).
+            out.append(Config(classes[sat].sm_pct, q_lo, b))
     return tuple(out)
 
 
@@ -249,24 +264,52 @@ def _class_column(spec: GridSpec, cls: SpatialClass, batch: int,
     return col
 
 
-def _saturated_speedup(spec: GridSpec, classes: Sequence[SpatialClass], sat: int, batch: int,
-                       measured: Mapping[Config, Measurement]) -> tuple[float, float]:
-    """(speed-up of one request, full-quota rate) of the first saturated class over the last class
-    that grew, from their full-quota measurements' busy time per request (1.0 when unknown).
+def _saturated_column(spec: GridSpec, cls: SpatialClass, batch: int, ref: Mapping[float, FilledPoint],
+                      measured: Mapping[Config, Measurement]) -> dict[float, FilledPoint]:
+    """The first saturated class: measured at the smallest and the full quota; in between, the last
+    growing class's column (``ref``) x the ratio of the two classes, linear in quota between the
+    ratios measured at the two ends.
 
-    Saturation is judged at full quota, where the rate stops growing (one request at a time gains
-    nothing from more SMs or cores); a partial quota limits device *time* instead, and a request
-    that runs faster on the bigger share uses less of it. Only a speed-up seen at full quota counts:
-    on a 2-core CPU the full-quota busy times are taken while the load generator and the platform
-    share the cores, where two threads run no faster (MobileNet: 23 ms per request on both cores
-    against 12 on one), although at quota 0.2 both cores served 5.8 rps against 3.7 on one."""
-    q_full = spec.quota_grid[-1]
-    lo = measured.get(_key(Config(classes[sat - 1].sm_pct, q_full, batch)))
-    hi = measured.get(_key(Config(classes[sat].sm_pct, q_full, batch)))
-    if lo is None or hi is None or lo.busy_ms_per_request <= 0 or hi.busy_ms_per_request <= 0:
-        return 1.0, float("inf")
-    return max(1.0, lo.busy_ms_per_request / hi.busy_ms_per_request), max(lo.throughput_rps,
-                                                                             hi.throughput_rps)
+    Saturation is judged at full quota, where the rate stops growing; a partial quota limits device
+    *time* instead, where a request that runs faster on the bigger share serves more of them, so
+    the ratio is not the same at both ends. On a 2-core CPU two cores serve MobileNet no faster than
+    one at full quota (the load generator and the platform share the cores), while at quota 0.2 they
+    serve 1.6x more (5.8 rps against 3.7); a copy of the smaller class was 37 % off there.
+
+    Where the smaller class serves nothing at an end (ratio undefined), the column is linear in quota
+    between the class's own measurements instead."""
+    q_lo, q_full = spec.quota_anchors[0], spec.quota_grid[-1]
+    own = {q: measured.get(_key(Config(cls.sm_pct, q, batch))) for q in (q_lo, q_full)}
+    col: dict[float, FilledPoint] = {}
+    lo_m, hi_m = own[q_lo], own[q_full]
+    if hi_m is None:
+        raise ValidationError("measurements", f"the full-quota point of sm {cls.sm_pct}", "none")
+    if lo_m is None:  # a single-quota grid, or an old plan: the full-quota ratio throughout
+        lo_m = hi_m
+    ratios = []
+    for q, mq in ((q_lo, lo_m), (q_full, hi_m)):
+        base = ref[q].throughput_rps
+        ratios.append(mq.throughput_rps / base if base > 0 else None)
+    basis = tuple(dict.fromkeys((lo_m.config, hi_m.config)))
+    for q in spec.quota_grid:
+        cfg = Config(cls.sm_pct, q, batch)
+        exact = measured.get(_key(cfg))
+        if exact is not None:
+            col[q] = _from(exact, cfg, Source.MEASURED, (exact.config,))
+            continue
+        t = (q - q_lo) / (q_full - q_lo) if q_full > q_lo else 1.0
+        if ratios[0] is not None and ratios[1] is not None:
+            rps = ref[q].throughput_rps * _lerp(ratios[0], ratios[1], t)
+            src_basis = tuple(dict.fromkeys(basis + ref[q].basis))
+        else:
+            rps = _lerp(lo_m.throughput_rps, hi_m.throughput_rps, t)
+            src_basis = basis
+        col[q] = FilledPoint(cfg, rps, _lerp(lo_m.latency_p50_ms, hi_m.latency_p50_ms, t),
+                             _lerp(lo_m.latency_p95_ms, hi_m.latency_p95_ms, t),
+                             _lerp(lo_m.latency_p99_ms, hi_m.latency_p99_ms, t),
+                             _lerp(lo_m.busy_frac, hi_m.busy_frac, t), max(lo_m.error_rate, hi_m.error_rate),
+                             Source.SATURATED, src_basis)
+    return col
 
 
 def fill(spec: GridSpec, measured: Mapping[Config, Measurement]) -> tuple[FilledPoint, ...]:
@@ -277,30 +320,19 @@ def fill(spec: GridSpec, measured: Mapping[Config, Measurement]) -> tuple[Filled
         raise ValidationError("measurements", "a finished plan (next_config() is None)", left)
     classes = spatial_classes(spec)
     out: list[FilledPoint] = []
-    q_full = spec.quota_grid[-1]
     for b in spec.batches:
         sat = saturation_index(spec, measured, b)
         columns: dict[int, dict[float, FilledPoint]] = {}
         for i, cls in enumerate(classes):
             if sat is None or i < sat:
                 columns[cls.sm_pct] = _class_column(spec, cls, b, measured)
-                continue
-            ref = columns[classes[sat - 1].sm_pct]
-            speed, cap = _saturated_speedup(spec, classes, sat, b, measured)
-            col = {}
-            for q in spec.quota_grid:
-                cfg = Config(cls.sm_pct, q, b)
-                own = measured.get(_key(cfg)) if q == q_full else None
-                if own is not None:
-                    col[q] = _from(own, cfg, Source.MEASURED, (own.config,))
-                    continue
-                p = _from(ref[q], cfg, Source.SATURATED, ref[q].basis)
-                if q < q_full and speed > 1.0:
-                    # Quota-bound: a request that runs faster on more cores costs less device time,
-                    # so a partial quota serves more of them, up to the class's full-quota rate.
-                    p = replace(p, throughput_rps=min(p.throughput_rps * speed, cap))
-                col[q] = p
-            columns[cls.sm_pct] = col
+            elif i == sat:
+                columns[cls.sm_pct] = _saturated_column(spec, cls, b, columns[classes[sat - 1].sm_pct],
+                                                        measured)
+            else:  # more SMs buy nothing past the first saturated class: its column, inferred
+                first = columns[classes[sat].sm_pct]
+                columns[cls.sm_pct] = {q: replace(p, config=Config(cls.sm_pct, q, b), source=Source.SATURATED)
+                                       for q, p in first.items()}
         for cls in classes:
             for s in cls.members:
                 for q in spec.quota_grid:

@@ -16,14 +16,15 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 import redis
 import requests
 
 from fast_profiler.errors import ProfileError
+from fast_profiler.interference import CpuMonitor, foreign_cores
 from fast_profiler.loadgen import PoissonLoad, StepRecord, closed_loop
 from fast_profiler.planner import (
     Config,
@@ -40,11 +41,10 @@ from fast_profiler.search import (
     SearchSettings,
     StepObservation,
     Verdict,
-    disturbed,
+    counted_history,
     quantile,
-    record_step,
+    replay,
     result_rate,
-    start_search,
     step_verdict,
 )
 from fast_profiler.search import next_rate as search_next_rate
@@ -60,6 +60,11 @@ BATCH_ENV = "FASTGSHARE_BATCH"
 SHADOW_SUFFIX = "-profile"
 READY_TIMEOUT_S = 180.0
 """How long one configuration's replica may take to load."""
+QUIET_SAMPLE_S = 0.5
+"""How long one look at the node's other load lasts while waiting for it to be quiet."""
+MIN_CHARGE_REQUESTS = 10
+"""A step's device and token time per request are judged on at least this many requests (the first
+few of a step are noisy: a 7 rps step failed its quota check on 5 of them)."""
 DRAIN_TIMEOUT_S = 20.0
 """After a failing step, how long to wait for its queue to empty before the next step."""
 
@@ -76,6 +81,22 @@ class RunSettings:
     at least 2 b: one batch executing, the next one queued)."""
     warmup_requests: int = 8
     """Sequential requests after each deployment, before measuring (first-call costs, busy time)."""
+    max_foreign_cores: float = 0.25
+    """With a CPU monitor: a step during which other processes used more than this many cores was
+    disturbed; a failing one is not counted but run again once the node is quiet."""
+    quiet_wait_s: float = 10.0
+    """... waiting at most this long per configuration for the node to be quiet (then it is
+    measured as it is)."""
+    max_foreign_reruns: int = 4
+    """... and rerunning at most this many failing steps per configuration."""
+    warmup_gap_s: float = 0.05
+    """Pause after each warm-up request (longer than the token client's linger, 10 ms)."""
+    window_s: float = 5.0
+    """The arbiter's sliding window (``ArbiterParams.window_us``). At a partial quota a step that
+    failed may have used up the window (its queue ran on it), which would fail the next, lighter
+    steps too; the load pauses this long after such a step (and after a partial-quota probe), so
+    every step starts from the same, unused window. Idle time is free of the cap's bursts because
+    a step also fails when its rate x charged time per request exceeds the quota."""
     seed: int = 1
 
 
@@ -189,15 +210,18 @@ class Runner:
     """Measures one function's configurations on a running platform."""
 
     def __init__(self, gateway: Gateway, src: FunctionSource, settings: RunSettings | None = None,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, clock: Callable[[], float] = time.monotonic, monitor: CpuMonitor | None = None) -> None:
         self.gw = gateway
         self.src = src
         self.settings = settings or RunSettings()
         self.clock = clock
+        self.monitor = monitor
+        """Other load on the node (``fast_profiler.interference``): None judges by busy time only."""
         self._generation = -1
         self._full_capacity: dict[tuple[int, int], float] = {}
         self._full_busy: dict[tuple[int, int], float] = {}
         """Busy ms per request under the full-quota probe (batches as the load forms them)."""
+        self._quiet_left = self.settings.quiet_wait_s
 
     # ---- deployment ------------------------------------------------------------------------
 
@@ -229,31 +253,55 @@ class Runner:
         t0 = self.clock()
         sidecar = self._deploy_and_wait(cfg)
         m = asyncio.run(self._measure(cfg, sidecar))
-        return Measurement(cfg, m.throughput_rps, m.latency_p50_ms, m.latency_p95_ms, m.latency_p99_ms,
-                           m.busy_frac, m.error_rate, m.busy_ms_per_request, self.clock() - t0, m.steps)
+        return replace(m, seconds=self.clock() - t0)
+
+    def seed(self, measurements: Iterable[Measurement]) -> None:
+        """Start from what a finished profile's full-quota probes found (capacity, busy time per
+        request), so that a later search of a partial quota (a held-out re-measurement) starts as the
+        table's did instead of probing the partial quota, which would eat the arbiter's window."""
+        for m in measurements:
+            if m.config.quota_frac >= 1.0 and m.capacity_rps > 0:
+                key = (m.config.sm_pct, m.config.batch)
+                self._full_capacity[key] = m.capacity_rps
+                if m.probe_busy_ms > 0:
+                    self._full_busy[key] = m.probe_busy_ms
 
     async def _stats(self, session: aiohttp.ClientSession, sidecar: str) -> tuple[int, float]:
+        n, busy, _ = await self._stats3(session, sidecar)
+        return n, busy
+
+    async def _stats3(self, session: aiohttp.ClientSession, sidecar: str) -> tuple[int, float, float]:
+        """(requests, busy ms, token-held ms) so far: the arbiter charges the held time."""
         async with session.get(f"{sidecar}/_/stats", timeout=aiohttp.ClientTimeout(total=5)) as r:
             d = await r.json()
-        return int(d["requests"]), float(d["busy_ms_total"])
+        return int(d["requests"]), float(d["busy_ms_total"]), float(d.get("held_ms_total") or 0.0)
 
     async def _measure(self, cfg: Config, sidecar: str) -> Measurement:
         s = self.settings
+        self._quiet_left = s.quiet_wait_s
         url = f"{self.gw.url}/function/{self.src.shadow}"
         conn = aiohttp.TCPConnector(limit=512, force_close=False)
         async with aiohttp.ClientSession(connector=conn) as session:
-            for _ in range(s.warmup_requests):
+            nw = hw = 0.0
+            for i in range(s.warmup_requests):
+                if i == s.warmup_requests // 2:  # the first ones pay first-call costs
+                    nw, _, hw = await self._stats3(session, sidecar)
                 async with session.post(url, data=self.src.body) as r:
                     await r.read()
                     if r.status >= 300:
                         raise ProfileError(f"{self.src.shadow} answers HTTP {r.status} at {cfg}: "
                                            f"{(await r.text())[:200]}")
-            n0, b0 = await self._stats(session, sidecar)
+                # Spaced as a light load sends them: each one holds the token for its execution and
+                # the linger after it, as the arbiter charges a partial quota's requests.
+                await asyncio.sleep(s.warmup_gap_s)
+            n0, b0, h0 = await self._stats3(session, sidecar)
+            held_light = (h0 - hw) / (n0 - nw) if n0 > nw else 0.0
             full_key = (cfg.sm_pct, cfg.batch)
             # Sequential warm-up requests run one at a time: at batch > 1 the probe's busy time
             # (batches as a saturating load forms them) is the one that bounds a quota.
             busy_per_req = self._full_busy.get(full_key, b0 / max(1, n0))
             if cfg.quota_frac >= 1.0 or full_key not in self._full_capacity:
+                await self._wait_quiet(cfg)  # the probe sets where the search starts
                 done, _, el = await closed_loop(session, url, self.src.body,
                                                 concurrency=max(s.probe_concurrency, 2 * cfg.batch),
                                                 duration_s=s.probe_s)
@@ -264,71 +312,107 @@ class Runner:
                 if cfg.quota_frac >= 1.0:
                     self._full_capacity[full_key] = mu
                     self._full_busy[full_key] = busy_per_req
+                else:
+                    await asyncio.sleep(s.window_s)  # the probe used the window: start from an unused one
             mu_full = self._full_capacity.get(full_key, 0.0)
             capacity = mu_full
-            if cfg.quota_frac < 1.0 and busy_per_req > 0:
-                capacity = min(mu_full or float("inf"), cfg.quota_frac * 1000.0 / busy_per_req)
+            # The quota bounds the charged time, the token's held time: one request at a time (the
+            # warm-up, as a light load sends them) holds it for its execution and the linger after.
+            charged = max(busy_per_req, held_light)
+            if cfg.quota_frac < 1.0 and charged > 0:
+                capacity = min(mu_full or float("inf"), cfg.quota_frac * 1000.0 / charged)
             if not capacity > 0:
                 raise ProfileError(f"{self.src.shadow}: no capacity measured at {cfg}")
-            return await self._search(cfg, session, url, sidecar, capacity, busy_per_req)
+            m = await self._search(cfg, session, url, sidecar, capacity)
+            return replace(m, capacity_rps=capacity, probe_busy_ms=self._full_busy.get(full_key, 0.0)
+                           if cfg.quota_frac >= 1.0 else 0.0)
 
     async def _search(self, cfg: Config, session: aiohttp.ClientSession, url: str, sidecar: str,
-                      capacity: float, ref_busy_ms: float) -> Measurement:
+                      capacity: float) -> Measurement:
         s = self.settings.search
+        if cfg.quota_frac < 1.0:
+            # A partial quota's answer is bounded by its cap, which the quota check decides on
+            # charged time (not on a latency tail): one pass is as good as two there.
+            s = replace(s, confirm_passes=1)
         load = PoissonLoad(session, url, self.src.body, seed=self.settings.seed)
-        state = start_search(capacity)
+        state = replay(capacity, (), 0)
         passes: dict[float, tuple[StepRecord, float, tuple[float, ...]]] = {}
         """Rate -> its last passing step (the answer is the rate the majority passed)."""
         lowest_fail: tuple[StepRecord, float] | None = None
-        quiet_busy = ref_busy_ms if ref_busy_ms > 0 else None
-        reruns = 0
+        steps: list[tuple[float, bool, float | None]] = []
+        """Every step run: (rate, passed, busy ms per request); the votes are ``counted_history``."""
+        left_out: tuple[int, ...] = ()
+        foreign_reruns = 0
+        foreign_seen = 0.0
         try:
             rate = search_next_rate(state, s)
             while rate is not None:
-                n0, b0 = await self._stats(session, sidecar)
+                c0 = self.monitor.sample() if self.monitor else None
+                n0, b0, h0 = await self._stats3(session, sidecar)
                 busy_now: list[float | None] = [None]
+                held_now: list[float | None] = [None]
                 last_poll = [0.0]
                 # The latencies the verdict was taken on: requests still in flight then may finish
                 # later and land in the step's record, but the step was judged without them.
                 judged: list[tuple[float, ...]] = [()]
 
                 async def decide(rec: StepRecord, now: float, n0: int = n0, b0: float = b0,
-                                 busy_now: list[float | None] = busy_now,
+                                 h0: float = h0, busy_now: list[float | None] = busy_now,
+                                 held_now: list[float | None] = held_now,
                                  last_poll: list[float] = last_poll,
                                  judged: list[tuple[float, ...]] = judged) -> Verdict:
                     if now - last_poll[0] >= 0.3:
                         last_poll[0] = now
-                        n, b = await self._stats(session, sidecar)
-                        if n - n0 >= 5:
+                        n, b, h = await self._stats3(session, sidecar)
+                        if n - n0 >= MIN_CHARGE_REQUESTS:
                             busy_now[0] = (b - b0) / (n - n0)
+                            held_now[0] = (h - h0) / (n - n0)
                     judged[0] = tuple(rec.latencies_ms)
                     obs = StepObservation(rec.rate_rps, now - rec.started_s, judged[0],
                                           tuple(rec.waiting_ages_ms(now)), rec.errors, busy_now[0],
-                                          cfg.quota_frac)
+                                          cfg.quota_frac, held_now[0])
                     return step_verdict(obs, self.src.slo_ms, s)
 
                 rec = await load.step(rate, decide)
-                n1, b1 = await self._stats(session, sidecar)
+                n1, b1, h1 = await self._stats3(session, sidecar)
+                c1 = self.monitor.sample() if self.monitor else None
+                foreign = foreign_cores(c0, c1) if c0 and c1 else 0.0
                 busy_frac = (b1 - b0) / 1000.0 / max(1e-9, rec.ended_s - rec.started_s)
                 step_busy = (b1 - b0) / (n1 - n0) if n1 - n0 >= 5 else None
                 passed = rec.verdict is Verdict.PASS
-                log.info("%s %s: %.1f rps %s (%d sent, p99 %.1f ms, busy %.2f)", self.src.name, cfg, rate,
-                         rec.verdict.value, rec.sent, quantile(rec.latencies_ms, 0.99), busy_frac)
-                if not passed and reruns < s.max_reruns and disturbed(step_busy, quiet_busy, s):
-                    reruns += 1
-                    log.info("%s %s: %.1f rps rerun (%.1f ms busy per request vs %.1f quiet: disturbed)",
-                             self.src.name, cfg, rate, step_busy or 0.0, quiet_busy or 0.0)
-                    await load.drain(DRAIN_TIMEOUT_S)
+                log.info("%s %s: %.1f rps %s in %.1f s (%d sent, p99 %.1f ms, busy %.2f, %.1f busy / %.1f "
+                         "held ms per request, %.2f other cores)", self.src.name, cfg, rate,
+                         rec.verdict.value, rec.ended_s - rec.started_s, rec.sent, quantile(judged[0], 0.99),
+                         busy_frac, step_busy or 0.0, (h1 - h0) / max(1, n1 - n0), foreign)
+                if (not passed and foreign > self.settings.max_foreign_cores
+                        and foreign_reruns < self.settings.max_foreign_reruns):
+                    foreign_reruns += 1
+                    log.info("%s %s: %.1f rps failed while other processes used %.2f cores: run again "
+                             "when quiet", self.src.name, cfg, rate, foreign)
+                    await self._recover(load, cfg, late=True)
+                    await self._wait_quiet(cfg)
                     continue
-                if step_busy is not None:
-                    quiet_busy = step_busy if quiet_busy is None else min(quiet_busy, step_busy)
-                state = record_step(state, rate, passed)
+                if passed or foreign <= self.settings.max_foreign_cores:
+                    foreign_seen = max(foreign_seen, foreign)
+                # Interference is told by stretched executions at full quota only: a partial quota's
+                # failures are decided by its cap, and light load's executions vary more (cold caches).
+                # With a CPU monitor the node's other load tells it directly.
+                judge_busy = cfg.quota_frac >= 1.0 and self.monitor is None
+                steps.append((rate, passed, step_busy if judge_busy else None))
+                history, out = counted_history(steps, s)
+                if out != left_out:
+                    log.info("%s %s: failures left out as disturbed: %s", self.src.name, cfg,
+                             ", ".join(f"{steps[i][0]:.1f} rps at {steps[i][2] or 0:.1f} ms" for i in out))
+                left_out = out
+                # Left-out failures cost no step of the budget (at most ``max_reruns`` of them).
+                state = replay(capacity, history, len(history))
                 if passed:
                     passes[rate] = (rec, busy_frac, judged[0])
                 if not passed:
                     if lowest_fail is None or rate < lowest_fail[0].rate_rps:
                         lowest_fail = (rec, busy_frac)
-                    await load.drain(DRAIN_TIMEOUT_S)
+                    await self._recover(load, cfg, late=quantile(judged[0], s.slo_quantile) > self.src.slo_ms
+                                        or rec.errors > 0)
                 rate = search_next_rate(state, s)
         finally:
             await load.close()
@@ -341,7 +425,37 @@ class Runner:
         rps = result_rate(state)  # requests per second (a request is one sample at every batch)
         return Measurement(cfg, rps, quantile(lat, 0.5), quantile(lat, 0.95), quantile(lat, 0.99),
                            min(1.0, busy_frac), rec.errors / total if total else 0.0,
-                           self._busy_per_req(rec, busy_frac), 0.0, state.history)
+                           self._busy_per_req(rec, busy_frac), 0.0, state.history,
+                           foreign_cores=round(foreign_seen, 3))
+
+    async def _wait_quiet(self, cfg: Config) -> float:
+        """Wait (within this configuration's allowance) until other processes use at most
+        ``max_foreign_cores``; returns the foreign load last seen (0 without a monitor)."""
+        if self.monitor is None:
+            return 0.0
+        foreign = 0.0
+        while True:
+            a = self.monitor.sample()
+            await asyncio.sleep(QUIET_SAMPLE_S)
+            b = self.monitor.sample()
+            if a is None or b is None:
+                return 0.0
+            foreign = foreign_cores(a, b)
+            self._quiet_left -= QUIET_SAMPLE_S
+            if foreign <= self.settings.max_foreign_cores or self._quiet_left <= 0:
+                if foreign > self.settings.max_foreign_cores:
+                    log.info("%s %s: node still busy (%.2f other cores), measuring anyway", self.src.name,
+                             cfg, foreign)
+                return foreign
+
+    async def _recover(self, load: PoissonLoad, cfg: Config, *, late: bool) -> None:
+        """After a failing step: its queue drains; at a partial quota, when the step failed on
+        latency (its queue ran on the window, which may be used up), the window is let go too. A
+        step failed by the quota check alone ends within a second or two, before it can use the
+        window up (7.8 -> 8.2 rps at quota 0.2: 0.94 s of the 1 s the window allows)."""
+        await load.drain(DRAIN_TIMEOUT_S)
+        if cfg.quota_frac < 1.0 and late:
+            await asyncio.sleep(self.settings.window_s)
 
     @staticmethod
     def _busy_per_req(rec: StepRecord, busy_frac: float) -> float:
