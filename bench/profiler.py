@@ -5,8 +5,14 @@ it on the paper's grid (SM 6..100 mapped to this machine's cores x quota 0.2..1.
 provider -> sidecar -> worker, then re-measure held-out points that the table inferred (interpolated
 or copied past saturation) plus one measured point (repeatability), each with a fresh rate search run
 with the same settings as the table's (other settings would count their difference as error), and
-compare with the table. Times are wall-clock on this (shared) machine; the 1-minute load average is
-recorded before the profile, after it and after the held-out points (other jobs share the 2 cores).
+compare with the table: ``rel_error`` with the point as the profiler stored it, ``rel_error_envelope``
+with ``ProfileTable.throughput``, which reads throughput through a monotone envelope (never less
+than a smaller share or quota serves). On this 2-core CPU two cores serve MobileNet less than one at
+full quota (the worker's two threads and the platform share them), so the envelope gives SM >= 80 %
+the one-core column, which a replica deployed with two cores does not serve. Times are wall-clock
+on this (shared) machine; the 1-minute load average is recorded before the profile, after it and
+after the held-out points (other jobs share the 2 cores), and each point's other load in cores
+(``foreign_cores``: the node's CPU time outside the platform's process tree, ``CpuMonitor``).
 
 SLOs: the stack's mobilenet SLO (50 ms) is at the edge of its unloaded latency through the platform on
 a shared 2-core machine (~25-35 ms p50, ~50 ms p99 while other jobs run), so a table against it is
@@ -60,6 +66,12 @@ def heldout_configs(points, limit: int) -> list[Config]:
     return chosen
 
 
+def rel_error(table_rps: float, measured_rps: float) -> float:
+    if measured_rps > 0:
+        return abs(table_rps - measured_rps) / measured_rps
+    return 0.0 if table_rps == 0 else 1.0
+
+
 def plain(search: SearchSettings) -> SearchSettings:
     """The estimator before its guards (for comparison): the capacity estimate caps the bracket,
     every failure counts at once (disturbed or lone), the rate halves before the first pass."""
@@ -111,23 +123,27 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
                     print(f"  held-out {cfg} failed: {type(e).__name__}: {e}", flush=True)
                     held.append({"sm_pct": cfg.sm_pct, "quota_frac": cfg.quota_frac, "error": str(e)[:200]})
                     continue
-                tab = table.throughput(cfg.sm_pct, cfg.quota_frac, cfg.batch)
-                err = abs(tab - m.throughput_rps) / m.throughput_rps if m.throughput_rps > 0 else (
-                    0.0 if tab == 0 else 1.0)
+                # The table's point as the profiler stored it, and as ``ProfileTable.throughput`` reads
+                # it (through the monotone envelope: never less than a smaller share or quota).
+                tab = by_cfg[cfg].throughput_rps
+                env = table.throughput(cfg.sm_pct, cfg.quota_frac, cfg.batch)
+                err, err_env = rel_error(tab, m.throughput_rps), rel_error(env, m.throughput_rps)
                 held.append({"sm_pct": cfg.sm_pct, "quota_frac": cfg.quota_frac, "batch": cfg.batch,
                              "source": by_cfg[cfg].source.value, "table_rps": round(tab, 2),
-                             "remeasured_rps": round(m.throughput_rps, 2),
+                             "envelope_rps": round(env, 2), "remeasured_rps": round(m.throughput_rps, 2),
                              "remeasured_p99_ms": round(m.latency_p99_ms, 1), "rel_error": round(err, 4),
+                             "rel_error_envelope": round(err_env, 4),
                              "seconds": round(m.seconds, 1), "load_average_1m": round(os.getloadavg()[0], 2),
                              "foreign_cores": m.foreign_cores,
                              "rates": [[round(r, 1), ok] for r, ok in m.steps]})
                 print(f"  held-out sm {cfg.sm_pct}% quota {cfg.quota_frac:g} ({by_cfg[cfg].source.value}): "
-                      f"table {tab:.1f} rps, re-measured {m.throughput_rps:.1f} rps, error {err:.1%}",
-                      flush=True)
+                      f"table {tab:.1f} rps (envelope {env:.1f}), re-measured {m.throughput_rps:.1f} rps, "
+                      f"error {err:.1%} (envelope {err_env:.1%})", flush=True)
         finally:
             runner.cleanup()
         ok = [h for h in held if "rel_error" in h]
         max_err = max((h["rel_error"] for h in ok), default=0.0)
+        max_err_env = max((h["rel_error_envelope"] for h in ok), default=0.0)
         inferred_err = max((h["rel_error"] for h in ok if h["source"] != "measured"), default=0.0)
         original_s = ORIGINAL_POINTS * ORIGINAL_POINT_S
         load_after = os.getloadavg()[0]
@@ -139,6 +155,7 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
             "speedup_vs_original": round(original_s / seconds, 2),
             "fraction_of_original_time": round(seconds / original_s, 3),
             "holdout_max_rel_error": max_err, "heldout_max_error_pct": round(100 * max_err, 1),
+            "holdout_max_rel_error_envelope": max_err_env,
             "heldout_inferred_max_error_pct": round(100 * inferred_err, 1), "heldout": held,
             "load_average_1m": {"before": round(load_before, 2), "after_profile": round(load_mid, 2),
                                 "after_heldout": round(load_after, 2)},

@@ -329,11 +329,7 @@ class Runner:
 
     async def _search(self, cfg: Config, session: aiohttp.ClientSession, url: str, sidecar: str,
                       capacity: float) -> Measurement:
-        s = self.settings.search
-        if cfg.quota_frac < 1.0:
-            # A partial quota's answer is bounded by its cap, which the quota check decides on
-            # charged time (not on a latency tail): one pass is as good as two there.
-            s = replace(s, confirm_passes=1)
+        s = self.settings.search.for_quota(cfg.quota_frac)
         load = PoissonLoad(session, url, self.src.body, seed=self.settings.seed)
         state = replay(capacity, (), 0)
         passes: dict[float, tuple[StepRecord, float, tuple[float, ...]]] = {}

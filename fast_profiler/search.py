@@ -102,6 +102,21 @@ class SearchSettings:
     down_frac: float = 0.7
     """Before any pass, the next rate is the lowest failure x this (the capacity estimate is a
     saturation throughput: the SLO-bound rate is usually not far below it)."""
+    partial_rel_tol: float = 0.08
+    """``rel_tol`` at a partial quota (``for_quota``): its rates are low (MobileNet at quota 0.2:
+    5-7 rps), each step runs up to ``partial_max_duration_s`` for want of requests, and a 5 % bracket
+    there is finer than the rate's own spread from run to run."""
+    partial_max_duration_s: float = 5.0
+    """``max_duration_s`` at a partial quota: one arbiter window (5 s) of a light rate."""
+
+    def for_quota(self, quota_frac: float) -> SearchSettings:
+        """The settings one configuration is searched with: at a partial quota the answer is bounded
+        by the cap, which the quota check decides on charged time rather than a latency tail, so one
+        pass is as good as two there, and the bracket and the light steps are coarser."""
+        if quota_frac >= 1.0:
+            return self
+        return replace(self, confirm_passes=1, rel_tol=max(self.rel_tol, self.partial_rel_tol),
+                       max_duration_s=min(self.max_duration_s, self.partial_max_duration_s))
 
 
 @dataclass(frozen=True)

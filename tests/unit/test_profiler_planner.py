@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from fast_profiler.interference import CpuMonitor, CpuSample, foreign_cores
@@ -402,6 +404,22 @@ def test_disturbed_failures_are_left_out_also_when_the_quiet_steps_come_later(st
     assert list(got) == counted and out == left_out
     state = replay(42.0, got, len(got))
     assert state.steps == len(counted) and state.history == tuple(counted)
+
+
+def test_partial_quotas_search_coarser_and_without_confirming_passes():
+    s = SearchSettings()
+    assert s.for_quota(1.0) is s and s.confirm_passes == 2
+    p = s.for_quota(0.2)
+    assert (p.confirm_passes, p.rel_tol, p.max_duration_s) == (1, 0.08, 5.0)
+    assert p.min_requests == s.min_requests and p.max_steps == s.max_steps
+    quick = SearchSettings(rel_tol=0.1, max_duration_s=3.0, confirm_passes=1).for_quota(0.6)
+    assert (quick.rel_tol, quick.max_duration_s) == (0.1, 3.0)  # never finer or longer than asked
+    # a quota-bound answer of 6.5 rps: the bracket's lone failure is run again in both, then one
+    # pass decides within 8 % at a partial quota; at full quota the 5 % bracket (6.8 % apart) bisects
+    st = record_step(record_step(start_search(7.6), 6.46, True), 6.9, False)
+    assert next_rate(st, p) == next_rate(st, s) == 6.9
+    st = record_step(st, 6.9, False)
+    assert next_rate(st, p) is None and next_rate(st, s) == pytest.approx(math.sqrt(6.46 * 6.9))
 
 
 def test_replay_counts_the_steps_spent_and_continues_the_search():
