@@ -196,7 +196,10 @@ class RedisTokenClient:
     # ---- shared mode ------------------------------------------------------------------------
 
     async def _call(self, awaitable: Any) -> Any:
-        return await asyncio.wait_for(awaitable, self._op_timeout_s)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the call in a new task,
+        # one more event-loop turn (and task) on every script call, hand-overs included
+        async with asyncio.timeout(self._op_timeout_s):
+            return await awaitable
 
     def _lease(self, token_id: int, token_us: int, expires_us: int) -> Lease:
         """The lease just granted to this replica (and its heartbeat started)."""
