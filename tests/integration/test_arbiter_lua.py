@@ -80,6 +80,9 @@ def snapshot(r: redis.Redis, device: str) -> model.ArbiterState:
         if kind == "use":
             usage[rid] = {int(b): int(v) for b, v in r.hgetall(key).items()}
         else:
+            # The scripts give a wake list a TTL in real time (cleanup of leases nobody pops);
+            # the model has no real time: a slow example must not see the list vanish.
+            r.persist(key)
             items = r.lrange(key, 0, -1)
             assert len(items) == 1
             tok, length, exp = map(int, items[0].decode().split("|"))
