@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -29,11 +30,23 @@ from fast_scheduler.autoscale import (
     candidate_points,
     choice_set,
     decide_replicas,
+    fast_scale_up,
+    split_standby,
+    with_standby,
 )
 from fast_scheduler.baselines import all_policies, lower_bound_choices, mps_equal
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyModel
 from fast_scheduler.lower_bound import GpuLowerBound
-from fast_scheduler.placement import Device, Rejection, ReplicaRequest, Snapshot, place
+from fast_scheduler.placement import (
+    DEFAULT_FILTERS,
+    Device,
+    Rejection,
+    ReplicaRequest,
+    Snapshot,
+    beside_holders,
+    place,
+    standby_room,
+)
 from fast_scheduler.policies import this_policy
 from fast_scheduler.simulator import FunctionSpec, SimSettings, simulate
 from fast_scheduler.traces import (
@@ -46,9 +59,9 @@ from fast_scheduler.traces import (
 
 MIB = 2**20
 ORDER = ["exclusive", "time_sharing", "mps_equal", "fastgshare_original", "this"]
-BURST_K_SWEEP = (0.0, 0.5, 1.0)
+BURST_K_SWEEP = (0.0, 0.35, 1.0)
 """Burst headroom (``AutoscaleSettings.burst_k``) swept for the GPUs-vs-SLO curves of this policy and
-MPS-equal (which runs the same autoscaler); the default (0.5) is ``policies.this`` / ``mps_equal``."""
+MPS-equal (which runs the same autoscaler); the default (0.35) is ``policies.this`` / ``mps_equal``."""
 
 
 def as_profiled(table: ProfileTable, model: LatencyModel = DEFAULT_MODEL) -> ProfileTable:
@@ -152,63 +165,91 @@ def reaction_window_share(trace: Any, window_s: float, jump: float = 1.3) -> flo
 
 
 def decision_time(n_functions: int, n_gpus: int) -> dict[str, float]:
-    """One control tick for ``n_functions`` on ``n_gpus``: every function decides, changes are placed."""
+    """One control tick for ``n_functions`` on ``n_gpus``: every function decides (with its standby
+    replicas), changes are placed (standby ones with the standby rule); then one fast sub-tick
+    (every function's rate over 1 s against its capacity, the steps among them re-planned and
+    placed)."""
     rng = np.random.default_rng(3)
     specs, rates = make_specs(n_functions, 5, 0.5, 6.0)
     settings = AutoscaleSettings()
+    room = settings.standby_frac > 0
     cache: dict[tuple[int, float], ChoiceSet] = {}
     states = {}
     for s in specs:  # choices depend only on (table, SLO): the loop computes them once per table
         key = (id(s.table), s.slo_ms)
         if key not in cache:
             # The configs this policy and the live loop choose from (grid + tiling shares).
-            cache[key] = choice_set(s.table, s.slo_ms, settings, candidate_points(s.table), "this")
+            cache[key] = choice_set(s.table, s.slo_ms, settings, candidate_points(s.table, room), "this",
+                                    candidate_points(s.table) if room else None)
         states[s.name] = AutoscaleState(choice_set=cache[key])
     current = {}
     for s in specs:
         d, states[s.name] = decide_replicas(
             AutoscaleContext(s.name, 0.0, rates[s.name], s.table, s.slo_ms), states[s.name], settings
         )
-        current[s.name] = d.replicas
+        current[s.name] = with_standby(d, states[s.name], s.max_replicas, settings).replicas
     devices = [Device(f"gpu{i:04d}", f"node{i // 8}", 32 * 2**30) for i in range(n_gpus)]
     snap = Snapshot(tuple(devices))
     t0, c0 = time.perf_counter(), time.process_time()
     adds = []
     for s in specs:
         rate = rates[s.name] * float(rng.uniform(0.8, 1.3))
+        planned, _sb = split_standby(current[s.name])
         d, states[s.name] = decide_replicas(
-            AutoscaleContext(s.name, 5.0, rate, s.table, s.slo_ms, current[s.name]), states[s.name], settings
+            AutoscaleContext(s.name, 5.0, rate, s.table, s.slo_ms, planned), states[s.name], settings
         )
-        extra = len(d.replicas) - len(current[s.name])
-        for j in range(max(0, extra)):
-            c = d.replicas[-1 - j]
-            adds.append(
-                ReplicaRequest(
-                    f"{s.name}#{j}",
-                    s.name,
-                    s.model,
-                    c.sm_pct,
-                    c.quota_request_frac,
-                    s.table.mem_bytes,
-                    s.table.weight_bytes,
-                )
-            )
+        d = with_standby(d, states[s.name], s.max_replicas, settings)
+        if d.replicas != current[s.name]:  # most ticks hold: same objects, compared by identity
+            adds += _requests(s, Counter(d.replicas) - Counter(current[s.name]), "1")
+        current[s.name] = d.replicas
     t_decide = time.perf_counter() - t0
-    placed = 0
-    for r in adds:
-        p = place(r, snap)
-        if not isinstance(p, Rejection):
-            snap = snap.with_device(p.device)
-            placed += 1
+    snap, placed = _place_all(snap, adds)
     t_total = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    # A fast sub-tick: 1 s of Poisson counts per function; a few functions step up 3x.
+    t1 = time.perf_counter()
+    fast_adds = []
+    for s in specs:
+        step = 3.0 if rng.random() < 0.01 else 1.0
+        obs = float(rng.poisson(rates[s.name] * step))
+        planned, sb = split_standby(current[s.name])
+        d, st = fast_scale_up(AutoscaleContext(s.name, 6.0, obs, s.table, s.slo_ms, planned, 1,
+                                               s.max_replicas - len(sb)), states[s.name], 1.0, settings)
+        if d is not None and st is not None:
+            states[s.name] = st
+            fast_adds += _requests(s, Counter(d.replicas) - Counter(planned), "2")
+    snap, fast_placed = _place_all(snap, fast_adds)
+    t_fast = time.perf_counter() - t1
     return {
         "functions": n_functions,
         "gpus": n_gpus,
         "decide_s": t_decide,
         "placed": placed,
         "decision_time_s": t_total,
-        "decision_cpu_s": time.process_time() - c0,
+        "decision_cpu_s": cpu,
+        "fast_subtick_s": t_fast,
+        "fast_placed": fast_placed,
     }
+
+
+def _requests(s: FunctionSpec, new: Counter, tag: str) -> list[ReplicaRequest]:
+    return [
+        ReplicaRequest(f"{s.name}#{tag}.{j}.{i}", s.name, s.model, c.sm_pct, c.quota_request_frac,
+                       s.table.mem_bytes, s.table.weight_bytes, c.quota_limit_frac, c.batch)
+        for j, (c, n) in enumerate(sorted(new.items(), key=lambda kv: -kv[0].area)) for i in range(n)
+    ]
+
+
+def _place_all(snap: Snapshot, reqs: list[ReplicaRequest]) -> tuple[Snapshot, int]:
+    """Place planned replicas (largest first), then standby ones beside them (the policies' order)."""
+    placed = 0
+    sb_filters = (*DEFAULT_FILTERS, beside_holders)
+    for r in sorted(reqs, key=lambda r: (r.standby, -r.area)):
+        p = place(r, snap, sb_filters, ((standby_room, 1.0),)) if r.standby else place(r, snap)
+        if not isinstance(p, Rejection):
+            snap = snap.with_device(p.device)
+            placed += 1
+    return snap, placed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -247,15 +288,19 @@ def main(argv: list[str] | None = None) -> None:
             f"({time.perf_counter() - t0:.1f} s)"
         )
         window_s = settings.control_interval_s + settings.cold_start_s
+        fast_window_s = settings.fast_interval_s + settings.cold_start_s
         entry: dict[str, Any] = {
             "lower_bound_gpus": lb_mean,
             "lower_bound_gpus_peak": max(lbs),
             "reaction_window_s": window_s,
             "reaction_window_share": reaction_window_share(tr, window_s),
+            "fast_reaction_window_s": fast_window_s,
+            "fast_reaction_window_share": reaction_window_share(tr, fast_window_s),
             "policies": {},
         }
         print(f"  arrivals within {window_s:.0f} s of a rate step up: "
-              f"{100 * entry['reaction_window_share']:.1f} %")
+              f"{100 * entry['reaction_window_share']:.1f} % (within {fast_window_s:.0f} s: "
+              f"{100 * entry['fast_reaction_window_share']:.1f} %)")
         series[tr.name] = {"lower_bound": lbs}
         for pol in all_policies(specs, AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)):
             t0 = time.perf_counter()
@@ -289,6 +334,28 @@ def main(argv: list[str] | None = None) -> None:
                 pts.append({"burst_k": k, "default": k == base.burst_k,
                             **{m: s[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment")},
                             "gpus_vs_lower_bound": vs_lb})
+        # This policy without its burst mechanisms, same run: the tick-only policy of the previous
+        # revision (no fast path, no standby) and the fast path alone.
+        entry["mechanisms"] = {}
+        for label, a_set, s_set in (
+            ("tick_only", replace(base, standby_frac=0.0), replace(settings, fast_interval_s=0.0)),
+            ("fast_path", replace(base, standby_frac=0.0), settings),
+        ):
+            t0 = time.perf_counter()
+            s = simulate(specs, tr, this_policy(specs, a_set), s_set).summary()
+            print(f"  {'this ' + label:20s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
+                  f"SLO {100 * s['slo_attainment']:6.2f} %  ({time.perf_counter() - t0:.1f} s)")
+            entry["mechanisms"][label] = {
+                m: s[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment", "slo_attainment_min_function")
+            }
+            entry["mechanisms"][label]["gpus_vs_lower_bound"] = (
+                s["gpus_mean"] / lb_mean if lb_mean else math.nan)
+        d = entry["policies"]["this"]
+        entry["mechanisms"]["fast_path_and_standby"] = {
+            m: d[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment", "slo_attainment_min_function")
+        }
+        entry["mechanisms"]["fast_path_and_standby"]["gpus_vs_lower_bound"] = (
+            d["gpus_mean"] / lb_mean if lb_mean else math.nan)
         orig = entry["policies"]["fastgshare_original"]["gpus_mean"]
         for s in entry["policies"].values():
             s["gpus_vs_original"] = s["gpus_mean"] / orig if orig else math.nan
@@ -311,7 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     result["decision_time_s"] = dt["decision_time_s"]
     print(f"  {dt['decision_time_s']:.2f} s best of 3 ({dt['decide_s']:.2f} s deciding, {dt['placed']} "
           f"placements; wall {', '.join(f'{r:.2f}' for r in result['decision']['runs_wall_s'])} s, "
-          f"CPU {', '.join(f'{r:.2f}' for r in result['decision']['runs_cpu_s'])} s)")
+          f"CPU {', '.join(f'{r:.2f}' for r in result['decision']['runs_cpu_s'])} s); "
+          f"fast sub-tick {dt['fast_subtick_s']:.3f} s ({dt['fast_placed']} placed)")
 
     print_table(result)
     plot(
@@ -335,6 +403,9 @@ def print_table(result: dict[str, Any]) -> None:
         print(
             f"{tname:8s} {'LP lower bound':20s} {e['lower_bound_gpus']:9.1f} {e['lower_bound_gpus_peak']:5d}"
         )
+        for label, m in e.get("mechanisms", {}).items():
+            print(f"{tname:8s} {'this ' + label:20s} {m['gpus_mean']:9.1f} {m['gpus_peak']:5d} "
+                  f"{100 * m['slo_attainment']:7.2f} {'':32s} {m['gpus_vs_lower_bound']:6.2f}")
         for name, pts in e.get("burst_sweep", {}).items():
             for p in pts:
                 label = f"{name} burst_k {p['burst_k']:g}"

@@ -1,4 +1,4 @@
-"""``python -m fast_scheduler --redis-url URL --gateway URL [--interval-s 2]``: the control loop.
+"""``python -m fast_scheduler --redis-url URL --gateway URL [--interval-s 2] [--fast-interval-s 1]``: loop.
 
 Credentials come from ``FASTGSHARE_USER`` / ``FASTGSHARE_PASSWORD`` (read here only), as the
 platform passes them. Autoscaler tuning flags exist for tests and experiments; defaults suit
@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway", default=os.environ.get("OPENFAAS_URL", "http://127.0.0.1:8080"))
     p.add_argument("--namespace", default="openfaas-fn")
     p.add_argument("--interval-s", type=float, default=2.0)
+    p.add_argument("--fast-interval-s", type=float, default=1.0,
+                   help="fast scale-up sub-ticks between ticks (0: off)")
     p.add_argument("--scale-down-delay-s", type=float, default=d.scale_down_delay_s)
     p.add_argument("--idle-to-zero-s", type=float, default=d.idle_to_zero_s)
     p.add_argument("--horizon-s", type=float, default=d.horizon_s)
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of the gap to the recent peak rate held as capacity (0: reactive only)")
     p.add_argument("--burst-memory-s", type=float, default=d.burst_memory_s,
                    help="time constant of the remembered peak's decay once calm")
+    p.add_argument("--standby-frac", type=float, default=d.standby_frac,
+                   help="standby replicas (token quota, limit 1: they serve on borrowed idle time) "
+                        "for this fraction of the target (0: off)")
     p.add_argument("--once", action="store_true", help="one tick, then exit")
     args = p.parse_args(argv)
     if not args.redis_url:
@@ -42,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     auth = (os.environ.get("FASTGSHARE_USER", "admin"), password) if password else None
     auto = AutoscaleSettings(scale_down_delay_s=args.scale_down_delay_s, idle_to_zero_s=args.idle_to_zero_s,
                              horizon_s=args.horizon_s, burst_k=args.burst_k,
-                             burst_memory_s=args.burst_memory_s)
-    settings = LoopSettings(interval_s=args.interval_s, namespace=args.namespace, autoscale=auto)
+                             burst_memory_s=args.burst_memory_s, standby_frac=args.standby_frac)
+    settings = LoopSettings(interval_s=args.interval_s, fast_interval_s=args.fast_interval_s,
+                            namespace=args.namespace, autoscale=auto)
     loop = SchedulerLoop(Provider(args.gateway, auth, settings.http_timeout_s),
                          redis.Redis.from_url(args.redis_url), settings)
     if args.once:
@@ -53,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log = logging.getLogger("fast_scheduler")
-    log.info("scheduler loop every %.1f s on %s", args.interval_s, args.gateway)
+    log.info("scheduler loop every %.1f s (fast scale-up every %.1f s) on %s", args.interval_s,
+             args.fast_interval_s, args.gateway)
     loop.run(stop)
     return 0
 

@@ -61,17 +61,30 @@ class AutoscaleSettings:
     """With min replicas 0, no request for this long scales the function to zero."""
     device_mem_bytes: int = 32 * 2**30
     """Memory of one device; a replica's footprint is the larger of its SM-time area and memory."""
-    burst_k: float = 0.5
+    burst_k: float = 0.35
     """Burst headroom: capacity kept for this fraction of the gap between the function's recent peak
     level (``peak_rps``, decaying over ``burst_memory_s``) and its forecast. A reactive policy serves
     a step up with what ran before it for a tick plus a cold start; a function that stepped before
-    is held ready for part of the next step. 0: off (reactive only); 0.5 measured best per GPU on the
-    bursty and Azure-like traces (docs/scheduler.md)."""
+    is held ready for part of the next step. 0: off (reactive only). 0.5 measured best per GPU on
+    the bursty and Azure-like traces with ticks alone; with the fast path and standby replicas
+    covering the first seconds of a step, 0.35 (docs/scheduler.md)."""
     burst_memory_s: float = 300.0
     """Time constant over which the remembered peak decays towards the current level once calm."""
     burst_round_up: bool = True
     """With burst headroom, round the target up to whole replicas of the most efficient config (the
     spare of the last replica goes to the next burst instead of a small residual replica)."""
+    fast_round_up: bool = True
+    """The fast path (``fast_scale_up``) rounds what it adds up to whole replicas of the most
+    efficient config: a step is rarely the last one of a burst."""
+    standby_frac: float = 1.5
+    """Warm standby: besides the planned replicas, keep standby replicas (``STANDBY_REQUEST`` of
+    quota guaranteed, limit 1: they serve on the idle time the arbiter lends) whose capacity at
+    the SLO when borrowing a whole window sums to this fraction of the target (or of the remembered
+    peak, if higher). Placed only beside other replicas (``placement.beside_holders``), so they
+    cost no device; planned replicas then run at ``1 - STANDBY_REQUEST`` of quota with limit 1
+    (``candidate_points(standby_room=True)``). 0: off."""
+    standby_max: int = 16
+    """At most this many standby replicas per function."""
     limit_over_request: float = 1.0
     """Quota limit as a multiple of the request (capped at 1): >1 lets the arbiter lend idle time."""
     latency: LatencyModel = DEFAULT_MODEL
@@ -103,6 +116,64 @@ class ReplicaConfig:
         return self.sm_pct / 100 * self.quota_request_frac
 
 
+STANDBY_REQUEST = 0.005
+"""Quota request of a standby replica: the least the arbiter must guarantee it (a request must be
+> 0); everything else it serves is borrowed idle time up to its limit."""
+STANDBY_MAX_REQUEST = 0.05
+"""A replica with a request at most this and a limit above it is a standby (``is_standby``)."""
+
+
+def is_standby(cfg: ReplicaConfig) -> bool:
+    """A standby replica: a token request and a limit above it (it lives on borrowed time)."""
+    q = cfg.quota_request_frac
+    return q <= STANDBY_MAX_REQUEST + 1e-12 and cfg.quota_limit_frac > q
+
+
+def split_standby(
+    replicas: Sequence[ReplicaConfig],
+) -> tuple[tuple[ReplicaConfig, ...], tuple[ReplicaConfig, ...]]:
+    """(planned replicas, standby replicas) of a set (standby ones last, as ``with_standby`` puts
+    them: then the planned part is a slice)."""
+    k = len(replicas)
+    while k and is_standby(replicas[k - 1]):
+        k -= 1
+    planned, standby = tuple(replicas[:k]), tuple(replicas[k:])
+    if any(is_standby(r) for r in planned):  # not in that order: sort them apart
+        return tuple(r for r in replicas if not is_standby(r)), tuple(r for r in replicas if is_standby(r))
+    return planned, standby
+
+
+def standby_set(
+    cs: ChoiceSet, target_rps: float, room: int, settings: AutoscaleSettings
+) -> tuple[ReplicaConfig, ...]:
+    """The standby replicas for a function planned for ``target_rps``: the most efficient config's
+    SM share and batch at ``STANDBY_REQUEST`` quota with limit 1, as many as cover
+    ``standby_frac`` x the target at that config's capacity (each serves it only while borrowing a
+    whole window), at most ``standby_max`` and ``room``."""
+    if settings.standby_frac <= 0 or target_rps <= 0 or not cs.choices or room <= 0:
+        return ()
+    best = cs.choices[0]
+    want = math.ceil(settings.standby_frac * target_rps / best.capacity_rps - 1e-9)
+    n = min(settings.standby_max, room, want)
+    return (cs.standby_config(),) * max(0, n)
+
+
+def with_standby(
+    d: Decision, state: AutoscaleState, max_replicas: int, settings: AutoscaleSettings
+) -> Decision:
+    """``d`` with its function's standby replicas appended (``standby_set`` for the larger of its
+    target and the remembered peak, so a function that went quiet after a burst stays ready for
+    the next one); ``d`` itself when standby is off or nothing is planned."""
+    cs = state.choice_set
+    if settings.standby_frac <= 0 or cs is None or not d.replicas:
+        return d
+    extra = standby_set(cs, max(d.target_rps, state.peak_rps), max_replicas - len(d.replicas), settings)
+    if not extra:
+        return d
+    return Decision(d.function, d.replicas + extra, d.reason, d.target_rps, d.capacity_rps,
+                    d.predicted_utilisation, d.predicted_p99_ms, d.feasible, d.changed)
+
+
 @dataclass(frozen=True)
 class ConfigChoice:
     """A config with what the table predicts for it under a given SLO."""
@@ -128,13 +199,17 @@ class ChoiceSet:
     (table, SLO): most efficient first, by config, the cheapest, and the smallest config covering a
     residual rate by bisection. Deciding for 10,000 functions must not rebuild any of these."""
 
-    __slots__ = ("choices", "by_config", "cheapest", "key", "_caps", "_best_from")
+    __slots__ = ("choices", "by_config", "cheapest", "key", "_caps", "_best_from", "_standby")
 
-    def __init__(self, choices: Sequence[ConfigChoice], key: tuple[object, ...] = ()) -> None:
+    def __init__(self, choices: Sequence[ConfigChoice], key: tuple[object, ...] = (),
+                 lookup: Sequence[ConfigChoice] = ()) -> None:
         self.choices = tuple(choices)
         self.key = key
         """What the set was built from (table identity, SLO, restriction); callers compare it."""
-        self.by_config = {c.config: c for c in self.choices}
+        # ``lookup``: configs not planned with but whose capacity counts when they run (a base
+        # replica at full quota while new ones leave a standby's token free).
+        self.by_config = {c.config: c for c in lookup} | {c.config: c for c in self.choices}
+        self._standby: ReplicaConfig | None = None
         self.cheapest = min(self.choices, key=lambda c: (c.footprint, -c.capacity_rps), default=None)
         by_cap = sorted(self.choices, key=lambda c: c.capacity_rps)
         self._caps = [c.capacity_rps for c in by_cap]
@@ -148,6 +223,14 @@ class ChoiceSet:
 
     def __bool__(self) -> bool:
         return bool(self.choices)
+
+    def standby_config(self) -> ReplicaConfig:
+        """The standby replica of this set: the most efficient config's SM share and batch at
+        ``STANDBY_REQUEST`` quota, limit 1 (one object, so sets of them compare by identity)."""
+        if self._standby is None:
+            best = self.choices[0].config
+            self._standby = ReplicaConfig(best.sm_pct, STANDBY_REQUEST, 1.0, best.batch)
+        return self._standby
 
     def smallest_covering(self, rate_rps: float) -> ConfigChoice | None:
         """The least-footprint config whose capacity at the SLO is >= ``rate_rps``."""
@@ -244,9 +327,15 @@ TILE_SM_PCT = (50, 33, 25, 20, 16, 14, 12)
 left over, where the profiling grid's 24 % leaves 4 % of every device unusable."""
 
 
-def candidate_points(table: ProfileTable) -> list[ProfilePoint]:
+def candidate_points(table: ProfileTable, standby_room: bool = False) -> list[ProfilePoint]:
     """The configs a policy may choose: the table's grid, plus the tiling SM shares at every quota and
-    batch of the grid, read through the table's interpolation (inside its SM range; not measured)."""
+    batch of the grid, read through the table's interpolation (inside its SM range; not measured).
+
+    ``standby_room``: every full-quota config is offered at ``1 - STANDBY_REQUEST`` instead
+    (interpolated; its limit stays the whole window, ``config_choices``), which leaves a standby's
+    token request free in its strip: a device packed with them can host standby replicas
+    (``AutoscaleSettings.standby_frac``); the planned replica borrows that token back whenever the
+    standby does not use it."""
     pts = list(table.grid())
     have = set(table.sm_grid)
     lo = table.sm_grid[0]
@@ -258,7 +347,25 @@ def candidate_points(table: ProfileTable) -> list[ProfilePoint]:
                 e = table.estimate(sm, q, b)
                 pts.append(ProfilePoint(sm, q, b, e.throughput_rps, e.latency_p50_ms, e.latency_p95_ms,
                                         e.latency_p99_ms, False))
-    return pts
+    return room_points(table, pts) if standby_room else pts
+
+
+def room_points(table: ProfileTable, pts: Iterable[ProfilePoint]) -> list[ProfilePoint]:
+    """``pts`` with every full-quota point at ``1 - STANDBY_REQUEST`` instead: interpolated where
+    the table has a lower quota, else the full-quota point's throughput scaled by the quota (a
+    time share) and its latencies."""
+    room_q = round(1.0 - STANDBY_REQUEST, 6)
+    out = []
+    for p in pts:
+        if p.quota_frac >= 1.0 - 1e-9:
+            if table.quota_grid[0] <= room_q:
+                e = table.estimate(p.sm_pct, room_q, p.batch)
+                p = ProfilePoint(p.sm_pct, room_q, p.batch, e.throughput_rps, e.latency_p50_ms,
+                                 e.latency_p95_ms, e.latency_p99_ms, False)
+            else:
+                p = replace(p, quota_frac=room_q, throughput_rps=p.throughput_rps * room_q, measured=False)
+        out.append(p)
+    return out
 
 
 def tiled_area(cfg: ReplicaConfig) -> float:
@@ -285,6 +392,8 @@ def config_choices(
         if cap <= 0:
             continue
         limit = min(1.0, p.quota_frac * settings.limit_over_request)
+        if p.quota_frac >= 1.0 - STANDBY_MAX_REQUEST - 1e-9:  # room for a standby's token: lend it back
+            limit = 1.0
         cfg = ReplicaConfig(p.sm_pct, p.quota_frac, limit, p.batch)
         out.append(
             ConfigChoice(cfg, p.throughput_rps, cap, p.latency_p99_ms, max(tiled_area(cfg), mem_frac), curve)
@@ -299,10 +408,13 @@ def choice_set(
     settings: AutoscaleSettings,
     points: Iterable[ProfilePoint] | None = None,
     tag: str = "",
+    lookup_points: Iterable[ProfilePoint] | None = None,
 ) -> ChoiceSet:
     """``config_choices`` with its lookups, keyed (table identity, SLO, ``tag``): ``decide_replicas``
-    keeps a state's set while the first two match (``tag`` names a restriction, e.g. a baseline's)."""
-    return ChoiceSet(config_choices(table, slo_ms, settings, points), (id(table), slo_ms, tag))
+    keeps a state's set while the first two match (``tag`` names a restriction, e.g. a baseline's).
+    ``lookup_points``: configs whose capacity counts when they run but that are not planned with."""
+    lookup = config_choices(table, slo_ms, settings, lookup_points) if lookup_points is not None else ()
+    return ChoiceSet(config_choices(table, slo_ms, settings, points), (id(table), slo_ms, tag), lookup)
 
 
 def plan_for_rate(
@@ -516,6 +628,59 @@ def decide_replicas(
             low_since=since,
         )
     return done(ctx.current, f"hold: capacity {cur_cap:.1f} >= target {target:.1f} rps")
+
+
+def fast_scale_up(
+    ctx: AutoscaleContext, state: AutoscaleState | None, window_s: float,
+    settings: AutoscaleSettings | None = None,
+) -> tuple[Decision | None, AutoscaleState | None]:
+    """Between ticks: add replicas to a function whose rate over the last ``window_s`` seconds
+    (``ctx.observed_rps``) exceeds the capacity at the SLO of the replicas it runs or starts
+    (``ctx.current``) by more than ``jump_sigmas`` Poisson standard deviations of that window.
+
+    Returns (None, state) when nothing is to be done (most functions, most sub-ticks: one sum per
+    function), or a decision that keeps every current replica and adds what covers the observed
+    rate plus ``headroom_frac`` (rounded up to whole most-efficient replicas with
+    ``fast_round_up``). Only scale-up: removing stays on the ticks with their hysteresis. The
+    smoothed level is left to the next tick (it sees the step in its own window); the scale-down
+    timer is reset, since capacity was just found short. Before the first tick (no state) nothing
+    is decided."""
+    cfg = settings or AutoscaleSettings()
+    st = state
+    if st is None or st.last_s is None or st.choice_set is None or not st.choice_set:
+        return None, st
+    cs = st.choice_set
+    obs = max(0.0, ctx.observed_rps)
+    _, cap, _ = cs.totals(ctx.current)
+    noise = math.sqrt(max(obs, 1e-9) / max(window_s, 1e-6))
+    room = ctx.max_replicas - len(ctx.current)
+    if obs - cap <= cfg.jump_sigmas * noise or room <= 0:
+        return None, st
+    target = obs * (1 + cfg.headroom_frac)
+    extra, ok = plan_for_rate(cs, target - cap, room)
+    if cfg.fast_round_up and ok and extra:
+        best = cs.choices[0]
+        n = math.ceil((target - cap) / best.capacity_rps - 1e-9)
+        if n <= room:
+            extra = (best,) * n
+    add = tuple(c.config for c in extra)
+    if not add:
+        return None, st
+    replicas = ctx.current + add
+    new_cap = cap + sum(c.capacity_rps for c in extra)
+    thr = cs.totals(replicas)[2]
+    p99 = 0.0
+    for r in set(replicas):
+        c = cs.by_config.get(r)
+        if c is not None and new_cap > 0:
+            p99 = max(p99, c.p99_at(target * c.capacity_rps / new_cap))
+    d = Decision(
+        ctx.function, replicas,
+        f"fast scale up by {len(add)}: rate {obs:.1f} rps over {window_s:g} s > capacity {cap:.1f} "
+        f"+ {cfg.jump_sigmas:g} sigma ({noise:.1f}); target {target:.1f}; {_describe(replicas)}",
+        target, new_cap, target / thr if thr > 0 else math.inf, p99, ok, True,
+    )
+    return d, replace(st, low_since_s=None)
 
 
 def _trim(

@@ -29,8 +29,22 @@ from fast_scheduler.autoscale import (
     candidate_points,
     choice_set,
     decide_replicas,
+    fast_scale_up,
+    is_standby,
+    room_points,
+    split_standby,
+    with_standby,
 )
-from fast_scheduler.placement import Device, Rejection, ReplicaRequest, Snapshot, place
+from fast_scheduler.placement import (
+    DEFAULT_FILTERS,
+    Device,
+    Rejection,
+    ReplicaRequest,
+    Snapshot,
+    beside_holders,
+    place,
+    standby_room,
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,9 @@ class FunctionMemory:
     at_s: float
     state: AutoscaleState | None = None
     table_key: object = None
+    fast_count: float | None = None
+    """The counter at the last reading of either kind (tick or fast sub-tick), and when."""
+    fast_at_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -118,11 +135,18 @@ class TickResult:
 
 
 def config_id(cfg: ReplicaConfig, device_index: int) -> str:
-    """A DNS label of at most 20 characters naming (config, device): ``s50q60l100b1-d0``."""
+    """A DNS label of at most 20 characters naming (config, device): ``s50q60l100b1-d0``; a quota
+    that is not a whole percent is in permille with a ``p`` (a standby's ``q5p``, its neighbours'
+    ``q995p``)."""
     return (
-        f"s{cfg.sm_pct}q{round(cfg.quota_request_frac * 100)}l{round(cfg.quota_limit_frac * 100)}"
+        f"s{cfg.sm_pct}q{_pct(cfg.quota_request_frac)}l{_pct(cfg.quota_limit_frac)}"
         f"b{cfg.batch}-d{device_index}"
     )
+
+
+def _pct(frac: float) -> str:
+    pct = frac * 100
+    return str(round(pct)) if abs(pct - round(pct)) < 1e-6 else f"{round(pct * 10)}p"
 
 
 def effective_sm_pct(sm_pct: int, dev: DeviceView) -> int:
@@ -133,14 +157,17 @@ def effective_sm_pct(sm_pct: int, dev: DeviceView) -> int:
     return round(100 * n / dev.cores)
 
 
-def live_points(table: ProfileTable, dev: DeviceView | None) -> list[ProfilePoint]:
+def live_points(
+    table: ProfileTable, dev: DeviceView | None, standby_room: bool = False
+) -> list[ProfilePoint]:
     """The table's configs the live loop can apply: every batch the table profiled (a group's
     batch becomes its workers' ``FASTGSHARE_BATCH``), and on the CPU one point per core count and
     batch with its SM share as the cores really given (``sm 6`` on 2 cores is one core, 50 %), so
-    footprints are honest."""
+    footprints are honest. ``standby_room``: full-quota configs leave a standby's token free
+    (``autoscale.room_points``)."""
     if dev is None or dev.is_gpu or dev.cores <= 0:
-        return list(candidate_points(table))
-    pts = list(table.grid())
+        return list(candidate_points(table, standby_room))
+    pts = room_points(table, table.grid()) if standby_room else list(table.grid())
     out: dict[tuple[int, float, int], ProfilePoint] = {}
     for p in sorted(pts, key=lambda p: p.sm_pct):
         eff = effective_sm_pct(p.sm_pct, dev)
@@ -212,10 +239,16 @@ def plan_tick(
     tables: Mapping[str, ProfileTable | None],
     memory: dict[str, FunctionMemory],
     settings: AutoscaleSettings,
+    fast: bool = False,
 ) -> TickResult:
     """Decide every function with an SLO and a table; place new replicas; return what to apply.
 
-    ``tables`` is by ``namespace/name``; ``memory`` is updated in place (the only state)."""
+    ``tables`` is by ``namespace/name``; ``memory`` is updated in place (the only state).
+
+    ``fast``: a sub-tick between ticks (the fast scale-up path): each function already decided on
+    a tick is given the rate since the last reading of its counter (tick or sub-tick) and
+    ``autoscale.fast_scale_up`` may add replicas to it; nothing is removed, smoothing is left to
+    the ticks, and functions it leaves alone get no decision (nor a note)."""
     actions: list[Action] = []
     decisions: dict[str, Decision] = {}
     notes: dict[str, str] = {}
@@ -223,6 +256,8 @@ def plan_tick(
     devs = {d.device_id: d for d in devices}
     index = {d.device_id: i for i, d in enumerate(devices)}
     snap = snapshot_of(functions, devices)
+    # Devices where only standby replicas are left: those go (a standby never keeps a device in use).
+    lone = {d.device_id for d in snap.devices if d.replicas and all(r.standby for r in d.replicas)}
     seen = set()
     for f in functions:
         key = f"{f.namespace}/{f.name}"
@@ -236,14 +271,29 @@ def plan_tick(
             continue
         mem = memory.get(key)
         if mem is None:
-            memory[key] = FunctionMemory(f.invocation_count, now_s)
+            if fast:
+                continue
+            memory[key] = FunctionMemory(f.invocation_count, now_s, fast_count=f.invocation_count,
+                                         fast_at_s=now_s)
             notes[key] = "first sight: counter recorded, deciding from the next tick"
             continue
-        rate = observed_rate(mem.count, mem.at_s, f.invocation_count, now_s)
-        mem.count, mem.at_s = f.invocation_count, now_s
+        last_count = mem.count if mem.fast_count is None else mem.fast_count
+        last_s = mem.at_s if mem.fast_at_s is None else mem.fast_at_s
+        fast_rate = observed_rate(last_count, last_s, f.invocation_count, now_s)
+        window_s = now_s - last_s
+        if fast and (mem.state is None or mem.table_key is not table or window_s <= 0):
+            continue
+        mem.fast_count, mem.fast_at_s = f.invocation_count, now_s
+        if fast:
+            rate = fast_rate
+        else:
+            rate = observed_rate(mem.count, mem.at_s, f.invocation_count, now_s)
+            mem.count, mem.at_s = f.invocation_count, now_s
         observed[key] = rate
         if mem.state is None or mem.table_key is not table:
-            cs = choice_set(table, f.slo_ms, settings, live_points(table, devices[0] if devices else None))
+            dev0, room = (devices[0] if devices else None), settings.standby_frac > 0
+            cs = choice_set(table, f.slo_ms, settings, live_points(table, dev0, room),
+                            lookup_points=live_points(table, dev0) if room else None)
             mem.state = AutoscaleState(choice_set=cs) if mem.state is None else _with_set(mem.state, cs)
             mem.table_key = table
 
@@ -252,10 +302,19 @@ def plan_tick(
         current = [f.base_config] * f.base_replicas
         for cfg, n, _dev in f.groups.values():
             current += [cfg] * n
+        planned, standby = split_standby(current)  # standby groups are kept apart from the plan
         ctx = AutoscaleContext(
-            f.name, now_s, rate, table, f.slo_ms, tuple(current), lo, f.max_replicas, fixed
+            f.name, now_s, rate, table, f.slo_ms, planned, lo, f.max_replicas - len(standby), fixed
         )
-        d, mem.state = decide_replicas(ctx, mem.state, settings)
+        if fast:
+            fd, fst = fast_scale_up(ctx, mem.state, window_s, settings)
+            if fd is None:
+                del observed[key]
+                continue
+            d, mem.state = replace(fd, replicas=fd.replicas + standby), fst
+        else:
+            d, mem.state = decide_replicas(replace(ctx, max_replicas=f.max_replicas), mem.state, settings)
+            d = with_standby(d, mem.state, f.max_replicas, settings)
         want = Counter(d.replicas)
         have_groups: Counter[ReplicaConfig] = Counter()
         for cfg, n, _dev in f.groups.values():
@@ -264,13 +323,14 @@ def plan_tick(
         base = len(fixed) + min(f.base_replicas - len(fixed), max(0, want[f.base_config] - len(fixed)))
         want[f.base_config] -= base
         want = +want
-        if want == have_groups and base == f.base_replicas:
+        stranded = any(is_standby(cfg) and dev_id in lone for cfg, _n, dev_id in f.groups.values())
+        if want == have_groups and base == f.base_replicas and not stranded:
             decisions[key] = d
             continue
         # Keep groups on their devices; place what is new.
         groups: dict[str, GroupSpec] = {}
         for gid, (cfg, n, dev_id) in sorted(f.groups.items()):
-            keep = min(n, want[cfg])
+            keep = 0 if is_standby(cfg) and dev_id in lone else min(n, want[cfg])
             want[cfg] -= keep
             if keep:
                 dv = devs.get(dev_id)
@@ -279,16 +339,23 @@ def plan_tick(
             # Removed replicas free their place for this tick's placements.
             for i in range(keep, n):
                 snap = _free(snap, f"{f.name}/{gid}/{i}")
-        refused = 0
+        refused = standby_refused = 0
         for cfg, n in sorted(want.items(), key=lambda kv: -kv[0].area):
+            sb = is_standby(cfg)
             for i in range(n):
                 if not devs:
                     refused += 1
                     continue
                 any_dev = next(iter(devs.values()))
-                p = place(_request(f, cfg, f"{f.name}/new/{cfg}/{i}", any_dev), snap)
+                req = _request(f, cfg, f"{f.name}/new/{cfg}/{i}", any_dev)
+                # A standby goes only beside planned replicas, where the most SM-time is idle.
+                p = (place(req, snap, (*DEFAULT_FILTERS, beside_holders), ((standby_room, 1.0),)) if sb
+                     else place(req, snap))
                 if isinstance(p, Rejection):
-                    refused += 1
+                    if sb:
+                        standby_refused += 1
+                    else:
+                        refused += 1
                     continue
                 snap = snap.with_device(p.device)
                 dv = devs[p.device_id]
@@ -301,6 +368,8 @@ def plan_tick(
             # Make-before-break when the make fails: keep the replicas this decision was removing
             # (where they still fit), rather than run with less than before.
             for gid, (cfg, n, dev_id) in sorted(f.groups.items()):
+                if is_standby(cfg):
+                    continue
                 g = groups.get(gid)
                 have = g.replicas if g else 0
                 dv = devs.get(dev_id)
@@ -319,9 +388,11 @@ def plan_tick(
                                             dv.gpu_uuid if dv else "")
             d = _annotate(d, f"; {refused} replica(s) found no device (placement refused)"
                           + (f", {kept} kept that it was removing" if kept else ""))
+        if standby_refused:
+            d = _annotate(d, f"; {standby_refused} standby replica(s) found no room beside planned ones")
         # Make-before-break for base extras: scale the base down once the groups serve.
-        ready_groups = sum(1 for r in f.running if r.config_id and r.ready)
-        want_groups = sum(g.replicas for g in groups.values())
+        ready_groups = sum(1 for r in f.running if r.config_id and r.ready and not is_standby(r.config))
+        want_groups = sum(g.replicas for g in groups.values() if not is_standby(g.config))
         new_base: int | None = None
         if base < f.base_replicas:
             new_base = base if ready_groups >= want_groups else None
@@ -337,7 +408,7 @@ def plan_tick(
     for key in list(memory):
         if key not in seen:
             del memory[key]
-    return TickResult(tuple(actions), decisions, notes, observed)
+    return TickResult(tuple(actions), decisions, {} if fast else notes, observed)
 
 
 def _with_set(state: AutoscaleState, cs: ChoiceSet) -> AutoscaleState:

@@ -53,6 +53,10 @@ class LoopSettings:
 
     interval_s: float = 2.0
     """Seconds between ticks."""
+    fast_interval_s: float = 1.0
+    """Seconds between the fast scale-up sub-ticks in between ticks (``plan_tick(fast=True)``:
+    only functions whose rate since the last reading exceeds their replicas' capacity get more);
+    0, or not shorter than ``interval_s``: off."""
     namespace: str = "openfaas-fn"
     """The namespace whose functions are scheduled."""
     http_timeout_s: float = 10.0
@@ -191,7 +195,8 @@ class SchedulerLoop:
         self._tables[(name, device_type)] = (raw, table)
         return table
 
-    def tick(self) -> TickResult:
+    def tick(self, fast: bool = False) -> TickResult:
+        """One tick; ``fast``: a fast scale-up sub-tick (same reads, ``plan_tick(fast=True)``)."""
         ns = self.settings.namespace
         fns = self.provider.functions(ns)
         reps = {str(r["name"]): r for r in self.provider.replicas(ns)}
@@ -209,7 +214,7 @@ class SchedulerLoop:
             except (ValidationError, ValueError, KeyError) as e:
                 log.warning("skipping function %s: %s", f.get("name"), e)
         tables = {f"{v.namespace}/{v.name}": self._table(v.name, device_type) for v in views if v.slo_ms}
-        result = plan_tick(now_s, views, devices, tables, self.memory, self.settings.autoscale)
+        result = plan_tick(now_s, views, devices, tables, self.memory, self.settings.autoscale, fast=fast)
         for a in result.actions:
             self._apply(a)
         self._expose(result, {f"{v.namespace}/{v.name}": v for v in views})
@@ -244,13 +249,31 @@ class SchedulerLoop:
                 self._last_reason[key] = why
         pipe.execute()
 
+    def _safe_tick(self, fast: bool) -> None:
+        try:
+            self.tick(fast)
+        except (requests.RequestException, redis.RedisError) as e:
+            log.warning("tick failed: %s", e)
+        except Exception:  # the loop must outlive one bad tick
+            log.exception("tick failed")
+
     def run(self, stop: threading.Event) -> None:
+        every, fast_every = self.settings.interval_s, self.settings.fast_interval_s
         while not stop.is_set():
             t0 = time.monotonic()
-            try:
-                self.tick()
-            except (requests.RequestException, redis.RedisError) as e:
-                log.warning("tick failed: %s", e)
-            except Exception:  # the loop must outlive one bad tick
-                log.exception("tick failed")
-            stop.wait(max(0.0, self.settings.interval_s - (time.monotonic() - t0)))
+            self._safe_tick(False)
+            # Fast scale-up sub-ticks until the next tick is due.
+            for t_next in sub_tick_offsets(every, fast_every):
+                if stop.wait(max(0.0, t_next - (time.monotonic() - t0))):
+                    return
+                self._safe_tick(True)
+            stop.wait(max(0.0, every - (time.monotonic() - t0)))
+
+
+def sub_tick_offsets(interval_s: float, fast_interval_s: float) -> list[float]:
+    """Seconds after a tick at which the fast sub-ticks run before the next tick (none when the
+    fast interval is 0 or not shorter than the tick's)."""
+    if fast_interval_s <= 0 or fast_interval_s >= interval_s:
+        return []
+    n = int((interval_s - 1e-9) // fast_interval_s)
+    return [fast_interval_s * i for i in range(1, n + 1) if fast_interval_s * i < interval_s - 1e-9]

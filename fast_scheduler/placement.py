@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
+from fast_scheduler.autoscale import STANDBY_MAX_REQUEST, ReplicaConfig
+
 EPS = 1e-9
 
 
@@ -40,6 +42,16 @@ class ReplicaRequest:
     @property
     def area(self) -> float:
         return self.sm_pct / 100 * self.quota_request_frac
+
+    @property
+    def config(self) -> ReplicaConfig:
+        return ReplicaConfig(self.sm_pct, self.quota_request_frac, self.quota_limit_frac, self.batch)
+
+    @property
+    def standby(self) -> bool:
+        """``autoscale.is_standby`` of its config."""
+        q = self.quota_request_frac
+        return q <= STANDBY_MAX_REQUEST + 1e-12 and self.quota_limit_frac > q
 
 
 @dataclass(frozen=True)
@@ -257,6 +269,39 @@ def fits_admission(req: ReplicaRequest, dev: Device) -> str | None:
 DEFAULT_FILTERS: tuple[Filter, ...] = (fits_memory, fits_sm_time, fits_admission)
 
 
+def beside_holders(req: ReplicaRequest, dev: Device) -> str | None:
+    """A standby replica (``autoscale.is_standby``) goes only where a planned replica runs, into a
+    strip that already exists, is tall enough and has its token of quota free: it lives on the
+    device's idle time, must never be the reason a device is in use, and never takes SM height a
+    planned replica could use."""
+    if not req.standby:
+        return None
+    if not any(not r.standby for r in dev.replicas):
+        return "standby: no planned replica on the device"
+    q = req.quota_request_frac
+    # Only a strip whose free quota is a standby's token, no more (one of planned replicas that
+    # left it, ``candidate_points(standby_room=True)``): quota a planned replica could use is theirs.
+    if not any(b.height_pct >= req.sm_pct and q - EPS <= 1 - b.quota_used_frac <= STANDBY_MAX_REQUEST + EPS
+               for b in dev.bands):
+        return "standby: no strip with its token free"
+    if dev.mem_used_bytes + dev.mem_needed_bytes(req) > STANDBY_MEM_FRAC * dev.mem_bytes:
+        return "standby: memory kept for planned replicas"
+    return None
+
+
+STANDBY_MEM_FRAC = 0.5
+"""Standby replicas go only where the device's memory stays under this share with them: the rest
+is kept for planned replicas (a standby must not be why a planned one needs another device)."""
+
+
+def evict_lone_standby(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` without standby replicas on devices where no planned replica runs."""
+    for d in snapshot.devices:
+        if d.replicas and all(r.standby for r in d.replicas):
+            snapshot = snapshot.with_device(replace(d, replicas=(), bands=()))
+    return snapshot
+
+
 # ---- scores on 0..100 ------------------------------------------------------------------------
 
 
@@ -272,6 +317,13 @@ def model_affinity(req: ReplicaRequest, before: Device, after: Device) -> float:
 
 
 DEFAULT_SCORES: tuple[tuple[Score, float], ...] = ((most_allocated, 1.0), (model_affinity, 0.3))
+
+
+def standby_room(req: ReplicaRequest, before: Device, after: Device) -> float:
+    """For a standby: the device's SM-time not guaranteed to anyone (what it may borrow), less for
+    each standby of the same function already there (they would borrow the same idle time)."""
+    mine = sum(1 for r in before.replicas if r.standby and r.function == req.function)
+    return 100 * (1 - after.area_used) / (1 + mine)
 
 
 def place(

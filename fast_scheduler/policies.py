@@ -24,6 +24,10 @@ from fast_scheduler.autoscale import (
     choice_set,
     config_choices,
     decide_replicas,
+    fast_scale_up,
+    is_standby,
+    split_standby,
+    with_standby,
 )
 from fast_scheduler.placement import (
     DEFAULT_FILTERS,
@@ -33,8 +37,11 @@ from fast_scheduler.placement import (
     ReplicaRequest,
     Score,
     Snapshot,
+    beside_holders,
+    evict_lone_standby,
     place,
     plan_repack,
+    standby_room,
 )
 from fast_scheduler.simulator import FunctionSpec
 
@@ -48,6 +55,8 @@ class AutoscaledPolicy:
     settings: AutoscaleSettings = field(default_factory=AutoscaleSettings)
     choices: ChoiceFilter | None = None
     """Restricts the configs (a baseline's sharing mode); None: the whole table."""
+    lookup: ChoiceFilter | None = None
+    """Configs not planned with whose capacity counts when they run (``ChoiceSet`` lookup)."""
     filters: Sequence[Filter] = DEFAULT_FILTERS
     scores: Sequence[tuple[Score, float]] = DEFAULT_SCORES
     repack_every_ticks: int = 0
@@ -63,7 +72,8 @@ class AutoscaledPolicy:
             key = (id(s.table), s.slo_ms)
             if key not in shared:
                 if self.choices is not None:
-                    shared[key] = ChoiceSet(self.choices(s, self.settings), (*key, self.name))
+                    lookup = self.lookup(s, self.settings) if self.lookup is not None else ()
+                    shared[key] = ChoiceSet(self.choices(s, self.settings), (*key, self.name), lookup)
                 else:
                     shared[key] = choice_set(s.table, s.slo_ms, self.settings)
             self.states[s.name] = AutoscaleState(choice_set=shared[key])
@@ -77,27 +87,57 @@ class AutoscaledPolicy:
         self.ticks += 1
         out = {}
         for s in self.specs:
+            planned, _standby = split_standby(current.get(s.name, ()))
             ctx = AutoscaleContext(
                 s.name,
                 now_s,
                 observed_rps.get(s.name, 0.0),
                 s.table,
                 s.slo_ms,
-                current.get(s.name, ()),
+                planned,
                 s.min_replicas,
                 s.max_replicas,
             )
-            d, self.states[s.name] = decide_replicas(ctx, self.states.get(s.name), self.settings)
+            d, st = decide_replicas(ctx, self.states.get(s.name), self.settings)
+            d = with_standby(d, st, s.max_replicas, self.settings)
+            self.states[s.name] = st
             self.decisions[s.name] = d
             out[s.name] = d.replicas
+        return out
+
+    def fast(
+        self,
+        now_s: float,
+        observed_rps: Mapping[str, float],
+        current: Mapping[str, tuple[ReplicaConfig, ...]],
+        window_s: float,
+    ) -> dict[str, tuple[ReplicaConfig, ...]]:
+        """The fast scale-up path between ticks (``fast_scale_up``): only the functions whose rate
+        over the last ``window_s`` exceeds their replicas' capacity, with their new replica sets."""
+        out = {}
+        for s in self.specs:
+            obs = observed_rps.get(s.name, 0.0)
+            if obs <= 0:
+                continue
+            planned, standby = split_standby(current.get(s.name, ()))
+            ctx = AutoscaleContext(s.name, now_s, obs, s.table, s.slo_ms, planned,
+                                   s.min_replicas, s.max_replicas - len(standby))
+            d, st = fast_scale_up(ctx, self.states.get(s.name), window_s, self.settings)
+            if d is not None and st is not None:
+                self.states[s.name] = st
+                self.decisions[s.name] = d
+                out[s.name] = d.replicas + standby
         return out
 
     def apply(
         self, snapshot: Snapshot, adds: Sequence[ReplicaRequest]
     ) -> tuple[Snapshot, list[ReplicaRequest]]:
         rejected = []
+        standby_filters = (*self.filters, beside_holders)
         for r in sorted(adds, key=lambda r: (-r.area, r.replica_id)):
-            p = place(r, snapshot, self.filters, self.scores)
+            sb = is_standby(r.config)
+            p = place(r, snapshot, standby_filters if sb else self.filters,
+                      ((standby_room, 1.0),) if sb else self.scores)
             if isinstance(p, Rejection):
                 rejected.append(r)
             else:
@@ -105,6 +145,9 @@ class AutoscaledPolicy:
         return snapshot, rejected
 
     def after(self, snapshot: Snapshot) -> tuple[Snapshot, int]:
+        """Standby replicas left alone on a device are removed (they would keep it in use); then a
+        re-pack every ``repack_every_ticks``."""
+        snapshot = evict_lone_standby(snapshot)
         if not self.repack_every_ticks or self.ticks % self.repack_every_ticks:
             return snapshot, 0
         plan = plan_repack(snapshot)
@@ -114,8 +157,11 @@ class AutoscaledPolicy:
 def this_policy(specs: Sequence[FunctionSpec], settings: AutoscaleSettings | None = None) -> AutoscaledPolicy:
     """This project's policy: every (SM, quota, batch) config of the table and the tiling SM shares
     (``candidate_points``, as the live loop offers them), band admission, packing + affinity, re-pack."""
+    st = settings or AutoscaleSettings()
+    room = st.standby_frac > 0
     return AutoscaledPolicy(
-        "this", specs, settings or AutoscaleSettings(), restricted(lambda s: candidate_points(s.table)),
+        "this", specs, st, restricted(lambda s: candidate_points(s.table, room)),
+        lookup=restricted(lambda s: candidate_points(s.table)) if room else None,
         repack_every_ticks=6,
     )
 

@@ -47,6 +47,10 @@ class SimSettings:
     """Granularity of serving and accounting."""
     control_interval_s: float = 5.0
     """How often the policy decides."""
+    fast_interval_s: float = 1.0
+    """How often a policy with a fast scale-up path (``fast``) is given the rates since its last
+    reading between ticks (the live loop's sub-tick); 0, or not shorter than the control interval:
+    off. Policies without it (the original heuristic) decide on ticks only."""
     cold_start_s: float = 5.0
     """From placement to serving (context with its SM share, weights mapped from the model store)."""
     gpus: int = 512
@@ -129,6 +133,8 @@ class SimResult:
     sm_occupancy: list[float] = field(default_factory=list)
     functions: dict[str, FunctionResult] = field(default_factory=dict)
     rejected: int = 0
+    standby_refused: int = 0
+    """Standby replicas that found no room beside planned replicas (not started; not ``rejected``)."""
     moves: int = 0
     replicas_started: int = 0
     replicas: list[int] = field(default_factory=list)
@@ -152,6 +158,7 @@ class SimResult:
             "device_utilisation": _weighted(self.device_util, self.gpus),
             "sm_occupancy": _weighted(self.sm_occupancy, self.gpus),
             "rejected_replicas": self.rejected,
+            "standby_refused": self.standby_refused,
             "moves": self.moves,
             "replicas_started": self.replicas_started,
             "gpu_steps_used": len(used),
@@ -173,11 +180,13 @@ class _Replica:
     stop_s: float = math.inf
     burst_rps: float = 0.0
     """Service rate at its quota limit (what it serves when the arbiter lends it idle time)."""
+    rate_scale: float = 1.0
+    """Its guaranteed rate as a share of ``curve``'s (a standby: its request over its limit)."""
 
     @property
     def throughput_rps(self) -> float:
         """Its service rate at its quota request."""
-        return self.curve.service_rps
+        return self.curve.service_rps * self.rate_scale
 
 
 def empty_cluster(settings: SimSettings) -> Snapshot:
@@ -208,85 +217,96 @@ def simulate(
     draining: list[_Replica] = []
     every = max(1, round(cfg.control_interval_s / dt))
 
-    for k in range(trace.steps):
-        now = k * dt
-        if k % every == 0:
-            span = now - last_tick_s if last_tick_s is not None else cfg.control_interval_s
-            observed = (
-                {n: since_tick[n] / span for n in by_name}
-                if last_tick_s is not None
-                else dict.fromkeys(by_name, 0.0)
-            )
-            # On the very first tick the policy sees the first interval's demand, as a warm platform would.
-            if last_tick_s is None:
-                observed = {n: sum(trace.counts[n][:every]) / (every * dt) for n in by_name}
-            last_tick_s, since_tick = now, dict.fromkeys(by_name, 0.0)
-            current = {n: tuple(r.config for r in replicas.values() if r.req.function == n) for n in by_name}
-            want = policy.desired(now, observed, current)
-            adds: list[ReplicaRequest] = []
-            devs = snap.by_id()
-            removed: dict[str, list[_Replica]] = {}
-            for n, spec in by_name.items():
-                have = Counter(current[n])
-                target = Counter(want.get(n, current[n]))
-                for conf, extra in (have - target).items():
-                    # Remove from the least-used devices first, so whole devices empty out.
-                    mine = sorted(
-                        (r for r in replicas.values() if r.req.function == n and r.config == conf),
-                        key=lambda r: (r.ready_s <= now, devs[r.device_id].area_used, r.req.replica_id),
-                    )
-                    replacing = bool(target - have)
-                    for r in mine[:extra]:
-                        devs[r.device_id] = devs[r.device_id].without(r.req.replica_id)
-                        del replicas[r.req.replica_id]
-                        removed.setdefault(n, []).append(r)
-                        if (
-                            replacing and r.ready_s <= now
-                        ):  # make-before-break: serve until the new ones are up
-                            r.stop_s = now + cfg.cold_start_s
-                            draining.append(r)
-                for conf, extra in (target - have).items():
-                    for _ in range(extra):
-                        serial += 1
-                        adds.append(
-                            ReplicaRequest(
-                                f"{n}#{serial}",
-                                n,
-                                spec.model,
-                                conf.sm_pct,
-                                conf.quota_request_frac,
-                                spec.table.mem_bytes,
-                                spec.table.weight_bytes,
-                                conf.quota_limit_frac,
-                                conf.batch,
-                            )
+    fast_every = round(cfg.fast_interval_s / dt) if cfg.fast_interval_s > 0 else 0
+    fast = getattr(policy, "fast", None) if 0 < fast_every < every else None
+    since_fast = dict.fromkeys(by_name, 0.0)
+    last_fast_s: float | None = None
+
+    def change(now: float, k: int, want: Mapping[str, tuple[ReplicaConfig, ...]],
+               current: Mapping[str, tuple[ReplicaConfig, ...]], repack: bool) -> None:
+        """Apply the wanted replica sets (functions absent from ``want`` keep theirs)."""
+        nonlocal snap, serial, draining
+        adds: list[ReplicaRequest] = []
+        devs = snap.by_id()
+        removed: dict[str, list[_Replica]] = {}
+        for n in want:
+            spec = by_name[n]
+            have = Counter(current[n])
+            target = Counter(want[n])
+            for conf, extra in (have - target).items():
+                # Remove from the least-used devices first, so whole devices empty out.
+                mine = sorted(
+                    (r for r in replicas.values() if r.req.function == n and r.config == conf),
+                    key=lambda r: (r.ready_s <= now, devs[r.device_id].area_used, r.req.replica_id),
+                )
+                replacing = bool(target - have)
+                for r in mine[:extra]:
+                    devs[r.device_id] = devs[r.device_id].without(r.req.replica_id)
+                    del replicas[r.req.replica_id]
+                    removed.setdefault(n, []).append(r)
+                    # Make-before-break: serve until the new ones are up (a standby just goes).
+                    if replacing and r.ready_s <= now and not r.req.standby:
+                        r.stop_s = now + cfg.cold_start_s
+                        draining.append(r)
+            for conf, extra in (target - have).items():
+                for _ in range(extra):
+                    serial += 1
+                    adds.append(
+                        ReplicaRequest(
+                            f"{n}#{serial}",
+                            n,
+                            spec.model,
+                            conf.sm_pct,
+                            conf.quota_request_frac,
+                            spec.table.mem_bytes,
+                            spec.table.weight_bytes,
+                            conf.quota_limit_frac,
+                            conf.batch,
                         )
+                    )
+        if not adds and not removed and not repack:
+            return
+        snap = Snapshot(tuple(devs[d.device_id] for d in snap.devices))
+        snap, rejected = policy.apply(snap, adds)
+        # A standby that finds no room beside planned replicas is simply not started.
+        res.standby_refused += sum(1 for a in rejected if a.standby)
+        rejected = [a for a in rejected if not a.standby]
+        res.rejected += len(rejected)
+        # Make-before-break when the make fails: a function whose new replicas found no device
+        # keeps what it was removing (where it still fits), as the live loop keeps its groups.
+        for n in sorted({a.function for a in rejected}):
+            devs = snap.by_id()
+            for r in removed.get(n, ()):
+                back = devs[r.device_id].with_replica(r.req)
+                if back is None:
+                    continue
+                devs[r.device_id] = back
+                r.stop_s = math.inf
+                if r in draining:
+                    draining.remove(r)
+                replicas[r.req.replica_id] = r
             snap = Snapshot(tuple(devs[d.device_id] for d in snap.devices))
-            snap, rejected = policy.apply(snap, adds)
-            res.rejected += len(rejected)
-            # Make-before-break when the make fails: a function whose new replicas found no device
-            # keeps what it was removing (where it still fits), as the live loop keeps its groups.
-            for n in sorted({a.function for a in rejected}):
-                devs = snap.by_id()
-                for r in removed.get(n, ()):
-                    back = devs[r.device_id].with_replica(r.req)
-                    if back is None:
-                        continue
-                    devs[r.device_id] = back
-                    r.stop_s = math.inf
-                    if r in draining:
-                        draining.remove(r)
-                    replicas[r.req.replica_id] = r
-                snap = Snapshot(tuple(devs[d.device_id] for d in snap.devices))
+        if repack:
             snap, moved = policy.after(snap)
             res.moves += moved
-            placed_on = {r.replica_id: d.device_id for d in snap.devices for r in d.replicas}
-            for a in adds:
-                if a.replica_id in placed_on:
-                    conf = ReplicaConfig(a.sm_pct, a.quota_request_frac, a.quota_limit_frac, a.batch)
-                    tab = by_name[a.function].table
+        placed_on = {r.replica_id: d.device_id for d in snap.devices for r in d.replicas}
+        for a in adds:
+            if a.replica_id in placed_on:
+                conf = a.config
+                tab = by_name[a.function].table
+                ready_s = now + (cfg.cold_start_s if k else 0.0)  # the run starts warm
+                if a.quota_request_frac < tab.quota_grid[0] - 1e-9:
+                    # Below the table (a standby's token request): the curve of its limit, served
+                    # at request / limit of that rate unless it borrows.
+                    p = tab.estimate(a.sm_pct, a.quota_limit_frac, a.batch)
+                    curve = LatencyCurve.from_point(
+                        p.throughput_rps, p.latency_p50_ms, p.latency_p99_ms, cfg.latency
+                    )
+                    scale = a.quota_request_frac / a.quota_limit_frac
+                    replicas[a.replica_id] = _Replica(a, conf, placed_on[a.replica_id], ready_s, curve,
+                                                      burst_rps=curve.service_rps, rate_scale=scale)
+                else:
                     p = tab.estimate(a.sm_pct, a.quota_request_frac, a.batch)
-                    ready_s = now + (cfg.cold_start_s if k else 0.0)  # the run starts warm
                     curve = LatencyCurve.from_point(
                         p.throughput_rps, p.latency_p50_ms, p.latency_p99_ms, cfg.latency
                     )
@@ -298,10 +318,42 @@ def simulate(
                         a, conf, placed_on[a.replica_id], ready_s, curve,
                         burst_rps=max(burst, curve.service_rps),
                     )
-                    res.replicas_started += 1
-            for rid, r in replicas.items():
-                r.device_id = placed_on[rid]
-        if k % every == 0 or draining:
+                res.replicas_started += 1
+        for rid in list(replicas):
+            if rid in placed_on:
+                replicas[rid].device_id = placed_on[rid]
+            else:  # evicted by the policy (a standby left alone on a device)
+                del replicas[rid]
+
+    for k in range(trace.steps):
+        now = k * dt
+        ticked = k % every == 0
+        if ticked:
+            span = now - last_tick_s if last_tick_s is not None else cfg.control_interval_s
+            observed = (
+                {n: since_tick[n] / span for n in by_name}
+                if last_tick_s is not None
+                else dict.fromkeys(by_name, 0.0)
+            )
+            # On the very first tick the policy sees the first interval's demand, as a warm platform would.
+            if last_tick_s is None:
+                observed = {n: sum(trace.counts[n][:every]) / (every * dt) for n in by_name}
+            last_tick_s, since_tick = now, dict.fromkeys(by_name, 0.0)
+            last_fast_s, since_fast = now, dict.fromkeys(by_name, 0.0)
+            current = {n: tuple(r.config for r in replicas.values() if r.req.function == n) for n in by_name}
+            want = policy.desired(now, observed, current)
+            change(now, k, {n: want.get(n, current[n]) for n in by_name}, current, True)
+        elif fast is not None and k % fast_every == 0 and last_fast_s is not None:
+            # The fast scale-up path: a sub-tick reads the counters since the last reading.
+            span = now - last_fast_s
+            observed = {n: since_fast[n] / span for n in by_name}
+            last_fast_s, since_fast = now, dict.fromkeys(by_name, 0.0)
+            current = {n: tuple(r.config for r in replicas.values() if r.req.function == n) for n in by_name}
+            want = fast(now, observed, current, span)
+            if want:
+                change(now, k, dict(want), current, False)
+                ticked = True
+        if ticked or draining:
             draining = [r for r in draining if r.stop_s > now]
             fn_reps = {n: [r for r in replicas.values() if r.req.function == n] for n in by_name}
             for r in draining:
@@ -320,6 +372,7 @@ def simulate(
         for n in by_name:
             a = float(trace.counts[n][k])
             since_tick[n] += a
+            since_fast[n] += a
             res.functions[n].arrived += a
             q = queues[n]
             if a > 0:
@@ -334,23 +387,23 @@ def simulate(
             for r in ready:
                 used_area[r.device_id] = used_area.get(r.device_id, 0.0) + r.config.area * busy
             if cfg.borrow_idle and demand > g:
-                pots = [(r, (r.burst_rps - r.throughput_rps) * dt)
-                        for r in ready if r.burst_rps > r.throughput_rps]
-                total = sum(p for _, p in pots)
-                for r, pot in pots:
-                    want = min(pot, (demand - g) * pot / total)
-                    lend = r.config.quota_limit_frac - r.config.quota_request_frac
-                    cost = r.config.sm_pct / 100 * lend / pot
-                    wants.setdefault(r.device_id, []).append((r, want, cost))
-        # Pass 2: the arbiter lends each device's idle SM-time to replicas past their request, up to
-        # their limit, in proportion to what they want.
+                # While it has queued work a replica past its request takes every idle slice the
+                # arbiter offers: it wants its whole potential (its rate up to its limit), whether
+                # or not the queue needs all of it (its service rate is what sets its latency).
+                for r in ready:
+                    pot = (r.burst_rps - r.throughput_rps) * dt
+                    if pot > 1e-12:
+                        lend = r.config.quota_limit_frac - r.config.quota_request_frac
+                        cost = r.config.sm_pct / 100 * lend / pot
+                        wants.setdefault(r.device_id, []).append((r, pot, cost))
+        # Pass 2: the arbiter lends each device's idle SM-time (not used by replicas within their
+        # request) to replicas past their request, up to their limit, in proportion to what they want.
         for dev, ws in wants.items():
             idle = max(0.0, 1.0 - used_area.get(dev, 0.0))
             need = sum(w * c for _, w, c in ws)
             f = min(1.0, idle / need) if need > 0 else 0.0
-            for r, w, c in ws:
+            for r, w, _c in ws:
                 extra[r.req.replica_id] = w * f
-                used_area[dev] = used_area.get(dev, 0.0) + w * f * c
         # Pass 3: serve.
         for n, spec in by_name.items():
             fr = res.functions[n]

@@ -28,8 +28,10 @@ from fast_manager.node_agent import read_devices
 from fast_profiler import store
 from fast_profiler.runner import device_type_of
 from fast_profiler.table import ProfilePoint, ProfileTable
+from fast_scheduler.autoscale import ReplicaConfig, is_standby
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
+from fastgshare.resources import parse_share
 from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "paced"
@@ -66,13 +68,25 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platfor
     p.stop()
 
 
-def replicas_of(api: requests.Session, url: str) -> tuple[int, int]:
+def _standby_share(share: dict[str, str]) -> bool:
+    g = parse_share({str(k): str(v) for k, v in share.items()})
+    return is_standby(ReplicaConfig(g.sm_pct, g.quota_request_frac, g.quota_limit_frac))
+
+
+def replicas_of(api: requests.Session, url: str) -> tuple[int, int, int]:
+    """(desired planned replicas, ready planned replicas, desired standby replicas) of ``paced``;
+    standby groups (a token quota request, limit above it) are counted apart."""
     r = api.get(f"{url}/system/fastgshare/replicas", timeout=5)
     r.raise_for_status()
     for f in r.json():
         if f["name"] == "paced":
-            return int(f["replicas"]), sum(1 for s in f["replicaStatus"] if s["ready"])
-    return 0, 0
+            confs = f.get("configurations") or []
+            sb_ids = {str(c["configId"]) for c in confs if _standby_share(c.get("share") or {})}
+            sb = sum(int(c.get("replicas", 0)) for c in confs if str(c["configId"]) in sb_ids)
+            ready = sum(1 for s in f["replicaStatus"]
+                        if s["ready"] and str(s.get("configId") or "") not in sb_ids)
+            return int(f["replicas"]) - sb, ready, sb
+    return 0, 0, 0
 
 
 def test_ramp_makes_replicas_rise_and_fall_with_the_slo_held(platform):
@@ -97,7 +111,7 @@ def test_ramp_makes_replicas_rise_and_fall_with_the_slo_held(platform):
             env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT)
     try:
         results: list[tuple[float, float, int]] = []
-        counts: list[tuple[float, int, int]] = []
+        counts: list[tuple[float, int, int, int]] = []
         stop = threading.Event()
 
         def watch() -> None:
@@ -138,17 +152,19 @@ def test_ramp_makes_replicas_rise_and_fall_with_the_slo_held(platform):
         decision = json.loads(rec)
         assert decision["reason"] and decision["slo_ms"] == SLO_MS
 
-        peak = max((ready for ts, _, ready in counts if 20 <= ts < 40), default=0)
-        end = [desired for ts, desired, _ in counts if ts >= duration_s - 4]
+        peak = max((ready for ts, _, ready, _sb in counts if 20 <= ts < 40), default=0)
+        end = [desired for ts, desired, _, _sb in counts if ts >= duration_s - 4]
         assert peak >= 2, (counts, sched_log[-3000:])
         assert end and max(end) == 1, (counts, sched_log[-3000:])
+        # Standby replicas (token quota, limit 1) ran beside the planned ones: the platform takes them.
+        assert max(sb for *_, sb in counts) >= 1, (counts, sched_log[-3000:])
         ok = [lat for _, lat, code in results if code == 200]
         assert len(ok) >= 0.99 * len(results), [c for _, _, c in results if c != 200][:10]
         ok.sort()
         p99_ms = 1000 * ok[int(0.99 * (len(ok) - 1))]
         assert p99_ms <= SLO_MS, (p99_ms, counts)
         print(f"\n{len(results)} requests, p99 {p99_ms:.0f} ms (SLO {SLO_MS:g}); replicas over time: "
-              f"{[(round(ts), d, r) for ts, d, r in counts[::4]]}")
+              f"{[(round(ts), d, r, sb) for ts, d, r, sb in counts[::4]]}")
     finally:
         sched.terminate()
         sched.wait(10)

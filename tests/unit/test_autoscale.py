@@ -149,3 +149,135 @@ def test_jump_gain_extrapolates_a_step_inside_the_tick():
     base = run([40.0] * 3 + [220.0], AutoscaleSettings(burst_k=0))[-1].target_rps
     gain = run([40.0] * 3 + [220.0], AutoscaleSettings(burst_k=0, jump_gain=2.0))[-1].target_rps
     assert gain - base == pytest.approx(180.0 * 1.02, rel=0.02)  # level 40 + 2 x 180, not 220
+
+
+# ---- the fast scale-up path and warm standby ------------------------------------------------
+
+from fast_scheduler.autoscale import (  # noqa: E402
+    STANDBY_REQUEST,
+    ReplicaConfig,
+    candidate_points,
+    config_choices,
+    fast_scale_up,
+    is_standby,
+    split_standby,
+    standby_set,
+    with_standby,
+)
+
+
+def after_ticks(rates, settings=None, dt=5.0):
+    """(current replicas, state) after ticks at ``rates``."""
+    cur, st = (), None
+    for i, r in enumerate(rates):
+        d, st = decide_replicas(AutoscaleContext("f", i * dt, r, TABLE, SLO, cur, 1, 50), st, settings)
+        cur = d.replicas
+    return cur, st
+
+
+@pytest.mark.parametrize(
+    ("over", "adds"),
+    [
+        (-2.0, False),  # under the capacity: nothing
+        (2.5, False),  # above it by 2.5 sigma of a 1 s count: noise
+        (3.5, True),  # beyond 3 sigma: a step
+        (40.0, True),
+    ],
+)
+def test_fast_path_adds_only_beyond_noise_and_covers_the_rate(over, adds):
+    cur, st = after_ticks([100.0] * 4)
+    cap = st.choice_set.totals(cur)[1]
+    rate_1s = cap  # solve rate = cap + over * sqrt(rate) (sigma of a 1 s Poisson count)
+    for _ in range(50):
+        rate_1s = cap + over * math.sqrt(max(rate_1s, 1.0))
+    ctx = AutoscaleContext("f", 16.0, rate_1s, TABLE, SLO, cur, 1, 50)
+    d, st2 = fast_scale_up(ctx, st, 1.0)
+    assert (d is not None) == adds
+    if d is None:
+        assert st2 is st
+        return
+    assert d.replicas[: len(cur)] == cur and len(d.replicas) > len(cur)  # keeps all, adds
+    assert d.capacity_rps >= rate_1s and d.capacity_rps > cap
+    assert "fast scale up" in d.reason and d.changed
+    assert st2.level_rps == st.level_rps and st2.low_since_s is None  # smoothing left to the ticks
+
+
+@pytest.mark.parametrize(
+    ("state", "hi", "why"),
+    [("none", 50, "no tick yet"), ("ticked", 1, "at max replicas")],
+)
+def test_fast_path_does_nothing_before_a_tick_or_at_max(state, hi, why):
+    cur, st = after_ticks([10.0] * 2)
+    if state == "none":
+        cur, st = (), None
+    ctx = AutoscaleContext("f", 11.0, 500.0, TABLE, SLO, cur, 1, hi)
+    d, _ = fast_scale_up(ctx, st, 1.0)
+    assert d is None, why
+
+
+def test_fast_path_then_tick_holds_and_scales_down_only_after_the_delay():
+    s = AutoscaleSettings(scale_down_delay_s=30)
+    cur, st = after_ticks([50.0] * 3, s)
+    d, st = fast_scale_up(AutoscaleContext("f", 11.0, 300.0, TABLE, SLO, cur, 1, 50), st, 1.0, s)
+    assert d is not None
+    grown = d.replicas
+    # The next tick sees the step diluted over its window: no removal right away.
+    d2, st = decide_replicas(AutoscaleContext("f", 15.0, 150.0, TABLE, SLO, grown, 1, 50), st, s)
+    assert Counter(d2.replicas) >= Counter(grown) or len(d2.replicas) >= len(grown)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "standby"),
+    [
+        (ReplicaConfig(12, STANDBY_REQUEST, 1.0, 2), True),
+        (ReplicaConfig(12, 0.05, 0.05, 2), False),  # no limit above its request: cannot borrow
+        (ReplicaConfig(12, 0.2, 1.0, 2), False),
+        (ReplicaConfig(25, 1.0, 1.0, 1), False),
+    ],
+)
+def test_is_standby(cfg, standby):
+    assert is_standby(cfg) == standby
+    planned, sb = split_standby((cfg, ReplicaConfig(25, 1.0, 1.0, 1)))
+    assert (len(sb) == 1) == standby and len(planned) + len(sb) == 2
+
+
+@pytest.mark.parametrize(
+    ("frac", "target", "room", "maxn", "want"),
+    [
+        (0.0, 100.0, 10, 8, 0),  # off
+        (1.0, 0.0, 10, 8, 0),  # nothing planned
+        (1.0, 100.0, 10, 8, None),  # ceil(100 / capacity of the best config)
+        (1.0, 10_000.0, 10, 8, 8),  # at most standby_max
+        (1.0, 10_000.0, 3, 8, 3),  # at most the room under max replicas
+    ],
+)
+def test_standby_set_counts(frac, target, room, maxn, want):
+    s = AutoscaleSettings(standby_frac=frac, standby_max=maxn)
+    cs = choice_set(TABLE, SLO, s, candidate_points(TABLE, True))
+    got = standby_set(cs, target, room, s)
+    if want is None:
+        want = math.ceil(target / cs.choices[0].capacity_rps)
+    assert len(got) == want
+    assert all(is_standby(c) and c.sm_pct == cs.choices[0].config.sm_pct for c in got)
+
+
+def test_standby_follows_the_remembered_peak_when_quiet():
+    s = AutoscaleSettings(standby_frac=1.0, standby_max=50)
+    cur, st = after_ticks([300.0] * 3 + [5.0] * 3, s)
+    d, st = decide_replicas(AutoscaleContext("f", 30.0, 5.0, TABLE, SLO, cur, 1, 50), st, s)
+    with_sb = with_standby(d, st, 50, s)
+    _, sb = split_standby(with_sb.replicas)
+    assert st.peak_rps > 100 and len(sb) * st.choice_set.choices[0].capacity_rps >= st.peak_rps
+    assert with_standby(d, st, 50, AutoscaleSettings(standby_frac=0.0)) is d  # off
+
+
+def test_standby_room_points_leave_a_token_and_borrow_it_back():
+    s = AutoscaleSettings()
+    pts = candidate_points(TABLE, True)
+    assert pts and all(p.quota_frac <= 1 - STANDBY_REQUEST + 1e-9 for p in pts)
+    full = {(p.sm_pct, p.batch) for p in candidate_points(TABLE) if p.quota_frac == 1.0}
+    room = {(p.sm_pct, p.batch) for p in pts if abs(p.quota_frac - (1 - STANDBY_REQUEST)) < 1e-9}
+    assert room == full
+    for c in config_choices(TABLE, SLO, s, pts):
+        if c.config.quota_request_frac > 0.9:
+            assert c.config.quota_limit_frac == 1.0  # the standby's token is lent back

@@ -5,6 +5,7 @@ from collections import Counter
 import pytest
 
 from fast_profiler.table import synthetic_table
+from fast_scheduler.autoscale import split_standby
 from fast_scheduler.baselines import FastGShareOriginal, exclusive, maxrects_fits, mps_equal, time_sharing
 from fast_scheduler.placement import ReplicaRequest, Snapshot
 from fast_scheduler.simulator import FunctionSpec, SimSettings, empty_cluster
@@ -54,10 +55,12 @@ def test_original_drops_nothing_silently():
 )
 def test_sharing_modes_restrict_configs(make, sm, quota):
     p = make(SPECS)
-    want = p.desired(0.0, {"f": 150.0}, {"f": ()})["f"]
+    want, standby = split_standby(p.desired(0.0, {"f": 150.0}, {"f": ()})["f"])
     assert want and {c.sm_pct for c in want} <= sm
     if quota:
         assert {c.quota_request_frac for c in want} <= quota
+    # The autoscaler's standby replicas come in the mode's SM share (placed only where they fit).
+    assert standby and {c.sm_pct for c in standby} <= sm
 
 
 def test_exclusive_one_replica_per_gpu():

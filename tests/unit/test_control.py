@@ -1,7 +1,12 @@
 """plan_tick as a pure function: counters to rates, groups on devices, base kept at min, CPU cores."""
 
+from dataclasses import replace
+
+import pytest
+
+from bench.cluster import tables
 from fast_profiler.table import ProfilePoint, ProfileTable
-from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig
+from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig, is_standby
 from fast_scheduler.control import (
     DeviceView,
     FunctionMemory,
@@ -13,6 +18,7 @@ from fast_scheduler.control import (
     observed_rate,
     plan_tick,
 )
+from fast_scheduler.loop import sub_tick_offsets
 
 CPU = DeviceView("cpu:0", "n0", 8 * 2**30, False, cores=4)
 TABLE = ProfileTable(
@@ -53,8 +59,9 @@ def test_first_sight_then_scale_up_into_a_group_on_a_device():
     assert a.base_replicas is None  # the base (min 1) stays
     total = 1 + sum(g.replicas for g in a.groups)
     assert r.decisions["openfaas-fn/f"].capacity_rps >= 60 and total >= 2
-    # Area on the 4-core device never exceeds it.
-    assert sum(effective_sm_pct(g.config.sm_pct, CPU) * g.replicas for g in a.groups) + 25 <= 100
+    # Area on the 4-core device never exceeds it (standby replicas share their neighbours' strips).
+    planned = [g for g in a.groups if not is_standby(g.config)]
+    assert sum(effective_sm_pct(g.config.sm_pct, CPU) * g.replicas for g in planned) + 25 <= 100
 
 
 def test_scale_down_drops_groups_and_keeps_min_base():
@@ -88,9 +95,19 @@ def test_scale_to_zero_with_min_zero():
     assert a.base_replicas == 0 and not out.decisions["openfaas-fn/f"].replicas
 
 
-def test_config_id_is_a_short_dns_label():
-    cid = config_id(ReplicaConfig(100, 0.35, 1.0, 16), 12)
+@pytest.mark.parametrize("cfg, index", [
+    (ReplicaConfig(100, 0.35, 1.0, 16), 12),
+    (ReplicaConfig(100, 0.995, 1.0, 8), 999),  # a standby's neighbour: permille
+    (ReplicaConfig(12, 0.005, 1.0, 2), 3),  # a standby
+])
+def test_config_id_is_a_short_dns_label(cfg, index):
+    cid = config_id(cfg, index)
     assert len(cid) <= 20 and cid == cid.lower() and cid.replace("-", "").isalnum()
+
+
+def test_config_ids_of_standby_and_room_configs_are_distinct():
+    ids = {config_id(ReplicaConfig(12, q, 1.0, 2), 0) for q in (0.005, 0.01, 0.995, 0.99, 1.0)}
+    assert len(ids) == 5
 
 
 def test_a_profiled_batch_is_chosen_when_it_serves_more_per_share():
@@ -106,3 +123,88 @@ def test_a_profiled_batch_is_chosen_when_it_serves_more_per_share():
     (a,) = r.actions
     assert a.groups and all(g.config.batch == 4 for g in a.groups)
     assert all(g.config_id.startswith("s") and "b4-" in g.config_id for g in a.groups)
+
+
+# ---- the fast scale-up sub-tick and standby groups -------------------------------------------
+
+
+
+@pytest.mark.parametrize(
+    "interval, fast, want",
+    [(2.0, 1.0, [1.0]), (5.0, 1.0, [1.0, 2.0, 3.0, 4.0]), (2.0, 0.5, [0.5, 1.0, 1.5]), (2.0, 0.0, []),
+     (1.0, 1.0, []), (1.0, 2.0, [])],
+)
+def test_sub_tick_offsets(interval, fast, want):
+    assert sub_tick_offsets(interval, fast) == pytest.approx(want)
+
+
+def fast_tick(mem, now, v):
+    return plan_tick(now, [v], [CPU], {"openfaas-fn/f": TABLE}, mem, SET, fast=True)
+
+
+def test_fast_subtick_adds_on_a_step_only_and_leaves_the_tick_rate_alone():
+    mem: dict[str, FunctionMemory] = {}
+    assert not fast_tick(mem, 0.0, view(0)).notes and not mem  # before first sight: nothing, no note
+    tick(mem, 0.0, view(0))
+    r = fast_tick(mem, 1.0, view(5))  # before the first decision: nothing
+    assert not r.actions and not r.decisions
+    tick(mem, 2.0, view(10))  # 5 rps: the base replica serves it
+    r = fast_tick(mem, 3.0, view(70))  # 60 rps over the last second
+    (a,) = r.actions
+    d = r.decisions["openfaas-fn/f"]
+    assert "fast scale up" in d.reason and d.capacity_rps >= 60
+    assert a.groups and a.base_replicas is None
+    groups = {g.config_id: (g.config, g.replicas, g.device_id) for g in a.groups}
+    r = fast_tick(mem, 3.5, view(70, groups=groups))  # no new request: nothing to add
+    assert not r.actions and not r.decisions and not r.notes
+    r = tick(mem, 4.0, view(70, groups=groups))
+    assert r.observed_rps["openfaas-fn/f"] == pytest.approx(30.0)  # (70 - 10) / 2 s: the tick's window
+
+
+GPUS = [DeviceView(f"gpu:U{i}", "n0", 32 * 2**30, True, gpu_uuid=f"U{i}") for i in range(3)]
+RTAB = tables()["resnet50"][0]  # ResNet-50 as the profiler reads it: most efficient at full quota
+SB_SET = AutoscaleSettings(scale_down_delay_s=0, standby_frac=1.0, standby_max=4)
+
+
+def gpu_tick(mem, now, v, fast=False):
+    return plan_tick(now, [v], GPUS, {"openfaas-fn/f": RTAB}, mem, SB_SET, fast=fast)
+
+
+def test_standby_groups_beside_planned_ones_and_kept_apart_from_the_plan():
+    mem: dict[str, FunctionMemory] = {}
+    v0 = FunctionView("f", "openfaas-fn", 69.0, 1, 20, 0, BASE, 1, {}, (), "resnet", 1525 * 2**20, 98 * 2**20)
+    gpu_tick(mem, 0.0, v0)
+    r = gpu_tick(mem, 2.0, replace(v0, invocation_count=400))  # 200 rps
+    (a,) = r.actions
+    sb = [g for g in a.groups if is_standby(g.config)]
+    planned = [g for g in a.groups if not is_standby(g.config)]
+    assert sb and planned
+    assert {g.device_id for g in sb} <= {g.device_id for g in planned} | {"gpu:U0"}  # base is on U0
+    assert all(g.config.quota_request_frac < 1 for g in planned)  # room for the standby's token
+    # Its standby does not count as capacity: a fast sub-tick at the same rate adds nothing.
+    groups = {g.config_id: (g.config, g.replicas, g.device_id) for g in a.groups}
+    v1 = replace(v0, invocation_count=600, groups=groups)
+    r = gpu_tick(mem, 3.0, v1, fast=True)
+    assert not r.actions
+    # A standby group left alone on a device (its planned neighbours gone) is moved off it.
+    lone = {gid: g for gid, g in groups.items() if is_standby(g[0])}
+    gid, (cfg, n, _dev) = next(iter(lone.items()))
+    stranded = {**{k: g for k, g in groups.items() if k != gid}, "sbx": (cfg, n, "gpu:U2")}
+    stranded = {k: g for k, g in stranded.items() if is_standby(g[0]) or g[2] != "gpu:U2"}
+    r = gpu_tick(mem, 4.0, replace(v1, invocation_count=1000, groups=stranded))
+    (a,) = r.actions
+    assert all(g.device_id != "gpu:U2" for g in a.groups if is_standby(g.config))
+
+
+@pytest.mark.parametrize("standby_frac", [0.0, 1.5])
+def test_a_full_quota_base_counts_as_capacity_when_new_replicas_leave_room(standby_frac):
+    # With standby on, new replicas run at 1 - STANDBY_REQUEST; the user's base replica at full
+    # quota still serves its rate: a rate it covers adds no planned replica.
+    s = AutoscaleSettings(scale_down_delay_s=0, standby_frac=standby_frac)
+    mem: dict[str, FunctionMemory] = {}
+    plan_tick(0.0, [view(0)], [CPU], {"openfaas-fn/f": TABLE}, mem, s)
+    # 1 rps; the base (one core) serves 2.4 (the table's sm 6 point is what one core measured)
+    r = plan_tick(2.0, [view(2)], [CPU], {"openfaas-fn/f": TABLE}, mem, s)
+    d = r.decisions["openfaas-fn/f"]
+    assert d.capacity_rps >= 2.3
+    assert not [c for c in d.replicas if not is_standby(c) and c != BASE]

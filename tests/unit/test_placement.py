@@ -182,3 +182,67 @@ def test_carried_candidates_match_a_fresh_snapshot():
                 d = rng.choice(used)
                 s = s.with_device(d.without(d.replicas[0].replica_id))
         assert s.candidates == Snapshot(s.devices).candidates
+
+
+# ---- standby replicas ------------------------------------------------------------------------
+
+from fast_scheduler.autoscale import STANDBY_REQUEST  # noqa: E402
+from fast_scheduler.placement import (  # noqa: E402
+    DEFAULT_FILTERS,
+    beside_holders,
+    evict_lone_standby,
+    standby_room,
+)
+
+
+def standby(i, sm=25, function="g"):
+    return ReplicaRequest(f"s{i}", function, "m", sm, STANDBY_REQUEST, GIB, 0, 1.0)
+
+
+def on(dev, *reqs):
+    for r in reqs:
+        dev = dev.with_replica(r)
+        assert dev is not None
+    return dev
+
+
+@pytest.mark.parametrize(
+    ("holders", "fits"),
+    [
+        ((), False),  # an empty device: a standby would be the reason it is in use
+        (("standby",), False),  # only standby there
+        (((25, 1.0),) * 4, False),  # four full strips: no token left for it (no over-admission)
+        (((25, 1 - STANDBY_REQUEST),) * 4, True),  # room configs leave exactly its token
+        (((25, 1.0),) * 3, False),  # SM room, but a standby never opens a strip of its own
+        (((25, 1 - STANDBY_REQUEST),) * 3, True),  # it joins a strip with its token free
+    ],
+)
+def test_standby_goes_only_beside_planned_replicas_within_the_rule(holders, fits):
+    dev = Device("gpu0", "n0", 16 * GIB)
+    for i, h in enumerate(holders):
+        dev = on(dev, standby(90 + i) if h == "standby" else req(i, *h))
+    s = standby(0)
+    got = place(s, Snapshot((dev,)), (*DEFAULT_FILTERS, beside_holders), ((standby_room, 1.0),))
+    assert isinstance(got, Placement) == fits
+    if fits:
+        feasible(got.device)
+
+
+def test_standby_prefers_idle_devices_and_spreads_a_function():
+    busy = on(Device("gpu0", "n0", 16 * GIB), *(req(i, 25, 1 - STANDBY_REQUEST) for i in range(3)))
+    idle = on(Device("gpu1", "n0", 16 * GIB), req(9, 25, 1 - STANDBY_REQUEST))
+    f = (*DEFAULT_FILTERS, beside_holders)
+    p = place(standby(0), Snapshot((busy, idle)), f, ((standby_room, 1.0),))
+    assert isinstance(p, Placement) and p.device_id == "gpu1"
+    # With three of its standbys on the idle device, the next one goes to the other.
+    idle = on(idle, standby(1), standby(2), standby(3))
+    p = place(standby(4), Snapshot((busy, idle)), f, ((standby_room, 1.0),))
+    assert isinstance(p, Placement) and p.device_id == "gpu0"
+
+
+def test_evict_lone_standby_frees_the_device():
+    lone = on(Device("gpu0", "n0", 16 * GIB), standby(0), standby(1))
+    mixed = on(Device("gpu1", "n0", 16 * GIB), req(0, 25, 1 - STANDBY_REQUEST), standby(2))
+    out = evict_lone_standby(Snapshot((lone, mixed)))
+    assert not out.devices[0].replicas and not out.devices[0].bands
+    assert out.devices[1] == mixed and out.used_devices == 1

@@ -103,3 +103,103 @@ def test_lp_bound_is_the_larger_resource_not_both(area, mem, rate, want):
     c = ConfigChoice(ReplicaConfig(int(area * 100), 1.0, 1.0), 10.0, 10.0, 50.0, max(area, mem))
     lb = GpuLowerBound({"f": [c]}, {"f": mem}, {"f": 1})
     assert lb.gpus({"f": rate}) == pytest.approx(want)
+
+
+# ---- the fast scale-up path and standby replicas borrowing idle time -------------------------
+
+from fast_scheduler.autoscale import STANDBY_REQUEST, ReplicaConfig  # noqa: E402
+from fast_scheduler.baselines import FastGShareOriginal  # noqa: E402
+from fast_scheduler.latency import DEFAULT_MODEL  # noqa: E402
+from fast_scheduler.placement import (  # noqa: E402
+    DEFAULT_FILTERS,
+    Rejection,
+    beside_holders,
+    evict_lone_standby,
+    place,
+)
+from fast_scheduler.simulator import Trace  # noqa: E402
+
+
+def step_trace(name, before, after, at_s, total_s):
+    rates = [before] * at_s + [after] * (total_s - at_s)
+    return Trace("step", 1.0, {name: [round(r) for r in rates]}, {name: rates})
+
+
+STEP_SPEC = [FunctionSpec("r", "resnet50", R, 69.0)]
+
+
+@pytest.mark.parametrize("fast_s, better", [(1.0, True), (0.0, False), (5.0, False)])
+def test_fast_path_serves_a_step_sooner(fast_s, better):
+    # A 4x step up two seconds after a tick: the fast sub-tick adds replicas a second later, the
+    # tick would three seconds later; 0 and "not shorter than the tick" are off.
+    tr = step_trace("r", 50.0, 200.0, 62, 120)
+    no_sb = AutoscaleSettings(standby_frac=0.0)  # the fast path alone (standby would serve the step too)
+
+    def run(fast_interval_s):
+        return simulate(STEP_SPEC, tr, this_policy(STEP_SPEC, no_sb),
+                        SimSettings(gpus=8, fast_interval_s=fast_interval_s))
+
+    base, res = run(0.0), run(fast_s)
+    a, b = base.summary()["slo_attainment"], res.summary()["slo_attainment"]
+    assert (b > a + 0.01) == better, (a, b)
+    again = run(fast_s)
+    assert again.summary() == res.summary()
+
+
+def test_the_original_heuristic_has_no_fast_path():
+    tr = step_trace("r", 50.0, 200.0, 62, 120)
+    runs = [simulate(STEP_SPEC, tr, FastGShareOriginal(STEP_SPEC), SimSettings(gpus=8, fast_interval_s=f))
+            .summary() for f in (0.0, 1.0)]
+    assert runs[0] == runs[1]
+
+
+class Fixed:
+    """A policy that runs a fixed replica set per function, placed with the standby rule."""
+
+    name = "fixed"
+
+    def __init__(self, want):
+        self.want = want
+
+    def desired(self, now_s, observed, current):
+        return self.want
+
+    def apply(self, snapshot, adds):
+        rejected = []
+        for r in sorted(adds, key=lambda r: (-r.area, r.replica_id)):
+            p = place(r, snapshot, (*DEFAULT_FILTERS, beside_holders))
+            if isinstance(p, Rejection):
+                rejected.append(r)
+            else:
+                snapshot = snapshot.with_device(p.device)
+        return snapshot, rejected
+
+    def after(self, snapshot):
+        return evict_lone_standby(snapshot), 0
+
+
+ROOM = ReplicaConfig(25, 1 - STANDBY_REQUEST, 1.0, 1)
+SB = ReplicaConfig(25, STANDBY_REQUEST, 1.0, 1)
+TWO = [FunctionSpec("a", "resnet50", R, 1000.0), FunctionSpec("b", "resnet50", R, 1000.0)]
+
+
+@pytest.mark.parametrize(
+    "b_set, borrow, a_count, a_busy, served_well",
+    [
+        ((ROOM,), True, 1, 0.1, False),  # b at 2.5x its replica's profiled rate: over its service rate
+        ((ROOM, SB), True, 1, 0.1, True),  # its standby borrows the idle device time and serves it
+        ((ROOM, SB), False, 1, 0.1, False),  # no lending: the standby has only its token
+        ((ROOM, SB), True, 3, 1.0, False),  # a's three replicas keep the device busy: nothing idle
+    ],
+)
+def test_standby_serves_on_idle_device_time(b_set, borrow, a_count, a_busy, served_well):
+    thr = R.estimate(25, 1 - STANDBY_REQUEST, 1).throughput_rps
+    mu = thr / DEFAULT_MODEL.profiled_utilisation  # a replica's service rate
+    n = 60
+    rates = {"a": [a_busy * a_count * mu] * n, "b": [2.5 * thr] * n}
+    tr = Trace("t", 1.0, {k: [round(x) for x in v] for k, v in rates.items()}, rates)
+    pol = Fixed({"a": (ROOM,) * a_count, "b": b_set})
+    res = simulate(TWO, tr, pol, SimSettings(gpus=1, borrow_idle=borrow))
+    b = res.functions["b"]
+    assert res.summary()["gpus_peak"] == 1
+    assert (b.served / b.arrived > 0.95) == served_well, b.served / b.arrived
