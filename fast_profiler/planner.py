@@ -10,9 +10,10 @@ The grid is SM share x quota x batch (the original's 7 x 5 x 1). Three rules mak
 2. **Saturation along the SM axis.** Spatial classes are measured in ascending order at full quota;
    once a class gains less than ``saturation_tol`` over the one below, the classes above it cannot
    matter (more SMs buy nothing) and are not measured. The first saturated class is measured at the
-   smallest quota as well (a partial quota limits device time, where a faster request may still
-   gain); its other quotas are the last growing class's column x the ratio of the two classes,
-   interpolated between the two ends, and the classes above copy it (``Source.SATURATED``).
+   other quota anchors as well (a partial quota limits device time, where a faster request may
+   still gain); its other quotas are the last growing class's column x the ratio of the two
+   classes, interpolated between neighbouring anchors, and the classes above copy it
+   (``Source.SATURATED``).
 3. **Quota anchors.** In each class that still gains, only the anchor quotas are measured (by default
    the smallest, the middle and the largest of the grid); the others are interpolated linearly
    between the neighbouring anchors (``Source.INTERPOLATED``).
@@ -201,11 +202,10 @@ def planned_configs(spec: GridSpec, measured: Mapping[Config, Measurement]) -> t
                 out.append(Config(c.sm_pct, q_full, b))
         for c in growing:
             out.extend(Config(c.sm_pct, q, b) for q in spec.quota_anchors if q != q_full)
-        q_lo = spec.quota_anchors[0]
-        if sat is not None and q_lo != q_full:
-            # The first saturated class at the smallest quota as well: a partial quota limits device
-            # time, where a faster request may still gain (see ``_saturated_column``).
-            out.append(Config(classes[sat].sm_pct, q_lo, b))
+        if sat is not None:
+            # The first saturated class at the other quota anchors as well: a partial quota limits
+            # device time, where a faster request may still gain (see ``_saturated_column``).
+            out.extend(Config(classes[sat].sm_pct, q, b) for q in spec.quota_anchors if q != q_full)
     return tuple(out)
 
 
@@ -266,49 +266,48 @@ def _class_column(spec: GridSpec, cls: SpatialClass, batch: int,
 
 def _saturated_column(spec: GridSpec, cls: SpatialClass, batch: int, ref: Mapping[float, FilledPoint],
                       measured: Mapping[Config, Measurement]) -> dict[float, FilledPoint]:
-    """The first saturated class: measured at the smallest and the full quota; in between, the last
-    growing class's column (``ref``) x the ratio of the two classes, linear in quota between the
-    ratios measured at the two ends.
+    """The first saturated class: measured at the quota anchors; in between, the last growing
+    class's column (``ref``) x the ratio of the two classes, linear in quota between the ratios
+    measured at the neighbouring anchors.
 
     Saturation is judged at full quota, where the rate stops growing; a partial quota limits device
     *time* instead, where a request that runs faster on the bigger share serves more of them, so
-    the ratio is not the same at both ends. On a 2-core CPU two cores serve MobileNet no faster than
-    one at full quota (the load generator and the platform share the cores), while at quota 0.2 they
-    serve 1.6x more (5.8 rps against 3.7); a copy of the smaller class was 37 % off there.
+    the ratio is not the same at every quota. On a 2-core CPU two cores serve MobileNet no faster
+    than one at full quota (the load generator and the platform share the cores), while at quota 0.2
+    they serve 1.6x more (5.8 rps against 3.7); a copy of the smaller class was 37 % off there, and
+    with only the two ends measured the point at 0.4 was still 7-19 % off (the ratio is not linear
+    in quota), hence the middle anchor.
 
-    Where the smaller class serves nothing at an end (ratio undefined), the column is linear in quota
-    between the class's own measurements instead."""
-    q_lo, q_full = spec.quota_anchors[0], spec.quota_grid[-1]
-    own = {q: measured.get(_key(Config(cls.sm_pct, q, batch))) for q in (q_lo, q_full)}
-    col: dict[float, FilledPoint] = {}
-    lo_m, hi_m = own[q_lo], own[q_full]
-    if hi_m is None:
+    Where the smaller class serves nothing at an anchor (ratio undefined), the column is linear in
+    quota between the class's own measurements there instead."""
+    q_full = spec.quota_grid[-1]
+    anchors = [(q, m) for q in spec.quota_anchors
+               if (m := measured.get(_key(Config(cls.sm_pct, q, batch)))) is not None]
+    if not anchors or anchors[-1][0] != q_full:
         raise ValidationError("measurements", f"the full-quota point of sm {cls.sm_pct}", "none")
-    if lo_m is None:  # a single-quota grid, or an old plan: the full-quota ratio throughout
-        lo_m = hi_m
-    ratios = []
-    for q, mq in ((q_lo, lo_m), (q_full, hi_m)):
-        base = ref[q].throughput_rps
-        ratios.append(mq.throughput_rps / base if base > 0 else None)
-    basis = tuple(dict.fromkeys((lo_m.config, hi_m.config)))
+    col: dict[float, FilledPoint] = {}
     for q in spec.quota_grid:
         cfg = Config(cls.sm_pct, q, batch)
         exact = measured.get(_key(cfg))
         if exact is not None:
             col[q] = _from(exact, cfg, Source.MEASURED, (exact.config,))
             continue
-        t = (q - q_lo) / (q_full - q_lo) if q_full > q_lo else 1.0
-        if ratios[0] is not None and ratios[1] is not None:
-            rps = ref[q].throughput_rps * _lerp(ratios[0], ratios[1], t)
-            src_basis = tuple(dict.fromkeys(basis + ref[q].basis))
+        below = [a for a in anchors if a[0] < q]
+        above = [a for a in anchors if a[0] > q]
+        (q0, m0), (q1, m1) = (below or above)[-1 if below else 0], above[0]
+        t = (q - q0) / (q1 - q0) if q1 > q0 else 1.0
+        b0, b1 = ref[q0].throughput_rps, ref[q1].throughput_rps
+        basis = tuple(dict.fromkeys((m0.config, m1.config)))
+        if b0 > 0 and b1 > 0:
+            rps = ref[q].throughput_rps * _lerp(m0.throughput_rps / b0, m1.throughput_rps / b1, t)
+            basis = tuple(dict.fromkeys(basis + ref[q].basis))
         else:
-            rps = _lerp(lo_m.throughput_rps, hi_m.throughput_rps, t)
-            src_basis = basis
-        col[q] = FilledPoint(cfg, rps, _lerp(lo_m.latency_p50_ms, hi_m.latency_p50_ms, t),
-                             _lerp(lo_m.latency_p95_ms, hi_m.latency_p95_ms, t),
-                             _lerp(lo_m.latency_p99_ms, hi_m.latency_p99_ms, t),
-                             _lerp(lo_m.busy_frac, hi_m.busy_frac, t), max(lo_m.error_rate, hi_m.error_rate),
-                             Source.SATURATED, src_basis)
+            rps = _lerp(m0.throughput_rps, m1.throughput_rps, t)
+        col[q] = FilledPoint(cfg, rps, _lerp(m0.latency_p50_ms, m1.latency_p50_ms, t),
+                             _lerp(m0.latency_p95_ms, m1.latency_p95_ms, t),
+                             _lerp(m0.latency_p99_ms, m1.latency_p99_ms, t),
+                             _lerp(m0.busy_frac, m1.busy_frac, t), max(m0.error_rate, m1.error_rate),
+                             Source.SATURATED, basis)
     return col
 
 

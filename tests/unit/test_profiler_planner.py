@@ -70,11 +70,11 @@ def test_gpu_plan_skips_saturated_sm_and_interpolates_quota():
     spec = GridSpec()
     done = run_plan(spec, truth)
     # full quota at 6, 12, 24, 50 (50 shows saturation), anchors 0.2 and 0.6 at 6, 12, 24, and the
-    # first saturated class (50) at the smallest quota too
+    # first saturated class (50) at the other anchors too
     assert sorted((c.sm_pct, c.quota_frac) for c in done) == sorted(
-        [(6, 1.0), (12, 1.0), (24, 1.0), (50, 1.0), (50, 0.2)]
-        + [(s, q) for s in (6, 12, 24) for q in (0.2, 0.6)])
-    assert len(done) == 11 and spec.points_total == 35
+        [(6, 1.0), (12, 1.0), (24, 1.0), (50, 1.0)]
+        + [(s, q) for s in (6, 12, 24, 50) for q in (0.2, 0.6)])
+    assert len(done) == 12 and spec.points_total == 35
     pts = {(p.config.sm_pct, p.config.quota_frac): p for p in fill(spec, done)}
     assert len(pts) == 35
     assert pts[(24, 0.4)].source is Source.INTERPOLATED
@@ -82,7 +82,8 @@ def test_gpu_plan_skips_saturated_sm_and_interpolates_quota():
     assert pts[(80, 0.6)].source is Source.SATURATED
     assert pts[(80, 0.6)].throughput_rps == pytest.approx(truth(24, 0.6))
     assert pts[(50, 1.0)].source is Source.MEASURED and pts[(50, 0.2)].source is Source.MEASURED
-    assert pts[(50, 0.6)].source is Source.SATURATED
+    assert pts[(50, 0.6)].source is Source.MEASURED and pts[(50, 0.4)].source is Source.SATURATED
+    assert pts[(50, 0.4)].throughput_rps == pytest.approx(truth(24, 0.4))
     assert pts[(100, 0.2)].source is Source.SATURATED and pts[(100, 0.2)].basis == (Config(50, 0.2),)
 
 
@@ -108,54 +109,63 @@ def test_cpu_saturation_after_one_core():
     spec = GridSpec(device_cores=2)
     done = run_plan(spec, lambda sm, q: 30.0 * q)  # a second core buys nothing
     assert sorted((c.sm_pct, c.quota_frac) for c in done) == [(6, 0.2), (6, 0.6), (6, 1.0), (80, 0.2),
-                                                             (80, 1.0)]
+                                                             (80, 0.6), (80, 1.0)]
     pts = {(p.config.sm_pct, p.config.quota_frac): p for p in fill(spec, done)}
     assert pts[(100, 0.2)].source is Source.SAME_SHARE and pts[(100, 0.2)].throughput_rps == 6.0
-    assert pts[(100, 0.6)].source is Source.SATURATED and pts[(100, 0.6)].throughput_rps == pytest.approx(18)
+    assert pts[(100, 0.6)].source is Source.SAME_SHARE and pts[(100, 0.6)].throughput_rps == pytest.approx(18)
+    assert pts[(100, 0.8)].source is Source.SATURATED and pts[(100, 0.8)].throughput_rps == pytest.approx(24)
 
 
-# (sm 6 rps at quota 0.2, 0.6, 1.0; sm 80 rps at quota 0.2, 1.0) -> sm 80's inferred 0.4, 0.6, 0.8
+# (sm 6 rps at quota 0.2, 0.6, 1.0; sm 80 rps at quota 0.2, 0.6, 1.0) -> sm 80's inferred 0.4, 0.8
 @pytest.mark.parametrize("one, two, inferred", [
-    # the 2-core MobileNet case: two cores serve 1.6x more at quota 0.2, nothing more at full quota
-    # (ratio 1.6 -> 1.0 linear in quota): copying the one-core column was 37 % off at 0.2
-    ((3.7, 28.2, 40.7), (5.92, 40.7), (15.95 * 1.45, 28.2 * 1.3, 34.45 * 1.15)),
-    # saturated at both ends: a plain copy of the growing class
-    ((6.0, 18.0, 30.0), (6.0, 30.0), (12.0, 18.0, 24.0)),
+    # the 2-core MobileNet case: two cores serve 1.6x more at quota 0.2, 1.2x at 0.6, nothing more at
+    # full quota (the ratio is not linear in quota): copying the one-core column was 37 % off at 0.2,
+    # interpolating the ratio between the two ends alone 7-19 % off at 0.4
+    ((3.7, 28.2, 40.7), (5.92, 34.0, 40.7),
+     (15.95 * (1.6 + 34.0 / 28.2) / 2, 34.45 * (34.0 / 28.2 + 1.0) / 2)),
+    # saturated at every anchor: a plain copy of the growing class
+    ((6.0, 18.0, 30.0), (6.0, 18.0, 30.0), (12.0, 24.0)),
     # slower at full quota on two cores (the platform shares them) but faster at the smallest quota
-    ((4.0, 24.0, 40.0), (6.0, 20.0), (14.0 * 1.25, 24.0, 32.0 * 0.75)),
+    ((4.0, 24.0, 40.0), (6.0, 24.0, 20.0), (14.0 * 1.25, 32.0 * 0.75)),
 ])
-def test_first_saturated_class_is_measured_at_the_smallest_quota_and_scales_the_column(one, two, inferred):
+def test_first_saturated_class_is_measured_at_the_anchors_and_scales_the_column(one, two, inferred):
     spec = GridSpec(device_cores=2)
-    truth = {(6, 0.2): one[0], (6, 0.6): one[1], (6, 1.0): one[2], (80, 0.2): two[0], (80, 1.0): two[1]}
+    truth = {(6, 0.2): one[0], (6, 0.6): one[1], (6, 1.0): one[2],
+             (80, 0.2): two[0], (80, 0.6): two[1], (80, 1.0): two[2]}
     plan = []
     done: dict[Config, Measurement] = {}
     while (c := next_config(spec, done)) is not None:
         plan.append((c.sm_pct, c.quota_frac))
         done[c] = m(c.sm_pct, c.quota_frac, truth[(c.sm_pct, c.quota_frac)])
-    # full quota up the SM axis, the growing class's anchors, then the extra point
-    assert plan == [(6, 1.0), (80, 1.0), (6, 0.2), (6, 0.6), (80, 0.2)]
+    # full quota up the SM axis, the growing class's anchors, then the saturated class's
+    assert plan == [(6, 1.0), (80, 1.0), (6, 0.2), (6, 0.6), (80, 0.2), (80, 0.6)]
     pts = {(p.config.sm_pct, p.config.quota_frac): p for p in fill(spec, done)}
     for sm in (80, 100):
-        for q, want in zip((0.4, 0.6, 0.8), inferred, strict=True):
+        for (q, want), nbrs in zip(zip((0.4, 0.8), inferred, strict=True), ((0.2, 0.6), (0.6, 1.0)),
+                                   strict=True):
             p = pts[(sm, q)]
             assert p.source is Source.SATURATED and p.throughput_rps == pytest.approx(want)
-            assert Config(80, 0.2) in p.basis and Config(80, 1.0) in p.basis
-        assert pts[(sm, 0.2)].throughput_rps == two[0] and pts[(sm, 1.0)].throughput_rps == two[1]
+            assert all(Config(80, n) in p.basis for n in nbrs)
+        for k, q in enumerate((0.2, 0.6, 1.0)):
+            assert pts[(sm, q)].throughput_rps == two[k]
     assert pts[(80, 0.2)].source is Source.MEASURED and pts[(100, 0.2)].source is Source.SAME_SHARE
     table = to_table("f", "cpu-2c", list(pts.values()))
-    assert table.is_measured(100, 0.2) and not table.is_measured(100, 0.6)
+    assert table.is_measured(100, 0.6) and not table.is_measured(100, 0.4)
 
 
 def test_saturated_column_without_a_ratio_is_linear_between_its_own_measurements():
     # one core meets no SLO at quota 0.2 (0 rps): the ratio is undefined there
     spec = GridSpec(device_cores=2)
-    truth = {(6, 0.2): 0.0, (6, 0.6): 12.0, (6, 1.0): 30.0, (80, 0.2): 4.0, (80, 1.0): 30.0}
+    truth = {(6, 0.2): 0.0, (6, 0.6): 12.0, (6, 1.0): 30.0, (80, 0.2): 4.0, (80, 0.6): 16.0,
+             (80, 1.0): 30.0}
     done = {}
     while (c := next_config(spec, done)) is not None:
         done[c] = m(c.sm_pct, c.quota_frac, truth[(c.sm_pct, c.quota_frac)])
     pts = {(p.config.sm_pct, p.config.quota_frac): p for p in fill(spec, done)}
-    assert pts[(80, 0.6)].throughput_rps == pytest.approx(17.0)
-    assert pts[(80, 0.6)].basis == (Config(80, 0.2), Config(80, 1.0))
+    assert pts[(80, 0.4)].throughput_rps == pytest.approx(10.0)
+    assert pts[(80, 0.4)].basis == (Config(80, 0.2), Config(80, 0.6))
+    # where the ratio is defined (0.6 and 1.0) it is used: 12 -> 21 in the one-core column, x 4/3 -> 1
+    assert pts[(80, 0.8)].throughput_rps == pytest.approx(21.0 * (16.0 / 12.0 + 1.0) / 2)
 
 
 @pytest.mark.parametrize("cores, measured, planned, nxt", [
@@ -163,16 +173,19 @@ def test_saturated_column_without_a_ratio_is_linear_between_its_own_measurements
     (2, [], 2 + 2 * 2, Config(6, 1.0)),
     # the second core gains: both classes' anchors, no extra point
     (2, [(6, 1.0, 20.0), (80, 1.0, 30.0)], 2 + 2 * 2, Config(6, 0.2)),
-    # saturated: one class's anchors + the extra point at the smallest quota
-    (2, [(6, 1.0, 20.0), (80, 1.0, 20.0)], 2 + 2 + 1, Config(6, 0.2)),
-    (2, [(6, 1.0, 20.0), (80, 1.0, 20.0), (6, 0.2, 5.0), (6, 0.6, 12.0)], 5, Config(80, 0.2)),
-    (2, [(6, 1.0, 20.0), (80, 1.0, 20.0), (6, 0.2, 5.0), (6, 0.6, 12.0), (80, 0.2, 7.0)], 5, None),
+    # saturated: the anchors of the last growing class and of the first saturated one
+    (2, [(6, 1.0, 20.0), (80, 1.0, 20.0)], 2 + 2 + 2, Config(6, 0.2)),
+    (2, [(6, 1.0, 20.0), (80, 1.0, 20.0), (6, 0.2, 5.0), (6, 0.6, 12.0)], 6, Config(80, 0.2)),
+    (2, [(6, 1.0, 20.0), (80, 1.0, 20.0), (6, 0.2, 5.0), (6, 0.6, 12.0), (80, 0.2, 7.0)], 6,
+     Config(80, 0.6)),
+    (2, [(6, 1.0, 20.0), (80, 1.0, 20.0), (6, 0.2, 5.0), (6, 0.6, 12.0), (80, 0.2, 7.0),
+         (80, 0.6, 15.0)], 6, None),
     # one core: one class, nothing can saturate
     (1, [(6, 1.0, 20.0)], 3, Config(6, 0.2)),
     # a GPU (every share its own class), saturated at 24 %
-    (None, [(6, 1.0, 10.0), (12, 1.0, 20.0), (24, 1.0, 40.0), (50, 1.0, 40.0)], 4 + 3 * 2 + 1,
+    (None, [(6, 1.0, 10.0), (12, 1.0, 20.0), (24, 1.0, 40.0), (50, 1.0, 40.0)], 4 + 3 * 2 + 2,
      Config(6, 0.2)),
-    (None, [(6, 1.0, 10.0), (12, 1.0, 10.0)], 2 + 2 + 1, Config(6, 0.2)),
+    (None, [(6, 1.0, 10.0), (12, 1.0, 10.0)], 2 + 2 + 2, Config(6, 0.2)),
 ])
 def test_plan_size_and_next_point(cores, measured, planned, nxt):
     spec = GridSpec(device_cores=cores)
@@ -193,7 +206,7 @@ def test_progress_counts_the_extra_point():
     while (c := next_config(spec, done)) is not None:
         seen.append((len(done), len(planned_configs(spec, done))))
         done[c] = m(c.sm_pct, c.quota_frac, 20.0 * c.quota_frac)  # the second core buys nothing
-    assert seen[-1] == (4, 5) and len(done) == len(planned_configs(spec, done)) == 5
+    assert seen[-1] == (5, 6) and len(done) == len(planned_configs(spec, done)) == 6
     assert all(d < p for d, p in seen)
 
 
@@ -201,7 +214,7 @@ def test_plan_shrinks_as_saturation_is_found_and_resumes():
     spec = GridSpec()
     assert len(planned_configs(spec, {})) == 7 + 7 * 2
     partial = {c: m(c.sm_pct, c.quota_frac, 50.0) for c in [Config(6, 1.0), Config(12, 1.0)]}
-    assert len(planned_configs(spec, partial)) == 2 + 1 * 2 + 1
+    assert len(planned_configs(spec, partial)) == 2 + 1 * 2 + 2
     assert next_config(spec, partial) == Config(6, 0.2)
 
 
