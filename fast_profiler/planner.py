@@ -24,7 +24,7 @@ be resumed, shown as progress and tested without a platform. ``fill`` makes the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -228,11 +228,15 @@ def _from(m: Measurement | FilledPoint, config: Config, source: Source,
                        m.busy_frac, m.error_rate, source, basis)
 
 
-def _class_column(spec: GridSpec, cls: SpatialClass, batch: int,
-                  measured: Mapping[Config, Measurement]) -> dict[float, FilledPoint]:
-    """Every quota of one measured class: anchors as measured, the rest interpolated."""
-    anchors = [(q, measured[_key(Config(cls.sm_pct, q, batch))]) for q in spec.quota_anchors
-               if _key(Config(cls.sm_pct, q, batch)) in measured]
+Anchors = list[tuple[float, Measurement]]
+
+
+def _column(spec: GridSpec, cls: SpatialClass, batch: int, measured: Mapping[Config, Measurement],
+            infer: Callable[[Config, Anchors, Anchors], FilledPoint]) -> dict[float, FilledPoint]:
+    """Every quota of one class: its measured points as measured, the others from ``infer(config,
+    anchors below, anchors above)``. The class must be measured at least at full quota."""
+    anchors = [(q, m) for q in spec.quota_anchors
+               if (m := measured.get(_key(Config(cls.sm_pct, q, batch)))) is not None]
     if not anchors:
         raise ValidationError("measurements", f"at least the full-quota point of sm {cls.sm_pct}",
                               "none")
@@ -242,26 +246,38 @@ def _class_column(spec: GridSpec, cls: SpatialClass, batch: int,
         exact = measured.get(_key(cfg))
         if exact is not None:
             col[q] = _from(exact, cfg, Source.MEASURED, (exact.config,))
-            continue
-        below = [a for a in anchors if a[0] < q]
-        above = [a for a in anchors if a[0] > q]
+        else:
+            col[q] = infer(cfg, [a for a in anchors if a[0] < q], [a for a in anchors if a[0] > q])
+    return col
+
+
+def _between(cfg: Config, m0: Measurement, m1: Measurement, t: float, rps: float, source: Source,
+             basis: tuple[Config, ...]) -> FilledPoint:
+    """A point at ``t`` of the way from ``m0`` to ``m1`` (latencies, busy time), serving ``rps``."""
+    return FilledPoint(cfg, rps, _lerp(m0.latency_p50_ms, m1.latency_p50_ms, t),
+                       _lerp(m0.latency_p95_ms, m1.latency_p95_ms, t),
+                       _lerp(m0.latency_p99_ms, m1.latency_p99_ms, t), _lerp(m0.busy_frac, m1.busy_frac, t),
+                       max(m0.error_rate, m1.error_rate), source, basis)
+
+
+def _class_column(spec: GridSpec, cls: SpatialClass, batch: int,
+                  measured: Mapping[Config, Measurement]) -> dict[float, FilledPoint]:
+    """Every quota of one measured class: anchors as measured, the rest interpolated."""
+    def infer(cfg: Config, below: Anchors, above: Anchors) -> FilledPoint:
+        q = cfg.quota_frac
         if below and above:
             (q0, m0), (q1, m1) = below[-1], above[0]
             t = (q - q0) / (q1 - q0)
-            col[q] = FilledPoint(
-                cfg, _lerp(m0.throughput_rps, m1.throughput_rps, t),
-                _lerp(m0.latency_p50_ms, m1.latency_p50_ms, t),
-                _lerp(m0.latency_p95_ms, m1.latency_p95_ms, t),
-                _lerp(m0.latency_p99_ms, m1.latency_p99_ms, t), _lerp(m0.busy_frac, m1.busy_frac, t),
-                max(m0.error_rate, m1.error_rate), Source.INTERPOLATED, (m0.config, m1.config))
-        else:
-            # Only one side measured (an interrupted plan): throughput scales with the quota.
-            qn, mn = (below or above)[-1 if below else 0]
-            scale = q / qn
-            col[q] = FilledPoint(cfg, mn.throughput_rps * scale, mn.latency_p50_ms, mn.latency_p95_ms,
-                                 mn.latency_p99_ms, min(1.0, mn.busy_frac * scale), mn.error_rate,
-                                 Source.INTERPOLATED, (mn.config,))
-    return col
+            return _between(cfg, m0, m1, t, _lerp(m0.throughput_rps, m1.throughput_rps, t),
+                            Source.INTERPOLATED, (m0.config, m1.config))
+        # Only one side measured (an interrupted plan): throughput scales with the quota.
+        qn, mn = (below or above)[-1 if below else 0]
+        scale = q / qn
+        return FilledPoint(cfg, mn.throughput_rps * scale, mn.latency_p50_ms, mn.latency_p95_ms,
+                           mn.latency_p99_ms, min(1.0, mn.busy_frac * scale), mn.error_rate,
+                           Source.INTERPOLATED, (mn.config,))
+
+    return _column(spec, cls, batch, measured, infer)
 
 
 def _saturated_column(spec: GridSpec, cls: SpatialClass, batch: int, ref: Mapping[float, FilledPoint],
@@ -274,26 +290,16 @@ def _saturated_column(spec: GridSpec, cls: SpatialClass, batch: int, ref: Mappin
     *time* instead, where a request that runs faster on the bigger share serves more of them, so
     the ratio is not the same at every quota. On a 2-core CPU two cores serve MobileNet no faster
     than one at full quota (the load generator and the platform share the cores), while at quota 0.2
-    they serve 1.6x more (5.8 rps against 3.7); a copy of the smaller class was 37 % off there, and
-    with only the two ends measured the point at 0.4 was still 7-19 % off (the ratio is not linear
-    in quota), hence the middle anchor.
+    they served 1.6x more with the estimator of 2026-11-27 (5.8 rps against 3.7); a copy of the
+    smaller class was 37 % off there. The ratio need not be linear in quota, hence every anchor.
 
     Where the smaller class serves nothing at an anchor (ratio undefined), the column is linear in
     quota between the class's own measurements there instead."""
-    q_full = spec.quota_grid[-1]
-    anchors = [(q, m) for q in spec.quota_anchors
-               if (m := measured.get(_key(Config(cls.sm_pct, q, batch)))) is not None]
-    if not anchors or anchors[-1][0] != q_full:
+    if _key(Config(cls.sm_pct, spec.quota_grid[-1], batch)) not in measured:
         raise ValidationError("measurements", f"the full-quota point of sm {cls.sm_pct}", "none")
-    col: dict[float, FilledPoint] = {}
-    for q in spec.quota_grid:
-        cfg = Config(cls.sm_pct, q, batch)
-        exact = measured.get(_key(cfg))
-        if exact is not None:
-            col[q] = _from(exact, cfg, Source.MEASURED, (exact.config,))
-            continue
-        below = [a for a in anchors if a[0] < q]
-        above = [a for a in anchors if a[0] > q]
+
+    def infer(cfg: Config, below: Anchors, above: Anchors) -> FilledPoint:
+        q = cfg.quota_frac
         (q0, m0), (q1, m1) = (below or above)[-1 if below else 0], above[0]
         t = (q - q0) / (q1 - q0) if q1 > q0 else 1.0
         b0, b1 = ref[q0].throughput_rps, ref[q1].throughput_rps
@@ -303,12 +309,9 @@ def _saturated_column(spec: GridSpec, cls: SpatialClass, batch: int, ref: Mappin
             basis = tuple(dict.fromkeys(basis + ref[q].basis))
         else:
             rps = _lerp(m0.throughput_rps, m1.throughput_rps, t)
-        col[q] = FilledPoint(cfg, rps, _lerp(m0.latency_p50_ms, m1.latency_p50_ms, t),
-                             _lerp(m0.latency_p95_ms, m1.latency_p95_ms, t),
-                             _lerp(m0.latency_p99_ms, m1.latency_p99_ms, t),
-                             _lerp(m0.busy_frac, m1.busy_frac, t), max(m0.error_rate, m1.error_rate),
-                             Source.SATURATED, basis)
-    return col
+        return _between(cfg, m0, m1, t, rps, Source.SATURATED, basis)
+
+    return _column(spec, cls, batch, measured, infer)
 
 
 def fill(spec: GridSpec, measured: Mapping[Config, Measurement]) -> tuple[FilledPoint, ...]:
