@@ -1,6 +1,9 @@
 """plan_tick as a pure function: counters to rates, groups on devices, base kept at min, CPU cores."""
 
+import threading
+import time
 from dataclasses import replace
+from itertools import pairwise
 
 import pytest
 
@@ -18,7 +21,7 @@ from fast_scheduler.control import (
     observed_rate,
     plan_tick,
 )
-from fast_scheduler.loop import sub_tick_offsets
+from fast_scheduler.loop import LoopSettings, SchedulerLoop, sub_tick_offsets
 
 CPU = DeviceView("cpu:0", "n0", 8 * 2**30, False, cores=4)
 TABLE = ProfileTable(
@@ -208,3 +211,35 @@ def test_a_full_quota_base_counts_as_capacity_when_new_replicas_leave_room(stand
     d = r.decisions["openfaas-fn/f"]
     assert d.capacity_rps >= 2.3
     assert not [c for c in d.replicas if not is_standby(c) and c != BASE]
+
+
+class _RecordingLoop(SchedulerLoop):
+    """``run``'s schedule alone: every pass is recorded instead of read from a platform."""
+
+    def __init__(self, settings: LoopSettings, passes: int) -> None:
+        super().__init__(provider=None, client=None, settings=settings)  # type: ignore[arg-type]
+        self.calls: list[tuple[bool, float]] = []
+        self.passes = passes
+        self.stop = threading.Event()
+
+    def _safe_tick(self, fast: bool) -> None:
+        self.calls.append((fast, time.monotonic()))
+        if len(self.calls) >= self.passes:
+            self.stop.set()
+
+
+@pytest.mark.parametrize("fast_s, pattern", [
+    (0.01, [False, True, True, True] * 2 + [False]),  # three sub-ticks between 40 ms ticks
+    (0.0, [False] * 3),  # fast path off: ticks only
+])
+def test_run_interleaves_fast_sub_ticks_between_ticks(fast_s, pattern):
+    loop = _RecordingLoop(LoopSettings(interval_s=0.04, fast_interval_s=fast_s), len(pattern))
+    runner = threading.Thread(target=loop.run, args=(loop.stop,))
+    runner.start()
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert [fast for fast, _ in loop.calls] == pattern
+    ticks = [t for fast, t in loop.calls if not fast]
+    # ticks keep their interval (40 ms; at least half of it even if a pass is preempted): the
+    # sub-ticks wait between passes, they do not run back to back
+    assert all(b - a >= 0.02 for a, b in pairwise(ticks))
