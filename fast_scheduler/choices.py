@@ -54,10 +54,14 @@ STANDBY_MAX_REQUEST = 0.05
 """A replica with a request at most this and a limit above it is a standby (``is_standby``)."""
 
 
+def is_standby_quota(request_frac: float, limit_frac: float) -> bool:
+    """A standby's quotas: a token request and a limit above it (it lives on borrowed time)."""
+    return request_frac <= STANDBY_MAX_REQUEST + 1e-12 and limit_frac > request_frac
+
+
 def is_standby(cfg: ReplicaConfig) -> bool:
-    """A standby replica: a token request and a limit above it (it lives on borrowed time)."""
-    q = cfg.quota_request_frac
-    return q <= STANDBY_MAX_REQUEST + 1e-12 and cfg.quota_limit_frac > q
+    """A standby replica (``is_standby_quota`` of its quotas)."""
+    return is_standby_quota(cfg.quota_request_frac, cfg.quota_limit_frac)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from fast_scheduler.autoscale import STANDBY_MAX_REQUEST, ReplicaConfig
+from fast_scheduler.choices import STANDBY_MAX_REQUEST, ReplicaConfig, is_standby_quota
 
 EPS = 1e-9
 
@@ -49,9 +49,8 @@ class ReplicaRequest:
 
     @property
     def standby(self) -> bool:
-        """``autoscale.is_standby`` of its config."""
-        q = self.quota_request_frac
-        return q <= STANDBY_MAX_REQUEST + 1e-12 and self.quota_limit_frac > q
+        """``choices.is_standby`` of its config."""
+        return is_standby_quota(self.quota_request_frac, self.quota_limit_frac)
 
 
 @dataclass(frozen=True)
