@@ -41,10 +41,12 @@ from fast_profiler.search import (
     SearchSettings,
     StepObservation,
     Verdict,
+    answer_rate,
     counted_history,
     quantile,
     replay,
     result_rate,
+    step_severity,
     step_verdict,
 )
 from fast_profiler.search import next_rate as search_next_rate
@@ -343,6 +345,9 @@ class Runner:
         steps: list[tuple[float, bool, float | None]] = []
         """Every step run: (rate, passed, busy ms per request); the votes are ``counted_history``."""
         left_out: tuple[int, ...] = ()
+        severities: list[float | None] = []
+        """Each step's severity (``step_severity``), beside ``steps``: ``answer_rate`` reads the
+        counted ones at the bracket's two ends."""
         foreign_reruns = 0
         foreign_seen = 0.0
         try:
@@ -356,12 +361,14 @@ class Runner:
                 # The latencies the verdict was taken on: requests still in flight then may finish
                 # later and land in the step's record, but the step was judged without them.
                 judged: list[tuple[float, ...]] = [()]
+                last_obs: list[StepObservation | None] = [None]
 
                 async def decide(rec: StepRecord, now: float, n0: int = n0, b0: float = b0,
                                  h0: float = h0, busy_now: list[float | None] = busy_now,
                                  held_now: list[float | None] = held_now,
                                  last_poll: list[float] = last_poll,
-                                 judged: list[tuple[float, ...]] = judged) -> Verdict:
+                                 judged: list[tuple[float, ...]] = judged,
+                                 last_obs: list[StepObservation | None] = last_obs) -> Verdict:
                     if now - last_poll[0] >= 0.3:
                         last_poll[0] = now
                         n, b, h = await self._stats3(session, sidecar)
@@ -372,6 +379,7 @@ class Runner:
                     obs = StepObservation(rec.rate_rps, now - rec.started_s, judged[0],
                                           tuple(rec.waiting_ages_ms(now)), rec.errors, busy_now[0],
                                           cfg.quota_frac, held_now[0])
+                    last_obs[0] = obs
                     return step_verdict(obs, self.src.slo_ms, s)
 
                 rec = await load.step(rate, decide)
@@ -402,6 +410,8 @@ class Runner:
                 # With a CPU monitor the node's other load tells it directly.
                 judge_busy = cfg.quota_frac >= 1.0 and self.monitor is None
                 steps.append((rate, passed, step_busy if judge_busy else None))
+                severities.append(None if last_obs[0] is None
+                                  else step_severity(last_obs[0], self.src.slo_ms, s))
                 history, out = counted_history(steps, s)
                 if out != left_out:
                     log.info("%s %s: failures left out as disturbed: %s", self.src.name, cfg,
@@ -425,7 +435,12 @@ class Runner:
         rec, busy_frac = chosen
         lat = list(best[2]) if best is not None and best[2] else rec.latencies_ms
         total = len(lat) + rec.errors
-        rps = result_rate(state)  # requests per second (a request is one sample at every batch)
+        # requests per second (a request is one sample at every batch)
+        severity: dict[float, list[float]] = {}
+        for i, ((r, _, _), sev) in enumerate(zip(steps, severities, strict=True)):
+            if i not in left_out and sev is not None:
+                severity.setdefault(r, []).append(sev)
+        rps = answer_rate(state, severity, s)
         return Measurement(cfg, rps, quantile(lat, 0.5), quantile(lat, 0.95), quantile(lat, 0.99),
                            min(1.0, busy_frac), rec.errors / total if total else 0.0,
                            self._busy_per_req(rec, busy_frac), 0.0, state.history,

@@ -40,7 +40,8 @@ Two decisions, both pure functions over numbers the runner collects (no clock, n
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -108,6 +109,10 @@ class SearchSettings:
     there is finer than the rate's own spread from run to run."""
     partial_max_duration_s: float = 5.0
     """``max_duration_s`` at a partial quota: one arbiter window (5 s) of a light rate."""
+    interpolate: bool = True
+    """The answer is read between the highest passing and the lowest failing rate where the steps'
+    severity (``step_severity``: p99 over the SLO, or charged time over the quota) crosses 1,
+    instead of the highest pass, which sits anywhere in the bracket (up to ``rel_tol`` under)."""
 
     def for_quota(self, quota_frac: float) -> SearchSettings:
         """The settings one configuration is searched with: at a partial quota the answer is bounded
@@ -167,6 +172,36 @@ def step_verdict(obs: StepObservation, slo_ms: float, settings: SearchSettings) 
         total = done + len(obs.waiting_ages_ms)
         return Verdict.PASS if late <= budget_frac * total + 1e-9 else Verdict.FAIL
     return Verdict.CONTINUE
+
+
+def step_severity(obs: StepObservation, slo_ms: float, settings: SearchSettings) -> float:
+    """How close a step came to failing: the larger of its p99 (completed requests, and those still
+    waiting at their age so far) over the SLO and, at a partial quota, its charged device time over
+    the quota; a step that ran its course passes at or below 1."""
+    sev = quantile(list(obs.latencies_ms) + list(obs.waiting_ages_ms), settings.slo_quantile) / slo_ms
+    charged = obs.charged_ms_per_request
+    if charged is not None and obs.quota_frac < 1.0:
+        sev = max(sev, obs.rate_rps * charged / 1000.0 / obs.quota_frac)
+    return sev
+
+
+def answer_rate(state: SearchState, severity: Mapping[float, Sequence[float]],
+                settings: SearchSettings) -> float:
+    """The configuration's answer: ``result_rate``, or with ``interpolate`` the rate in the final
+    bracket where the severity (median of each rate's steps) crosses 1, linear in the rate (on a
+    5-8 % bracket the curve's bend is well under the step's own noise). Kept at the highest pass
+    when the two ends do not straddle 1 (a majority vote against its own severity)."""
+    lo = result_rate(state)
+    hi = state.fail_rps
+    if not settings.interpolate or lo <= 0 or hi is None or hi <= lo:
+        return lo
+    s_lo, s_hi = severity.get(lo), severity.get(hi)
+    if not s_lo or not s_hi:
+        return lo
+    a, b = statistics.median(s_lo), statistics.median(s_hi)
+    if not a < 1.0 < b:
+        return lo
+    return lo + (hi - lo) * (1.0 - a) / (b - a)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from fast_profiler.search import (
     SearchSettings,
     StepObservation,
     Verdict,
+    answer_rate,
     counted_history,
     disturbed,
     next_rate,
@@ -30,6 +31,7 @@ from fast_profiler.search import (
     replay,
     result_rate,
     start_search,
+    step_severity,
     step_verdict,
     votes,
 )
@@ -487,3 +489,44 @@ def test_cpu_monitor_tells_other_load_from_the_platforms_own(tmp_path):
     # the platform's tree used more than the node reports (ticks counted at different moments): 0
     assert foreign_cores(a, CpuSample(2.0, a.busy_s, a.own_s + 1.0)) == 0.0
     assert CpuMonitor(10, proc=tmp_path / "missing").sample() is None
+
+
+def _searched(history, severity):
+    st = start_search(60.0)
+    for r, ok in history:
+        st = record_step(st, r, ok)
+    return st, severity
+
+
+@pytest.mark.parametrize("history, severity, want", [
+    # bracket 50 (p99 at 0.8 of the SLO) .. 52.5 (1.2 x): the crossing is half-way
+    ([(50.0, True), (52.5, False)], {50.0: [0.8], 52.5: [1.2]}, 51.25),
+    # a rate's steps are read by their median severity
+    ([(50.0, True), (50.0, True), (52.5, False)], {50.0: [0.5, 0.9, 0.9], 52.5: [1.1]}, 51.25),
+    # the ends do not straddle 1 (a vote against its own severity): the highest pass stands
+    ([(50.0, True), (52.5, False)], {50.0: [1.1], 52.5: [1.3]}, 50.0),
+    ([(50.0, True), (52.5, False)], {50.0: [0.8], 52.5: [0.95]}, 50.0),
+    # no failure above the answer, or no severity known: the highest pass
+    ([(50.0, True)], {50.0: [0.5]}, 50.0),
+    ([(50.0, True), (52.5, False)], {}, 50.0),
+    # nothing passed: 0
+    ([(50.0, False)], {50.0: [2.0]}, 0.0),
+])
+def test_answer_rate_reads_the_bracket_where_severity_crosses_one(history, severity, want):
+    st, sev = _searched(history, severity)
+    assert answer_rate(st, sev, SearchSettings()) == pytest.approx(want)
+    assert answer_rate(st, sev, SearchSettings(interpolate=False)) == result_rate(st)
+
+
+@pytest.mark.parametrize("obs, want", [
+    # p99 (nearest rank) over the SLO; requests still waiting count at their age
+    (StepObservation(100, 1.0, [10.0] * 98 + [40.0, 45.0]), 40.0 / 50.0),
+    (StepObservation(100, 1.0, [10.0] * 98, waiting_ages_ms=[75.0, 80.0]), 75.0 / 50.0),
+    # a partial quota: the charged time over the quota when it is the larger (7 x 40 ms / 0.2)
+    (StepObservation(7, 5.0, [10.0] * 35, busy_ms_per_request=15.0, quota_frac=0.2,
+                     held_ms_per_request=40.0), 7 * 40.0 / 1000.0 / 0.2),
+    # ... and the latency when that is
+    (StepObservation(7, 5.0, [100.0] * 35, busy_ms_per_request=15.0, quota_frac=0.2), 2.0),
+])
+def test_step_severity(obs, want):
+    assert step_severity(obs, 50.0, S) == pytest.approx(want)
