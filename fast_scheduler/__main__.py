@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--standby-frac", type=float, default=d.standby_frac,
                    help="standby replicas (token quota, limit 1: they serve on borrowed idle time) "
                         "for this fraction of the target (0: off)")
+    p.add_argument("--standby-retry-s", type=float, default=LoopSettings.standby_retry_s,
+                   help="a refused standby replica is tried again when a device changes or after this long")
     p.add_argument("--once", action="store_true", help="one tick, then exit")
     args = p.parse_args(argv)
     if not args.redis_url:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                              horizon_s=args.horizon_s, burst_k=args.burst_k,
                              burst_memory_s=args.burst_memory_s, standby_frac=args.standby_frac)
     settings = LoopSettings(interval_s=args.interval_s, fast_interval_s=args.fast_interval_s,
-                            namespace=args.namespace, autoscale=auto)
+                            standby_retry_s=args.standby_retry_s, namespace=args.namespace, autoscale=auto)
     loop = SchedulerLoop(Provider(args.gateway, auth, settings.http_timeout_s),
                          redis.Redis.from_url(args.redis_url), settings)
     if args.once:

@@ -38,6 +38,7 @@ from fast_scheduler.autoscale import (
 from fast_scheduler.placement import (
     DEFAULT_FILTERS,
     Device,
+    Placement,
     Rejection,
     ReplicaRequest,
     Snapshot,
@@ -121,6 +122,24 @@ class FunctionMemory:
     fast_count: float | None = None
     """The counter at the last reading of either kind (tick or fast sub-tick), and when."""
     fast_at_s: float | None = None
+    refused: dict[ReplicaRequest, RefusedStandby] = field(default_factory=dict)
+    """Standby requests placement refused (by the request with its id blanked), with the devices
+    that refused them (``place_standby``)."""
+
+
+STANDBY_RETRY_S = 30.0
+"""A refused standby request is tried on every device again after this long even when no device
+changed (a safety net: a device's fingerprint covers all that placement reads of it)."""
+
+
+@dataclass(frozen=True)
+class RefusedStandby:
+    """A standby request that placement refused: the devices that refused it, as fingerprints."""
+
+    at_s: float
+    """When it was last tried on every device."""
+    devices: Mapping[str, tuple[object, ...]]
+    """Device id -> ``device_fingerprint`` of the device when it refused the request."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,10 @@ class TickResult:
     """Functions not decided this tick, and why (no SLO, no table, first sight)."""
     observed_rps: Mapping[str, float] = field(default_factory=dict)
     """The rate each decided function was given."""
+    standby_scans: int = 0
+    """Devices examined for standby requests (the placement work refusals cost)."""
+    standby_skipped: int = 0
+    """Standby requests not tried: refused before, and no device changed since (``place_standby``)."""
 
 
 def config_id(cfg: ReplicaConfig, device_index: int) -> str:
@@ -232,6 +255,60 @@ def _request(f: FunctionView, cfg: ReplicaConfig, rid: str, dev: DeviceView) -> 
     )
 
 
+STANDBY_FILTERS = (*DEFAULT_FILTERS, beside_holders)
+STANDBY_SCORES = ((standby_room, 1.0),)
+
+
+def device_fingerprint(dev: Device) -> tuple[object, ...]:
+    """All that placement reads of a device: memory, capacity, stored models, strips (height and
+    quota used) and its replicas, as multisets (a tick rebuilds the device from the provider's view
+    in another order than the previous tick placed into it; replica ids are left out, since a
+    group's replicas are renamed between ticks). Filters and scores are functions of (request,
+    device) that read only these, so a device whose fingerprint is the one it had when it refused a
+    request refuses it again."""
+    return (
+        dev.mem_bytes, dev.sm_capacity_pct, tuple(sorted(dev.stored_models)),
+        tuple(sorted((b.height_pct, round(b.quota_used_frac, 9)) for b in dev.bands)),
+        tuple(sorted((r.function, r.model, r.sm_pct, r.quota_request_frac, r.quota_limit_frac, r.batch,
+                      r.mem_bytes, r.weight_bytes) for r in dev.replicas)),
+    )
+
+
+def place_standby(
+    req: ReplicaRequest,
+    snap: Snapshot,
+    refused: dict[ReplicaRequest, RefusedStandby],
+    now_s: float,
+    retry_s: float = STANDBY_RETRY_S,
+) -> tuple[Placement | None, int]:
+    """Place a standby ``req`` beside planned replicas, remembering refusals in ``refused`` (updated
+    in place) so that a refused request is not scanned again over devices that refused it.
+
+    A request refused before (same function, config, memory) is tried only on the devices whose
+    fingerprint changed since they refused it (a replica removed, a device added, memory freed, a
+    planned replica added that opens a strip's token) or that are new; when none changed it is not
+    tried at all. Every ``retry_s`` it is tried on every device again. The devices left out would
+    refuse it, so the result is the placement a full scan gives (same device, same ties).
+    Returns (the placement or None, devices examined)."""
+    key = replace(req, replica_id="")
+    memo = refused.get(key)
+    fps = {d.device_id: device_fingerprint(d) for d in snap.devices}
+    scope, since_s = snap, now_s
+    if memo is not None and now_s - memo.at_s < retry_s:
+        scope = Snapshot(tuple(d for d in snap.devices if memo.devices.get(d.device_id) != fps[d.device_id]))
+        since_s = memo.at_s
+        if not scope.devices:
+            return None, 0
+    p = place(req, scope, STANDBY_FILTERS, STANDBY_SCORES)
+    scanned = len(scope.candidates)
+    if isinstance(p, Rejection):
+        refused[key] = RefusedStandby(since_s, fps)
+        return None, scanned
+    if since_s == now_s:  # a full scan placed it: nothing to remember
+        refused.pop(key, None)
+    return p, scanned
+
+
 def plan_tick(
     now_s: float,
     functions: Sequence[FunctionView],
@@ -240,6 +317,7 @@ def plan_tick(
     memory: dict[str, FunctionMemory],
     settings: AutoscaleSettings,
     fast: bool = False,
+    standby_retry_s: float = STANDBY_RETRY_S,
 ) -> TickResult:
     """Decide every function with an SLO and a table; place new replicas; return what to apply.
 
@@ -248,11 +326,15 @@ def plan_tick(
     ``fast``: a sub-tick between ticks (the fast scale-up path): each function already decided on
     a tick is given the rate since the last reading of its counter (tick or sub-tick) and
     ``autoscale.fast_scale_up`` may add replicas to it; nothing is removed, smoothing is left to
-    the ticks, and functions it leaves alone get no decision (nor a note)."""
+    the ticks, and functions it leaves alone get no decision (nor a note).
+
+    ``standby_retry_s``: how long a refused standby request goes untried while no device changed
+    (``place_standby``; 0: every tick, on every device). Planned replicas are always placed."""
     actions: list[Action] = []
     decisions: dict[str, Decision] = {}
     notes: dict[str, str] = {}
     observed: dict[str, float] = {}
+    scans = skipped = 0
     devs = {d.device_id: d for d in devices}
     index = {d.device_id: i for i, d in enumerate(devices)}
     snap = snapshot_of(functions, devices)
@@ -339,7 +421,9 @@ def plan_tick(
             # Removed replicas free their place for this tick's placements.
             for i in range(keep, n):
                 snap = _free(snap, f"{f.name}/{gid}/{i}")
-        refused = standby_refused = 0
+        refused = standby_refused = standby_skipped = 0
+        if mem.refused:  # expired refusals would be scanned in full anyway
+            mem.refused = {k: v for k, v in mem.refused.items() if now_s - v.at_s < standby_retry_s}
         for cfg, n in sorted(want.items(), key=lambda kv: -kv[0].area):
             sb = is_standby(cfg)
             for i in range(n):
@@ -348,10 +432,14 @@ def plan_tick(
                     continue
                 any_dev = next(iter(devs.values()))
                 req = _request(f, cfg, f"{f.name}/new/{cfg}/{i}", any_dev)
-                # A standby goes only beside planned replicas, where the most SM-time is idle.
-                p = (place(req, snap, (*DEFAULT_FILTERS, beside_holders), ((standby_room, 1.0),)) if sb
-                     else place(req, snap))
-                if isinstance(p, Rejection):
+                p: Placement | Rejection | None
+                if sb:  # only beside planned replicas, where the most SM-time is idle; refusals kept
+                    p, n_scanned = place_standby(req, snap, mem.refused, now_s, standby_retry_s)
+                    scans += n_scanned
+                    standby_skipped += n_scanned == 0
+                else:
+                    p = place(req, snap)
+                if p is None or isinstance(p, Rejection):
                     if sb:
                         standby_refused += 1
                     else:
@@ -389,7 +477,10 @@ def plan_tick(
             d = _annotate(d, f"; {refused} replica(s) found no device (placement refused)"
                           + (f", {kept} kept that it was removing" if kept else ""))
         if standby_refused:
-            d = _annotate(d, f"; {standby_refused} standby replica(s) found no room beside planned ones")
+            d = _annotate(d, f"; {standby_refused} standby replica(s) found no room beside planned ones"
+                          + (f" ({standby_skipped} not tried again: no device changed since it refused them)"
+                             if standby_skipped else ""))
+        skipped += standby_skipped
         # Make-before-break for base extras: scale the base down once the groups serve.
         ready_groups = sum(1 for r in f.running if r.config_id and r.ready and not is_standby(r.config))
         want_groups = sum(g.replicas for g in groups.values() if not is_standby(g.config))
@@ -408,7 +499,7 @@ def plan_tick(
     for key in list(memory):
         if key not in seen:
             del memory[key]
-    return TickResult(tuple(actions), decisions, {} if fast else notes, observed)
+    return TickResult(tuple(actions), decisions, {} if fast else notes, observed, scans, skipped)
 
 
 def _with_set(state: AutoscaleState, cs: ChoiceSet) -> AutoscaleState:

@@ -29,6 +29,7 @@ from fast_profiler.runner import device_type_of
 from fast_profiler.table import ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings, Decision, ReplicaConfig, _describe
 from fast_scheduler.control import (
+    STANDBY_RETRY_S,
     Action,
     DeviceView,
     FunctionMemory,
@@ -57,6 +58,9 @@ class LoopSettings:
     """Seconds between the fast scale-up sub-ticks in between ticks (``plan_tick(fast=True)``:
     only functions whose rate since the last reading exceeds their replicas' capacity get more);
     0, or not shorter than ``interval_s``: off."""
+    standby_retry_s: float = STANDBY_RETRY_S
+    """A standby request placement refused is tried again when a device changes, or after this
+    long (``control.place_standby``); 0: on every tick."""
     namespace: str = "openfaas-fn"
     """The namespace whose functions are scheduled."""
     http_timeout_s: float = 10.0
@@ -148,14 +152,16 @@ def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> F
     )
 
 
-def decision_record(d: Decision, f: FunctionView | None, now_s: float, observed_rps: float | None) -> str:
-    """The JSON written to ``keys.scheduler_decisions()`` (documented in docs/scheduler.md)."""
+def decision_record(d: Decision, f: FunctionView | None, now_s: float, observed_rps: float | None,
+                    path: str = "tick") -> str:
+    """The JSON written to ``keys.scheduler_decisions()`` (documented in docs/scheduler.md); ``path``
+    says which pass decided: ``"tick"`` or ``"fast"`` (a fast scale-up sub-tick)."""
     counts: dict[ReplicaConfig, int] = {}
     for r in d.replicas:
         counts[r] = counts.get(r, 0) + 1
     util = d.predicted_utilisation
     return json.dumps({
-        "function": d.function, "at_s": round(now_s, 3), "replicas": len(d.replicas),
+        "function": d.function, "at_s": round(now_s, 3), "path": path, "replicas": len(d.replicas),
         "configs": [{"smPct": c.sm_pct, "quotaRequest": c.quota_request_frac,
                      "quotaLimit": c.quota_limit_frac, "batch": c.batch, "count": n}
                     for c, n in counts.items()],
@@ -200,7 +206,7 @@ class SchedulerLoop:
         ns = self.settings.namespace
         fns = self.provider.functions(ns)
         reps = {str(r["name"]): r for r in self.provider.replicas(ns)}
-        now_s = self.clock()
+        now_s, wall_s = self.clock(), time.time()
         infos = read_devices(self.client)
         gpus = [d for d in infos if d.is_gpu]
         devices = [as_device_view(d, read_device_models(self.client, d.device_id)) for d in (gpus or infos)]
@@ -214,10 +220,12 @@ class SchedulerLoop:
             except (ValidationError, ValueError, KeyError) as e:
                 log.warning("skipping function %s: %s", f.get("name"), e)
         tables = {f"{v.namespace}/{v.name}": self._table(v.name, device_type) for v in views if v.slo_ms}
-        result = plan_tick(now_s, views, devices, tables, self.memory, self.settings.autoscale, fast=fast)
+        result = plan_tick(now_s, views, devices, tables, self.memory, self.settings.autoscale, fast=fast,
+                           standby_retry_s=self.settings.standby_retry_s)
         for a in result.actions:
             self._apply(a)
-        self._expose(result, {f"{v.namespace}/{v.name}": v for v in views})
+        by_key = {f"{v.namespace}/{v.name}": v for v in views}
+        self._expose(result, by_key, wall_s, "fast" if fast else "tick")
         return result
 
     def _apply(self, a: Action) -> None:
@@ -234,13 +242,16 @@ class SchedulerLoop:
         except requests.RequestException as e:  # next tick retries from what the provider reports
             log.warning("applying to %s failed: %s", a.name, e)
 
-    def _expose(self, result: TickResult, views: Mapping[str, FunctionView]) -> None:
+    def _expose(self, result: TickResult, views: Mapping[str, FunctionView], at_s: float,
+                path: str = "tick") -> None:
+        """Write and log the decisions; ``at_s``: the epoch time the pass read the platform at (before
+        it applied anything), so a reader can order a decision against what the provider showed."""
         pipe = self.client.pipeline(transaction=False)
         for key, d in result.decisions.items():
-            rec = decision_record(d, views.get(key), time.time(), result.observed_rps.get(key))
+            rec = decision_record(d, views.get(key), at_s, result.observed_rps.get(key), path)
             pipe.hset(keys.scheduler_decisions(), key, rec)
             if d.changed or self._last_reason.get(key, "").split(":")[0] != d.reason.split(":")[0]:
-                log.info("%s: %s -> %s | predicted utilisation %.2f, p99 %.1f ms", key, d.reason,
+                log.info("%s [%s]: %s -> %s | predicted utilisation %.2f, p99 %.1f ms", key, path, d.reason,
                          _describe(d.replicas), d.predicted_utilisation, d.predicted_p99_ms)
             self._last_reason[key] = d.reason
         for key, why in result.notes.items():

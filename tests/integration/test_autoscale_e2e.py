@@ -73,13 +73,13 @@ def _standby_share(share: dict[str, str]) -> bool:
     return is_standby(ReplicaConfig(g.sm_pct, g.quota_request_frac, g.quota_limit_frac))
 
 
-def replicas_of(api: requests.Session, url: str) -> tuple[int, int, int]:
-    """(desired planned replicas, ready planned replicas, desired standby replicas) of ``paced``;
+def replicas_of(api: requests.Session, url: str, name: str = "paced") -> tuple[int, int, int]:
+    """(desired planned replicas, ready planned replicas, desired standby replicas) of ``name``;
     standby groups (a token quota request, limit above it) are counted apart."""
     r = api.get(f"{url}/system/fastgshare/replicas", timeout=5)
     r.raise_for_status()
     for f in r.json():
-        if f["name"] == "paced":
+        if f["name"] == name:
             confs = f.get("configurations") or []
             sb_ids = {str(c["configId"]) for c in confs if _standby_share(c.get("share") or {})}
             sb = sum(int(c.get("replicas", 0)) for c in confs if str(c["configId"]) in sb_ids)

@@ -11,6 +11,8 @@ from bench.cluster import tables
 from fast_profiler.table import ProfilePoint, ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig, is_standby
 from fast_scheduler.control import (
+    STANDBY_FILTERS,
+    STANDBY_SCORES,
     DeviceView,
     FunctionMemory,
     FunctionView,
@@ -19,9 +21,11 @@ from fast_scheduler.control import (
     effective_sm_pct,
     live_points,
     observed_rate,
+    place_standby,
     plan_tick,
 )
 from fast_scheduler.loop import LoopSettings, SchedulerLoop, sub_tick_offsets
+from fast_scheduler.placement import Device, Rejection, ReplicaRequest, Snapshot, place
 
 CPU = DeviceView("cpu:0", "n0", 8 * 2**30, False, cores=4)
 TABLE = ProfileTable(
@@ -243,3 +247,116 @@ def test_run_interleaves_fast_sub_ticks_between_ticks(fast_s, pattern):
     # ticks keep their interval (40 ms; at least half of it even if a pass is preempted): the
     # sub-ticks wait between passes, they do not run back to back
     assert all(b - a >= 0.02 for a, b in pairwise(ticks))
+
+
+# ---- refused standby requests are remembered (place_standby) ----------------------------------
+
+GIB = 2**30
+
+
+def _rep(rid, fn, sm, quota, mem=GIB, limit=1.0):
+    return ReplicaRequest(rid, fn, fn, sm, quota, mem, 0, limit)
+
+
+def _dev(did, *reps, mem=8 * GIB, stored=()):
+    d = Device(did, "n0", mem, stored_models=stored)
+    for r in reps:
+        d = d.with_replica(r)
+        assert d is not None
+    return d
+
+
+SB_REQ = _rep("f/new/sb/0", "f", 50, 0.005)  # a standby of f: token quota, limit 1
+# Every device refuses it: A's strip is full (an h standby holds the token), B has no token free,
+# C keeps its memory for planned replicas (an unrelated model in its store takes most of it).
+A = _dev("gpu:A", _rep("g/0", "g", 50, 0.995), _rep("h/sb", "h", 50, 0.005))
+B = _dev("gpu:B", _rep("f/0", "f", 100, 1.0))
+C = _dev("gpu:C", _rep("f/1", "f", 50, 0.995, mem=2 * GIB), stored=(("big", 3 * GIB),))
+REFUSED = Snapshot((A, B, C))
+
+
+def _swap(snap, dev):
+    return Snapshot(tuple(dev if d.device_id == dev.device_id else d for d in snap.devices))
+
+
+@pytest.mark.parametrize("change, later_s, placed_on, scanned", [
+    ("nothing", 5.0, None, 0),
+    # the same replicas under other ids, added in another order: a tick rebuilds its snapshot so
+    ("renamed", 5.0, None, 0),
+    ("a replica removed: A's token freed", 5.0, "gpu:A", 1),
+    ("memory freed: C's store dropped a model", 5.0, "gpu:C", 1),
+    ("a device added beside a planned replica", 5.0, "gpu:D", 1),
+    ("a device that still refuses changed", 5.0, None, 1),
+    ("nothing, but the back-off expired", 30.0, None, 3),
+])
+def test_a_refused_standby_is_tried_again_only_where_a_device_changed(change, later_s, placed_on, scanned):
+    refused: dict = {}
+    p, n = place_standby(SB_REQ, REFUSED, refused, 0.0, 30.0)
+    assert p is None and n == 3 and len(refused) == 1  # refused by all three, remembered
+    snap = {
+        "nothing": REFUSED,
+        "renamed": Snapshot((_dev("gpu:A", _rep("h/x", "h", 50, 0.005), _rep("g/x", "g", 50, 0.995)), B, C)),
+        "a replica removed: A's token freed": _swap(REFUSED, A.without("h/sb")),
+        "memory freed: C's store dropped a model": _swap(REFUSED, replace(C, stored_models=())),
+        "a device added beside a planned replica": Snapshot(
+            (A, B, C, _dev("gpu:D", _rep("k/0", "k", 100, 0.995)))),
+        "a device that still refuses changed": _swap(REFUSED, A.with_replica(_rep("g/1", "g", 50, 1.0))),
+        "nothing, but the back-off expired": REFUSED,
+    }[change]
+    # another replica of the same request: same function, config and memory, another id
+    again = replace(SB_REQ, replica_id="f/new/sb/1")
+    p, n = place_standby(again, snap, refused, later_s, 30.0)
+    assert n == scanned
+    assert (p.device_id if p else None) == placed_on
+    # Exactly what a scan of every device finds (same device, same ties).
+    full = place(again, snap, STANDBY_FILTERS, STANDBY_SCORES)
+    assert (None if isinstance(full, Rejection) else full.device_id) == placed_on
+
+
+def _standby_ticks(retry_s, mem_gib, rates):
+    """A ResNet-50 function on two GPUs over ``rates`` (rps per 2 s tick), each tick's actions
+    applied to the next tick's view; returns (groups after each tick, results)."""
+    gpus = [DeviceView(f"gpu:U{i}", "n0", mem_gib * GIB, True, gpu_uuid=f"U{i}") for i in range(2)]
+    v = FunctionView("f", "openfaas-fn", 69.0, 1, 20, 0, BASE, 1, {}, (), "resnet", 1525 * 2**20, 98 * 2**20)
+    mem: dict[str, FunctionMemory] = {}
+    count, seen, results = 0.0, [], []
+    for k, rate in enumerate(rates):
+        count += 2 * rate
+        v = replace(v, invocation_count=count)
+        r = plan_tick(2.0 * k, [v], gpus, {"openfaas-fn/f": RTAB}, mem, SB_SET, standby_retry_s=retry_s)
+        for a in r.actions:
+            if a.groups is not None:
+                v = replace(v, groups={g.config_id: (g.config, g.replicas, g.device_id) for g in a.groups})
+            if a.base_replicas is not None:
+                v = replace(v, base_replicas=a.base_replicas)
+        seen.append((dict(v.groups), v.base_replicas))
+        results.append(r)
+    return seen, results
+
+
+RAMP = [0, 200, 200, 200, 400, 400, 400, 100, 100]
+
+
+@pytest.mark.parametrize("mem_gib", [8, 32])  # 8: standby refused (memory kept); 32: placed
+def test_remembered_refusals_change_no_replica_and_save_the_scans(mem_gib):
+    remembered, r_mem = _standby_ticks(30.0, mem_gib, RAMP)
+    every_tick, r_all = _standby_ticks(0.0, mem_gib, RAMP)
+    assert remembered == every_tick  # planned and standby groups alike, tick by tick
+    scans = sum(r.standby_scans for r in r_mem)
+    assert scans <= sum(r.standby_scans for r in r_all)
+    if mem_gib == 8:
+        assert any(r.standby_skipped for r in r_mem) and not any(r.standby_skipped for r in r_all)
+        assert 2 * scans <= sum(r.standby_scans for r in r_all)
+
+
+def test_a_remembered_refusal_is_not_scanned_while_planned_replicas_still_come():
+    seen, results = _standby_ticks(30.0, 8, [0, 200, 200, 400])
+    hold, step = results[2], results[3]
+    # 200 rps again: nothing changed on either device, so no standby request is scanned ...
+    assert hold.standby_scans == 0 and hold.standby_skipped >= 1
+    assert "not tried again" in hold.decisions["openfaas-fn/f"].reason
+    # ... and on the step the planned replicas are added on that same tick (the standby request is
+    # tried again only on the device they changed).
+    planned = [sum(n for cfg, n, _d in groups.values() if not is_standby(cfg)) for groups, _ in seen]
+    assert planned[3] > planned[2]
+    assert 0 < step.standby_scans <= 2
