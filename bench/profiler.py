@@ -132,6 +132,8 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
                              "source": by_cfg[cfg].source.value, "table_rps": round(tab, 2),
                              "envelope_rps": round(env, 2), "remeasured_rps": round(m.throughput_rps, 2),
                              "remeasured_p99_ms": round(m.latency_p99_ms, 1), "rel_error": round(err, 4),
+                             "search_rps": round(m.search_rps, 2),
+                             "model_rps": None if m.model_rps is None else round(m.model_rps, 2),
                              "rel_error_envelope": round(err_env, 4),
                              "seconds": round(m.seconds, 1), "load_average_1m": round(os.getloadavg()[0], 2),
                              "foreign_cores": m.foreign_cores,
@@ -162,11 +164,17 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
             "measurements": [{"sm_pct": m.config.sm_pct, "quota_frac": m.config.quota_frac,
                               "rps": round(m.throughput_rps, 2), "p99_ms": round(m.latency_p99_ms, 1),
                               "busy_frac": round(m.busy_frac, 3), "seconds": round(m.seconds, 1),
+                              "search_rps": round(m.search_rps, 2),
+                              "model_rps": None if m.model_rps is None else round(m.model_rps, 2),
                               "steps": len(m.steps), "foreign_cores": m.foreign_cores,
                               "rates": [[round(r, 1), ok] for r, ok in m.steps]}
                              for m in result.measurements],
             "table": json.loads(table.to_json()), "png": str(png),
         }
+
+
+def _rps(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def parse_configs(text: str) -> list[Config]:
@@ -202,11 +210,15 @@ def repeat_configs(name: str, slo_ms: float, quick: bool, configs: list[Config],
                     load = os.getloadavg()[0]
                     m = runner.measure(cfg)
                     runs.append({"rps": round(m.throughput_rps, 2), "p99_ms": round(m.latency_p99_ms, 1),
+                                 "search_rps": round(m.search_rps, 2),
+                                 "model_rps": None if m.model_rps is None else round(m.model_rps, 2),
                                  "seconds": round(m.seconds, 1), "load_average_1m": round(load, 2),
                                  "foreign_cores": m.foreign_cores,
                                  "rates": [[round(r, 1), ok] for r, ok in m.steps]})
                     print(f"  sm {cfg.sm_pct}% quota {cfg.quota_frac:g} #{i + 1}: {m.throughput_rps:.1f} rps "
-                          f"in {m.seconds:.1f} s ({len(m.steps)} steps, load {load:.2f})", flush=True)
+                          f"(search {m.search_rps:.1f}, queue model {_rps(m.model_rps)}) "
+                          f"in {m.seconds:.1f} s "
+                          f"({len(m.steps)} steps, load {load:.2f})", flush=True)
                 rps = [r["rps"] for r in runs]
                 mid = statistics.median(rps)
                 out.append({"sm_pct": cfg.sm_pct, "quota_frac": cfg.quota_frac, "runs": runs,

@@ -21,16 +21,16 @@ No network, no platform: seconds of CPU.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from bench.common import RESULTS, parser, write_json
+from fast_profiler.queue_model import final_answer
 from fast_profiler.search import (
     SearchSettings,
     StepObservation,
     Verdict,
-    answer_rate,
     next_rate,
     quantile,
     record_step,
@@ -51,6 +51,11 @@ class Queue:
     rng: np.random.Generator
     wait_ms: float = 0.0
 
+    service_ms: list[float] = field(default_factory=list)
+    """The last run's service times (what the sidecar's hold header reports) ..."""
+    path_ms: list[float] = field(default_factory=list)
+    """... and path times (latency - wait - hold), per request."""
+
     def run(self, rate_rps: float, n: int) -> list[float]:
         gaps = self.rng.exponential(1000.0 / rate_rps, n)
         service = np.maximum(1.0, self.rng.normal(SERVICE_MS, SERVICE_SD_MS, n))
@@ -62,6 +67,7 @@ class Queue:
             out.append(w + service[i] + path[i])
             w += service[i]
         self.wait_ms = w
+        self.service_ms, self.path_ms = service.tolist(), path.tolist()
         return out
 
 
@@ -79,12 +85,15 @@ def true_rate(rng: np.random.Generator, n: int = 200_000) -> float:
     return (lo + hi) / 2
 
 
-def search_once(rng: np.random.Generator, s: SearchSettings) -> tuple[float, float]:
-    """One configuration's search as the runner runs it: (answer rps, load seconds)."""
+def search_once(rng: np.random.Generator, s: SearchSettings) -> tuple[float, float, float]:
+    """One configuration's search as the runner runs it: (the search's answer, the answer with the
+    queue model, load seconds)."""
     q = Queue(rng)
     q.run(40.0, WARM_REQUESTS)
     state = start_search(1000.0 / SERVICE_MS)  # the closed-loop probe's capacity
-    severity: dict[float, list[float]] = {}
+    steps: list[tuple[float, bool]] = []
+    severities: list[float | None] = []
+    samples: list[tuple[list[float], list[float]]] = []
     seconds = 0.0
     while (r := next_rate(state, s)) is not None:
         n = int(max(s.min_requests, r * s.min_duration_s))
@@ -92,11 +101,14 @@ def search_once(rng: np.random.Generator, s: SearchSettings) -> tuple[float, flo
         seconds += n / r
         obs = StepObservation(r, n / r, lat)
         passed = step_verdict(obs, SLO_MS, s) is not Verdict.FAIL
-        severity.setdefault(r, []).append(step_severity(obs, SLO_MS, s))
+        steps.append((r, passed))
+        severities.append(step_severity(obs, SLO_MS, s))
+        samples.append((q.service_ms, q.path_ms))
         state = record_step(state, r, passed)
         if not passed:
             q.wait_ms = 0.0  # the runner drains the queue after a failing step
-    return answer_rate(state, severity, s), seconds
+    ans = final_answer(state, steps, severities, samples, s, SLO_MS, lat, read_failures=True)
+    return ans.searched, ans.rps, seconds
 
 
 def variants(quick: bool) -> list[tuple[str, SearchSettings]]:
@@ -118,6 +130,20 @@ def variants(quick: bool) -> list[tuple[str, SearchSettings]]:
     return out
 
 
+def _row(label: str, answers: list[float], secs: list[float], truth: float) -> dict:
+    v = np.array(answers)
+    half = len(v) // 2
+    pair = np.abs(v[:half] - v[half:2 * half]) / np.maximum(v[half:2 * half], 1e-9)
+    p = float(np.mean(pair > 0.10))
+    return {"variant": label, "load_seconds_per_config": round(float(np.mean(secs)), 1),
+            "median_rps": round(float(np.median(v)), 2),
+            "median_vs_true": round(float(np.median(v)) / truth, 3),
+            "cv": round(float(np.std(v) / np.mean(v)), 4),
+            "p_pair_over_10pct": round(p, 3),
+            "p90_pair_error": round(float(np.percentile(pair, 90)), 4),
+            "p_any_of_2_over_10pct": round(1 - (1 - p) ** 2, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser("profiler_estimator", __doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=None,
@@ -131,28 +157,21 @@ def main(argv: list[str] | None = None) -> int:
           f"true rate at p99 = SLO: {truth:.1f} rps")
     rows = []
     for label, s in variants(args.quick):
-        answers, secs = [], []
+        found: dict[str, list[float]] = {"search": [], "search + queue model": []}
+        secs = []
         for i in range(runs):
-            a, t = search_once(rng, s)
-            answers.append(a)
+            searched, final, t = search_once(rng, s)
+            found["search"].append(searched)
+            found["search + queue model"].append(final)
             secs.append(t)
             if (i + 1) % max(1, runs // 4) == 0:
                 print(f"  {label}: {i + 1}/{runs} searches", flush=True)
-        v = np.array(answers)
-        half = len(v) // 2
-        pair = np.abs(v[:half] - v[half:2 * half]) / v[half:2 * half]
-        p = float(np.mean(pair > 0.10))
-        rows.append({"variant": label, "load_seconds_per_config": round(float(np.mean(secs)), 1),
-                     "median_rps": round(float(np.median(v)), 2),
-                     "median_vs_true": round(float(np.median(v)) / truth, 3),
-                     "cv": round(float(np.std(v) / np.mean(v)), 4),
-                     "p_pair_over_10pct": round(p, 3),
-                     "p90_pair_error": round(float(np.percentile(pair, 90)), 4),
-                     "p_any_of_2_over_10pct": round(1 - (1 - p) ** 2, 3)})
-    print(f"\n{'variant':<42} {'load s':>7} {'median/true':>12} {'cv':>7} {'P(pair>10%)':>12} "
+        for how, answers in found.items():
+            rows.append(_row(f"{label}: {how}", answers, secs, truth))
+    print(f"\n{'variant':<62} {'load s':>7} {'median/true':>12} {'cv':>7} {'P(pair>10%)':>12} "
           f"{'p90 pair err':>13}")
     for r in rows:
-        print(f"{r['variant']:<42} {r['load_seconds_per_config']:>7.1f} {r['median_vs_true']:>12.3f} "
+        print(f"{r['variant']:<62} {r['load_seconds_per_config']:>7.1f} {r['median_vs_true']:>12.3f} "
               f"{r['cv']:>7.3f} {r['p_pair_over_10pct']:>12.2f} {100 * r['p90_pair_error']:>12.1f}%")
     png = plot(rows, RESULTS / "profiler_estimator.png")
     write_json(args.json, {"benchmark": "profiler_estimator", "quick": args.quick, "runs": runs,

@@ -56,10 +56,19 @@ log = logging.getLogger("sidecar")
 
 BUSY_HEADER = "X-Fastgshare-Busy-Ms"
 """Response header in which the worker reports the device time an execution used."""
+WAIT_HEADER = "X-Fastgshare-Wait-Ms"
+"""Response header: how long the request waited in the replica's queue (for the FIFO gate)."""
+HOLD_HEADER = "X-Fastgshare-Hold-Ms"
+"""Response header: how long it held the gate (token, forward, execution, token back): the time the
+replica's one server was taken by it. With the wait, a client splits its latency into queue, service
+and the path outside the replica (the profiler's queue model reads them)."""
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",
 })
+
+_ENTERED, _LEFT = "fastgshare_gate_entered", "fastgshare_gate_left"
+"""Request keys: monotonic times the request entered and left the gate (for the two headers)."""
 
 
 class FifoGate:
@@ -217,6 +226,11 @@ class Sidecar:
         except Exception:
             log.exception("request %s %s failed in the sidecar", request.method, request.path)
             response = _text(500, "sidecar error while serving the request")
+        entered, left = request.get(_ENTERED), request.get(_LEFT)
+        if entered is not None:
+            response.headers[WAIT_HEADER] = f"{(entered - t0) * 1000.0:.3f}"
+            if left is not None:
+                response.headers[HOLD_HEADER] = f"{(left - entered) * 1000.0:.3f}"
         self.metrics.answered(response.status, time.monotonic() - t0)
         return response
 
@@ -237,6 +251,7 @@ class Sidecar:
         if not entered:
             return _text(504, f"timed out after {waited_s:.1f}s waiting for device time "
                               f"(queued behind other requests; queue timeout {s.queue_timeout_s:g}s)")
+        request[_ENTERED] = t0 + waited_s
         try:
             self.metrics.queue_waited(waited_s)
             self._inflight += 1
@@ -258,6 +273,7 @@ class Sidecar:
         finally:
             self._inflight -= 1
             self.metrics.set_inflight(self._inflight)
+            request[_LEFT] = time.monotonic()
             self._gate.leave()
 
     async def _invoke_batched(self, request: web.Request, body: bytes, t0: float,

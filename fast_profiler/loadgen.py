@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
 
+from fast_manager.sidecar import HOLD_HEADER, WAIT_HEADER
 from fast_profiler.search import Verdict
 
 CHECK_PERIOD_S = 0.1
@@ -41,9 +42,23 @@ class StepRecord:
     outstanding: dict[int, float] = field(default_factory=dict)
     """Request id -> intended send time, while it is in flight."""
     verdict: Verdict = Verdict.CONTINUE
+    service_ms: list[float] = field(default_factory=list)
+    """Per answered request that said so (the sidecar's headers): the time it held the replica's
+    server (``X-Fastgshare-Hold-Ms``) ..."""
+    path_ms: list[float] = field(default_factory=list)
+    """... and the rest of its latency outside the replica's queue and server (latency - wait -
+    hold: client, gateway, network), in the same order."""
 
     def waiting_ages_ms(self, now_s: float) -> list[float]:
         return [(now_s - t) * 1000.0 for t in self.outstanding.values()]
+
+
+def _wait_hold(headers: Mapping[str, str]) -> tuple[float, float] | None:
+    """(queue wait, gate hold) in ms from a replica's response headers; None when absent."""
+    try:
+        return float(headers[WAIT_HEADER]), float(headers[HOLD_HEADER])
+    except (KeyError, ValueError):
+        return None
 
 
 Decide = Callable[[StepRecord, float], Awaitable[Verdict]]
@@ -71,12 +86,17 @@ class PoissonLoad:
                                           timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as resp:
                 await resp.read()
                 ok = 200 <= resp.status < 300
+                split = _wait_hold(resp.headers)
         except (TimeoutError, aiohttp.ClientError):
             ok = False
         finally:
             step.outstanding.pop(rid, None)
         if ok:
-            step.latencies_ms.append((loop.time() - intended_s) * 1000.0)
+            latency = (loop.time() - intended_s) * 1000.0
+            step.latencies_ms.append(latency)
+            if split is not None:
+                step.service_ms.append(split[1])
+                step.path_ms.append(max(0.0, latency - split[0] - split[1]))
         else:
             step.errors += 1
 

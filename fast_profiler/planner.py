@@ -133,6 +133,10 @@ class Measurement:
     """Busy ms per request under that probe (full quota; 0 when none ran)."""
     foreign_cores: float = 0.0
     """Most CPU (in cores) other processes used during a counted step (0: quiet, or not watched)."""
+    search_rps: float = 0.0
+    """The rate the step search answered (its pass/fail votes; before the queue model)."""
+    model_rps: float | None = None
+    """The queue model's long-run rate at the SLO from the passing steps' requests (None: too few)."""
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ from fast_profiler.planner import (
     spatial_classes,
     to_table,
 )
+from fast_profiler.queue_model import final_answer
 from fast_profiler.search import (
     SearchSettings,
     StepObservation,
     Verdict,
-    answer_rate,
     counted_history,
     quantile,
     replay,
@@ -345,6 +345,8 @@ class Runner:
         steps: list[tuple[float, bool, float | None]] = []
         """Every step run: (rate, passed, busy ms per request); the votes are ``counted_history``."""
         left_out: tuple[int, ...] = ()
+        records: list[StepRecord] = []
+        """Each counted step's record, beside ``steps`` (its requests' service and path times)."""
         severities: list[float | None] = []
         """Each step's severity (``step_severity``), beside ``steps``: ``answer_rate`` reads the
         counted ones at the bracket's two ends."""
@@ -410,6 +412,7 @@ class Runner:
                 # With a CPU monitor the node's other load tells it directly.
                 judge_busy = cfg.quota_frac >= 1.0 and self.monitor is None
                 steps.append((rate, passed, step_busy if judge_busy else None))
+                records.append(rec)
                 severities.append(None if last_obs[0] is None
                                   else step_severity(last_obs[0], self.src.slo_ms, s))
                 history, out = counted_history(steps, s)
@@ -435,16 +438,16 @@ class Runner:
         rec, busy_frac = chosen
         lat = list(best[2]) if best is not None and best[2] else rec.latencies_ms
         total = len(lat) + rec.errors
+        counted = [i for i in range(len(steps)) if i not in left_out]
+        ans = final_answer(state, [steps[i][:2] for i in counted], [severities[i] for i in counted],
+                           [(records[i].service_ms, records[i].path_ms) for i in counted], s,
+                           self.src.slo_ms, lat, read_failures=cfg.quota_frac >= 1.0)
         # requests per second (a request is one sample at every batch)
-        severity: dict[float, list[float]] = {}
-        for i, ((r, _, _), sev) in enumerate(zip(steps, severities, strict=True)):
-            if i not in left_out and sev is not None:
-                severity.setdefault(r, []).append(sev)
-        rps = answer_rate(state, severity, s)
-        return Measurement(cfg, rps, quantile(lat, 0.5), quantile(lat, 0.95), quantile(lat, 0.99),
+        return Measurement(cfg, ans.rps, *ans.latency_ms,
                            min(1.0, busy_frac), rec.errors / total if total else 0.0,
                            self._busy_per_req(rec, busy_frac), 0.0, state.history,
-                           foreign_cores=round(foreign_seen, 3))
+                           foreign_cores=round(foreign_seen, 3), search_rps=ans.searched,
+                           model_rps=ans.modelled)
 
     async def _wait_quiet(self, cfg: Config) -> float:
         """Wait (within this configuration's and this profile's allowance) until other processes use

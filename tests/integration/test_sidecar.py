@@ -246,6 +246,30 @@ def test_queue_bound_gives_429_and_queue_timeout_gives_504(slow_sidecar: Running
     assert requests.get(url + "/?s=0", timeout=10).text == "done"
 
 
+def test_wait_and_hold_headers_split_a_queued_requests_time(tmp_path: Path) -> None:
+    # Two requests at once to a one-at-a-time replica: the second waits while the first holds
+    # the gate for its 0.5 s execution; each says so in its headers, and wait + hold fits inside
+    # what the client saw.
+    r = _start(tmp_path, SLOW_HANDLER)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            t0 = time.monotonic()
+            first = pool.submit(requests.get, r.url + "/?s=0.5", timeout=10)
+            _wait_for(lambda: r.stats()["inflight"] == 1)
+            second = pool.submit(requests.get, r.url + "/?s=0", timeout=10)
+            a, b = first.result(), second.result()
+            elapsed_ms = (time.monotonic() - t0) * 1000.0
+        assert a.status_code == b.status_code == 200
+        wait_a, hold_a = float(a.headers["X-Fastgshare-Wait-Ms"]), float(a.headers["X-Fastgshare-Hold-Ms"])
+        wait_b, hold_b = float(b.headers["X-Fastgshare-Wait-Ms"]), float(b.headers["X-Fastgshare-Hold-Ms"])
+        assert wait_a < 100.0 and hold_a >= 500.0
+        assert wait_b >= 300.0 and hold_b < hold_a
+        assert hold_a >= float(a.headers["X-Fastgshare-Busy-Ms"]) - 1.0
+        assert wait_b + hold_b <= elapsed_ms and hold_a <= elapsed_ms
+    finally:
+        _stop(r)
+
+
 def test_sigterm_stops_sidecar_and_worker(tmp_path: Path) -> None:
     r = _start(tmp_path, SLOW_HANDLER)
     worker_pid = r.stats()["worker"]["pid"]

@@ -35,7 +35,8 @@ def test_quick_run_writes_its_table(tmp_path, capsys):
     out = tmp_path / "pe.json"
     assert pe.main(["--quick", "--runs", "6", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert {v["variant"] for v in d["variants"]} >= {"this project (default)", "without interpolation"}
+    assert {v["variant"] for v in d["variants"]} >= {"this project (default): search",
+                                                  "this project (default): search + queue model"}
     for v in d["variants"]:
         assert v["load_seconds_per_config"] > 0 and v["median_rps"] > 0
         assert 0.0 <= v["p_pair_over_10pct"] <= 1.0
