@@ -39,8 +39,9 @@ from fast_profiler.interference import CpuMonitor
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.planner import Config, Source
 from fast_profiler.plot import plot_table
+from fast_profiler.queue_model import MIN_SAMPLES, sojourn_quantile
 from fast_profiler.runner import Gateway, Runner, RunSettings, as_function_source
-from fast_profiler.search import SearchSettings
+from fast_profiler.search import SearchSettings, quantile
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "function_templates" / "python3-torch"
@@ -79,7 +80,23 @@ def plain(search: SearchSettings) -> SearchSettings:
                                confirm_fails=1, down_frac=0.5)
 
 
-def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_search: bool = False) -> dict:
+def long_run_targets(measurements, long_s: float) -> list[tuple[Config, float, str]]:
+    """The long-run check: the first full-quota point at the table's rate and, when the step search
+    alone answered more (by over 3 %), at the search's rate too."""
+    if long_s <= 0:
+        return []
+    full = [m for m in measurements if m.config.quota_frac >= 1.0 and m.throughput_rps > 0]
+    if not full:
+        return []
+    m = full[0]
+    out = [(m.config, m.throughput_rps, "table")]
+    if m.search_rps > 1.03 * m.throughput_rps:
+        out.append((m.config, m.search_rps, "search alone"))
+    return out
+
+
+def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_search: bool = False,
+                   long_s: float = 0.0) -> dict:
     with platform_with_function(name, slo_ms) as (info, client):
         api = requests.Session()
         api.auth = info.auth
@@ -115,6 +132,7 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
         load_mid = os.getloadavg()[0]
         by_cfg = {pt.config: pt for pt in result.points}
         held = []
+        long_runs: list[dict] = []
         try:
             for cfg in heldout_configs(result.points, heldout_n):
                 try:
@@ -141,6 +159,27 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
                 print(f"  held-out sm {cfg.sm_pct}% quota {cfg.quota_frac:g} ({by_cfg[cfg].source.value}): "
                       f"table {tab:.1f} rps (envelope {env:.1f}), re-measured {m.throughput_rps:.1f} rps, "
                       f"error {err:.1%} (envelope {err_env:.1%})", flush=True)
+            for cfg, rate, what in long_run_targets(result.measurements, long_s):
+                rec = runner.long_run(cfg, rate, long_s)
+                lat = list(rec.latencies_ms) + [float("inf")] * rec.errors
+                p99 = quantile(lat, 0.99)
+                late = sum(1 for x in lat if x > slo_ms) / max(1, len(lat))
+                # The queue model read from this run's own requests, against what the run saw.
+                own = (sojourn_quantile(rate, rec.service_ms, rec.path_ms)
+                       if len(rec.service_ms) >= MIN_SAMPLES else None)
+                own_iid = (sojourn_quantile(rate, rec.service_ms, rec.path_ms, block=1)
+                           if len(rec.service_ms) >= MIN_SAMPLES else None)
+                long_runs.append({"model_p99_ms": None if own is None else round(own, 1),
+                                  "model_iid_p99_ms": None if own_iid is None else round(own_iid, 1),
+                                  "sm_pct": cfg.sm_pct, "quota_frac": cfg.quota_frac,
+                                  "rate_rps": round(rate, 2), "what": what, "seconds": long_s,
+                                  "requests": len(lat),
+                                  "p99_ms": round(p99, 1), "late_frac": round(late, 4),
+                                  "load_average_1m": round(os.getloadavg()[0], 2)})
+                print(f"  long run sm {cfg.sm_pct}% quota {cfg.quota_frac:g} at {rate:.1f} rps ({what}) for "
+                      f"{long_s:g} s: p99 {p99:.0f} ms (SLO {slo_ms:g}), {100 * late:.2f} % late; the queue "
+                      f"model from its own requests: p99 {_rps(own)} ms (independent draws {_rps(own_iid)})",
+                      flush=True)
         finally:
             runner.cleanup()
         ok = [h for h in held if "rel_error" in h]
@@ -159,6 +198,7 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
             "holdout_max_rel_error": max_err, "heldout_max_error_pct": round(100 * max_err, 1),
             "holdout_max_rel_error_envelope": max_err_env,
             "heldout_inferred_max_error_pct": round(100 * inferred_err, 1), "heldout": held,
+            "long_runs": long_runs,
             "load_average_1m": {"before": round(load_before, 2), "after_profile": round(load_mid, 2),
                                 "after_heldout": round(load_after, 2)},
             "measurements": [{"sm_pct": m.config.sm_pct, "quota_frac": m.config.quota_frac,
@@ -245,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--times", type=int, default=4, help="measurements per --repeat configuration")
     ap.add_argument("--no-monitor", action="store_true",
                     help="--repeat without the CPU monitor (judge interference by busy time only)")
+    ap.add_argument("--long-s", type=float, default=None,
+                    help="after the held-out points, hold the table's rate (and the step search's, when "
+                         "higher) of the first full-quota point this long and report its p99 "
+                         "(default 60; 0 with --quick)")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every rate step")
     args = ap.parse_args(argv)
     if args.verbose:
@@ -265,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     names = (args.functions or ("mobilenet" if args.quick else "mobilenet,resnet50")).split(",")
     results = {}
     for n in names:
+        long_s = args.long_s if args.long_s is not None else (0.0 if args.quick else 60.0)
         results[n] = bench_function(n, FUNCTIONS.get(n, 200.0), args.quick, 2 if args.quick else args.heldout,
-                                    args.plain_search)
+                                    args.plain_search, long_s)
     print(f"\n{'function':<10} {'seconds':>8} {'vs 35x30s':>10} {'measured':>9} {'points':>7} "
           f"{'held-out max err':>17} {'load avg (1m)':>14}")
     original_s = ORIGINAL_POINTS * ORIGINAL_POINT_S

@@ -262,6 +262,34 @@ class Runner:
         m = asyncio.run(self._measure(cfg, sidecar))
         return replace(m, seconds=self.clock() - t0)
 
+    def long_run(self, cfg: Config, rate_rps: float, seconds: float) -> StepRecord:
+        """One open-loop Poisson load held at ``rate_rps`` for ``seconds`` on ``cfg``, drained (its
+        latencies, errors, and per request the service and path times): the independent check of
+        a table's rate over a long run."""
+        sidecar = self._deploy_and_wait(cfg)
+        del sidecar
+
+        url = f"{self.gw.url}/function/{self.src.shadow}"
+
+        async def run() -> StepRecord:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
+                load = PoissonLoad(session, url, self.src.body, seed=self.settings.seed + 1)
+
+                async def until(rec: StepRecord, now: float) -> Verdict:
+                    return Verdict.PASS if now - rec.started_s >= seconds else Verdict.CONTINUE
+
+                for _ in range(10):  # first calls pay first-call costs
+                    async with session.post(url, data=self.src.body) as r:
+                        await r.read()
+                try:
+                    rec = await load.step(rate_rps, until)
+                    await load.drain(DRAIN_TIMEOUT_S)
+                finally:
+                    await load.close()
+                return rec
+
+        return asyncio.run(run())
+
     def seed(self, measurements: Iterable[Measurement]) -> None:
         """Start from what a finished profile's full-quota probes found (capacity, busy time per
         request), so that a later search of a partial quota (a held-out re-measurement) starts as the
@@ -441,7 +469,7 @@ class Runner:
         counted = [i for i in range(len(steps)) if i not in left_out]
         ans = final_answer(state, [steps[i][:2] for i in counted], [severities[i] for i in counted],
                            [(records[i].service_ms, records[i].path_ms) for i in counted], s,
-                           self.src.slo_ms, lat, read_failures=cfg.quota_frac >= 1.0)
+                           self.src.slo_ms, lat, read_failures=cfg.quota_frac >= 1.0, model=cfg.batch == 1)
         # requests per second (a request is one sample at every batch)
         return Measurement(cfg, ans.rps, *ans.latency_ms,
                            min(1.0, busy_frac), rec.errors / total if total else 0.0,

@@ -97,3 +97,11 @@ def test_failing_steps_are_read_only_when_asked():
     full = final_answer(_state(steps), steps, [0.9, 1.1], samples, SearchSettings(), 100.0, [20.0] * 100,
                         read_failures=True)
     assert full.modelled is not None and full.rps == full.modelled < 60.0
+
+
+def test_no_model_at_batch_above_one():
+    s, p = _mm1(3000)
+    steps = [(80.0, True), (84.0, False)]
+    ans = final_answer(_state(steps), steps, [0.9, 1.1], [(s.tolist(), p.tolist()), ([], [])],
+                       SearchSettings(), 100.0, [20.0] * 100, model=False)
+    assert ans.modelled is None and ans.rps == pytest.approx(82.0)
