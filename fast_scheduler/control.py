@@ -134,12 +134,32 @@ changed (a safety net: a device's fingerprint covers all that placement reads of
 
 @dataclass(frozen=True)
 class RefusedStandby:
-    """A standby request that placement refused: the devices that refused it, as fingerprints."""
+    """A standby request that placement refused, and the devices that refused it."""
 
     at_s: float
     """When it was last tried on every device."""
-    devices: Mapping[str, tuple[object, ...]]
-    """Device id -> ``device_fingerprint`` of the device when it refused the request."""
+    devices: Mapping[str, _Seen]
+    """Device id -> the device as it refused the request."""
+
+
+class _Seen:
+    """A device as it was seen, with its ``device_fingerprint`` computed when first asked: most
+    devices are the very same object the next time (the simulator's snapshots keep unchanged
+    devices), and an object is its own fingerprint."""
+
+    __slots__ = ("device", "_fp")
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self._fp: tuple[object, ...] | None = None
+
+    def fingerprint(self) -> tuple[object, ...]:
+        if self._fp is None:
+            self._fp = device_fingerprint(self.device)
+        return self._fp
+
+    def same_as(self, other: _Seen) -> bool:
+        return self.device is other.device or self.fingerprint() == other.fingerprint()
 
 
 @dataclass(frozen=True)
@@ -292,17 +312,27 @@ def place_standby(
     Returns (the placement or None, devices examined)."""
     key = replace(req, replica_id="")
     memo = refused.get(key)
-    fps = {d.device_id: device_fingerprint(d) for d in snap.devices}
+    # Only the devices place() looks at: the used ones and the first empty one of each kind (the
+    # other empty ones are like it; and a standby never goes onto an empty device).
+    devices = [snap.devices[i] for i in snap.candidates]
+    seen = {d.device_id: _Seen(d) for d in devices}
     scope, since_s = snap, now_s
     if memo is not None and now_s - memo.at_s < retry_s:
-        scope = Snapshot(tuple(d for d in snap.devices if memo.devices.get(d.device_id) != fps[d.device_id]))
         since_s = memo.at_s
-        if not scope.devices:
+        changed = []
+        for d in devices:
+            was = memo.devices.get(d.device_id)
+            if was is None or not was.same_as(seen[d.device_id]):
+                changed.append(d)
+            else:
+                seen[d.device_id] = was  # keeps its fingerprint if it has one
+        if not changed:
             return None, 0
+        scope = Snapshot(tuple(changed))
     p = place(req, scope, STANDBY_FILTERS, STANDBY_SCORES)
     scanned = len(scope.candidates)
     if isinstance(p, Rejection):
-        refused[key] = RefusedStandby(since_s, fps)
+        refused[key] = RefusedStandby(since_s, seen)
         return None, scanned
     if since_s == now_s:  # a full scan placed it: nothing to remember
         refused.pop(key, None)
