@@ -31,6 +31,7 @@ from fast_scheduler.autoscale import (
     choice_set,
     decide_replicas,
     fast_scale_up,
+    plan_for_rate,
     split_standby,
     with_standby,
 )
@@ -135,15 +136,94 @@ def make_specs(
 
 
 def lower_bound_series(specs: list[FunctionSpec], trace: Any, settings: SimSettings, every: int) -> list[int]:
+    """The bound in whole GPUs per step (``lower_bound_values``' first half)."""
+    return lower_bound_values(specs, trace, settings, every)[0]
+
+
+def lower_bound_values(
+    specs: list[FunctionSpec], trace: Any, settings: SimSettings, every: int
+) -> tuple[list[int], list[float]]:
+    """Per step, evaluated every ``every`` steps on the trace's true rate: the bound in whole GPUs
+    (the LP's ceiling: devices are whole) and the LP's fractional value."""
     asettings = AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)
     choices = {s.name: lower_bound_choices(s, asettings) for s in specs}
     act = {s.name: (s.table.mem_bytes - s.table.weight_bytes) / settings.device_mem_bytes for s in specs}
     lb = GpuLowerBound(choices, act, {s.name: s.min_replicas for s in specs})
-    out = []
+    whole: list[int] = []
+    frac: list[float] = []
     for k in range(0, trace.steps, every):
-        v = lb.gpus_int({s.name: trace.rates_rps[s.name][k] for s in specs})
-        out.extend([v] * min(every, trace.steps - k))
-    return out
+        v = lb.gpus({s.name: trace.rates_rps[s.name][k] for s in specs})
+        n = min(every, trace.steps - k)
+        whole.extend([math.ceil(v - 1e-7)] * n)
+        frac.extend([v] * n)
+    return whole, frac
+
+
+class GapProbe:
+    """Wraps an ``AutoscaledPolicy`` in a simulation and records, each tick, its decisions and the
+    snapshot after placement and re-pack: what ``decomposition`` splits the gap to the bound into."""
+
+    def __init__(self, policy: Any, specs: list[FunctionSpec], skip_s: float = 60.0) -> None:
+        self.policy, self.specs, self.skip_s = policy, specs, skip_s
+        self.name = policy.name
+        self.ticks: list[tuple[float, dict[str, float], dict[str, tuple], Snapshot | None]] = []
+
+    def desired(self, now_s: float, observed: Any, current: Any) -> Any:
+        out = self.policy.desired(now_s, observed, current)
+        targets = {n: d.target_rps for n, d in self.policy.decisions.items()}
+        self.ticks.append((now_s, targets, dict(out), None))
+        return out
+
+    def fast(self, *args: Any) -> Any:
+        return self.policy.fast(*args)
+
+    def apply(self, snapshot: Snapshot, adds: Any) -> Any:
+        return self.policy.apply(snapshot, adds)
+
+    def after(self, snapshot: Snapshot) -> Any:
+        snap, moved = self.policy.after(snapshot)
+        if self.ticks:
+            self.ticks[-1] = (*self.ticks[-1][:3], snap)
+        return snap, moved
+
+    def decomposition(self, trace: Any, lp: list[float], gpus: list[int]) -> dict[str, float]:
+        """Time means over the ticks after ``skip_s``, each a step from the LP's value to the GPUs:
+        ``lp``; ``best_config_area``: the rate at this policy's most efficient config, fractional
+        (its configs against the LP's); ``plan_area``: the areas of ``plan_for_rate`` at the true
+        rate (whole replicas); ``target_over_rate``, ``plan_capacity_over_rate`` (whole replicas
+        for the target), ``running_capacity_over_rate`` (after scale-down hysteresis);
+        ``planned_area``, ``standby_area``: what runs; ``height``: SM strips' heights summed
+        (devices); ``devices``: devices in use after placement; ``gpus``: the simulator's count
+        (draining ones too)."""
+        rows = []
+        for now_s, targets, want, snap in self.ticks:
+            k = int(round(now_s / trace.step_s))
+            if now_s < self.skip_s or snap is None or k >= len(lp):
+                continue
+            rate = {s.name: float(trace.rates_rps[s.name][k]) for s in self.specs}
+            total = sum(rate.values()) or 1.0
+            best = plan = pcap = rcap = 0.0
+            for s in self.specs:
+                cs = self.policy.states[s.name].choice_set
+                if not cs:
+                    continue
+                b = cs.choices[0]
+                best += rate[s.name] * b.config.area / b.capacity_rps
+                plan += sum(c.config.area for c in plan_for_rate(cs, rate[s.name], s.max_replicas)[0])
+                pcap += sum(c.capacity_rps for c in plan_for_rate(cs, targets.get(s.name, 0.0),
+                                                                 s.max_replicas)[0])
+                rcap += cs.totals(split_standby(want.get(s.name, ()))[0])[1]
+            used = [d for d in snap.devices if d.replicas]
+            rows.append({
+                "lp": lp[k], "best_config_area": best, "plan_area": plan,
+                "target_over_rate": sum(targets.values()) / total,
+                "plan_capacity_over_rate": pcap / total, "running_capacity_over_rate": rcap / total,
+                "planned_area": sum(r.area for d in used for r in d.replicas if not r.standby),
+                "standby_area": sum(r.area for d in used for r in d.replicas if r.standby),
+                "height": sum(d.height_used_pct for d in used) / 100, "devices": float(len(used)),
+                "gpus": float(gpus[k]),
+            })
+        return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]} if rows else {}
 
 
 def reaction_window_share(trace: Any, window_s: float, jump: float = 1.3) -> float:
@@ -281,16 +361,18 @@ def main(argv: list[str] | None = None) -> None:
     series: dict[str, dict[str, list[int]]] = {}
     for tr in traces:
         t0 = time.perf_counter()
-        lbs = lower_bound_series(specs, tr, settings, every)
+        lbs, lps = lower_bound_values(specs, tr, settings, every)
         lb_mean = sum(lbs) / len(lbs)
         print(
-            f"\n[{tr.name}] LP lower bound: mean {lb_mean:.1f}, peak {max(lbs)} GPUs "
+            f"\n[{tr.name}] lower bound: mean {lb_mean:.1f} (LP {sum(lps) / len(lps):.2f}), "
+            f"peak {max(lbs)} GPUs "
             f"({time.perf_counter() - t0:.1f} s)"
         )
         window_s = settings.control_interval_s + settings.cold_start_s
         fast_window_s = settings.fast_interval_s + settings.cold_start_s
         entry: dict[str, Any] = {
             "lower_bound_gpus": lb_mean,
+            "lower_bound_gpus_lp": sum(lps) / len(lps),
             "lower_bound_gpus_peak": max(lbs),
             "reaction_window_s": window_s,
             "reaction_window_share": reaction_window_share(tr, window_s),
@@ -304,7 +386,12 @@ def main(argv: list[str] | None = None) -> None:
         series[tr.name] = {"lower_bound": lbs}
         for pol in all_policies(specs, AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)):
             t0 = time.perf_counter()
-            res = simulate(specs, tr, pol, settings)
+            probe = GapProbe(pol, specs) if pol.name == "this" else None
+            res = simulate(specs, tr, probe or pol, settings)
+            if probe is not None:
+                entry["gap"] = probe.decomposition(tr, lps, res.gpus)
+                print("  this, gap to the bound (time means): " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in entry["gap"].items()))
             s = res.summary()
             s["wall_s"] = time.perf_counter() - t0
             s["slo_attainment_per_function"] = {n: f.slo_attainment for n, f in res.functions.items()}
@@ -366,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     az = result["traces"].get("azure") or result["traces"]["bursty"]
     result["headline_trace"] = az is result["traces"].get("azure") and "azure" or "bursty"
     result["lower_bound_gpus"] = az["lower_bound_gpus"]
+    result["lower_bound_gpus_lp"] = az["lower_bound_gpus_lp"]
     result["policies"] = {
         k: {m: az["policies"][k][m] for m in ("gpus_mean", "gpus_peak", "slo_attainment")} for k in ORDER
     }

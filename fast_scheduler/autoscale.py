@@ -101,6 +101,11 @@ class AutoscaleSettings:
     """No replica is planned past this fraction of its profiled rate, whatever the latency model says."""
     scale_down_delay_s: float = 30.0
     """Desired capacity must stay below the current one this long before replicas are removed."""
+    calm_scale_down_delay_s: float = 15.0
+    """The delay for a *calm* function (at most ``scale_down_delay_s``): one whose burst memory
+    holds no step (its remembered peak within ``jump_sigmas`` noise of the forecast). The delay
+    keeps capacity a returning burst would need; a calm function has none to wait for, and waiting
+    only holds the replicas its noise added."""
     scale_down_margin_frac: float = 0.15
     """...and by at least this fraction of the current footprint (hysteresis band) to re-plan the mix."""
     trim_margin_frac: float = 0.02
@@ -133,6 +138,9 @@ class AutoscaleSettings:
     (``candidate_points(standby_room=True)``). 0: off."""
     standby_max: int = 16
     """At most this many standby replicas per function."""
+    quota_tiling: bool = True
+    """Plan with footprints tiled in quota as well as SM share (``choices.tiled_area``): a partial
+    quota costs the share of its strip that copies of it can fill, not its quota."""
     limit_over_request: float = 1.0
     """Quota limit as a multiple of the request (capped at 1): >1 lets the arbiter lend idle time."""
     latency: LatencyModel = DEFAULT_MODEL
@@ -293,7 +301,8 @@ def decide_replicas(
         held = min(level, st.level_rps)
         peak = held + max(0.0, st.peak_rps - held) * math.exp(-dt / max(cfg.burst_memory_s, 1e-9))
     gap = peak - forecast
-    burst = cfg.burst_k * (gap - noise) if cfg.burst_k > 0 and gap > cfg.jump_sigmas * noise else 0.0
+    stepped = gap > cfg.jump_sigmas * noise
+    burst = cfg.burst_k * (gap - noise) if cfg.burst_k > 0 and stepped else 0.0
     target = (
         forecast * (1 + cfg.headroom_frac) + cfg.volatility_k * excess + burst if forecast > 0 else 0.0
     )
@@ -389,7 +398,10 @@ def decide_replicas(
     replan = new_fp < cur_fp * (1 - cfg.scale_down_margin_frac)
     if replan or len(trimmed) < len(ctx.current):
         since = st.low_since_s if st.low_since_s is not None else ctx.now_s
-        if ctx.now_s - since >= cfg.scale_down_delay_s:
+        delay = cfg.scale_down_delay_s
+        if not stepped:  # never longer than the delay it shortens
+            delay = min(delay, cfg.calm_scale_down_delay_s)
+        if ctx.now_s - since >= delay:
             if replan:
                 return done(
                     replicas,
@@ -404,7 +416,7 @@ def decide_replicas(
         return done(
             ctx.current,
             f"hold: {len(ctx.current) - len(trimmed)} replica(s) or footprint {cur_fp:.2f} -> {new_fp:.2f} "
-            f"spare for {ctx.now_s - since:.0f} s of {cfg.scale_down_delay_s:g} s",
+            f"spare for {ctx.now_s - since:.0f} s of {delay:g} s",
             low_since=since,
         )
     return done(ctx.current, f"hold: capacity {cur_cap:.1f} >= target {target:.1f} rps")

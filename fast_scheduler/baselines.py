@@ -223,11 +223,14 @@ def all_policies(
 
 
 def lower_bound_choices(spec: FunctionSpec, settings: AutoscaleSettings) -> list:
-    """Configs for the LP bound: every config any policy here may run (the grid, the tiling SM shares
-    this project's policy and MPS-equal use), capacity at the SLO without a utilisation cap, under
-    the same latency model."""
-    from fast_scheduler.autoscale import candidate_points, config_choices
+    """Configs for the LP bound: every config any policy here plans with (the grid, the tiling SM
+    shares this project's policy and MPS-equal use, and the ``1 - STANDBY_REQUEST`` quotas this
+    policy plans with beside a standby), capacity at the SLO without a utilisation cap, under the
+    same latency model (``lower_bound`` says why that set suffices)."""
+    from fast_scheduler.autoscale import candidate_points, config_choices, room_points
 
     loose = AutoscaleSettings(max_utilisation=1.0, device_mem_bytes=settings.device_mem_bytes,
                               latency=settings.latency)
-    return list(config_choices(spec.table, spec.slo_ms, loose, candidate_points(spec.table)))
+    pts = candidate_points(spec.table)
+    room = room_points(spec.table, [p for p in pts if p.quota_frac >= 1.0 - 1e-9])
+    return list(config_choices(spec.table, spec.slo_ms, loose, pts + room))

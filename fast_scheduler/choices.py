@@ -207,11 +207,18 @@ def room_points(table: ProfileTable, pts: Iterable[ProfilePoint]) -> list[Profil
     return out
 
 
-def tiled_area(cfg: ReplicaConfig) -> float:
+def tiled_area(cfg: ReplicaConfig, quota_tiling: bool = False) -> float:
     """The share of a device a replica takes once packed: SM strips of its height fit ``100 // sm``
     times (a 24 % strip costs a quarter, like 25 %, since the 4 % left over fits nothing of its
-    kind), and its quota of that strip. The planning footprint; placement checks the real rule."""
-    return cfg.quota_request_frac / max(1, 100 // max(1, cfg.sm_pct))
+    kind), and its quota of that strip. The planning footprint; placement checks the real rule.
+
+    ``quota_tiling``: the strip's quota is tiled the same way: ``floor(1 / quota)`` replicas of its
+    kind take turns in one strip, so each costs that fraction of it (0.4 costs half a strip, since
+    the 0.2 left beside two of them fits nothing of their kind; 0.6 and 0.8 cost the whole strip)."""
+    strips = max(1, 100 // max(1, cfg.sm_pct))
+    if not quota_tiling:
+        return cfg.quota_request_frac / strips
+    return 1.0 / strips / max(1, math.floor(1.0 / max(cfg.quota_request_frac, 1e-9) + 1e-9))
 
 
 def config_choices(
@@ -235,7 +242,8 @@ def config_choices(
             limit = 1.0
         cfg = ReplicaConfig(p.sm_pct, p.quota_frac, limit, p.batch)
         out.append(
-            ConfigChoice(cfg, p.throughput_rps, cap, p.latency_p99_ms, max(tiled_area(cfg), mem_frac), curve)
+            ConfigChoice(cfg, p.throughput_rps, cap, p.latency_p99_ms,
+                         max(tiled_area(cfg, settings.quota_tiling), mem_frac), curve)
         )
     out.sort(key=lambda c: (c.footprint / c.capacity_rps, c.footprint, c.config.batch))
     return tuple(out)

@@ -4,9 +4,40 @@ For a demand vector (rate per function), choose fractional replica counts ``x[f,
 config ``c`` whose capacity at the SLO covers each function's rate, and minimise ``G`` subject to
 the replicas' guaranteed SM-time fitting in ``G`` devices and their memory (activations only:
 weights may be shared) fitting in ``G`` devices. Integrality, packing geometry, cold starts and
-forecasting errors are all relaxed away, so no policy that meets the SLOs under the same latency
-model can use fewer devices; ``ceil`` of it is still a bound. Each function's minimum replica count
-is kept (as a fractional count).
+forecasting errors are all relaxed away. Each function's minimum replica count is kept (as a
+fractional count). ``gpus`` is the LP's value; ``gpus_int`` its ceiling (devices are whole).
+
+Why it is a bound, and on what. It bounds the devices needed for *guaranteed* capacity: replicas
+whose quota requests (what the arbiter guarantees) serve each function's rate within the SLO under
+the latency model the policies plan with.
+
+- Admission (``placement.fits_sm_time``, implied by the band rule) keeps the guaranteed SM-time
+  (sum of sm x request) of each device <= 1, and every replica holds its activation memory; so
+  ``G`` devices hold at most ``G`` of each, whatever the packing.
+- The columns are every config a policy here plans with: the table's grid, the tiling SM shares
+  (``choices.candidate_points``) and the ``1 - STANDBY_REQUEST`` quotas of planned replicas beside
+  a standby (``choices.room_points``). Configs between them (any integer SM share, any quota the
+  table interpolates) are not columns; the best capacity per SM-time over every integer SM share in
+  the table's range x quotas in 0.01 steps x batches is the columns' best on the bench's tables
+  (``tests/unit/test_lower_bound.py`` checks it): a numerical check, not a proof for any table.
+- A replica below the table's quota range (a standby's token request, limit above it) is served,
+  in the simulator, on its limit's curve at request / limit of that rate: its SM-time and its
+  capacity both scale by request / limit, i.e. it is a fraction of a column. That is also why the
+  counts stay fractional: such replicas make any fraction of a column runnable, so a bound with
+  integer replica counts (a MIP) over the columns is not valid for every policy the simulator can
+  run, and widened to include those fractions its optimum is the LP's (the one difference, each
+  fraction's own activation memory, is far from binding here: the SM-time row binds).
+- Other valid cuts add nothing here: a function needs at least ``rate / (a replica's largest
+  capacity)`` replicas, each with its activation memory; on the bench's functions that is a few
+  devices' memory against ~33 devices of SM-time.
+
+What it does not bound: capacity served on *borrowed* time. A replica past its request serves on
+its device's idle SM-time (the arbiter lends it; the simulator models it, ``borrow_idle``), and
+planned replicas at their capacity are busy only about ``profiled_utilisation`` (half) of their
+request, so a policy that lived on borrowed time in steady state could sit under this bound in
+the simulator (a bound for that would charge service time, about half of this one). Every policy
+compared here plans its SLO capacity at requests (standby capacity is never counted in a plan), so
+the bound is the floor for what they compete on; borrowing only adds to what they serve.
 
 Pure arithmetic over its inputs; one solver instance is reused across demand vectors.
 """

@@ -56,6 +56,28 @@ def test_scale_down_waits_for_the_delay_then_reduces():
     assert len(ds[-1].replicas) < high and "scale down" in " ".join(d.reason for d in ds)
 
 
+@pytest.mark.parametrize("calm_s, trimmed_by_s", [(10.0, 15.0), (30.0, 35.0)])
+def test_calm_function_trims_spare_replicas_after_the_calm_delay(calm_s, trimmed_by_s):
+    # Steady 200 rps with three replicas more than it needs (added on a noisy tick, say): nothing in
+    # its burst memory, so the spare goes after ``calm_scale_down_delay_s``, not the full delay.
+    s = AutoscaleSettings(scale_down_delay_s=30, calm_scale_down_delay_s=calm_s)
+    d, st = decide_replicas(AutoscaleContext("f", 0.0, 200.0, TABLE, SLO, (), 1, 50), None, s)
+    cur = d.replicas + (d.replicas[0],) * 3
+    gone_at = None
+    for i in range(1, 10):
+        d, st = decide_replicas(AutoscaleContext("f", 5.0 * i, 200.0, TABLE, SLO, cur, 1, 50), st, s)
+        if len(d.replicas) < len(cur) and gone_at is None:
+            gone_at = 5.0 * i
+        cur = d.replicas
+    assert gone_at is not None and gone_at <= trimmed_by_s and gone_at >= 5.0 + calm_s - 1e-9
+
+
+def test_a_function_that_stepped_keeps_the_full_delay():
+    s = AutoscaleSettings(scale_down_delay_s=30, calm_scale_down_delay_s=5)
+    ds = run([400] * 3 + [40] * 12, s)
+    assert ds[4].replicas == ds[2].replicas and "of 30 s" in ds[4].reason
+
+
 def test_scale_to_zero_after_idle_and_back_on_first_request():
     s = AutoscaleSettings(idle_to_zero_s=20, scale_down_delay_s=0)
     ds = run([5, 0, 0, 0, 0, 0, 0, 3], s, lo=0)
@@ -281,3 +303,17 @@ def test_standby_room_points_leave_a_token_and_borrow_it_back():
     for c in config_choices(TABLE, SLO, s, pts):
         if c.config.quota_request_frac > 0.9:
             assert c.config.quota_limit_frac == 1.0  # the standby's token is lent back
+
+
+@pytest.mark.parametrize("sm, quota, plain, tiled", [
+    (25, 0.995, 0.24875, 0.25),  # a whole strip either way (the standby's token is not counted)
+    (25, 0.6, 0.15, 0.25),  # the 0.4 left beside it fits nothing of its kind
+    (25, 0.4, 0.1, 0.125),  # two share a strip, 0.2 left
+    (24, 0.2, 0.05, 0.05),  # five fill a 24 % strip, which costs a quarter device
+])
+def test_quota_tiling_footprint(sm, quota, plain, tiled):
+    from fast_scheduler.choices import tiled_area
+
+    cfg = ReplicaConfig(sm, quota, 1.0)
+    assert tiled_area(cfg) == pytest.approx(plain)
+    assert tiled_area(cfg, quota_tiling=True) == pytest.approx(tiled)

@@ -28,3 +28,22 @@ def test_reaction_window_share(rates, window_s, want):
     counts = [int(r) for r in rates]
     tr = Trace("t", 1.0, {"f": counts}, {"f": rates})
     assert reaction_window_share(tr, window_s) == pytest.approx(want)
+
+
+def test_gap_probe_splits_this_policys_gpus():
+    from bench.cluster import GapProbe, lower_bound_values, make_specs
+    from fast_scheduler.policies import this_policy
+    from fast_scheduler.simulator import SimSettings, simulate
+    from fast_scheduler.traces import poisson_trace
+
+    specs, rates = make_specs(4, 1, 20.0, 60.0)
+    settings = SimSettings(gpus=32)
+    tr = poisson_trace(rates, 120.0, seed=1)
+    whole, lp = lower_bound_values(specs, tr, settings, 5)
+    assert all(w >= v - 1e-9 for w, v in zip(whole, lp, strict=True))
+    probe = GapProbe(this_policy(specs), specs, skip_s=20.0)
+    res = simulate(specs, tr, probe, settings)
+    gap = probe.decomposition(tr, lp, res.gpus)
+    # Each device's strips are at least as tall as what they guarantee; draining devices count too.
+    assert gap["gpus"] >= gap["devices"] >= gap["height"] >= gap["planned_area"] + gap["standby_area"] - 1e-9
+    assert gap["running_capacity_over_rate"] >= 1.0 and gap["lp"] > 0
