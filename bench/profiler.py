@@ -39,7 +39,7 @@ from fast_profiler.interference import CpuMonitor
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.planner import Config, Source
 from fast_profiler.plot import plot_table
-from fast_profiler.queue_model import MIN_SAMPLES, sojourn_quantile
+from fast_profiler.queue_model import MIN_SAMPLES, model_rate, sojourn_quantile
 from fast_profiler.runner import Gateway, Runner, RunSettings, as_function_source
 from fast_profiler.search import SearchSettings, quantile
 
@@ -78,6 +78,56 @@ def plain(search: SearchSettings) -> SearchSettings:
     every failure counts at once (disturbed or lone), the rate halves before the first pass."""
     return dataclasses.replace(search, max_expand_frac=search.ceiling_frac, disturbed_frac=float("inf"),
                                confirm_fails=1, down_frac=0.5)
+
+
+def long_run(runner: Runner, cfg: Config, rate: float, seconds: float, slo_ms: float, what: str) -> dict:
+    """Hold ``rate`` on ``cfg`` for ``seconds``: the p99 a long run saw, and what the queue model
+    reads from that run's own requests (runs of ``BLOCK`` and independent draws)."""
+    rec = runner.long_run(cfg, rate, seconds)
+    lat = list(rec.latencies_ms) + [float("inf")] * rec.errors
+    p99 = quantile(lat, 0.99)
+    late = sum(1 for x in lat if x > slo_ms) / max(1, len(lat))
+    enough = len(rec.service_ms) >= MIN_SAMPLES
+    own = sojourn_quantile(rate, rec.service_ms, rec.path_ms) if enough else None
+    own_iid = sojourn_quantile(rate, rec.service_ms, rec.path_ms, block=1) if enough else None
+    at_slo = model_rate(rec.service_ms, rec.path_ms, slo_ms)
+    print(f"  long run sm {cfg.sm_pct}% quota {cfg.quota_frac:g} at {rate:.1f} rps ({what}) for "
+          f"{seconds:g} s: p99 {p99:.0f} ms (SLO {slo_ms:g}), {100 * late:.2f} % late; the queue model "
+          f"from its own requests: p99 {_rps(own)} ms (independent draws {_rps(own_iid)}), "
+          f"SLO at {_rps(at_slo)} rps", flush=True)
+    return {"sm_pct": cfg.sm_pct, "quota_frac": cfg.quota_frac, "rate_rps": round(rate, 2), "what": what,
+            "seconds": seconds, "requests": len(lat), "p99_ms": round(p99, 1), "late_frac": round(late, 4),
+            "model_p99_ms": None if own is None else round(own, 1),
+            "model_iid_p99_ms": None if own_iid is None else round(own_iid, 1),
+            "model_rate_at_slo_rps": None if at_slo is None else round(at_slo, 2),
+            "service_lag1_corr": round(_lag1(rec.service_ms), 3),
+            "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
+def _lag1(x: list[float]) -> float:
+    if len(x) < 3:
+        return 0.0
+    a, b = x[:-1], x[1:]
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    cov = sum((u - ma) * (v - mb) for u, v in zip(a, b, strict=True))
+    va = sum((u - ma) ** 2 for u in a)
+    vb = sum((v - mb) ** 2 for v in b)
+    return cov / (va * vb) ** 0.5 if va > 0 and vb > 0 else 0.0
+
+
+def long_runs_at(name: str, slo_ms: float, cfg: Config, rates: list[float], seconds: float) -> dict:
+    """``--long-rates``: long runs at fixed rates on one configuration (the queue model's check)."""
+    with platform_with_function(name, slo_ms) as (info, client):
+        api = requests.Session()
+        api.auth = info.auth
+        api.post(f"{info.url}/system/scale-function/{name}", json={"serviceName": name, "replicas": 0})
+        gw = Gateway(info.url, info.auth, client)
+        runner = Runner(gw, as_function_source(gw.function_status(name) or {}, slo_ms=slo_ms))
+        try:
+            runs = [long_run(runner, cfg, r, seconds, slo_ms, "fixed rate") for r in rates]
+        finally:
+            runner.cleanup()
+    return {"function": name, "slo_ms": slo_ms, "runs": runs}
 
 
 def long_run_targets(measurements, long_s: float) -> list[tuple[Config, float, str]]:
@@ -160,26 +210,7 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
                       f"table {tab:.1f} rps (envelope {env:.1f}), re-measured {m.throughput_rps:.1f} rps, "
                       f"error {err:.1%} (envelope {err_env:.1%})", flush=True)
             for cfg, rate, what in long_run_targets(result.measurements, long_s):
-                rec = runner.long_run(cfg, rate, long_s)
-                lat = list(rec.latencies_ms) + [float("inf")] * rec.errors
-                p99 = quantile(lat, 0.99)
-                late = sum(1 for x in lat if x > slo_ms) / max(1, len(lat))
-                # The queue model read from this run's own requests, against what the run saw.
-                own = (sojourn_quantile(rate, rec.service_ms, rec.path_ms)
-                       if len(rec.service_ms) >= MIN_SAMPLES else None)
-                own_iid = (sojourn_quantile(rate, rec.service_ms, rec.path_ms, block=1)
-                           if len(rec.service_ms) >= MIN_SAMPLES else None)
-                long_runs.append({"model_p99_ms": None if own is None else round(own, 1),
-                                  "model_iid_p99_ms": None if own_iid is None else round(own_iid, 1),
-                                  "sm_pct": cfg.sm_pct, "quota_frac": cfg.quota_frac,
-                                  "rate_rps": round(rate, 2), "what": what, "seconds": long_s,
-                                  "requests": len(lat),
-                                  "p99_ms": round(p99, 1), "late_frac": round(late, 4),
-                                  "load_average_1m": round(os.getloadavg()[0], 2)})
-                print(f"  long run sm {cfg.sm_pct}% quota {cfg.quota_frac:g} at {rate:.1f} rps ({what}) for "
-                      f"{long_s:g} s: p99 {p99:.0f} ms (SLO {slo_ms:g}), {100 * late:.2f} % late; the queue "
-                      f"model from its own requests: p99 {_rps(own)} ms (independent draws {_rps(own_iid)})",
-                      flush=True)
+                long_runs.append(long_run(runner, cfg, rate, long_s, slo_ms, what))
         finally:
             runner.cleanup()
         ok = [h for h in held if "rel_error" in h]
@@ -289,12 +320,29 @@ def main(argv: list[str] | None = None) -> int:
                     help="after the held-out points, hold the table's rate (and the step search's, when "
                          "higher) of the first full-quota point this long and report its p99 "
                          "(default 60; 0 with --quick)")
+    ap.add_argument("--long-rates", default=None, metavar="R[,R]",
+                    help="instead of a profile: hold each rate --long-s on --long-config and compare the "
+                         "p99 seen with the queue model's from the same requests (default output "
+                         "bench/results/profiler_long.json)")
+    ap.add_argument("--long-config", default="6:1.0", metavar="SM:Q", help="configuration for --long-rates")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every rate step")
     args = ap.parse_args(argv)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
         for noisy in ("fastgshare", "fast_manager", "urllib3", "aiohttp"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.long_rates:
+        name = (args.functions or "mobilenet").split(",")[0]
+        cfg = parse_configs(args.long_config)[0]
+        rates = [float(r) for r in args.long_rates.split(",")]
+        res = long_runs_at(name, FUNCTIONS.get(name, 200.0), cfg, rates, args.long_s or 60.0)
+        print(f"\n{'rate':>6} {'real p99':>9} {'model p99':>10} {'independent':>12} {'model SLO rate':>15}")
+        for r in res["runs"]:
+            print(f"{r['rate_rps']:>6.1f} {r['p99_ms']:>9.1f} {_rps(r['model_p99_ms']):>10} "
+                  f"{_rps(r['model_iid_p99_ms']):>12} {_rps(r['model_rate_at_slo_rps']):>15}")
+        path = args.json if args.json != RESULTS / "profiler.json" else RESULTS / "profiler_long.json"
+        write_json(path, {"benchmark": "profiler-long", **res})
+        return 0
     if args.repeat:
         name = (args.functions or "mobilenet").split(",")[0]
         res = repeat_configs(name, FUNCTIONS.get(name, 200.0), args.quick, parse_configs(args.repeat),

@@ -107,7 +107,7 @@ def search_once(rng: np.random.Generator, s: SearchSettings) -> tuple[float, flo
         state = record_step(state, r, passed)
         if not passed:
             q.wait_ms = 0.0  # the runner drains the queue after a failing step
-    ans = final_answer(state, steps, severities, samples, s, SLO_MS, lat, read_failures=True)
+    ans = final_answer(state, steps, severities, samples, s, SLO_MS, lat, full_quota=True)
     return ans.searched, ans.rps, seconds
 
 

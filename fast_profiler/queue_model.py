@@ -108,28 +108,33 @@ class Answer:
 
 def final_answer(state: SearchState, steps: Sequence[tuple[float, bool]], severities: Sequence[float | None],
                  samples: Sequence[tuple[Sequence[float], Sequence[float]]], settings: SearchSettings,
-                 slo_ms: float, step_latencies_ms: Sequence[float], *, read_failures: bool = False,
-                 model: bool = True) -> Answer:
+                 slo_ms: float, step_latencies_ms: Sequence[float], *, full_quota: bool = False,
+                 model: bool = True, quiet: Sequence[bool] | None = None) -> Answer:
     """One configuration's answer from its counted steps (rate and verdict, severity, and the
-    service and path times of its requests): the search's (``answer_rate``), lowered to
-    the queue model's long-run rate at the SLO (``fast_profiler.queue_model``) when that is lower:
-    a short step's p99 misses the clusters of late requests a long run has. The model reads the
-    service and path times of the requests of the passing steps, and with ``read_failures`` (at
-    full quota, where nothing throttles a replica) of the failing ones too: at a partial quota a
-    failing step's requests waited for tokens of a used-up window, and that wait is not service.
-    ``model`` False (batch > 1: the gate lets a batch in at once, not one server): the search's."""
+    service and path times of its requests, and whether the node was quiet during each).
+
+    The search's answer is ``answer_rate``. The queue model's (``model_rate``) reads the requests of
+    the quiet steps (all of them when the quiet ones hold fewer than ``MIN_SAMPLES``: a node that
+    stays busy is measured busy): at full quota every step's, and the model's rate is the answer,
+    up or down (a short step's p99 misses a long run's clusters of late requests, and a search in a
+    busy minute reads its failures as the function's); at a partial quota only the passing steps'
+    (a failing step waited for tokens of a used-up window, which is not service, and the model
+    knows no window), and it can only lower the search's answer. ``model`` False (batch > 1: the
+    gate admits a batch at once, which is not one server): the search's answer."""
     severity: dict[float, list[float]] = {}
-    service: list[float] = []
-    path: list[float] = []
-    for (r, ok), sev, (step_service, step_path) in zip(steps, severities, samples, strict=True):
+    for (r, _), sev in zip(steps, severities, strict=True):
         if sev is not None:
             severity.setdefault(r, []).append(sev)
-        if ok or read_failures:
-            service.extend(step_service)
-            path.extend(step_path)
     searched = answer_rate(state, severity, settings)
-    modelled = model_rate(service, path, slo_ms, settings.slo_quantile) if model and searched > 0 else None
-    if modelled is None or modelled >= searched:
+    read = [ok or full_quota for _, ok in steps]
+    calm = [x and q for x, q in zip(read, quiet or [True] * len(steps), strict=True)]
+    if sum(len(s) for (s, _), c in zip(samples, calm, strict=True) if c) >= MIN_SAMPLES:
+        read = calm
+    service = [x for (s, _), r in zip(samples, read, strict=True) if r for x in s]
+    path = [x for (_, p), r in zip(samples, read, strict=True) if r for x in p]
+    modelled = (model_rate(service, path, slo_ms, settings.slo_quantile)
+                if model and (searched > 0 or full_quota) else None)
+    if modelled is None or (not full_quota and modelled >= searched):
         lat = (quantile(step_latencies_ms, 0.5), quantile(step_latencies_ms, 0.95),
                quantile(step_latencies_ms, 0.99))
         return Answer(searched, searched, modelled, lat)

@@ -374,7 +374,10 @@ class Runner:
         """Every step run: (rate, passed, busy ms per request); the votes are ``counted_history``."""
         left_out: tuple[int, ...] = ()
         records: list[StepRecord] = []
-        """Each counted step's record, beside ``steps`` (its requests' service and path times)."""
+        """Each counted step's record, beside ``steps`` (its requests' service and path times) ..."""
+        calm: list[tuple[float, float | None]] = []
+        """... and the other load during it (cores) and its busy ms per request (the queue model
+        reads the quiet steps' requests)."""
         severities: list[float | None] = []
         """Each step's severity (``step_severity``), beside ``steps``: ``answer_rate`` reads the
         counted ones at the bracket's two ends."""
@@ -441,6 +444,7 @@ class Runner:
                 judge_busy = cfg.quota_frac >= 1.0 and self.monitor is None
                 steps.append((rate, passed, step_busy if judge_busy else None))
                 records.append(rec)
+                calm.append((foreign, step_busy))
                 severities.append(None if last_obs[0] is None
                                   else step_severity(last_obs[0], self.src.slo_ms, s))
                 history, out = counted_history(steps, s)
@@ -467,9 +471,14 @@ class Runner:
         lat = list(best[2]) if best is not None and best[2] else rec.latencies_ms
         total = len(lat) + rec.errors
         counted = [i for i in range(len(steps)) if i not in left_out]
+        quietest = min((b for _, b in calm if b), default=None)
+        quiet = [calm[i][0] <= self.settings.max_foreign_cores
+                 and not (quietest and calm[i][1] and calm[i][1] > quietest * s.disturbed_frac)
+                 for i in counted]
         ans = final_answer(state, [steps[i][:2] for i in counted], [severities[i] for i in counted],
                            [(records[i].service_ms, records[i].path_ms) for i in counted], s,
-                           self.src.slo_ms, lat, read_failures=cfg.quota_frac >= 1.0, model=cfg.batch == 1)
+                           self.src.slo_ms, lat, full_quota=cfg.quota_frac >= 1.0, model=cfg.batch == 1,
+                           quiet=quiet)
         # requests per second (a request is one sample at every batch)
         return Measurement(cfg, ans.rps, *ans.latency_ms,
                            min(1.0, busy_frac), rec.errors / total if total else 0.0,

@@ -95,7 +95,7 @@ def test_failing_steps_are_read_only_when_asked():
     partial = final_answer(_state(steps), steps, [0.9, 1.1], samples, SearchSettings(), 100.0, [20.0] * 100)
     assert partial.modelled is None and partial.rps == pytest.approx(82.0)
     full = final_answer(_state(steps), steps, [0.9, 1.1], samples, SearchSettings(), 100.0, [20.0] * 100,
-                        read_failures=True)
+                        full_quota=True)
     assert full.modelled is not None and full.rps == full.modelled < 60.0
 
 
@@ -105,3 +105,34 @@ def test_no_model_at_batch_above_one():
     ans = final_answer(_state(steps), steps, [0.9, 1.1], [(s.tolist(), p.tolist()), ([], [])],
                        SearchSettings(), 100.0, [20.0] * 100, model=False)
     assert ans.modelled is None and ans.rps == pytest.approx(82.0)
+
+
+def test_at_full_quota_the_model_also_raises_a_search_that_failed_in_a_busy_minute():
+    # The search failed 50 and 35 while other load ran and passed only 17; the requests of its
+    # quiet steps are an M/M/1 at mu = 100/s: the model's ~54 rps is the answer, up as well as down.
+    s, p = _mm1(3000)
+    slow = (s * 3).tolist()  # the busy minute: every execution three times as long
+    steps = [(50.0, False), (35.0, False), (17.0, True)]
+    samples = [(slow, p.tolist()), (slow, p.tolist()), (s.tolist(), p.tolist())]
+    quiet = [False, False, True]
+    full = final_answer(_state(steps), steps, [2.0, 1.5, 0.5], samples, SearchSettings(), 100.0, [20.0] * 100,
+                        full_quota=True, quiet=quiet)
+    assert full.searched == pytest.approx(17.0 + (35.0 - 17.0) * 0.5 / 1.0)
+    assert full.rps == full.modelled == pytest.approx(100.0 - math.log(100) / 0.1, rel=0.05)
+    # read with the busy steps, the model sees a slower server (and says so)
+    mixed = final_answer(_state(steps), steps, [2.0, 1.5, 0.5], samples, SearchSettings(), 100.0,
+                         [20.0] * 100, full_quota=True)
+    assert mixed.rps < full.rps
+    # a partial quota only ever lowers the search's answer
+    part = final_answer(_state(steps), steps, [2.0, 1.5, 0.5], samples, SearchSettings(), 100.0, [20.0] * 100,
+                        quiet=quiet)
+    assert part.rps == part.searched and part.modelled > part.searched
+
+
+def test_too_few_quiet_requests_read_them_all():
+    s, p = _mm1(3000)
+    steps = [(50.0, True), (60.0, False)]
+    samples = [(s[:50].tolist(), p[:50].tolist()), (s.tolist(), p.tolist())]
+    ans = final_answer(_state(steps), steps, [0.9, 1.1], samples, SearchSettings(), 100.0, [20.0] * 100,
+                       full_quota=True, quiet=[True, False])
+    assert ans.modelled is not None  # 50 quiet requests are too few: all 3,050 were read
