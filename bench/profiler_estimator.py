@@ -114,9 +114,9 @@ def search_once(rng: np.random.Generator, s: SearchSettings) -> tuple[float, flo
 def variants(quick: bool) -> list[tuple[str, SearchSettings]]:
     base = SearchSettings()
     out = [
-        ("this project (default)", base),
+        ("this project (default)", base.for_quota(1.0, modelled=True)),
+        ("two votes per rate", base),
         ("without interpolation", replace(base, interpolate=False)),
-        ("one pass decides", replace(base, confirm_passes=1, confirm_fails=1)),
         ("steps x2 (3 s, 300 requests)",
          replace(base, min_duration_s=3.0, min_requests=300, max_duration_s=12.0)),
     ]

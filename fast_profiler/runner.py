@@ -364,7 +364,7 @@ class Runner:
 
     async def _search(self, cfg: Config, session: aiohttp.ClientSession, url: str, sidecar: str,
                       capacity: float) -> Measurement:
-        s = self.settings.search.for_quota(cfg.quota_frac)
+        s = self.settings.search.for_quota(cfg.quota_frac, modelled=cfg.batch == 1)
         load = PoissonLoad(session, url, self.src.body, seed=self.settings.seed)
         state = replay(capacity, (), 0)
         passes: dict[float, tuple[StepRecord, float, tuple[float, ...]]] = {}

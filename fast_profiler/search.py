@@ -114,12 +114,15 @@ class SearchSettings:
     severity (``step_severity``: p99 over the SLO, or charged time over the quota) crosses 1,
     instead of the highest pass, which sits anywhere in the bracket (up to ``rel_tol`` under)."""
 
-    def for_quota(self, quota_frac: float) -> SearchSettings:
+    def for_quota(self, quota_frac: float, modelled: bool = False) -> SearchSettings:
         """The settings one configuration is searched with: at a partial quota the answer is bounded
         by the cap, which the quota check decides on charged time rather than a latency tail, so one
-        pass is as good as two there, and the bracket and the light steps are coarser."""
+        pass is as good as two there, and the bracket and the light steps are coarser. At full quota
+        with the queue model (``modelled``: batch 1) the model answers from the steps' requests, and
+        the steps only need to be near the knee: one vote decides each rate (the simulated search
+        answers as well with half the load, ``bench.profiler_estimator``)."""
         if quota_frac >= 1.0:
-            return self
+            return replace(self, confirm_passes=1, confirm_fails=1) if modelled else self
         return replace(self, confirm_passes=1, rel_tol=max(self.rel_tol, self.partial_rel_tol),
                        max_duration_s=min(self.max_duration_s, self.partial_max_duration_s))
 

@@ -424,6 +424,8 @@ def test_disturbed_failures_are_left_out_also_when_the_quiet_steps_come_later(st
 def test_partial_quotas_search_coarser_and_without_confirming_passes():
     s = SearchSettings()
     assert s.for_quota(1.0) is s and s.confirm_passes == 2
+    m = s.for_quota(1.0, modelled=True)  # the queue model answers: one vote per rate
+    assert (m.confirm_passes, m.confirm_fails, m.rel_tol) == (1, 1, s.rel_tol)
     p = s.for_quota(0.2)
     assert (p.confirm_passes, p.rel_tol, p.max_duration_s) == (1, 0.08, 5.0)
     assert p.min_requests == s.min_requests and p.max_steps == s.max_steps
