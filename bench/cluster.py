@@ -141,22 +141,30 @@ def lower_bound_series(specs: list[FunctionSpec], trace: Any, settings: SimSetti
 
 
 def lower_bound_values(
-    specs: list[FunctionSpec], trace: Any, settings: SimSettings, every: int
-) -> tuple[list[int], list[float]]:
+    specs: list[FunctionSpec], trace: Any, settings: SimSettings, every: int, window_steps: int = 0
+) -> tuple[list[int], list[float], list[int]]:
     """Per step, evaluated every ``every`` steps on the trace's true rate: the bound in whole GPUs
-    (the LP's ceiling: devices are whole) and the LP's fractional value."""
+    (the LP's ceiling: devices are whole), the LP's fractional value, and (``window_steps`` > 0)
+    the LP's ceiling at each function's highest rate over the next ``window_steps`` steps: what a
+    policy that sees a step only when it comes must already run to serve the window after it at
+    the SLO (a reference for reactive policies, not a bound: a policy may serve some of that window
+    late and still hold 99 %)."""
     asettings = AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)
     choices = {s.name: lower_bound_choices(s, asettings) for s in specs}
     act = {s.name: (s.table.mem_bytes - s.table.weight_bytes) / settings.device_mem_bytes for s in specs}
     lb = GpuLowerBound(choices, act, {s.name: s.min_replicas for s in specs})
     whole: list[int] = []
     frac: list[float] = []
+    ahead: list[int] = []
     for k in range(0, trace.steps, every):
         v = lb.gpus({s.name: trace.rates_rps[s.name][k] for s in specs})
         n = min(every, trace.steps - k)
         whole.extend([math.ceil(v - 1e-7)] * n)
         frac.extend([v] * n)
-    return whole, frac
+        if window_steps > 0:
+            peak = {s.name: max(trace.rates_rps[s.name][k:k + window_steps]) for s in specs}
+            ahead.extend([lb.gpus_int(peak)] * n)
+    return whole, frac, ahead
 
 
 class GapProbe:
@@ -361,11 +369,12 @@ def main(argv: list[str] | None = None) -> None:
     series: dict[str, dict[str, list[int]]] = {}
     for tr in traces:
         t0 = time.perf_counter()
-        lbs, lps = lower_bound_values(specs, tr, settings, every)
+        fast_steps = max(1, round((settings.fast_interval_s + settings.cold_start_s) / settings.step_s))
+        lbs, lps, ahead = lower_bound_values(specs, tr, settings, every, fast_steps)
         lb_mean = sum(lbs) / len(lbs)
         print(
             f"\n[{tr.name}] lower bound: mean {lb_mean:.1f} (LP {sum(lps) / len(lps):.2f}), "
-            f"peak {max(lbs)} GPUs "
+            f"peak {max(lbs)} GPUs; reactive reference {sum(ahead) / len(ahead):.1f} "
             f"({time.perf_counter() - t0:.1f} s)"
         )
         window_s = settings.control_interval_s + settings.cold_start_s
@@ -374,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
             "lower_bound_gpus": lb_mean,
             "lower_bound_gpus_lp": sum(lps) / len(lps),
             "lower_bound_gpus_peak": max(lbs),
+            "reactive_reference_gpus": sum(ahead) / len(ahead),
             "reaction_window_s": window_s,
             "reaction_window_share": reaction_window_share(tr, window_s),
             "fast_reaction_window_s": fast_window_s,

@@ -39,8 +39,9 @@ def test_gap_probe_splits_this_policys_gpus():
     specs, rates = make_specs(4, 1, 20.0, 60.0)
     settings = SimSettings(gpus=32)
     tr = poisson_trace(rates, 120.0, seed=1)
-    whole, lp = lower_bound_values(specs, tr, settings, 5)
+    whole, lp, ahead = lower_bound_values(specs, tr, settings, 5, 6)
     assert all(w >= v - 1e-9 for w, v in zip(whole, lp, strict=True))
+    assert all(a >= w for a, w in zip(ahead, whole, strict=True))  # the window's peak >= its first rate
     probe = GapProbe(this_policy(specs), specs, skip_s=20.0)
     res = simulate(specs, tr, probe, settings)
     gap = probe.decomposition(tr, lp, res.gpus)
