@@ -41,6 +41,7 @@ from fast_scheduler.control import (
 from fastgshare import keys
 from fastgshare.errors import ValidationError
 from fastgshare.resources import MODEL, SCALE_MAX, SCALE_MIN, SLO_MS, parse_share
+from gateway_plugin.types import STARTED_FIELD
 
 log = logging.getLogger("fast_scheduler")
 
@@ -115,6 +116,15 @@ def _config(share: Mapping[str, str], batch: int = 1) -> ReplicaConfig:
     return ReplicaConfig(g.sm_pct, g.quota_request_frac, g.quota_limit_frac, max(1, int(batch)))
 
 
+def demand_count(fn: Mapping[str, Any]) -> float:
+    """The function's request counter: arrivals (``fastgshareInvocationsStarted``, this provider's
+    extension) where the provider has them, else ``invocationCount``, which counts requests when
+    they are answered: past what the replicas serve it stops at what they serve, and a step up
+    in load that overloads them never shows as more than that (the fast path could not see it)."""
+    started = fn.get(STARTED_FIELD)
+    return float(started if started is not None else (fn.get("invocationCount", 0) or 0))
+
+
 def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> FunctionView:
     """One function from ``/system/functions`` and its entry of ``/system/fastgshare/replicas``."""
     merged = {**dict(fn.get("labels") or {}), **dict(fn.get("annotations") or {})}
@@ -147,7 +157,7 @@ def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> F
         slo_ms=float(slo) if slo else None,
         min_replicas=int(merged.get(SCALE_MIN, 1)),
         max_replicas=int(merged.get(SCALE_MAX, DEFAULT_MAX_REPLICAS)),
-        invocation_count=float(fn.get("invocationCount", 0) or 0), base_config=base, base_replicas=base_n,
+        invocation_count=demand_count(fn), base_config=base, base_replicas=base_n,
         groups=groups, running=tuple(running), model=str(merged.get(MODEL, "")),
     )
 

@@ -72,11 +72,12 @@ class SystemHandlers:
     def list_functions(self) -> Response:
         namespace = self._namespace(request.args.get("namespace"))
         states = self._backend.list(namespace)
-        return json_response([
-            types.make_status_json(
-                s, self._metrics.invocation_count(function_label(s.spec.name, s.spec.namespace)))
-            for s in states
-        ])
+        return json_response([self._status_json(s) for s in states])
+
+    def _status_json(self, state: Any) -> dict[str, Any]:
+        label = function_label(state.spec.name, state.spec.namespace)
+        return types.make_status_json(state, self._metrics.invocation_count(label),
+                                      self._metrics.started_count(label))
 
     def deploy(self) -> Response:
         spec = types.as_function_spec(self._body_object("FunctionDeployment"))
@@ -103,9 +104,7 @@ class SystemHandlers:
     def function_status(self, name: str) -> Response:
         types.validate_name(name, "name")
         namespace = self._namespace(request.args.get("namespace"))
-        state = self._backend.status(namespace, name)
-        count = self._metrics.invocation_count(function_label(name, namespace))
-        return json_response(types.make_status_json(state, count))
+        return json_response(self._status_json(self._backend.status(namespace, name)))
 
     def scale(self, name: str) -> Response:
         types.validate_name(name, "name")

@@ -73,9 +73,25 @@ class ProviderMetrics:
         self._seconds = Histogram(
             "gateway_functions_seconds", "Function invocation time taken",
             ["function_name", "code"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self._started = Counter(
+            "gateway_function_invocation_started", "Function invocations started (arrivals)",
+            ["function_name"], registry=registry)
         registry.register(_BackendCollector(backend))
         self._counts: dict[str, float] = defaultdict(float)
+        self._arrivals: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
+
+    def observe_started(self, function_name: str) -> None:
+        """A request for ``name.namespace`` arrived (counted before it is forwarded or refused: the
+        demand, where ``invocationCount`` is what was answered)."""
+        self._started.labels(function_name).inc()
+        with self._lock:
+            self._arrivals[function_name] += 1
+
+    def started_count(self, function_name: str) -> float:
+        """Requests for ``name.namespace`` that arrived since the provider started (or redeploy)."""
+        with self._lock:
+            return self._arrivals.get(function_name, 0.0)
 
     def observe_invocation(self, function_name: str, code: int, duration_s: float) -> None:
         code_label = str(code)
@@ -93,3 +109,4 @@ class ProviderMetrics:
         """Drop a removed function's count, so a redeploy starts from zero."""
         with self._lock:
             self._counts.pop(function_name, None)
+            self._arrivals.pop(function_name, None)

@@ -142,6 +142,7 @@ class Invoker:
         start_ns = time.time_ns()
         started_s = time.perf_counter()
         fn_label = function_label(name, namespace)
+        self._metrics.observe_started(fn_label)
         call_id = headers.get("X-Call-Id") or str(uuid.uuid4())
         body = read_body(environ, self._settings.max_invoke_body_bytes)
         base_url = self.pick_replica(namespace, name)

@@ -10,6 +10,8 @@ Deliberate differences from Go's encoding, all harmless to Go decoders:
   zeros); ``labels`` and ``annotations`` are always objects.
 - ``annotations`` in a FunctionStatus carry the function's effective gpu share (defaults
   filled in, original key spelling) so ``faas-cli describe`` shows what the function runs with.
+- a FunctionStatus from the provider has one extra field, ``fastgshareInvocationsStarted``
+  (requests that arrived, answered or not), which the scheduler reads as demand.
 """
 
 from __future__ import annotations
@@ -316,7 +318,13 @@ def _number(x: float) -> int | float:
     return int(x) if float(x).is_integer() else x
 
 
-def make_status_json(state: FunctionState, invocation_count: float) -> dict[str, Any]:
+STARTED_FIELD = "fastgshareInvocationsStarted"
+"""Extension field of a FunctionStatus: requests that arrived (``invocationCount`` counts those
+answered). Go decoders ignore unknown fields; the scheduler reads its demand from it."""
+
+
+def make_status_json(state: FunctionState, invocation_count: float,
+                     started_count: float | None = None) -> dict[str, Any]:
     """A ``FunctionStatus`` for ``GET /system/functions`` and ``GET /system/function/{name}``."""
     spec = state.spec
     out: dict[str, Any] = {"name": spec.name, "image": spec.image, "namespace": spec.namespace}
@@ -337,6 +345,8 @@ def make_status_json(state: FunctionState, invocation_count: float) -> dict[str,
     if spec.read_only_root_filesystem:
         out["readOnlyRootFilesystem"] = True
     out["invocationCount"] = _number(invocation_count)
+    if started_count is not None:
+        out[STARTED_FIELD] = _number(started_count)
     out["replicas"] = max(0, int(state.replicas))
     out["availableReplicas"] = max(0, int(state.available_replicas))
     out["createdAt"] = rfc3339(state.created_at)

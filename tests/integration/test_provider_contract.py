@@ -356,6 +356,11 @@ def test_invoke_503_when_no_replica_becomes_ready(backend: FakeBackend, settings
     backend.never_ready.add("stuck")
     r = client.get("/function/stuck")
     assert r.status_code == 503 and "stuck" in r.text and "ready" in r.text
+    # never answered by a replica, but it arrived: demand the scheduler must see
+    status = send(client, "GET", "/system/function/stuck").json
+    assert status["fastgshareInvocationsStarted"] == 1 and status["invocationCount"] == 0
+    assert 'gateway_function_invocation_started_total{function_name="stuck.openfaas-fn"} 1.0' \
+        in client.get("/metrics").text
 
 
 def test_invoke_502_when_replica_unreachable(settings: ProviderSettings) -> None:
@@ -403,3 +408,5 @@ def test_metrics_use_gateway_names_and_feed_invocation_count(
     assert 'fastgshare_replica_ready{device="cpu:0",function_name="echo.openfaas-fn",replica="echo-0"} 1.0' \
         in text
     assert send(client, "GET", "/system/function/echo").json["invocationCount"] == 4
+    listed = send(client, "GET", "/system/functions").json
+    assert [f["fastgshareInvocationsStarted"] for f in listed if f["name"] == "echo"] == [4]

@@ -24,7 +24,7 @@ from fast_scheduler.control import (
     place_standby,
     plan_tick,
 )
-from fast_scheduler.loop import LoopSettings, SchedulerLoop, sub_tick_offsets
+from fast_scheduler.loop import LoopSettings, SchedulerLoop, demand_count, sub_tick_offsets
 from fast_scheduler.placement import Device, Rejection, ReplicaRequest, Snapshot, place
 
 CPU = DeviceView("cpu:0", "n0", 8 * 2**30, False, cores=4)
@@ -360,3 +360,15 @@ def test_a_remembered_refusal_is_not_scanned_while_planned_replicas_still_come()
     planned = [sum(n for cfg, n, _d in groups.values() if not is_standby(cfg)) for groups, _ in seen]
     assert planned[3] > planned[2]
     assert 0 < step.standby_scans <= 2
+
+
+@pytest.mark.parametrize("fn, want", [
+    # arrivals where the provider counts them: an overloaded replica answers 20/s of 40 arriving
+    ({"invocationCount": 200, "fastgshareInvocationsStarted": 400}, 400.0),
+    ({"invocationCount": 0, "fastgshareInvocationsStarted": 3}, 3.0),  # none answered yet
+    # another provider (faas-netes, the gateway's own listing): answered requests
+    ({"invocationCount": 200}, 200.0),
+    ({}, 0.0),
+])
+def test_demand_is_read_from_arrivals_where_the_provider_counts_them(fn, want):
+    assert demand_count(fn) == want

@@ -204,6 +204,9 @@ def test_status_json_fields_and_omitempty() -> None:
                 "readOnlyRootFilesystem"):
         assert key in out
     assert out["replicas"] == 0 and out["invocationCount"] == 0.5
+    assert "fastgshareInvocationsStarted" not in out
+    started = types.make_status_json(FunctionState(spec, 2, 1, created), 7.0, 9.0)
+    assert started["fastgshareInvocationsStarted"] == 9 and started["invocationCount"] == 7
 
 
 def test_log_and_info_json() -> None:
