@@ -1,5 +1,6 @@
 """``python -m fast_scheduler --redis-url URL --gateway URL [--interval-s 2] [--fast-interval-s 1]``: loop.
 
+``--repack-every-ticks N`` (default 6, 0: off) re-packs replicas make-before-break (``repack``).
 Credentials come from ``FASTGSHARE_USER`` / ``FASTGSHARE_PASSWORD`` (read here only), as the
 platform passes them. Autoscaler tuning flags exist for tests and experiments; defaults suit
 production.
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
                         "for this fraction of the target (0: off)")
     p.add_argument("--standby-retry-s", type=float, default=LoopSettings.standby_retry_s,
                    help="a refused standby replica is tried again when a device changes or after this long")
+    p.add_argument("--repack-every-ticks", type=int, default=LoopSettings.repack_every_ticks,
+                   help="plan a re-pack (move replicas make-before-break to free wasted devices) every "
+                        "this many ticks (0: off)")
+    p.add_argument("--repack-timeout-s", type=float, default=LoopSettings.repack_timeout_s,
+                   help="abandon a re-pack move whose new replica is not ready after this long")
     p.add_argument("--once", action="store_true", help="one tick, then exit")
     args = p.parse_args(argv)
     if not args.redis_url:
@@ -51,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                              horizon_s=args.horizon_s, burst_k=args.burst_k,
                              burst_memory_s=args.burst_memory_s, standby_frac=args.standby_frac)
     settings = LoopSettings(interval_s=args.interval_s, fast_interval_s=args.fast_interval_s,
-                            standby_retry_s=args.standby_retry_s, namespace=args.namespace, autoscale=auto)
+                            standby_retry_s=args.standby_retry_s, repack_every_ticks=args.repack_every_ticks,
+                            repack_timeout_s=args.repack_timeout_s, namespace=args.namespace, autoscale=auto)
     loop = SchedulerLoop(Provider(args.gateway, auth, settings.http_timeout_s),
                          redis.Redis.from_url(args.redis_url), settings)
     if args.once:

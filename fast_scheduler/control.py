@@ -175,6 +175,9 @@ class TickResult:
     """Devices examined for standby requests (the placement work refusals cost)."""
     standby_skipped: int = 0
     """Standby requests not tried: refused before, and no device changed since (``place_standby``)."""
+    snapshot: Snapshot | None = None
+    """The devices as this tick leaves them: the replicas kept, the new ones placed, removed ones freed
+    (what ``repack`` plans moves over)."""
 
 
 def config_id(cfg: ReplicaConfig, device_index: int) -> str:
@@ -348,6 +351,7 @@ def plan_tick(
     settings: AutoscaleSettings,
     fast: bool = False,
     standby_retry_s: float = STANDBY_RETRY_S,
+    held: Sequence[FunctionView] = (),
 ) -> TickResult:
     """Decide every function with an SLO and a table; place new replicas; return what to apply.
 
@@ -359,7 +363,10 @@ def plan_tick(
     the ticks, and functions it leaves alone get no decision (nor a note).
 
     ``standby_retry_s``: how long a refused standby request goes untried while no device changed
-    (``place_standby``; 0: every tick, on every device). Planned replicas are always placed."""
+    (``place_standby``; 0: every tick, on every device). Planned replicas are always placed.
+
+    ``held``: replicas that take their place on the devices but are no function's to decide (a
+    re-pack move's new replica while it starts, ``repack.hide_moves``): in the snapshot only."""
     actions: list[Action] = []
     decisions: dict[str, Decision] = {}
     notes: dict[str, str] = {}
@@ -367,7 +374,7 @@ def plan_tick(
     scans = skipped = 0
     devs = {d.device_id: d for d in devices}
     index = {d.device_id: i for i, d in enumerate(devices)}
-    snap = snapshot_of(functions, devices)
+    snap = snapshot_of([*functions, *held], devices)
     # Devices where only standby replicas are left: those go (a standby never keeps a device in use).
     lone = {d.device_id for d in snap.devices if d.replicas and all(r.standby for r in d.replicas)}
     seen = set()
@@ -529,7 +536,7 @@ def plan_tick(
     for key in list(memory):
         if key not in seen:
             del memory[key]
-    return TickResult(tuple(actions), decisions, {} if fast else notes, observed, scans, skipped)
+    return TickResult(tuple(actions), decisions, {} if fast else notes, observed, scans, skipped, snap)
 
 
 def _with_set(state: AutoscaleState, cs: ChoiceSet) -> AutoscaleState:

@@ -36,8 +36,8 @@ from fast_scheduler.control import (
     FunctionView,
     RunningReplica,
     TickResult,
-    plan_tick,
 )
+from fast_scheduler.repack import MoveEvent, RepackSettings, RepackState, plan_tick_repacking
 from fastgshare import keys
 from fastgshare.errors import ValidationError
 from fastgshare.resources import MODEL, SCALE_MAX, SCALE_MIN, SLO_MS, parse_share
@@ -62,6 +62,11 @@ class LoopSettings:
     standby_retry_s: float = STANDBY_RETRY_S
     """A standby request placement refused is tried again when a device changes, or after this
     long (``control.place_standby``); 0: on every tick."""
+    repack_every_ticks: int = RepackSettings.every_ticks
+    """Plan a re-pack (``repack``: move replicas make-before-break to free wasted devices) every this
+    many ticks, never on a fast sub-tick; 0: off."""
+    repack_timeout_s: float = RepackSettings.ready_timeout_s
+    """A re-pack move whose new replica is not ready after this long is abandoned."""
     namespace: str = "openfaas-fn"
     """The namespace whose functions are scheduled."""
     http_timeout_s: float = 10.0
@@ -163,9 +168,10 @@ def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> F
 
 
 def decision_record(d: Decision, f: FunctionView | None, now_s: float, observed_rps: float | None,
-                    path: str = "tick") -> str:
+                    path: str = "tick", repack: list[dict[str, Any]] | None = None) -> str:
     """The JSON written to ``keys.scheduler_decisions()`` (documented in docs/scheduler.md); ``path``
-    says which pass decided: ``"tick"`` or ``"fast"`` (a fast scale-up sub-tick)."""
+    says which pass decided: ``"tick"`` or ``"fast"`` (a fast scale-up sub-tick); ``repack``: the
+    function's re-pack moves this pass changed or has in flight (``repack_record``)."""
     counts: dict[ReplicaConfig, int] = {}
     for r in d.replicas:
         counts[r] = counts.get(r, 0) + 1
@@ -181,7 +187,28 @@ def decision_record(d: Decision, f: FunctionView | None, now_s: float, observed_
         "capacity_rps": round(d.capacity_rps, 3),
         "predicted_utilisation": None if util == float("inf") else round(util, 4),
         "predicted_p99_ms": round(d.predicted_p99_ms, 2), "slo_ms": f.slo_ms if f else None,
+        "repack": repack or [],
     })
+
+
+def repack_record(state: RepackState, events: tuple[MoveEvent, ...],
+                  now_s: float) -> dict[str, list[dict[str, Any]]]:
+    """By ``namespace/name``: this pass's move events, and the moves still in flight (``waiting``:
+    the new replica is starting)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    changed = {id(e.move) for e in events}
+
+    def add(m: Any, st: str, message: str) -> None:
+        out.setdefault(m.function, []).append({
+            "state": st, "from": m.from_device, "to": m.to_device, "fromGroup": m.from_group,
+            "toGroup": m.to_group, "for_s": round(now_s - m.started_s, 3), "message": message})
+
+    for e in events:
+        add(e.move, e.state, e.message)
+    for m in state.moves:
+        if id(m) not in changed:
+            add(m, "waiting", f"re-pack: waiting for {m.to_group} to be ready ({m.describe()})")
+    return out
 
 
 @dataclass
@@ -193,6 +220,7 @@ class SchedulerLoop:
     settings: LoopSettings = field(default_factory=LoopSettings)
     clock: Callable[[], float] = time.monotonic
     memory: dict[str, FunctionMemory] = field(default_factory=dict)
+    repack: RepackState = field(default_factory=RepackState)
     _tables: dict[tuple[str, str], tuple[bytes, ProfileTable]] = field(default_factory=dict)
     _last_reason: dict[str, str] = field(default_factory=dict)
 
@@ -230,12 +258,18 @@ class SchedulerLoop:
             except (ValidationError, ValueError, KeyError) as e:
                 log.warning("skipping function %s: %s", f.get("name"), e)
         tables = {f"{v.namespace}/{v.name}": self._table(v.name, device_type) for v in views if v.slo_ms}
-        result = plan_tick(now_s, views, devices, tables, self.memory, self.settings.autoscale, fast=fast,
-                           standby_retry_s=self.settings.standby_retry_s)
+        st = self.settings
+        rt = plan_tick_repacking(now_s, views, devices, tables, self.memory, st.autoscale, self.repack,
+                                 RepackSettings(st.repack_every_ticks, st.repack_timeout_s), fast=fast,
+                                 standby_retry_s=st.standby_retry_s)
+        result = rt.result
         for a in result.actions:
             self._apply(a)
+        for e in rt.events:
+            log.info("%s/%s: %s", e.move.namespace, e.move.name, e.message)
         by_key = {f"{v.namespace}/{v.name}": v for v in views}
-        self._expose(result, by_key, wall_s, "fast" if fast else "tick")
+        self._expose(result, by_key, wall_s, "fast" if fast else "tick",
+                     repack_record(self.repack, rt.events, now_s))
         return result
 
     def _apply(self, a: Action) -> None:
@@ -253,12 +287,13 @@ class SchedulerLoop:
             log.warning("applying to %s failed: %s", a.name, e)
 
     def _expose(self, result: TickResult, views: Mapping[str, FunctionView], at_s: float,
-                path: str = "tick") -> None:
+                path: str = "tick", repack: Mapping[str, list[dict[str, Any]]] | None = None) -> None:
         """Write and log the decisions; ``at_s``: the epoch time the pass read the platform at (before
         it applied anything), so a reader can order a decision against what the provider showed."""
         pipe = self.client.pipeline(transaction=False)
         for key, d in result.decisions.items():
-            rec = decision_record(d, views.get(key), at_s, result.observed_rps.get(key), path)
+            rec = decision_record(d, views.get(key), at_s, result.observed_rps.get(key), path,
+                                  (repack or {}).get(key))
             pipe.hset(keys.scheduler_decisions(), key, rec)
             if d.changed or self._last_reason.get(key, "").split(":")[0] != d.reason.split(":")[0]:
                 log.info("%s [%s]: %s -> %s | predicted utilisation %.2f, p99 %.1f ms", key, path, d.reason,
