@@ -4,14 +4,30 @@ replicas from a 1 s sub-tick before the next tick; with the sub-ticks off it wai
 Real Redis, provider, sidecars and a torch worker on the CPU (``handlers/paced``); the scheduler runs
 as the platform runs it (``python -m fast_scheduler``, ``--interval-s 8``, ``--fast-interval-s`` 1 or
 0, standby off so only planned replicas move). An open-loop load of 0.5 request/s over real HTTP
-steps to 18 requests/s just after a tick.
+steps to 40 requests/s just after the first sub-tick that follows a tick.
 
-The profile table credits a replica with 2 rps (as a profile under a tight profiling SLO would; one
-replica of ``paced`` really completes ~20/s). The provider counts invocations when they complete, so
-a step beyond what the running replicas complete is seen only up to what they complete: the fast
-path adds replicas when that rate exceeds their table capacity by 3 Poisson sigma of a 1 s window
-(here 18 - 2 > 3 x sqrt(18) = 12.7: it fires while the replica completes more than 12.7/s, 79 ms a
-request), which a table at the replica's full rate would never show.
+The profile table is honest: it credits a replica with ``TABLE_RPS`` = 12 rps (one replica of
+``paced`` completes 16-18/s sustained and up to ~22 in a 1 s window here, fewer beside CPU hogs; 12
+keeps it at ~70% busy, its p99 well inside the SLO). The step is well past one replica plus 3
+Poisson sigma of a 1 s window (the fast path's rule: fires when rate - capacity > 3 sqrt(rate /
+window), i.e. above ~27.8 rps at 12 rps of capacity), and past anything one replica completes.
+The scheduler reads its demand from the provider's arrival counter (``fastgshareInvocationsStarted``),
+which counts a request when the provider takes it, so the overload shows as it arrives;
+``invocationCount`` counts a request when it is answered, so it never shows more than the replica
+completes, below the rule's threshold: with completions only the fast path would not fire. The
+test records both counters while the load runs and checks exactly that over the step: every ~1 s
+window of completions before the added replica was ready stayed below the threshold, a window of
+arrivals was above it, and the fast decision's ``observed_rps`` is above the most the single
+replica completed in any such window.
+
+One limit of the arrival counter on this platform: the provider runs 32 threads (gunicorn
+``gthread``), so once 32 requests wait on the overloaded replica, later ones wait in gunicorn's
+queue uncounted and the counted rate falls back to what the replica completes. At 40 rps against
+~20/s that takes ~1.5 s after the step, long enough for the first full 1 s sub-tick window to see
+the arrivals if the step comes just after a sub-tick's read, as the test times it (a step half a
+window later, on a machine where the replica completes fewer, would see the rule fire only on a
+partial window, or not: a limit of the provider, not of the scheduler). The load's client has 48
+threads, so the provider's queue, and with it the delay of the scheduler's own calls, stays short.
 
 What is asserted is order and cause, with generous bounds: the decision that first raised the
 replicas after the step says it was the fast path (``"path": "fast"`` in the exposed decision, "fast
@@ -23,7 +39,9 @@ raises nothing before that tick (the control that shows the assertion can fail).
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -43,6 +61,7 @@ from fast_profiler.runner import device_type_of
 from fast_profiler.table import ProfilePoint, ProfileTable
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
+from gateway_plugin.types import STARTED_FIELD
 from tests.integration.test_autoscale_e2e import HANDLER, IMAGE, REPO, TEMPLATE, replicas_of
 from tests.waiting import wait_for
 
@@ -51,13 +70,20 @@ pytestmark = pytest.mark.slow
 SLO_MS = 600.0
 TICK_S = 8.0
 BASE_RPS = 0.5
-STEP_RPS = 18.0
-TABLE_RPS = 2.0
-"""A replica's capacity as the table says (what the fast path compares the completion rate with)."""
+STEP_RPS = 40.0
+TABLE_RPS = 12.0
+"""A replica's capacity as the table says (what the fast path compares the arrival rate with)."""
+JUMP_SIGMAS = 3.0
+"""``AutoscaleSettings.jump_sigmas``: the fast path's margin over capacity, in Poisson sigmas."""
+STEP_PHASE_S = 1.1
+"""When the load steps, in seconds after the read of the tick it follows: just after the first
+sub-tick's read (1 s after the tick's)."""
+WINDOW_S = 1.0
+"""The shortest span of counter readings taken as a window (the sub-ticks' spacing)."""
 
 
 def low_table(name: str, device_type: str) -> ProfileTable:
-    """One config, one core at full quota, credited with ``TABLE_RPS``; a single SM share, so that
+    """One config, one core at full quota, credited with ``TABLE_RPS``; half the SM share, so that
     the replica the fast path adds fits beside the first on a 2-core device."""
     return ProfileTable(name, device_type, (ProfilePoint(50, 1.0, 1, TABLE_RPS, 50.0, 55.0, 60.0),),
                         mem_bytes=200 * 2**20)
@@ -86,14 +112,44 @@ class Watch:
     """Each distinct decision record of the function, in the order written."""
     replicas: list[tuple[float, int, int]] = field(default_factory=list)
     """(when read, desired planned replicas, ready planned replicas) as the provider reports them."""
+    counters: list[tuple[float, float, float, int]] = field(default_factory=list)
+    """(when read, ``invocationCount`` (answered), ``fastgshareInvocationsStarted`` (arrived), ready
+    planned replicas read just after): the provider's two counters of the function."""
 
     def ticks_after(self, t: float) -> list[dict]:
         return [d for d in self.decisions if d["path"] == "tick" and d["at_s"] > t]
 
+    def windows(self, start_s: float) -> list[tuple[float, float, float, float]]:
+        """(start, seconds, answered/s, arrived/s) over each span of readings from ``start_s`` that is at
+        least ``WINDOW_S`` long (the shortest such from each reading), while one replica was ready
+        (at both ends: the added replica had not served yet)."""
+        pts = [c for c in self.counters if c[0] >= start_s]
+        out = []
+        for i, (t0, done0, arr0, ready0) in enumerate(pts):
+            j = next((j for j in range(i + 1, len(pts)) if pts[j][0] - t0 >= WINDOW_S), None)
+            if j is None or ready0 >= 2 or any(c[3] >= 2 for c in pts[i:j + 1]):
+                continue
+            t1, done1, arr1, _ = pts[j]
+            out.append((t0, t1 - t0, (done1 - done0) / (t1 - t0), (arr1 - arr0) / (t1 - t0)))
+        return out
+
+
+def threshold(capacity: float, window_s: float) -> float:
+    """The least rate ``fires`` at."""
+    k = JUMP_SIGMAS / math.sqrt(window_s)
+    return ((k + math.sqrt(k * k + 4 * capacity)) / 2) ** 2
+
+
+def fires(rate: float, capacity: float, window_s: float) -> bool:
+    """The fast path's rule (``autoscale.fast_scale_up``): the rate exceeds the capacity by more than
+    ``JUMP_SIGMAS`` Poisson standard deviations of the window."""
+    return rate - capacity > JUMP_SIGMAS * math.sqrt(max(rate, 1e-9) / window_s)
+
 
 def run_step(info: PlatformInfo, name: str, fast_interval_s: float) -> tuple[Watch, float, str]:
-    """Deploy ``name``, start the scheduler, play 0.5 rps until its first decided tick, then 18 rps
-    until the tick after the step; returns what was watched, when the step began and the log."""
+    """Deploy ``name``, start the scheduler, play ``BASE_RPS`` until its first decided tick, then
+    ``STEP_RPS`` until the tick after the step (and, with sub-ticks on, until the added replica is
+    ready); returns what was watched, when the step began and the log."""
     url = info.url
     api = requests.Session()
     api.auth = info.auth
@@ -124,11 +180,17 @@ def run_step(info: PlatformInfo, name: str, fast_interval_s: float) -> tuple[Wat
                 last = raw
                 watch.decisions.append(json.loads(raw))
             try:
+                r = api.get(f"{url}/system/function/{name}", timeout=5)
+                r.raise_for_status()
+                status = r.json()
+                counted_s = time.time()  # both counters were read by then
                 desired, ready, _sb = replicas_of(api, url, name)
             except requests.RequestException:
                 pass
             else:  # stamped once read: the provider showed this by then
                 watch.replicas.append((time.time(), desired, ready))
+                watch.counters.append((counted_s, float(status["invocationCount"]),
+                                       float(status[STARTED_FIELD]), ready))
             stop.wait(0.1)
 
     def call() -> None:
@@ -137,12 +199,17 @@ def run_step(info: PlatformInfo, name: str, fast_interval_s: float) -> tuple[Wat
         except requests.RequestException:
             pass
 
+    stepped = threading.Event()
+
     def load(pool: ThreadPoolExecutor) -> None:
         t = time.monotonic()
         while not stop.is_set():
             pool.submit(call)
             t += 1.0 / rate[0]
-            stop.wait(max(0.0, t - time.monotonic()))
+            # The step starts the new rate at once, not after the base rate's gap (2 s).
+            woken = (stop if rate[0] == STEP_RPS else stepped).wait(max(0.0, t - time.monotonic()))
+            if woken and rate[0] != STEP_RPS:
+                rate[0], t = STEP_RPS, time.monotonic()
 
     watcher = threading.Thread(target=poll, daemon=True)
     pool = ThreadPoolExecutor(48)
@@ -150,10 +217,14 @@ def run_step(info: PlatformInfo, name: str, fast_interval_s: float) -> tuple[Wat
     try:
         watcher.start()
         loader.start()
-        # The first tick only records the counter; the second decides: step just after it.
-        wait_for(lambda: watch.ticks_after(0), 3 * TICK_S + 15, f"the scheduler's first decision on {name}")
+        # The first tick only records the counter; the second decides: step just after the first
+        # sub-tick that follows it (reads at about the tick's + 1 s), so that the next 1 s window is
+        # the step's first second, before the provider's threads fill up (see the module's note).
+        tick = wait_for(lambda: watch.ticks_after(0), 3 * TICK_S + 15,
+                        f"the scheduler's first decision on {name}")[0]
+        stop.wait(max(0.0, tick["at_s"] + STEP_PHASE_S - time.time()))
         step_s = time.time()
-        rate[0] = STEP_RPS
+        stepped.set()
         wait_for(lambda: watch.ticks_after(step_s), 2 * TICK_S + 10, "the tick after the step")
         if fast_interval_s:
             wait_for(lambda: watch.replicas and watch.replicas[-1][2] >= 2, 60,
@@ -190,10 +261,34 @@ def test_fast_sub_tick_adds_replicas_before_the_next_tick(platform):
     assert raised and step_s < raised[0] < next_tick["at_s"], (watch.replicas, ctx)
     # ... and the added replica served (ready), the load carried on until it did.
     assert max(ready for *_, ready in watch.replicas) >= 2, watch.replicas
+
+    # Cause: the decision saw arrivals. Its rate is above what the one replica completed in any ~1 s
+    # window while it ran alone (the provider's answered counter), and over the step that answered
+    # counter never met the rule while the arrival counter did: with completions only (the counter
+    # the scheduler read before it had arrivals) the fast path would not have fired.
+    cap = float(re.search(r"capacity ([0-9.]+) ", first_up["reason"])[1])
+    assert cap == pytest.approx(TABLE_RPS, abs=0.05), first_up
+    wins = watch.windows(step_s)
+    counters = (watch.counters, ctx)
+    assert len(wins) >= 3, counters
+    most_done = max(w[2] for w in wins)
+    most_arrived = max(w[3] for w in wins)
+    assert first_up["observed_rps"] > most_done, (first_up, wins)
+    assert not any(fires(done, cap, dt) for _t, dt, done, _arr in wins), (wins, counters)
+    assert any(fires(arr, cap, dt) for _t, dt, _done, arr in wins), (wins, counters)
+    # Whole-step rates from step to the added replica's readiness, for the record.
+    alone = [c for c in watch.counters if c[0] >= step_s and c[3] < 2]
+    t0, d0, a0, _ = alone[0]
+    t1, d1, a1, _ = alone[-1]
     print(f"\nstep at 0; fast decision at +{first_up['at_s'] - step_s:.2f} s, provider desired 2 at "
           f"+{raised[0] - step_s:.2f} s, next tick at +{next_tick['at_s'] - step_s:.2f} s; "
           f"ready 2 at +{next(t for t, _d, r in watch.replicas if r >= 2) - step_s:.2f} s\n"
-          f"{first_up['reason']}")
+          f"{first_up['reason']}\n"
+          f"fast decision observed {first_up['observed_rps']:.1f} rps; with one replica ready "
+          f"(+{t0 - step_s:.1f}..+{t1 - step_s:.1f} s): answered {(d1 - d0) / (t1 - t0):.1f}/s "
+          f"(most in ~1 s {most_done:.1f}), arrived {(a1 - a0) / (t1 - t0):.1f}/s "
+          f"(most in ~1 s {most_arrived:.1f}); the rule's threshold at {cap:g} rps of capacity over "
+          f"1 s: {threshold(cap, 1.0):.1f} rps")
 
 
 def test_without_sub_ticks_the_step_waits_for_the_next_tick(platform):
