@@ -43,7 +43,7 @@ from fast_scheduler.control import (
     config_id,
     plan_tick,
 )
-from fast_scheduler.placement import Rejection, Snapshot, place, plan_repack
+from fast_scheduler.placement import Move, Rejection, Snapshot, place, plan_repack, wasted_devices
 
 
 @dataclass(frozen=True)
@@ -175,9 +175,11 @@ def plan_moves(
     checked again against the devices as they will be while both replicas run."""
     index = {d.device_id: i for i, d in enumerate(devices)}
     by_name = {f.name: f for f in functions if f"{f.namespace}/{f.name}" in movable}
-    plan = plan_repack(snapshot)
+    pinned = {d.device_id for d in snapshot.devices
+              if any(not _movable(r.replica_id, by_name) for r in d.replicas)}
+    moves = plan_repack(snapshot).moves if not pinned else _plan_around(snapshot, pinned)
     evacuations: dict[str, list[tuple[str, str]]] = {}
-    for mv in plan.moves:
+    for mv in moves:
         evacuations.setdefault(mv.from_device, []).append((mv.replica_id, mv.to_device))
     start = snapshot.by_id()
     check = snapshot
@@ -191,10 +193,9 @@ def plan_moves(
         if (src in targets or dsts & sources or len(mvs) != len(originals)
                 or any(rid not in originals for rid, _ in mvs)):
             continue
-        parts = [rid.split("/") for rid, _ in mvs]
-        if any(len(p) != 3 or p[0] not in by_name or p[1] in ("base", "new")
-               or p[1] not in by_name[p[0]].groups for p in parts):
+        if not all(_movable(rid, by_name) for rid, _ in mvs):
             continue
+        parts = [rid.split("/") for rid, _ in mvs]
         trial, ok = check, True
         for rid, dst in mvs:
             p = place(replace(originals[rid], replica_id=f"{rid}@{dst}"), Snapshot((trial.by_id()[dst],)))
@@ -218,6 +219,46 @@ def plan_moves(
     by_key = {f.name: f for f in functions}
     return [replace(m, to_count=_count(by_key[m.name], m.to_group) + raised[(m.name, m.to_group)])
             for m in out]
+
+
+def _movable(replica_id: str, by_name: Mapping[str, FunctionView]) -> bool:
+    """A replica of a scheduler group (``name/group/i`` in ``control.snapshot_of``) of a movable
+    function: not a base replica (``name/base/i``), nor one this tick places (``name/new/...``)."""
+    p = replica_id.split("/")
+    return len(p) == 3 and p[0] in by_name and p[1] not in ("base", "new") and p[1] in by_name[p[0]].groups
+
+
+def _plan_around(snapshot: Snapshot, pinned: set[str], max_moves: int = 64) -> tuple[Move, ...]:
+    """``plan_repack`` that never evacuates the ``pinned`` devices (they still take replicas):
+    ``plan_repack`` would try the emptiest device first, and where that one holds a replica that
+    cannot move (a base replica: the provider places those on the emptiest device) it would stop
+    with no move, though evacuating another device into it frees one as well."""
+    snap, moves = snapshot, []
+    tried = set(pinned)
+    while wasted_devices(snap) > 0 and len(moves) < max_moves:
+        used = sorted((d for d in snap.devices if d.replicas and d.device_id not in tried),
+                      key=lambda d: (d.area_used, d.mem_used_bytes, d.device_id))
+        if not used:
+            break
+        src = used[0]
+        tried.add(src.device_id)
+        trial = Snapshot(tuple(d for d in snap.devices if d.device_id != src.device_id and d.replicas))
+        trial_moves = []
+        for r in sorted(src.replicas, key=lambda r: -r.area):
+            p = place(r, trial)
+            if isinstance(p, Rejection):
+                break
+            trial = trial.with_device(p.device)
+            trial_moves.append(Move(r.replica_id, src.device_id, p.device_id))
+        else:
+            if len(moves) + len(trial_moves) > max_moves:
+                break
+            placed = trial.by_id()
+            empty = replace(src, replicas=(), bands=(), stored_models=())
+            snap = Snapshot(tuple(empty if d.device_id == src.device_id else placed.get(d.device_id, d)
+                                  for d in snap.devices))
+            moves.extend(trial_moves)
+    return tuple(moves)
 
 
 def _count(f: FunctionView, gid: str) -> int:
@@ -302,8 +343,8 @@ def plan_tick_repacking(
             waiting = [replace(m, to_count=groups[m.to_group][1], from_count=groups[m.from_group][1])
                        for m in waiting]
         remaining.extend(waiting)
-    for m in done:
-        empty = not any(mm.from_device == m.from_device for mm in remaining)
+    for k, m in enumerate(done):  # the last move off a device empties it
+        empty = not any(mm.from_device == m.from_device for mm in (*remaining, *done[k + 1:]))
         tail = f" ({m.from_label} then empty)" if empty else ""
         events.append(MoveEvent(m, "done", f"re-pack: moved {m.describe()}: ready there, the one on "
                                 f"{m.from_label} stopped{tail}"))

@@ -140,8 +140,6 @@ def test_cadence_and_off(every, ticks_to_move):
 @pytest.mark.parametrize("groups, base, ready, why", [
     ({G0: 3}, 0, None, "one device in use: nothing wasted"),
     ({G0: 6, G1: 6}, 0, None, "1.5 devices of work on two: nothing wasted"),
-    # The emptiest device (plan_repack's pick) holds a base replica, which the provider places itself.
-    ({G0: 3}, 1, None, "d1, the emptiest, holds a base replica"),
     ({G0: 2, G1: 1}, 0, {G1: 0}, "a replica still starting: the function is not settled"),
 ])
 def test_no_move(groups, base, ready, why):
@@ -182,3 +180,20 @@ def test_moves_are_in_the_decision_record():
     r = step(mem, st, 4.0, view(4.0, {G0: 3, G1: 1}, ready={G0: 2}))
     (m,) = repack_record(st, r.events, 4.0)["openfaas-fn/f"]
     assert m["state"] == "waiting" and m["for_s"] == 2.0
+
+
+def test_a_base_replica_pins_its_device_and_the_other_one_moves_into_it():
+    """d1, the emptiest (plan_repack's first pick), holds the base replica (the provider places
+    those itself, on the emptiest device): d0's group moves onto d1 instead."""
+    mem: dict[str, FunctionMemory] = {}
+    st = RepackState()
+    step(mem, st, 0.0, view(0.0, {G0: 3}, base=1, lo=1))
+    r = step(mem, st, 2.0, view(2.0, {G0: 3}, base=1, lo=1))
+    (a,) = r.result.actions
+    assert groups_of(a) == {G0: 3, G1: 3}  # make: all three raised on d1, beside the base
+    assert [e.message for e in r.events] == [
+        "re-pack: moving 1 replica of f from d0 to d1 (device d0 then empty)"] * 3
+    r = step(mem, st, 4.0, view(4.0, {G0: 3, G1: 3}, base=1, lo=1))
+    assert groups_of(r.result.actions[0]) == {G1: 3}
+    assert [e.state for e in r.events] == ["done"] * 3 and "(d0 then empty)" in r.events[-1].message
+    assert "(d0 then empty)" not in r.events[0].message
