@@ -5,7 +5,8 @@ Every ``every_ticks`` ticks (never on a fast sub-tick), when no move is in fligh
 evacuated while a whole device is wasted. Only replicas of *settled* functions move: decided this
 tick, no action this tick, every group at its desired count with all replicas ready, nothing
 draining. A device holding anything else (a base replica, which the provider places itself; a
-replica of a function that is changing) is not evacuated.
+replica of a function that is changing) is not evacuated, but still takes moves (``_plan_around``,
+``plan_repack`` with such devices left out as sources).
 
 A move of one replica of group ``g`` = (config, device A) to device B:
 
