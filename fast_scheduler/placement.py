@@ -385,14 +385,16 @@ def wasted_devices(snapshot: Snapshot) -> int:
     return len(used) - max(1, int(-(-max(area, mem) // 1)))
 
 
-def plan_repack(snapshot: Snapshot, max_moves: int = 64) -> RepackPlan:
+def plan_repack(snapshot: Snapshot, max_moves: int = 64, pinned: frozenset[str] = frozenset()) -> RepackPlan:
     """Evacuate the emptiest used devices into the others while some whole device is wasted.
 
     A device is evacuated only if all its replicas find a place elsewhere (placed with ``place``
-    on the remaining devices); otherwise it is left as it was.
+    on the remaining devices); otherwise it is left as it was. ``pinned`` devices are never
+    evacuated but still take replicas (the live loop's: a device with a replica that cannot move,
+    such as a base replica the provider placed, which is often the emptiest one).
     """
     snap, moves, freed = snapshot, [], []
-    tried: set[str] = set()
+    tried: set[str] = set(pinned)
     while wasted_devices(snap) > 0 and len(moves) < max_moves:
         used = sorted(
             (d for d in snap.devices if d.replicas and d.device_id not in tried),

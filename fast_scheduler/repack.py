@@ -5,8 +5,8 @@ Every ``every_ticks`` ticks (never on a fast sub-tick), when no move is in fligh
 evacuated while a whole device is wasted. Only replicas of *settled* functions move: decided this
 tick, no action this tick, every group at its desired count with all replicas ready, nothing
 draining. A device holding anything else (a base replica, which the provider places itself; a
-replica of a function that is changing) is not evacuated, but still takes moves (``_plan_around``,
-``plan_repack`` with such devices left out as sources).
+replica of a function that is changing) is not evacuated, but still takes moves (``plan_repack``'s
+``pinned``).
 
 A move of one replica of group ``g`` = (config, device A) to device B:
 
@@ -44,7 +44,7 @@ from fast_scheduler.control import (
     config_id,
     plan_tick,
 )
-from fast_scheduler.placement import Move, Rejection, Snapshot, place, plan_repack, wasted_devices
+from fast_scheduler.placement import Rejection, Snapshot, place, plan_repack
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def plan_moves(
     by_name = {f.name: f for f in functions if f"{f.namespace}/{f.name}" in movable}
     pinned = {d.device_id for d in snapshot.devices
               if any(not _movable(r.replica_id, by_name) for r in d.replicas)}
-    moves = plan_repack(snapshot).moves if not pinned else _plan_around(snapshot, pinned)
+    moves = plan_repack(snapshot, pinned=frozenset(pinned)).moves
     evacuations: dict[str, list[tuple[str, str]]] = {}
     for mv in moves:
         evacuations.setdefault(mv.from_device, []).append((mv.replica_id, mv.to_device))
@@ -227,39 +227,6 @@ def _movable(replica_id: str, by_name: Mapping[str, FunctionView]) -> bool:
     function: not a base replica (``name/base/i``), nor one this tick places (``name/new/...``)."""
     p = replica_id.split("/")
     return len(p) == 3 and p[0] in by_name and p[1] not in ("base", "new") and p[1] in by_name[p[0]].groups
-
-
-def _plan_around(snapshot: Snapshot, pinned: set[str], max_moves: int = 64) -> tuple[Move, ...]:
-    """``plan_repack`` that never evacuates the ``pinned`` devices (they still take replicas):
-    ``plan_repack`` would try the emptiest device first, and where that one holds a replica that
-    cannot move (a base replica: the provider places those on the emptiest device) it would stop
-    with no move, though evacuating another device into it frees one as well."""
-    snap, moves = snapshot, []
-    tried = set(pinned)
-    while wasted_devices(snap) > 0 and len(moves) < max_moves:
-        used = sorted((d for d in snap.devices if d.replicas and d.device_id not in tried),
-                      key=lambda d: (d.area_used, d.mem_used_bytes, d.device_id))
-        if not used:
-            break
-        src = used[0]
-        tried.add(src.device_id)
-        trial = Snapshot(tuple(d for d in snap.devices if d.device_id != src.device_id and d.replicas))
-        trial_moves = []
-        for r in sorted(src.replicas, key=lambda r: -r.area):
-            p = place(r, trial)
-            if isinstance(p, Rejection):
-                break
-            trial = trial.with_device(p.device)
-            trial_moves.append(Move(r.replica_id, src.device_id, p.device_id))
-        else:
-            if len(moves) + len(trial_moves) > max_moves:
-                break
-            placed = trial.by_id()
-            empty = replace(src, replicas=(), bands=(), stored_models=())
-            snap = Snapshot(tuple(empty if d.device_id == src.device_id else placed.get(d.device_id, d)
-                                  for d in snap.devices))
-            moves.extend(trial_moves)
-    return tuple(moves)
 
 
 def _count(f: FunctionView, gid: str) -> int:
