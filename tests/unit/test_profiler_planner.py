@@ -118,17 +118,38 @@ def test_cpu_saturation_after_one_core():
     assert pts[(100, 0.8)].source is Source.SATURATED and pts[(100, 0.8)].throughput_rps == pytest.approx(24)
 
 
+def ql(q: float, q0: float, r0: float, q1: float, r1: float) -> float:
+    """What the planner infers between two quotas: time per request (quota / rate) linear in quota."""
+    t = (q - q0) / (q1 - q0)
+    return q / (q0 / r0 + t * (q1 / r1 - q0 / r0))
+
+
+@pytest.mark.parametrize("q, anchors, want", [
+    # MobileNet at one core, 2026-11-28 (quota 0.2 / 0.6 measured, 0.4 re-measured 15.06 rps): the
+    # time per request falls as the rate rises, a line through the rates is 8 % high
+    (0.4, (0.2, 6.88, 0.6, 25.78), 15.28),
+    (0.4, (0.2, 6.0, 0.6, 18.0), 12.0),  # rate proportional to quota: the same as a line
+    (0.4, (0.2, 0.0, 0.6, 12.0), 6.0),  # an anchor serving nothing: linear in the rate
+])
+def test_quota_axis_interpolates_time_per_request(q, anchors, want):
+    from fast_profiler.planner import _quota_lerp
+
+    assert _quota_lerp(q, *anchors) == pytest.approx(want, abs=0.01)
+
+
 # (sm 6 rps at quota 0.2, 0.6, 1.0; sm 80 rps at quota 0.2, 0.6, 1.0) -> sm 80's inferred 0.4, 0.8
 @pytest.mark.parametrize("one, two, inferred", [
     # the 2-core MobileNet case: two cores serve 1.6x more at quota 0.2, 1.2x at 0.6, nothing more at
     # full quota (the ratio is not linear in quota): copying the one-core column was 37 % off at 0.2,
     # interpolating the ratio between the two ends alone 7-19 % off at 0.4
     ((3.7, 28.2, 40.7), (5.92, 34.0, 40.7),
-     (15.95 * (1.6 + 34.0 / 28.2) / 2, 34.45 * (34.0 / 28.2 + 1.0) / 2)),
+     (ql(0.4, 0.2, 3.7, 0.6, 28.2) * (1.6 + 34.0 / 28.2) / 2,
+      ql(0.8, 0.6, 28.2, 1.0, 40.7) * (34.0 / 28.2 + 1.0) / 2)),
     # saturated at every anchor: a plain copy of the growing class
     ((6.0, 18.0, 30.0), (6.0, 18.0, 30.0), (12.0, 24.0)),
     # slower at full quota on two cores (the platform shares them) but faster at the smallest quota
-    ((4.0, 24.0, 40.0), (6.0, 24.0, 20.0), (14.0 * 1.25, 32.0 * 0.75)),
+    ((4.0, 24.0, 40.0), (6.0, 24.0, 20.0),
+     (ql(0.4, 0.2, 4.0, 0.6, 24.0) * 1.25, ql(0.8, 0.6, 24.0, 1.0, 40.0) * 0.75)),
 ])
 def test_first_saturated_class_is_measured_at_the_anchors_and_scales_the_column(one, two, inferred):
     spec = GridSpec(device_cores=2)
@@ -155,7 +176,7 @@ def test_first_saturated_class_is_measured_at_the_anchors_and_scales_the_column(
     assert table.is_measured(100, 0.6) and not table.is_measured(100, 0.4)
 
 
-def test_saturated_column_without_a_ratio_is_linear_between_its_own_measurements():
+def test_saturated_column_without_a_ratio_is_interpolated_between_its_own_measurements():
     # one core meets no SLO at quota 0.2 (0 rps): the ratio is undefined there
     spec = GridSpec(device_cores=2)
     truth = {(6, 0.2): 0.0, (6, 0.6): 12.0, (6, 1.0): 30.0, (80, 0.2): 4.0, (80, 0.6): 16.0,
@@ -164,10 +185,11 @@ def test_saturated_column_without_a_ratio_is_linear_between_its_own_measurements
     while (c := next_config(spec, done)) is not None:
         done[c] = m(c.sm_pct, c.quota_frac, truth[(c.sm_pct, c.quota_frac)])
     pts = {(p.config.sm_pct, p.config.quota_frac): p for p in fill(spec, done)}
-    assert pts[(80, 0.4)].throughput_rps == pytest.approx(10.0)
+    assert pts[(80, 0.4)].throughput_rps == pytest.approx(ql(0.4, 0.2, 4.0, 0.6, 16.0))
     assert pts[(80, 0.4)].basis == (Config(80, 0.2), Config(80, 0.6))
-    # where the ratio is defined (0.6 and 1.0) it is used: 12 -> 21 in the one-core column, x 4/3 -> 1
-    assert pts[(80, 0.8)].throughput_rps == pytest.approx(21.0 * (16.0 / 12.0 + 1.0) / 2)
+    # where the ratio is defined (0.6 and 1.0) it is used: the one-core column's 0.8, x 4/3 -> 1
+    want = ql(0.8, 0.6, 12.0, 1.0, 30.0) * (16.0 / 12.0 + 1.0) / 2
+    assert pts[(80, 0.8)].throughput_rps == pytest.approx(want)
 
 
 @pytest.mark.parametrize("cores, measured, planned, nxt", [
