@@ -67,8 +67,14 @@ _HOP_BY_HOP = frozenset({
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",
 })
 
-_ENTERED, _LEFT = "fastgshare_gate_entered", "fastgshare_gate_left"
-"""Request keys: monotonic times the request entered and left the gate (for the two headers)."""
+
+@dataclass
+class _GateTimes:
+    """Monotonic times one request entered and left the gate (for the wait and hold headers)."""
+
+    entered: float | None = None
+    left: float | None = None
+
 
 
 class FifoGate:
@@ -221,12 +227,13 @@ class Sidecar:
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         t0 = time.monotonic()
+        gate = _GateTimes()
         try:
-            response = await self._invoke(request, t0)
+            response = await self._invoke(request, t0, gate)
         except Exception:
             log.exception("request %s %s failed in the sidecar", request.method, request.path)
             response = _text(500, "sidecar error while serving the request")
-        entered, left = request.get(_ENTERED), request.get(_LEFT)
+        entered, left = gate.entered, gate.left
         if entered is not None:
             response.headers[WAIT_HEADER] = f"{(entered - t0) * 1000.0:.3f}"
             if left is not None:
@@ -236,7 +243,7 @@ class Sidecar:
 
     # ---- the request path ------------------------------------------------------------------
 
-    async def _invoke(self, request: web.Request, t0: float) -> web.Response:
+    async def _invoke(self, request: web.Request, t0: float, gate: _GateTimes) -> web.Response:
         s = self.settings
         if self._gate.busy and self._gate.waiting >= s.queue_max:
             retry_s = max(1, math.ceil((self._gate.waiting + 1) * self.metrics.p50_s()))
@@ -251,7 +258,7 @@ class Sidecar:
         if not entered:
             return _text(504, f"timed out after {waited_s:.1f}s waiting for device time "
                               f"(queued behind other requests; queue timeout {s.queue_timeout_s:g}s)")
-        request[_ENTERED] = t0 + waited_s
+        gate.entered = t0 + waited_s
         try:
             self.metrics.queue_waited(waited_s)
             self._inflight += 1
@@ -273,7 +280,7 @@ class Sidecar:
         finally:
             self._inflight -= 1
             self.metrics.set_inflight(self._inflight)
-            request[_LEFT] = time.monotonic()
+            gate.left = time.monotonic()
             self._gate.leave()
 
     async def _invoke_batched(self, request: web.Request, body: bytes, t0: float,
