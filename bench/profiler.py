@@ -105,14 +105,11 @@ def long_run(runner: Runner, cfg: Config, rate: float, seconds: float, slo_ms: f
 
 
 def _lag1(x: list[float]) -> float:
-    if len(x) < 3:
+    """Correlation of each request's service time with the next one's (0 when undefined)."""
+    try:
+        return statistics.correlation(x[:-1], x[1:])
+    except statistics.StatisticsError:  # fewer than two pairs, or constant
         return 0.0
-    a, b = x[:-1], x[1:]
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    cov = sum((u - ma) * (v - mb) for u, v in zip(a, b, strict=True))
-    va = sum((u - ma) ** 2 for u in a)
-    vb = sum((v - mb) ** 2 for v in b)
-    return cov / (va * vb) ** 0.5 if va > 0 and vb > 0 else 0.0
 
 
 def long_runs_at(name: str, slo_ms: float, cfg: Config, rates: list[float], seconds: float) -> dict:

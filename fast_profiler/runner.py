@@ -266,8 +266,7 @@ class Runner:
         """One open-loop Poisson load held at ``rate_rps`` for ``seconds`` on ``cfg``, drained (its
         latencies, errors, and per request the service and path times): the independent check of
         a table's rate over a long run."""
-        sidecar = self._deploy_and_wait(cfg)
-        del sidecar
+        self._deploy_and_wait(cfg)
 
         url = f"{self.gw.url}/function/{self.src.shadow}"
 

@@ -32,6 +32,7 @@ from fast_scheduler.autoscale import ReplicaConfig, is_standby
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
 from fastgshare.resources import parse_share
+from tests.integration.platform_helpers import start_platform
 from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "paced"
@@ -54,11 +55,8 @@ def paced_table(device_type: str) -> ProfileTable:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, PlatformInfo]]:
-    p = Platform(tmp_path_factory.mktemp("platform"), port=0)
-    info = p.start()
+    p, info = start_platform(tmp_path_factory.mktemp("platform"), {IMAGE: HANDLER})
     client = redis.Redis.from_url(info.redis_url)
-    client.hset(keys.images(), IMAGE,
-                json.dumps({"handler_dir": str(HANDLER), "template_dir": str(TEMPLATE)}))
     devs = wait_for(lambda: read_devices(client), 30, "the node agent's device")
     d = devs[0]
     device_type = device_type_of({"kind": d.kind.value, "name": d.name, "cores": list(d.cores)})

@@ -62,7 +62,8 @@ from fast_profiler.table import ProfilePoint, ProfileTable
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
 from gateway_plugin.types import STARTED_FIELD
-from tests.integration.test_autoscale_e2e import HANDLER, IMAGE, REPO, TEMPLATE, replicas_of
+from tests.integration.platform_helpers import start_platform
+from tests.integration.test_autoscale_e2e import HANDLER, IMAGE, REPO, replicas_of
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -91,11 +92,8 @@ def low_table(name: str, device_type: str) -> ProfileTable:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, PlatformInfo, str]]:
-    p = Platform(tmp_path_factory.mktemp("platform"), port=0)
-    info = p.start()
+    p, info = start_platform(tmp_path_factory.mktemp("platform"), {IMAGE: HANDLER})
     client = redis.Redis.from_url(info.redis_url)
-    client.hset(keys.images(), IMAGE,
-                json.dumps({"handler_dir": str(HANDLER), "template_dir": str(TEMPLATE)}))
     devs = wait_for(lambda: read_devices(client), 30, "the node agent's device")
     d = devs[0]
     client.close()
@@ -146,10 +144,15 @@ def fires(rate: float, capacity: float, window_s: float) -> bool:
     return rate - capacity > JUMP_SIGMAS * math.sqrt(max(rate, 1e-9) / window_s)
 
 
-def run_step(info: PlatformInfo, name: str, fast_interval_s: float) -> tuple[Watch, float, str]:
-    """Deploy ``name``, start the scheduler, play ``BASE_RPS`` until its first decided tick, then
-    ``STEP_RPS`` until the tick after the step (and, with sub-ticks on, until the added replica is
-    ready); returns what was watched, when the step began and the log."""
+def run_step(info: PlatformInfo, name: str, device_type: str,
+             fast_interval_s: float) -> tuple[Watch, float, str]:
+    """Store ``name``'s table (``low_table``), deploy it, start the scheduler, play ``BASE_RPS``
+    until its first decided tick, then ``STEP_RPS`` until the tick after the step (and, with
+    sub-ticks on, until the added replica is ready); returns what was watched, when the step began
+    and the log."""
+    client = redis.Redis.from_url(info.redis_url)
+    store.save(client, low_table(name, device_type))
+    client.close()
     url = info.url
     api = requests.Session()
     api.auth = info.auth
@@ -243,11 +246,7 @@ def run_step(info: PlatformInfo, name: str, fast_interval_s: float) -> tuple[Wat
 
 def test_fast_sub_tick_adds_replicas_before_the_next_tick(platform):
     _p, info, device_type = platform
-    name = "paced-fast"
-    client = redis.Redis.from_url(info.redis_url)
-    store.save(client, low_table(name, device_type))
-    client.close()
-    watch, step_s, log = run_step(info, name, fast_interval_s=1.0)
+    watch, step_s, log = run_step(info, "paced-fast", device_type, fast_interval_s=1.0)
     next_tick = watch.ticks_after(step_s)[0]
     first_up = next((d for d in watch.decisions if d["at_s"] > step_s and d["replicas"] >= 2), None)
     ctx = (watch.decisions, log[-3000:])
@@ -295,11 +294,7 @@ def test_fast_sub_tick_adds_replicas_before_the_next_tick(platform):
 
 def test_without_sub_ticks_the_step_waits_for_the_next_tick(platform):
     _p, info, device_type = platform
-    name = "paced-tick"
-    client = redis.Redis.from_url(info.redis_url)
-    store.save(client, low_table(name, device_type))
-    client.close()
-    watch, step_s, log = run_step(info, name, fast_interval_s=0.0)
+    watch, step_s, log = run_step(info, "paced-tick", device_type, fast_interval_s=0.0)
     next_tick = watch.ticks_after(step_s)[0]
     ctx = (watch.decisions, log[-3000:])
     assert all(d["path"] == "tick" for d in watch.decisions), ctx

@@ -31,6 +31,7 @@ from fast_scheduler.control import config_id
 from fast_scheduler.loop import LoopSettings, Provider, SchedulerLoop
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
+from tests.integration.platform_helpers import start_platform
 from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "paced"
@@ -46,11 +47,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, PlatformInfo]]:
-    p = Platform(tmp_path_factory.mktemp("platform"), port=0)
-    info = p.start()
+    p, info = start_platform(tmp_path_factory.mktemp("platform"), {IMAGE: HANDLER})
     client = redis.Redis.from_url(info.redis_url)
-    client.hset(keys.images(), IMAGE,
-                json.dumps({"handler_dir": str(HANDLER), "template_dir": str(TEMPLATE)}))
     register(client, GPUS, ttl_s=900)
     dt = device_type_of({"kind": "gpu", "name": GPUS[0].name, "cores": []})
     store.save(client, ProfileTable("paced", dt, tuple(ProfilePoint(sm, 1.0, 1, 18.0, 52.0, 60.0, 70.0)
