@@ -328,6 +328,34 @@ def _requests(s: FunctionSpec, new: Counter, tag: str) -> list[ReplicaRequest]:
     ]
 
 
+class Foresight:
+    """A reference, not a policy: this policy's own code (configs, whole replicas, placement,
+    re-pack) fed, at each tick, each function's *true* highest rate over the ``ahead_steps`` until
+    what it starts can serve (a tick plus a cold start), with no headroom for what it cannot know
+    (burst headroom, volatility, standby, fast path off). With ``scale_down_delay_s`` 0 it is what
+    the machinery costs when the forecast is perfect; the gap from it to ``this`` is what not
+    knowing the future costs."""
+
+    def __init__(self, specs: list[FunctionSpec], trace: Any, ahead_steps: int, delay_s: float,
+                 mem_bytes: int) -> None:
+        st = AutoscaleSettings(device_mem_bytes=mem_bytes, burst_k=0.0, volatility_k=0.0,
+                               standby_frac=0.0, scale_down_delay_s=delay_s,
+                               calm_scale_down_delay_s=delay_s)
+        self.policy, self.trace, self.ahead = this_policy(specs, st), trace, ahead_steps
+        self.name = "foresight"
+
+    def desired(self, now_s: float, observed: Any, current: Any) -> Any:
+        k = int(round(now_s / self.trace.step_s))
+        true = {n: max(r[k : k + self.ahead], default=0.0) for n, r in self.trace.rates_rps.items()}
+        return self.policy.desired(now_s, true, current)
+
+    def apply(self, snapshot: Snapshot, adds: Any) -> Any:
+        return self.policy.apply(snapshot, adds)
+
+    def after(self, snapshot: Snapshot) -> Any:
+        return self.policy.after(snapshot)
+
+
 def _place_all(snap: Snapshot, reqs: list[ReplicaRequest]) -> tuple[Snapshot, int]:
     """Place planned replicas (largest first), then standby ones beside them (the policies' order)."""
     placed = 0
@@ -447,6 +475,19 @@ def main(argv: list[str] | None = None) -> None:
             }
             entry["mechanisms"][label]["gpus_vs_lower_bound"] = (
                 s["gpus_mean"] / lb_mean if lb_mean else math.nan)
+        ahead = round((settings.control_interval_s + settings.cold_start_s) / settings.step_s) + 1
+        for label, delay in (("foresight", 0.0), ("foresight_30s_delay", base.scale_down_delay_s)):
+            t0 = time.perf_counter()
+            fs = Foresight(specs, tr, ahead, delay, settings.device_mem_bytes)
+            s = simulate(specs, tr, fs, replace(settings, fast_interval_s=0.0)).summary()
+            print(f"  {label:24s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
+                  f"SLO {100 * s['slo_attainment']:6.2f} %  ({time.perf_counter() - t0:.1f} s)")
+            entry["mechanisms"][label] = {
+                m: s[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment", "slo_attainment_min_function")
+            }
+            entry["mechanisms"][label]["gpus_vs_lower_bound"] = (
+                s["gpus_mean"] / lb_mean if lb_mean else math.nan)
+        entry["foresight_gpus"] = entry["mechanisms"]["foresight"]["gpus_mean"]
         d = entry["policies"]["this"]
         entry["mechanisms"]["fast_path_and_standby"] = {
             m: d[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment", "slo_attainment_min_function")
@@ -537,6 +578,10 @@ def plot(series: dict[str, dict[str, list[int]]], path: Any, result: dict[str, A
             for k in ("exclusive", "time_sharing", "fastgshare_original"):
                 s = e["policies"][k]
                 ax.plot([s["gpus_mean"]], [100 * s["slo_attainment"]], "s", label=k)
+            fs = e.get("mechanisms", {}).get("foresight")
+            if fs:
+                ax.plot([fs["gpus_mean"]], [100 * fs["slo_attainment"]], "*", markersize=10,
+                        label="this, perfect foresight (reference)")
             ax.axvline(e["lower_bound_gpus"], linestyle="--", color="grey", label="LP bound")
             ax.axhline(99.0, linestyle=":", color="grey")
             ax.set_xscale("log")
