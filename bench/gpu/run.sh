@@ -87,7 +87,14 @@ step() {  # step NAME LIMIT_S MIN_S command...: run with min(LIMIT, time left - 
   (( room < limit )) && limit=$room
   if (( limit < min )); then say "SKIPPED $name: ${room}s left of the budget, it needs ${min}s"; return; fi
   say "$name (limit ${limit}s)"
-  timeout "$limit" "$@" || say "$name FAILED or timed out (rc $?)"
+  # Its own process group, killed whole at the limit: a platform a timed-out step started (replicas
+  # holding CUDA contexts) would otherwise outlive it and hold MPS (its quit then waits on them).
+  setsid "$@" & local pid=$!
+  ( sleep "$limit"; kill -TERM -- -"$pid"; sleep 5; kill -KILL -- -"$pid" ) >/dev/null 2>&1 &
+  local watchdog=$!
+  wait "$pid"; local rc=$?
+  kill "$watchdog" 2>/dev/null; kill -KILL -- -"$pid" 2>/dev/null  # leftovers of a finished step too
+  (( rc == 0 )) || say "$name FAILED or timed out (rc $rc)"
   save
 }
 # ---- 3. model sharing first: before MPS, NVML reports each process's device memory (under MPS it
@@ -137,7 +144,8 @@ if [[ $DRY == 0 ]]; then
 fi
 stop_mps() {
   save
-  [[ $STARTED_MPS == 1 ]] && echo quit | nvidia-cuda-mps-control && say "stopped our MPS daemon"
+  [[ $STARTED_MPS == 1 ]] && timeout 20 bash -c 'echo quit | nvidia-cuda-mps-control' \
+    && say "stopped our MPS daemon"
 }
 trap stop_mps EXIT
 
@@ -147,10 +155,11 @@ step "isolation on $DEVICE" 140 90 \
 step "sharing modes on $DEVICE" 120 60 \
   $PY -m bench.gpu.main sharing --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
 if [[ $DRY == 0 ]]; then
-  step "profile ResNet-50 on $DEVICE" 100 50 $PY -m bench.gpu.profile_gpu --fn resnet50 --slo-ms 50 \
-    --sm 12,24,50,100 --quota 0.25,0.5,1 --quick --out "$RES/profiles"
-  step "profile BERT on $DEVICE" 100 50 $PY -m bench.gpu.profile_gpu --fn bert --slo-ms 130 \
-    --sm 12,24,50,100 --quota 0.25,0.5,1 --quick --out "$RES/profiles"
+  # 6 points each: a measured point takes 10-20 s on an H200 (2026-11-28: 12 points did not fit 100 s)
+  step "profile ResNet-50 on $DEVICE" 110 50 $PY -m bench.gpu.profile_gpu --fn resnet50 --slo-ms 50 \
+    --sm 12,50,100 --quota 0.5,1 --quick --out "$RES/profiles"
+  step "profile BERT on $DEVICE" 110 50 $PY -m bench.gpu.profile_gpu --fn bert --slo-ms 130 \
+    --sm 12,50,100 --quota 0.5,1 --quick --out "$RES/profiles"
 else
   step "profile MobileNet on $DEVICE" 150 50 $PY -m bench.gpu.profile_gpu --fn mobilenet --slo-ms 300 \
     --sm 50,100 --quota 0.5,1 --quick --out "$RES/profiles"
