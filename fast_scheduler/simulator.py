@@ -6,7 +6,8 @@ replicas running, and returns the replica set it wants per function (for this pr
 ``decide_replicas`` the control loop calls); new replicas are placed by the policy (for this
 project: the same ``place``), and serve after ``cold_start_s``. A removed replica stops at once,
 unless its function gets new replicas in the same tick: then it keeps serving (and its GPU counts
-as used) until they are up (make-before-break), though its place is already free for placement.
+as used) until they are up (make-before-break), though its place is already free for placement;
+a replica a re-pack moves does the same (``move_cold_start``).
 
 Serving, per step and function: arrivals join a FIFO of (arrival time, count) chunks; ready
 replicas drain it at their service rate (``latency.LatencyCurve.service_rps``: the profiled rate
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from fast_profiler.table import ProfileTable
@@ -56,6 +57,10 @@ class SimSettings:
     gpus: int = 512
     gpus_per_node: int = 8
     device_mem_bytes: int = 32 * 2**30
+    move_cold_start: bool = True
+    """A replica moved by a re-pack starts on its new device (``cold_start_s``) while the copy on
+    its old device serves and keeps that device in use (make-before-break, as
+    ``fast_scheduler.repack`` moves them live); False: moves are instant and free."""
     borrow_idle: bool = True
     """Replicas whose quota limit is above their request serve past it, up to the limit, on the
     device's idle SM-time (what the arbiter lends); False: every replica at its request."""
@@ -320,10 +325,17 @@ def simulate(
                     )
                 res.replicas_started += 1
         for rid in list(replicas):
-            if rid in placed_on:
-                replicas[rid].device_id = placed_on[rid]
-            else:  # evicted by the policy (a standby left alone on a device)
+            if rid not in placed_on:  # evicted by the policy (a standby left alone on a device)
                 del replicas[rid]
+                continue
+            r = replicas[rid]
+            if r.device_id != placed_on[rid] and cfg.move_cold_start and k:
+                # A re-pack move, make-before-break as the live loop does it: the copy on the old
+                # device serves (and holds it in use) until the one on the new device is up.
+                if r.ready_s <= now:
+                    draining.append(replace(r, stop_s=now + cfg.cold_start_s))
+                r.ready_s = now + cfg.cold_start_s
+            r.device_id = placed_on[rid]
 
     for k in range(trace.steps):
         now = k * dt
