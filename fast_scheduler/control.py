@@ -35,16 +35,16 @@ from fast_scheduler.autoscale import (
     split_standby,
     with_standby,
 )
-from fast_scheduler.placement import (
-    DEFAULT_FILTERS,
+from fast_scheduler.placement import (  # the refusal memory: re-exported, loop.py and repack.py use it
+    STANDBY_RETRY_S,
     Device,
     Placement,
+    RefusedStandby,
     Rejection,
     ReplicaRequest,
     Snapshot,
-    beside_holders,
     place,
-    standby_room,
+    place_standby,
 )
 
 
@@ -123,43 +123,8 @@ class FunctionMemory:
     """The counter at the last reading of either kind (tick or fast sub-tick), and when."""
     fast_at_s: float | None = None
     refused: dict[ReplicaRequest, RefusedStandby] = field(default_factory=dict)
-    """Standby requests placement refused (by the request with its id blanked), with the devices
-    that refused them (``place_standby``)."""
-
-
-STANDBY_RETRY_S = 30.0
-"""A refused standby request is tried on every device again after this long even when no device
-changed (a safety net: a device's fingerprint covers all that placement reads of it)."""
-
-
-@dataclass(frozen=True)
-class RefusedStandby:
-    """A standby request that placement refused, and the devices that refused it."""
-
-    at_s: float
-    """When it was last tried on every device."""
-    devices: Mapping[str, _Seen]
-    """Device id -> the device as it refused the request."""
-
-
-class _Seen:
-    """A device as it was seen, with its ``device_fingerprint`` computed when first asked: most
-    devices are the very same object the next time (the simulator's snapshots keep unchanged
-    devices), and an object is its own fingerprint."""
-
-    __slots__ = ("device", "_fp")
-
-    def __init__(self, device: Device) -> None:
-        self.device = device
-        self._fp: tuple[object, ...] | None = None
-
-    def fingerprint(self) -> tuple[object, ...]:
-        if self._fp is None:
-            self._fp = device_fingerprint(self.device)
-        return self._fp
-
-    def same_as(self, other: _Seen) -> bool:
-        return self.device is other.device or self.fingerprint() == other.fingerprint()
+    """Standby requests (by the request with its id blanked) with the devices that refused them,
+    whether or not another device took them (``place_standby``)."""
 
 
 @dataclass(frozen=True)
@@ -278,70 +243,6 @@ def _request(f: FunctionView, cfg: ReplicaConfig, rid: str, dev: DeviceView) -> 
     )
 
 
-STANDBY_FILTERS = (*DEFAULT_FILTERS, beside_holders)
-STANDBY_SCORES = ((standby_room, 1.0),)
-
-
-def device_fingerprint(dev: Device) -> tuple[object, ...]:
-    """All that placement reads of a device: memory, capacity, stored models, strips (height and
-    quota used) and its replicas, as multisets (a tick rebuilds the device from the provider's view
-    in another order than the previous tick placed into it; replica ids are left out, since a
-    group's replicas are renamed between ticks). Filters and scores are functions of (request,
-    device) that read only these, so a device whose fingerprint is the one it had when it refused a
-    request refuses it again."""
-    return (
-        dev.mem_bytes, dev.sm_capacity_pct, tuple(sorted(dev.stored_models)),
-        tuple(sorted((b.height_pct, round(b.quota_used_frac, 9)) for b in dev.bands)),
-        tuple(sorted((r.function, r.model, r.sm_pct, r.quota_request_frac, r.quota_limit_frac, r.batch,
-                      r.mem_bytes, r.weight_bytes) for r in dev.replicas)),
-    )
-
-
-def place_standby(
-    req: ReplicaRequest,
-    snap: Snapshot,
-    refused: dict[ReplicaRequest, RefusedStandby],
-    now_s: float,
-    retry_s: float = STANDBY_RETRY_S,
-) -> tuple[Placement | None, int]:
-    """Place a standby ``req`` beside planned replicas, remembering refusals in ``refused`` (updated
-    in place) so that a refused request is not scanned again over devices that refused it.
-
-    A request refused before (same function, config, memory) is tried only on the devices whose
-    fingerprint changed since they refused it (a replica removed, a device added, memory freed, a
-    planned replica added that opens a strip's token) or that are new; when none changed it is not
-    tried at all. Every ``retry_s`` it is tried on every device again. The devices left out would
-    refuse it, so the result is the placement a full scan gives (same device, same ties).
-    Returns (the placement or None, devices examined)."""
-    key = replace(req, replica_id="")
-    memo = refused.get(key)
-    # Only the devices place() looks at: the used ones and the first empty one of each kind (the
-    # other empty ones are like it; and a standby never goes onto an empty device).
-    devices = [snap.devices[i] for i in snap.candidates]
-    seen = {d.device_id: _Seen(d) for d in devices}
-    scope, since_s = snap, now_s
-    if memo is not None and now_s - memo.at_s < retry_s:
-        since_s = memo.at_s
-        changed = []
-        for d in devices:
-            was = memo.devices.get(d.device_id)
-            if was is None or not was.same_as(seen[d.device_id]):
-                changed.append(d)
-            else:
-                seen[d.device_id] = was  # keeps its fingerprint if it has one
-        if not changed:
-            return None, 0
-        scope = Snapshot(tuple(changed))
-    p = place(req, scope, STANDBY_FILTERS, STANDBY_SCORES)
-    scanned = len(scope.candidates)
-    if isinstance(p, Rejection):
-        refused[key] = RefusedStandby(since_s, seen)
-        return None, scanned
-    if since_s == now_s:  # a full scan placed it: nothing to remember
-        refused.pop(key, None)
-    return p, scanned
-
-
 def plan_tick(
     now_s: float,
     functions: Sequence[FunctionView],
@@ -362,8 +263,9 @@ def plan_tick(
     ``autoscale.fast_scale_up`` may add replicas to it; nothing is removed, smoothing is left to
     the ticks, and functions it leaves alone get no decision (nor a note).
 
-    ``standby_retry_s``: how long a refused standby request goes untried while no device changed
-    (``place_standby``; 0: every tick, on every device). Planned replicas are always placed.
+    ``standby_retry_s``: how long the devices that refused a standby request go unscanned for it
+    while they are unchanged (``place_standby``; 0: every tick, on every device). Planned replicas
+    are always placed.
 
     ``held``: replicas that take their place on the devices but are no function's to decide (a
     re-pack move's new replica while it starts, ``repack.hide_moves``): in the snapshot only."""

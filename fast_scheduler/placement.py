@@ -330,8 +330,10 @@ def place(
     snapshot: Snapshot,
     filters: Sequence[Filter] = DEFAULT_FILTERS,
     scores: Sequence[tuple[Score, float]] = DEFAULT_SCORES,
+    refusers: list[int] | None = None,
 ) -> Placement | Rejection:
-    """The best device for ``req``: every filter passes, highest weighted score, ties to the lowest id."""
+    """The best device for ``req``: every filter passes, highest weighted score, ties to the lowest id.
+    ``refusers``: the indices of the devices that refuse it are appended there."""
     reasons: dict[str, int] = {}
     best: Placement | None = None
     devices = snapshot.devices
@@ -346,12 +348,125 @@ def place(
         if after is None:
             why = why or "admission"
             reasons[why] = reasons.get(why, 0) + 1
+            if refusers is not None:
+                refusers.append(i)
             continue
         parts = {s.__name__: s(req, dev, after) for s, _ in scores}
         total = sum(parts[s.__name__] * w for s, w in scores)
         if best is None or total > best.score + EPS:
             best = Placement(dev.device_id, dev.node, total, parts, after)
     return best if best is not None else Rejection(req.replica_id, reasons)
+
+
+# ---- standby placement that remembers refusals ------------------------------------------------
+
+STANDBY_FILTERS: tuple[Filter, ...] = (*DEFAULT_FILTERS, beside_holders)
+STANDBY_SCORES: tuple[tuple[Score, float], ...] = ((standby_room, 1.0),)
+
+STANDBY_RETRY_S = 30.0
+"""A refused standby request is tried on every device again after this long even when no device
+changed (a safety net: a device's fingerprint covers all that placement reads of it)."""
+
+
+@dataclass(frozen=True)
+class RefusedStandby:
+    """The devices that refused a standby request (all of them, or all but those that would take
+    it)."""
+
+    at_s: float
+    """When it was last tried on every device."""
+    devices: Mapping[str, _Seen]
+    """Device id -> the device as it refused the request."""
+
+
+class _Seen:
+    """A device as it was seen, with its ``device_fingerprint`` computed when first asked: most
+    devices are the very same object the next time (the simulator's snapshots keep unchanged
+    devices), and an object is its own fingerprint."""
+
+    __slots__ = ("device", "_fp")
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self._fp: tuple[object, ...] | None = None
+
+    def fingerprint(self) -> tuple[object, ...]:
+        if self._fp is None:
+            self._fp = device_fingerprint(self.device)
+        return self._fp
+
+    def same_as(self, other: _Seen) -> bool:
+        return self.device is other.device or self.fingerprint() == other.fingerprint()
+
+
+def device_fingerprint(dev: Device) -> tuple[object, ...]:
+    """All that placement reads of a device: memory, capacity, stored models, strips (height and
+    quota used) and its replicas, as multisets (a tick rebuilds the device from the provider's view
+    in another order than the previous tick placed into it; replica ids are left out, since a
+    group's replicas are renamed between ticks). Filters and scores are functions of (request,
+    device) that read only these, so a device whose fingerprint is the one it had when it refused a
+    request refuses it again."""
+    return (
+        dev.mem_bytes, dev.sm_capacity_pct, tuple(sorted(dev.stored_models)),
+        tuple(sorted((b.height_pct, round(b.quota_used_frac, 9)) for b in dev.bands)),
+        tuple(sorted((r.function, r.model, r.sm_pct, r.quota_request_frac, r.quota_limit_frac, r.batch,
+                      r.mem_bytes, r.weight_bytes) for r in dev.replicas)),
+    )
+
+
+def place_standby(
+    req: ReplicaRequest,
+    snap: Snapshot,
+    refused: dict[ReplicaRequest, RefusedStandby],
+    now_s: float,
+    retry_s: float = STANDBY_RETRY_S,
+    filters: Sequence[Filter] = STANDBY_FILTERS,
+) -> tuple[Placement | None, int]:
+    """Place a standby ``req`` beside planned replicas, remembering in ``refused`` (updated in place)
+    the devices that refused it, so that they are not scanned for it again while they are unchanged.
+
+    A request seen before (same function, config, memory) is tried only on the devices that did
+    not refuse it (one took it, or might have) or whose fingerprint changed since they refused it
+    (a replica removed, a device added, memory freed, a planned replica added that opens a strip's
+    token); when every device refused it and none changed it is not tried at all. Every ``retry_s``
+    it is tried on every device again. The devices left out would refuse it, so the result is the
+    placement a full scan gives (same device, same ties). ``filters`` (``beside_holders`` among
+    them): one ``refused`` dict per set of filters, since refusals are remembered by request only.
+    Returns (the placement or None, devices examined)."""
+    key = replace(req, replica_id="")
+    memo = refused.get(key)
+    # Only the devices place() looks at: the used ones and the first empty one of each kind (the
+    # other empty ones are like it; and a standby never goes onto an empty device).
+    devices = [snap.devices[i] for i in snap.candidates]
+    still: dict[str, _Seen] = {}  # devices that refused it before and are unchanged
+    scope, since_s = snap, now_s
+    if memo is not None and now_s - memo.at_s < retry_s:
+        since_s = memo.at_s
+        changed = []
+        for d in devices:
+            was = memo.devices.get(d.device_id)
+            if was is not None and was.device is d:  # the simulator keeps unchanged devices
+                still[d.device_id] = was
+                continue
+            now = _Seen(d)
+            if was is not None and was.same_as(now):  # rebuilt as it was (the live loop's ticks)
+                still[d.device_id] = now  # fingerprinted, and the object seen next time
+            else:
+                changed.append(d)
+        if not changed:
+            return None, 0
+        scope = Snapshot(tuple(changed))
+    no: list[int] = []
+    p = place(req, scope, filters, STANDBY_SCORES, no)
+    scanned = len(scope.candidates)
+    for i in no:
+        d = scope.devices[i]
+        still[d.device_id] = _Seen(d)
+    if still:
+        refused[key] = RefusedStandby(since_s, still)
+    else:
+        refused.pop(key, None)
+    return (None if isinstance(p, Rejection) else p), scanned
 
 
 # ---- re-pack planning ------------------------------------------------------------------------

@@ -5,6 +5,12 @@ replica; what differs between this project's policy and the sharing baselines is
 configs it may choose from, the filters, and whether it re-packs. No clock, no I/O: the simulator
 hands in ``now_s`` and the observed rates. The latest decision per function is kept in
 ``decisions`` so a loop can log and expose it.
+
+Standby replicas are placed with ``place_standby``, as the live loop places them: the devices that
+refused a standby request are not scanned for it again while they are unchanged (``refused``; the
+same placements as a scan of every device, less work). ``apply`` has no clock of its own:
+it goes by the ``now_s`` of the last ``desired`` or ``fast`` call (the simulator applies what they
+return at once).
 """
 
 from __future__ import annotations
@@ -32,7 +38,11 @@ from fast_scheduler.autoscale import (
 from fast_scheduler.placement import (
     DEFAULT_FILTERS,
     DEFAULT_SCORES,
+    STANDBY_RETRY_S,
+    STANDBY_SCORES,
     Filter,
+    Placement,
+    RefusedStandby,
     Rejection,
     ReplicaRequest,
     Score,
@@ -40,8 +50,8 @@ from fast_scheduler.placement import (
     beside_holders,
     evict_lone_standby,
     place,
+    place_standby,
     plan_repack,
-    standby_room,
 )
 from fast_scheduler.simulator import FunctionSpec
 
@@ -61,9 +71,23 @@ class AutoscaledPolicy:
     scores: Sequence[tuple[Score, float]] = DEFAULT_SCORES
     repack_every_ticks: int = 0
     """Re-pack every this many ticks; 0 never."""
+    standby_retry_s: float = STANDBY_RETRY_S
+    """The devices that refused a standby request are scanned for it again after this long even when
+    unchanged (``place_standby``); 0: no memory, every standby request scanned over every device."""
     states: dict[str, AutoscaleState] = field(default_factory=dict)
     decisions: dict[str, Decision] = field(default_factory=dict)
     ticks: int = 0
+    now_s: float = 0.0
+    """The time of the last ``desired`` or ``fast`` call (what ``apply`` goes by)."""
+    refused: dict[ReplicaRequest, RefusedStandby] = field(default_factory=dict)
+    """Standby requests with the devices that refused them (``place_standby``)."""
+    standby_requests: int = 0
+    """Standby requests ``apply`` was given."""
+    standby_scans: int = 0
+    """Of those, the ones scanned over one device or more (the others: every device refused them
+    before, and none changed since)."""
+    standby_devices: int = 0
+    """Devices examined for standby requests (the placement work refusals cost)."""
 
     def __post_init__(self) -> None:
         # One choice set per (table, SLO), shared by every function that has them.
@@ -85,6 +109,7 @@ class AutoscaledPolicy:
         current: Mapping[str, tuple[ReplicaConfig, ...]],
     ) -> dict[str, tuple[ReplicaConfig, ...]]:
         self.ticks += 1
+        self.now_s = now_s
         out = {}
         for s in self.specs:
             planned, _standby = split_standby(current.get(s.name, ()))
@@ -114,6 +139,7 @@ class AutoscaledPolicy:
     ) -> dict[str, tuple[ReplicaConfig, ...]]:
         """The fast scale-up path between ticks (``fast_scale_up``): only the functions whose rate
         over the last ``window_s`` exceeds their replicas' capacity, with their new replica sets."""
+        self.now_s = now_s
         out = {}
         for s in self.specs:
             obs = observed_rps.get(s.name, 0.0)
@@ -134,11 +160,22 @@ class AutoscaledPolicy:
     ) -> tuple[Snapshot, list[ReplicaRequest]]:
         rejected = []
         standby_filters = (*self.filters, beside_holders)
+        now, retry_s = self.now_s, self.standby_retry_s
+        if self.refused:  # expired refusals would be scanned in full anyway
+            self.refused = {k: v for k, v in self.refused.items() if now - v.at_s < retry_s}
         for r in sorted(adds, key=lambda r: (-r.area, r.replica_id)):
-            sb = is_standby(r.config)
-            p = place(r, snapshot, standby_filters if sb else self.filters,
-                      ((standby_room, 1.0),) if sb else self.scores)
-            if isinstance(p, Rejection):
+            p: Placement | Rejection | None
+            if not is_standby(r.config):
+                p = place(r, snapshot, self.filters, self.scores)
+            else:
+                self.standby_requests += 1
+                if retry_s > 0:
+                    p, scanned = place_standby(r, snapshot, self.refused, now, retry_s, standby_filters)
+                else:
+                    p, scanned = place(r, snapshot, standby_filters, STANDBY_SCORES), len(snapshot.candidates)
+                self.standby_scans += scanned > 0
+                self.standby_devices += scanned
+            if p is None or isinstance(p, Rejection):
                 rejected.append(r)
             else:
                 snapshot = snapshot.with_device(p.device)

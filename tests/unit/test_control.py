@@ -11,8 +11,6 @@ from bench.cluster import tables
 from fast_profiler.table import ProfilePoint, ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig, is_standby
 from fast_scheduler.control import (
-    STANDBY_FILTERS,
-    STANDBY_SCORES,
     DeviceView,
     FunctionMemory,
     FunctionView,
@@ -25,7 +23,15 @@ from fast_scheduler.control import (
     plan_tick,
 )
 from fast_scheduler.loop import LoopSettings, SchedulerLoop, demand_count, sub_tick_offsets
-from fast_scheduler.placement import Device, Rejection, ReplicaRequest, Snapshot, place
+from fast_scheduler.placement import (
+    STANDBY_FILTERS,
+    STANDBY_SCORES,
+    Device,
+    Rejection,
+    ReplicaRequest,
+    Snapshot,
+    place,
+)
 
 CPU = DeviceView("cpu:0", "n0", 8 * 2**30, False, cores=4)
 TABLE = ProfileTable(
@@ -372,3 +378,21 @@ def test_a_remembered_refusal_is_not_scanned_while_planned_replicas_still_come()
 ])
 def test_demand_is_read_from_arrivals_where_the_provider_counts_them(fn, want):
     assert demand_count(fn) == want
+
+
+def test_the_devices_that_refused_a_placed_standby_are_remembered_too():
+    # A refuses (its strip is full); P and Q each have a token free and would take it.
+    p_dev = _dev("gpu:P", _rep("g/0", "g", 50, 0.995))
+    q_dev = _dev("gpu:Q", _rep("k/0", "k", 50, 0.995))
+    snap, refused = Snapshot((A, p_dev, q_dev)), {}
+    expect = [("gpu:P", 3), ("gpu:Q", 2), (None, 1), (None, 0)]
+    for i, (placed_on, scanned) in enumerate(expect):
+        req = replace(SB_REQ, replica_id=f"f/new/sb/{i}")
+        full = place(req, snap, STANDBY_FILTERS, STANDBY_SCORES)
+        p, n = place_standby(req, snap, refused, float(i), 30.0)
+        # 1: only the devices that did not refuse it (P changed: it took the first one) are scanned;
+        # 2: only Q, which took the second; 3: nothing changed, every device refused it
+        assert ((p.device_id if p else None), n) == (placed_on, scanned)
+        assert (None if isinstance(full, Rejection) else full.device_id) == placed_on
+        if p is not None:
+            snap = _swap(snap, p.device)

@@ -203,3 +203,39 @@ def test_standby_serves_on_idle_device_time(b_set, borrow, a_count, a_busy, serv
     b = res.functions["b"]
     assert res.summary()["gpus_peak"] == 1
     assert (b.served / b.arrived > 0.95) == served_well, b.served / b.arrived
+
+
+def test_remembered_standby_refusals_change_no_placement_and_save_the_scans():
+    # The policy places standby replicas with ``place_standby`` (devices that refused a standby
+    # request are not scanned for it again while unchanged): every placement, tick by tick, is the
+    # one a scan of every device gives (``standby_retry_s=0``), with far fewer devices examined.
+    rates = {k: 8 * v for k, v in RATES.items()}  # a dozen GPUs: standby replicas placed and refused
+    tr = bursty_trace(rates, 240, seed=3)
+
+    def run(retry_s):
+        pol = this_policy(SPECS)
+        pol.standby_retry_s = retry_s
+        applied = []
+
+        class Recorded:
+            name = pol.name
+            desired, fast, after = pol.desired, pol.fast, pol.after
+
+            def apply(self, snap, adds):
+                snap, rejected = pol.apply(snap, adds)
+                on = [(d.device_id, sorted(r.replica_id for r in d.replicas)) for d in snap.devices]
+                applied.append(([d for d in on if d[1]], sorted(r.replica_id for r in rejected)))
+                return snap, rejected
+
+        res = simulate(SPECS, tr, Recorded(), SET)
+        return res, applied, pol
+
+    full, full_applied, full_pol = run(0.0)
+    mem, mem_applied, mem_pol = run(30.0)
+    assert mem_applied == full_applied
+    assert mem.summary() == full.summary() and mem.gpus == full.gpus and mem.replicas == full.replicas
+    # standby requests both placed and refused
+    assert mem_pol.standby_requests == full_pol.standby_requests > full.standby_refused > 0
+    assert full_pol.standby_scans == full_pol.standby_requests  # no memory: every request scanned
+    assert mem_pol.standby_scans < full_pol.standby_scans
+    assert 2 * mem_pol.standby_devices < full_pol.standby_devices
