@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             fs = Foresight(specs, tr, ahead, delay, settings.device_mem_bytes)
             s = simulate(specs, tr, fs, replace(settings, fast_interval_s=0.0)).summary()
-            print(f"  {label:24s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
+            print(f"  {label:26s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
                   f"SLO {100 * s['slo_attainment']:6.2f} %  ({time.perf_counter() - t0:.1f} s)")
             entry["mechanisms"][label] = {
                 m: s[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment", "slo_attainment_min_function")
@@ -529,26 +529,26 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print("\ntrace    policy               GPUs mean  peak   SLO %    util   SM occ  rps/GPU  vs orig  vs LB")
+    print(f"\n{'trace':8s} {'policy':26s} GPUs mean  peak   SLO %    util   SM occ  rps/GPU  vs orig  vs LB")
     for tname, e in result["traces"].items():
         for k in ORDER:
             s = e["policies"][k]
             print(
-                f"{tname:8s} {k:20s} {s['gpus_mean']:9.1f} {s['gpus_peak']:5d} "
+                f"{tname:8s} {k:26s} {s['gpus_mean']:9.1f} {s['gpus_peak']:5d} "
                 f"{100 * s['slo_attainment']:7.2f} "
                 f"{s['device_utilisation']:7.2f} {s['sm_occupancy']:7.2f} {s['throughput_per_gpu_rps']:8.1f} "
                 f"{s['gpus_vs_original']:8.2f} {s['gpus_vs_lower_bound']:6.2f}"
             )
         print(
-            f"{tname:8s} {'LP lower bound':20s} {e['lower_bound_gpus']:9.1f} {e['lower_bound_gpus_peak']:5d}"
+            f"{tname:8s} {'LP lower bound':26s} {e['lower_bound_gpus']:9.1f} {e['lower_bound_gpus_peak']:5d}"
         )
         for label, m in e.get("mechanisms", {}).items():
-            print(f"{tname:8s} {'this ' + label:20s} {m['gpus_mean']:9.1f} {m['gpus_peak']:5d} "
+            print(f"{tname:8s} {'this ' + label:26s} {m['gpus_mean']:9.1f} {m['gpus_peak']:5d} "
                   f"{100 * m['slo_attainment']:7.2f} {'':32s} {m['gpus_vs_lower_bound']:6.2f}")
         for name, pts in e.get("burst_sweep", {}).items():
             for p in pts:
                 label = f"{name} burst_k {p['burst_k']:g}"
-                print(f"{tname:8s} {label:20s} {p['gpus_mean']:9.1f} {p['gpus_peak']:5d} "
+                print(f"{tname:8s} {label:26s} {p['gpus_mean']:9.1f} {p['gpus_peak']:5d} "
                       f"{100 * p['slo_attainment']:7.2f} {'':32s} {p['gpus_vs_lower_bound']:6.2f}")
 
 
@@ -583,6 +583,7 @@ def plot(series: dict[str, dict[str, list[int]]], path: Any, result: dict[str, A
                 ax.plot([fs["gpus_mean"]], [100 * fs["slo_attainment"]], "*", markersize=10,
                         label="this, perfect foresight (reference)")
             ax.axvline(e["lower_bound_gpus"], linestyle="--", color="grey", label="LP bound")
+            ax.axvline(1.1 * e["lower_bound_gpus"], linestyle=":", color="grey", label="1.10x the bound")
             ax.axhline(99.0, linestyle=":", color="grey")
             ax.set_xscale("log")
             ax.set_xlabel("GPUs (time mean, log)")
