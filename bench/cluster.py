@@ -1,6 +1,6 @@
 """Cluster simulation: every policy and the LP lower bound on the same traces.
 
-    python -m bench.cluster [--quick] [--json PATH]
+    python -m bench.cluster [--quick] [--json PATH] [--seed N]
 
 Profile tables are SYNTHETIC (``fast_profiler.table.synthetic_table``: the paper's curve shapes on a
 V100) until the profiler produces real ones; read the numbers as a comparison of policies under one
@@ -369,26 +369,32 @@ def _place_all(snap: Snapshot, reqs: list[ReplicaRequest]) -> tuple[Snapshot, in
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser("cluster", __doc__.splitlines()[0]).parse_args(argv)
+    ap = parser("cluster", __doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=1,
+                    help="workload seed: the functions' rates and the three traces (seeded 10 x SEED + 1, 2, "
+                         "3); default 1, the recorded run")
+    args = ap.parse_args(argv)
     if args.quick:
         n_fn, duration_s, lo, hi, gpus, dt_fns = 20, 180.0, 5.0, 60.0, 192, 2000
     else:
         n_fn, duration_s, lo, hi, gpus, dt_fns = 24, 1200.0, 40.0, 300.0, 512, 10000
     settings = SimSettings(gpus=gpus)
-    specs, rates = make_specs(n_fn, 1, lo, hi)
+    specs, rates = make_specs(n_fn, args.seed, lo, hi)
     print(
         f"{n_fn} functions, {duration_s:.0f} s, {gpus} GPUs available; "
         f"mean demand {sum(rates.values()):.0f} rps"
     )
-    traces = [poisson_trace(rates, duration_s, seed=11), bursty_trace(rates, duration_s, seed=12)]
+    s10 = 10 * args.seed
+    traces = [poisson_trace(rates, duration_s, seed=s10 + 1), bursty_trace(rates, duration_s, seed=s10 + 2)]
     if orcbench_models_dir() is None:
         print("SKIPPED the Azure-like trace: orcbench is not installed "
               "(pip install --no-deps orcbench==0.1.4)")
     else:
-        traces.append(azure_like_trace(rates, duration_s, load_orcbench_clusters(), seed=13))
+        traces.append(azure_like_trace(rates, duration_s, load_orcbench_clusters(), seed=s10 + 3))
     every = max(1, round(settings.control_interval_s / settings.step_s))
     result: dict[str, Any] = {
         "synthetic_tables": True,
+        "seed": args.seed,
         "functions": n_fn,
         "duration_s": duration_s,
         "gpus_available": gpus,
