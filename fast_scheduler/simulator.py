@@ -60,7 +60,8 @@ class SimSettings:
     move_cold_start: bool = True
     """A replica moved by a re-pack starts on its new device (``cold_start_s``) while the copy on
     its old device serves and keeps that device in use (make-before-break, as
-    ``fast_scheduler.repack`` moves them live); False: moves are instant and free."""
+    ``fast_scheduler.repack`` moves them live; a replica still starting goes on starting there and
+    serves until the new copy is up); False: moves are instant and free."""
     borrow_idle: bool = True
     """Replicas whose quota limit is above their request serve past it, up to the limit, on the
     device's idle SM-time (what the arbiter lends); False: every replica at its request."""
@@ -331,9 +332,9 @@ def simulate(
             r = replicas[rid]
             if r.device_id != placed_on[rid] and cfg.move_cold_start and k:
                 # A re-pack move, make-before-break as the live loop does it: the copy on the old
-                # device serves (and holds it in use) until the one on the new device is up.
-                if r.ready_s <= now:
-                    draining.append(replace(r, stop_s=now + cfg.cold_start_s))
+                # device serves (and holds it in use) until the one on the new device is up. A copy
+                # still starting there goes on starting and serves from its own ready time.
+                draining.append(replace(r, stop_s=now + cfg.cold_start_s))
                 r.ready_s = now + cfg.cold_start_s
             r.device_id = placed_on[rid]
 

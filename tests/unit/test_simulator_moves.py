@@ -17,17 +17,19 @@ CONF = ReplicaConfig(24, 1.0, 1.0, 1)
 
 @dataclass
 class MoveOnce:
-    """Two replicas on two devices from the first tick; at ``move_at_s`` a re-pack moves the one
-    on the second device onto the first (what ``plan_repack`` does to a half-empty device)."""
+    """Two replicas on two devices (the second from ``second_at_s``); at ``move_at_s`` a re-pack
+    moves the one on the second device onto the first (what ``plan_repack`` does to a half-empty
+    device)."""
 
     move_at_s: float
+    second_at_s: float = 0.0
     name: str = "move-once"
     now_s: float = 0.0
     moved: list[float] = field(default_factory=list)
 
     def desired(self, now_s, observed, current):
         self.now_s = now_s
-        return {"f": (CONF, CONF)}
+        return {"f": (CONF, CONF) if now_s >= self.second_at_s else (CONF,)}
 
     def apply(self, snapshot, adds):
         for r in sorted(adds, key=lambda r: r.replica_id):
@@ -64,3 +66,15 @@ def test_a_moved_replica_holds_its_old_device_until_the_new_copy_is_up(cold):
     assert res.gpus[25:] == [1] * (steps - 25)
     # Either way the move drops no capacity: both replicas serve throughout (the old copy, then the new).
     assert res.replicas[21:] == [2] * (steps - 21)
+
+
+def test_a_replica_moved_while_it_starts_goes_on_starting_on_its_old_device():
+    # Cold starts of 8 s over 5 s ticks: the second replica, placed at 5 s, is still starting when
+    # the re-pack at 10 s moves it. Its old copy is up at 13 s and serves until the new one is (18 s).
+    steps, rate = 30, 80.0
+    tr = Trace("steady", 1.0, {"f": [int(rate)] * steps}, {"f": [rate] * steps})
+    pol = MoveOnce(move_at_s=10.0, second_at_s=5.0)
+    res = simulate([SPEC], tr, pol, SimSettings(gpus=4, cold_start_s=8.0))
+    assert pol.moved == [10.0] and res.moves == 1
+    assert res.gpus == [1] * 5 + [2] * 13 + [1] * 12
+    assert res.replicas == [1] * 13 + [2] * 17
