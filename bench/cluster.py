@@ -331,10 +331,11 @@ def _requests(s: FunctionSpec, new: Counter, tag: str) -> list[ReplicaRequest]:
 class Foresight:
     """A reference, not a policy: this policy's own code (configs, whole replicas, placement,
     re-pack) fed, at each tick, each function's *true* highest rate over the ``ahead_steps`` until
-    what it starts can serve (a tick plus a cold start), with no headroom for what it cannot know
-    (burst headroom, volatility, standby, fast path off). With ``scale_down_delay_s`` 0 it is what
-    the machinery costs when the forecast is perfect; the gap from it to ``this`` is what not
-    knowing the future costs."""
+    what it starts can serve (a tick plus a cold start; through the autoscaler's forecaster, as an
+    observed rate would go), with no headroom for what it cannot know (no burst headroom,
+    volatility term or standby; it has no fast path). With ``delay_s`` (the scale-down delay) 0 it
+    is what the machinery costs when the forecast is perfect; the gap from it to ``this`` is what
+    not knowing the future costs."""
 
     def __init__(self, specs: list[FunctionSpec], trace: Any, ahead_steps: int, delay_s: float,
                  mem_bytes: int) -> None:
@@ -354,6 +355,13 @@ class Foresight:
 
     def after(self, snapshot: Snapshot) -> Any:
         return self.policy.after(snapshot)
+
+
+def _mechanism(s: dict[str, Any], lb_mean: float) -> dict[str, Any]:
+    """A ``mechanisms`` entry: a run's GPUs and SLO, and its GPUs over the bound."""
+    out = {m: s[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment", "slo_attainment_min_function")}
+    out["gpus_vs_lower_bound"] = s["gpus_mean"] / lb_mean if lb_mean else math.nan
+    return out
 
 
 def _place_all(snap: Snapshot, reqs: list[ReplicaRequest]) -> tuple[Snapshot, int]:
@@ -476,30 +484,17 @@ def main(argv: list[str] | None = None) -> None:
             s = simulate(specs, tr, this_policy(specs, a_set), s_set).summary()
             print(f"  {'this ' + label:20s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
                   f"SLO {100 * s['slo_attainment']:6.2f} %  ({time.perf_counter() - t0:.1f} s)")
-            entry["mechanisms"][label] = {
-                m: s[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment", "slo_attainment_min_function")
-            }
-            entry["mechanisms"][label]["gpus_vs_lower_bound"] = (
-                s["gpus_mean"] / lb_mean if lb_mean else math.nan)
-        ahead = round((settings.control_interval_s + settings.cold_start_s) / settings.step_s) + 1
+            entry["mechanisms"][label] = _mechanism(s, lb_mean)
+        ahead_steps = round((settings.control_interval_s + settings.cold_start_s) / settings.step_s) + 1
         for label, delay in (("foresight", 0.0), ("foresight_30s_delay", base.scale_down_delay_s)):
             t0 = time.perf_counter()
-            fs = Foresight(specs, tr, ahead, delay, settings.device_mem_bytes)
+            fs = Foresight(specs, tr, ahead_steps, delay, settings.device_mem_bytes)
             s = simulate(specs, tr, fs, replace(settings, fast_interval_s=0.0)).summary()
             print(f"  {label:26s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
                   f"SLO {100 * s['slo_attainment']:6.2f} %  ({time.perf_counter() - t0:.1f} s)")
-            entry["mechanisms"][label] = {
-                m: s[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment", "slo_attainment_min_function")
-            }
-            entry["mechanisms"][label]["gpus_vs_lower_bound"] = (
-                s["gpus_mean"] / lb_mean if lb_mean else math.nan)
+            entry["mechanisms"][label] = _mechanism(s, lb_mean)
         entry["foresight_gpus"] = entry["mechanisms"]["foresight"]["gpus_mean"]
-        d = entry["policies"]["this"]
-        entry["mechanisms"]["fast_path_and_standby"] = {
-            m: d[m] for m in ("gpus_mean", "gpus_peak", "slo_attainment", "slo_attainment_min_function")
-        }
-        entry["mechanisms"]["fast_path_and_standby"]["gpus_vs_lower_bound"] = (
-            d["gpus_mean"] / lb_mean if lb_mean else math.nan)
+        entry["mechanisms"]["fast_path_and_standby"] = _mechanism(entry["policies"]["this"], lb_mean)
         orig = entry["policies"]["fastgshare_original"]["gpus_mean"]
         for s in entry["policies"].values():
             s["gpus_vs_original"] = s["gpus_mean"] / orig if orig else math.nan
