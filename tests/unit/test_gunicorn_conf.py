@@ -7,24 +7,29 @@ import pytest
 import gateway_plugin.gunicorn_conf as conf
 
 
-def _reload(monkeypatch, value):
-    if value is None:
-        monkeypatch.delenv(conf.THREADS_ENV, raising=False)
-    else:
-        monkeypatch.setenv(conf.THREADS_ENV, value)
-    return importlib.reload(conf)
+@pytest.fixture
+def reload(monkeypatch):
+    """Re-import the settings with the variable set to a value (None: unset); the module is
+    re-imported without it afterwards, whatever the test did."""
 
+    def with_value(value):
+        if value is None:
+            monkeypatch.delenv(conf.THREADS_ENV, raising=False)
+        else:
+            monkeypatch.setenv(conf.THREADS_ENV, value)
+        return importlib.reload(conf)
 
-def test_default_and_override(monkeypatch):
-    assert _reload(monkeypatch, None).threads == 128
-    assert _reload(monkeypatch, "8").threads == 8
-    monkeypatch.delenv(conf.THREADS_ENV)
+    yield with_value
+    monkeypatch.delenv(conf.THREADS_ENV, raising=False)
     importlib.reload(conf)
 
 
-@pytest.mark.parametrize("bad", ["0", "5000", "many", "-3"])
-def test_out_of_range_is_refused_naming_the_variable_and_range(monkeypatch, bad):
+def test_default_and_override(reload):
+    assert reload(None).threads == 128
+    assert reload("8").threads == 8
+
+
+@pytest.mark.parametrize("bad", ["0", "5000", "many", "-3", ""])
+def test_out_of_range_is_refused_naming_the_variable_and_range(reload, bad):
     with pytest.raises(SystemExit, match=r"FASTGSHARE_PROVIDER_THREADS=.*\[1, 4096\]"):
-        _reload(monkeypatch, bad)
-    monkeypatch.delenv(conf.THREADS_ENV)
-    importlib.reload(conf)
+        reload(bad)
