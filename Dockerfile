@@ -17,4 +17,6 @@ RUN pip install . && useradd --uid 10001 --create-home app \
 
 USER 10001
 EXPOSE 8080
-CMD ["gunicorn", "--bind", "0.0.0.0:8080", "--workers", "1", "--threads", "16", "--timeout", "0", "gateway_plugin.wsgi:app"]
+# The provider's gunicorn settings (one worker, FASTGSHARE_PROVIDER_THREADS threads, keep-alive past
+# the gateway's) are the same everywhere: gateway_plugin/gunicorn_conf.py.
+CMD ["gunicorn", "-c", "python:gateway_plugin.gunicorn_conf", "--bind", "0.0.0.0:8080", "gateway_plugin.wsgi:app"]

@@ -7,6 +7,7 @@ oldest and newest the installed package bundles, which bracket what the manifest
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -147,3 +148,20 @@ def test_compose_file_is_valid() -> None:
     result = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_provider_deployment_runs_the_shipped_gunicorn_settings() -> None:
+    """The Kubernetes manifest, the compose file and the image's default command all start the
+    provider with gateway_plugin/gunicorn_conf.py (threads, keep-alive, the worker-exit hook), not
+    settings of their own on the command line."""
+    conf = ["gunicorn", "-c", "python:gateway_plugin.gunicorn_conf"]
+    deployment = next(o for _, o in manifests() if o["kind"] == "Deployment"
+                      and o["metadata"]["name"] == "fastgshare-provider")
+    k8s = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "provider")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["provider"]
+    cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD"))
+    for what, argv in (("provider.yaml", k8s["command"]), ("docker-compose.yml", compose["command"]),
+                       ("Dockerfile", json.loads(cmd[len("CMD"):]))):
+        assert argv[:3] == conf, what
+        assert argv[-1] == "gateway_plugin.wsgi:app", what
+        assert not {"--threads", "--workers", "--timeout", "-w"} & set(argv), what
