@@ -380,8 +380,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = parser("cluster", __doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1,
                     help="workload seed: the functions' rates and the three traces (seeded 10 x SEED + 1, 2, "
-                         "3); default 1, the recorded run")
+                         "3); default 1, the recorded run (another seed's default --json is "
+                         "bench/results/cluster_seedN.json, so that the recorded run stays)")
     args = ap.parse_args(argv)
+    if args.seed != 1 and args.json == RESULTS / "cluster.json":
+        args.json = RESULTS / f"cluster_seed{args.seed}.json"
     if args.quick:
         n_fn, duration_s, lo, hi, gpus, dt_fns = 20, 180.0, 5.0, 60.0, 192, 2000
     else:
@@ -522,10 +525,7 @@ def main(argv: list[str] | None = None) -> None:
           f"fast sub-tick {dt['fast_subtick_s']:.3f} s ({dt['fast_placed']} placed)")
 
     print_table(result)
-    plot(
-        series, args.json.with_suffix(".png") if args.json.parent != RESULTS else RESULTS / "cluster.png",
-        result,
-    )
+    plot(series, args.json.with_suffix(".png"), result)
     write_json(args.json, result)
 
 
