@@ -80,6 +80,14 @@ if [[ -n "$MISSING" ]]; then
 fi
 
 # ---- the steps: each with its own time limit, skipped when the budget has no room ------------
+STEP_PID="" STEP_WATCHDOG=""
+kill_step() {  # the step in flight, its whole process group, and its watchdog: also when this script
+  # is itself stopped (the step's own session would outlive it, holding the GPU and MPS)
+  [[ -n $STEP_WATCHDOG ]] && kill "$STEP_WATCHDOG" 2>/dev/null
+  [[ -n $STEP_PID ]] && kill -KILL -- -"$STEP_PID" 2>/dev/null
+  STEP_PID="" STEP_WATCHDOG=""
+}
+trap kill_step EXIT
 step() {  # step NAME LIMIT_S MIN_S command...: run with min(LIMIT, time left - 15 s) when >= MIN_S
   local name=$1 limit=$2 min=$3; shift 3
   (( DRY )) && limit=$(( limit * 3 ))
@@ -89,11 +97,11 @@ step() {  # step NAME LIMIT_S MIN_S command...: run with min(LIMIT, time left - 
   say "$name (limit ${limit}s)"
   # Its own process group, killed whole at the limit: a platform a timed-out step started (replicas
   # holding CUDA contexts) would otherwise outlive it and hold MPS (its quit then waits on them).
-  setsid "$@" & local pid=$!
-  ( sleep "$limit"; kill -TERM -- -"$pid"; sleep 5; kill -KILL -- -"$pid" ) >/dev/null 2>&1 &
-  local watchdog=$!
-  wait "$pid"; local rc=$?
-  kill "$watchdog" 2>/dev/null; kill -KILL -- -"$pid" 2>/dev/null  # leftovers of a finished step too
+  setsid "$@" & STEP_PID=$!
+  ( sleep "$limit"; kill -TERM -- -"$STEP_PID"; sleep 5; kill -KILL -- -"$STEP_PID" ) >/dev/null 2>&1 &
+  STEP_WATCHDOG=$!
+  wait "$STEP_PID"; local rc=$?
+  kill_step  # leftovers of a finished step too
   (( rc == 0 )) || say "$name FAILED or timed out (rc $rc)"
   save
 }
@@ -143,6 +151,7 @@ if [[ $DRY == 0 ]]; then
   nvidia-smi > "$RES/nvidia-smi-start.txt" 2>&1
 fi
 stop_mps() {
+  kill_step
   save
   [[ $STARTED_MPS == 1 ]] && timeout 20 bash -c 'echo quit | nvidia-cuda-mps-control' \
     && say "stopped our MPS daemon"
