@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="standby replicas (token quota, limit 1: they serve on borrowed idle time) "
                         "for this fraction of the target (0: off)")
     p.add_argument("--standby-retry-s", type=float, default=LoopSettings.standby_retry_s,
-                   help="a refused standby replica is tried again when a device changes or after this long")
+                   help="the devices that refused a standby request are scanned for it again once they "
+                        "change, or after this long (0: every tick, every device)")
     p.add_argument("--repack-every-ticks", type=int, default=LoopSettings.repack_every_ticks,
                    help="plan a re-pack (move replicas make-before-break to free wasted devices) every "
                         "this many ticks (0: off)")

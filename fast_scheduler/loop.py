@@ -60,8 +60,8 @@ class LoopSettings:
     only functions whose rate since the last reading exceeds their replicas' capacity get more);
     0, or not shorter than ``interval_s``: off."""
     standby_retry_s: float = STANDBY_RETRY_S
-    """A standby request placement refused is tried again when a device changes, or after this
-    long (``control.place_standby``); 0: on every tick."""
+    """The devices that refused a standby request are not scanned for it again while they are
+    unchanged, for at most this long (``placement.place_standby``); 0: every tick, on every device."""
     repack_every_ticks: int = RepackSettings.every_ticks
     """Plan a re-pack (``repack``: move replicas make-before-break to free wasted devices) every this
     many ticks, never on a fast sub-tick; 0: off."""
