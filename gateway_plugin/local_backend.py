@@ -532,7 +532,10 @@ class LocalBackend:
             self._wake.clear()
 
     def stop_all_replicas(self) -> None:
-        """Stop every replica process (``fastgshare up`` on shutdown); desired state is kept."""
+        """Stop the reconcile loop, then every replica process (on shutdown); desired state is
+        kept. The loop goes first: running, it would start the desired replicas again, and they
+        would outlive the backend."""
+        self._stop_loop()
         with self._lock:
             reps = [r for fn in self._functions.values() for r in fn.replica_list]
             for fn in self._functions.values():
@@ -540,9 +543,12 @@ class LocalBackend:
         for rep in reps:
             self._stop_replica(rep)
 
-    def close(self) -> None:
+    def _stop_loop(self) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def close(self) -> None:
+        self._stop_loop()
         self._http.clear()

@@ -79,6 +79,12 @@ def test_crashed_replica_is_restarted(backend: LocalBackend):
     wait_for(lambda: any(r.pid != rep.pid and r.ready
                          for r in backend.status("openfaas-fn", "crashy").replica_status),
              what="a new replica after the crash")
+    # On shutdown nothing is started again behind the stop (the reconcile loop stops first).
+    pids = [r.pid for r in backend.status("openfaas-fn", "crashy").replica_status]
+    backend.stop_all_replicas()
+    time.sleep(1.5)  # three reconcile periods: a live loop would have started the replica again
+    assert backend.status("openfaas-fn", "crashy").replica_status == ()
+    assert not any(Path(f"/proc/{p}").exists() for p in pids)
 
 
 def test_replicas_go_on_the_gpu_with_the_mps_environment(backend: LocalBackend, redis_client):
