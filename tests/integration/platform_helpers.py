@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import redis
+import requests
 
 from fast_profiler.runner import RunSettings
 from fast_profiler.search import SearchSettings
@@ -42,3 +43,19 @@ def start_platform(state_dir: Path, images: Mapping[str, Path]) -> tuple[Platfor
         p.stop()
         raise
     return p, info
+
+
+def deploy_slo_function(info: PlatformInfo, name: str, image: str, slo_ms: float, scale_min: int,
+                        scale_max: int) -> requests.Session:
+    """Deploy ``name`` on a half-device share at full quota with an SLO (what the scheduler's
+    end-to-end tests autoscale) and return the authenticated session used."""
+    api = requests.Session()
+    api.auth = info.auth
+    body = {"service": name, "image": image,
+            "annotations": {"fastgshare/gpu_sm_partition": "50", "fastgshare/gpu_quota_request": "1",
+                            "fastgshare/gpu_quota_limit": "1", "fastgshare/slo_ms": f"{slo_ms:g}",
+                            "com.openfaas.scale.min": str(scale_min),
+                            "com.openfaas.scale.max": str(scale_max)}}
+    resp = api.post(f"{info.url}/system/functions", json=body)
+    assert resp.status_code == 202, resp.text
+    return api

@@ -32,7 +32,7 @@ from fast_scheduler.autoscale import ReplicaConfig, is_standby
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
 from fastgshare.resources import parse_share
-from tests.integration.platform_helpers import start_platform
+from tests.integration.platform_helpers import deploy_slo_function, start_platform
 from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "paced"
@@ -90,13 +90,7 @@ def replicas_of(api: requests.Session, url: str, name: str = "paced") -> tuple[i
 def test_ramp_makes_replicas_rise_and_fall_with_the_slo_held(platform):
     p, info = platform
     url = info.url
-    api = requests.Session()
-    api.auth = info.auth
-    body = {"service": "paced", "image": IMAGE,
-            "annotations": {"fastgshare/gpu_sm_partition": "50", "fastgshare/gpu_quota_request": "1",
-                            "fastgshare/gpu_quota_limit": "1", "fastgshare/slo_ms": str(SLO_MS),
-                            "com.openfaas.scale.min": "1", "com.openfaas.scale.max": "4"}}
-    assert api.post(f"{url}/system/functions", json=body).status_code == 202
+    api = deploy_slo_function(info, "paced", IMAGE, SLO_MS, scale_min=1, scale_max=4)
     wait_for(lambda: replicas_of(api, url)[1] >= 1, 90, "the first replica")
 
     env = dict(os.environ, FASTGSHARE_USER=info.user, FASTGSHARE_PASSWORD=info.password)

@@ -62,7 +62,7 @@ from fast_profiler.table import ProfilePoint, ProfileTable
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
 from gateway_plugin.types import STARTED_FIELD
-from tests.integration.platform_helpers import start_platform
+from tests.integration.platform_helpers import deploy_slo_function, start_platform
 from tests.integration.test_autoscale_e2e import HANDLER, IMAGE, REPO, replicas_of
 from tests.waiting import wait_for
 
@@ -154,13 +154,7 @@ def run_step(info: PlatformInfo, name: str, device_type: str,
     store.save(client, low_table(name, device_type))
     client.close()
     url = info.url
-    api = requests.Session()
-    api.auth = info.auth
-    body = {"service": name, "image": IMAGE,
-            "annotations": {"fastgshare/gpu_sm_partition": "50", "fastgshare/gpu_quota_request": "1",
-                            "fastgshare/gpu_quota_limit": "1", "fastgshare/slo_ms": str(SLO_MS),
-                            "com.openfaas.scale.min": "1", "com.openfaas.scale.max": "2"}}
-    assert api.post(f"{url}/system/functions", json=body).status_code == 202
+    api = deploy_slo_function(info, name, IMAGE, SLO_MS, scale_min=1, scale_max=2)
     wait_for(lambda: replicas_of(api, url, name)[1] >= 1, 90, f"the first replica of {name}")
 
     env = dict(os.environ, FASTGSHARE_USER=info.user, FASTGSHARE_PASSWORD=info.password)

@@ -31,7 +31,7 @@ from fast_scheduler.control import config_id
 from fast_scheduler.loop import LoopSettings, Provider, SchedulerLoop
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
-from tests.integration.platform_helpers import start_platform
+from tests.integration.platform_helpers import deploy_slo_function, start_platform
 from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "paced"
@@ -72,13 +72,7 @@ def groups(api: requests.Session, url: str) -> tuple[dict[str, int], list[tuple[
 def test_a_replica_moves_to_the_other_device_without_a_failed_request(platform):
     _p, info = platform
     url = info.url
-    api = requests.Session()
-    api.auth = info.auth
-    body = {"service": "paced", "image": IMAGE,
-            "annotations": {"fastgshare/gpu_sm_partition": "50", "fastgshare/gpu_quota_request": "1",
-                            "fastgshare/gpu_quota_limit": "1", "fastgshare/slo_ms": "600",
-                            "com.openfaas.scale.min": "0", "com.openfaas.scale.max": "4"}}
-    assert api.post(f"{url}/system/functions", json=body).status_code == 202
+    api = deploy_slo_function(info, "paced", IMAGE, 600, scale_min=0, scale_max=4)
     g0, g1 = config_id(CFG, 0), config_id(CFG, 1)
     share = {"fastgshare/gpu_sm_partition": "50", "fastgshare/gpu_quota_request": "1",
              "fastgshare/gpu_quota_limit": "1"}
