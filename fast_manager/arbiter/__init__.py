@@ -53,8 +53,8 @@ def make_token_client(settings: Any, *, params: ArbiterParams | None = None,
     if not redis_url and redis_client is None:
         return UnmanagedTokens()
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     from .client import RedisTokenClient
 
@@ -70,7 +70,8 @@ def make_token_client(settings: Any, *, params: ArbiterParams | None = None,
                      replica_cores(settings))
     owns = redis_client is None
     if owns:
-        # No retries inside redis-py: a failure must reach us fast so that we fall back.
+        # No retries inside redis-py: a failure must reach us fast so that we fall back. The asyncio
+        # client takes redis.asyncio's Retry (the synchronous one warns from redis-py 8.2 on).
         redis_client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=0.5,
                                                retry=Retry(NoBackoff(), 0))
     return RedisTokenClient(redis_client, device_id, replica, spec, params, owns_client=owns)

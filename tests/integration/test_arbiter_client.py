@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from fast_manager.arbiter import model
 from fast_manager.arbiter.client import RedisTokenClient
