@@ -8,13 +8,15 @@ with the same event/context shape as the OpenFaaS python3-http template. Every a
 ``X-Fastgshare-Busy-Ms``: the device time the execution used (CUDA events when the handler used
 CUDA, otherwise the wall time of the call on the pinned cores).
 
-Dynamic batching: with ``FASTGSHARE_BATCH=B`` (B > 1) the worker takes up to B queued requests at
-once, waiting at most ``FASTGSHARE_BATCH_DELAY_MS`` (default 2 ms) after the first for more, and
-calls ``handle_batch(events, context)`` once with them (a list of answers in the same order); each
-request gets its own answer. A handler without ``handle_batch`` is served one request at a time as
-before. A batch's device time is split evenly over its requests (each answer's busy header carries
-its share, ``X-Fastgshare-Batch`` the batch's size), so the sidecar's sum counts it once. A batch
-that raises is retried one request at a time, so a bad input fails only its own request.
+Dynamic batching (``fastgshare_batcher``, policy in ``fastgshare_batch_policy``): a handler with
+``handle_batch(events, context)`` (a list of answers in the same order) gets batches when the
+function declares an SLO (``FASTGSHARE_SLO_MS``, from ``fastgshare/slo_ms``: batches formed by the
+oldest request's deadline, up to B_max) or a fixed size (``FASTGSHARE_BATCH`` > 1); see
+``batch_settings``. A batch's device time is split evenly over its requests (each answer's busy
+header carries its share, ``X-Fastgshare-Batch`` the batch's size, ``X-Fastgshare-Batch-Wait-Ms``
+its wait in the worker), so the sidecar's sum counts it once; ``GET /_/batching`` shows the
+policy's state. A batch that raises is retried one request at a time, so a bad input fails only
+its own request. A handler without ``handle_batch`` is served one request at a time.
 
 Standalone on purpose (stdlib only; torch only if the handler imports it): it runs inside function
 images that do not carry the rest of this project. Its sibling ``fastgshare_runtime`` (imported by
@@ -25,10 +27,10 @@ device's store at once (a crash leaves that to the node agent's GC).
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import json
 import os
-import queue
 import signal
 import socket
 import sys
@@ -39,13 +41,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # its siblings, also when imported
+import fastgshare_batch_policy as policy  # noqa: E402
+from fastgshare_batcher import Batcher  # noqa: E402
+
 BUSY_HEADER = "X-Fastgshare-Busy-Ms"
 BATCH_HEADER = "X-Fastgshare-Batch"
 """How many requests the execution that answered this one served (dynamic batching)."""
+BATCH_WAIT_HEADER = "X-Fastgshare-Batch-Wait-Ms"
+"""How long this request waited in the worker for its batch to start."""
 BATCH_ENV = "FASTGSHARE_BATCH"
+SLO_ENV = "FASTGSHARE_SLO_MS"
 BATCH_DELAY_ENV = "FASTGSHARE_BATCH_DELAY_MS"
-DEFAULT_BATCH_DELAY_MS = 2.0
-"""How long the first request of a batch waits for more: small next to a model's execution."""
+BATCH_PATH_ENV = "FASTGSHARE_BATCH_PATH_MS"
+BATCH_PROFILE_ENV = "FASTGSHARE_BATCH_PROFILE_MS"
+DEFAULT_BATCH_DELAY_MS = policy.DEFAULT_FIXED_DELAY_MS
+"""Fixed-size batching: how long the first request of a batch waits for more."""
 DEFAULT_SECRETS_DIR = "/var/openfaas/secrets"
 
 
@@ -228,106 +239,81 @@ def run_batch(module, context: Context,
     return [(st, h, b, share_ms) for st, h, b in answers]
 
 
-class _Pending:
-    """One request waiting in the batcher, and later its answer."""
-
-    __slots__ = ("answer", "done", "event")
-
-    def __init__(self, event: Event) -> None:
-        self.event = event
-        self.done = threading.Event()
-        self.answer: tuple[int, dict[str, str], bytes, float, int] | None = None
-
-
-class Batcher:
-    """Collects up to ``max_batch`` requests (waiting at most ``delay_s`` after the first) and runs
-    them as one execution on a single thread."""
-
-    def __init__(self, module, context: Context, max_batch: int, delay_s: float) -> None:
-        self.module = module
-        self.context = context
-        self.max_batch = max_batch
-        self.delay_s = delay_s
-        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
-        self.batches = 0
-        self.requests = 0
-        threading.Thread(target=self._loop, name="batcher", daemon=True).start()
-
-    def submit(self, event: Event) -> tuple[int, dict[str, str], bytes, float, int]:
-        item = _Pending(event)
-        self._queue.put(item)
-        item.done.wait()
-        assert item.answer is not None
-        return item.answer
-
-    def take(self) -> list[_Pending]:
-        """The next batch: blocks for the first request, then waits up to ``delay_s`` for more."""
-        batch = [self._queue.get()]
-        deadline = time.monotonic() + self.delay_s
-        while len(batch) < self.max_batch:
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                batch.append(self._queue.get(timeout=left))
-            except queue.Empty:
-                break
-        return batch
-
-    def _loop(self) -> None:
-        while True:
-            batch = self.take()
-            try:
-                answers = run_batch(self.module, self.context, [p.event for p in batch])
-            except BaseException as e:  # never leave a request waiting forever
-                answers = [(*_error_response(e), 0.0) for _ in batch]  # type: ignore[arg-type]
-            self.batches += 1
-            self.requests += len(batch)
-            for item, (st, h, b, ms) in zip(batch, answers, strict=True):
-                item.answer = (st, h, b, ms, len(batch))
-                item.done.set()
-
-
-def batch_settings(env=os.environ) -> tuple[int, float]:
-    """(largest batch, delay in seconds) from ``FASTGSHARE_BATCH`` / ``FASTGSHARE_BATCH_DELAY_MS``."""
+def _number(env, name: str, cast, lo: float):
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
     try:
-        size = max(1, int(env.get(BATCH_ENV, "1") or 1))
+        value = cast(raw)
     except ValueError:
-        print(f"ignoring {BATCH_ENV}={env.get(BATCH_ENV)!r} (not an integer): batch 1", flush=True)
-        size = 1
-    try:
-        delay_ms = max(0.0, float(env.get(BATCH_DELAY_ENV, "") or DEFAULT_BATCH_DELAY_MS))
-    except ValueError:
-        delay_ms = DEFAULT_BATCH_DELAY_MS
-    return size, delay_ms / 1000.0
+        print(f"ignoring {name}={raw!r} (not a number)", flush=True)
+        return None
+    if not value >= lo:
+        print(f"ignoring {name}={raw!r} (below {lo})", flush=True)
+        return None
+    return value
+
+
+def batch_settings(env=os.environ) -> policy.BatchSettings:
+    """How this worker batches, from its environment (the one place it is read):
+
+    - ``FASTGSHARE_SLO_MS`` (the function's ``fastgshare/slo_ms``): batches are formed by deadline
+      (``fastgshare_batch_policy``), up to B_max = ``FASTGSHARE_BATCH`` if set, else the largest
+      profiled size that fits (``FASTGSHARE_BATCH_PROFILE_MS``, e.g. ``1:8.5,4:14,8:25``), else
+      ``DEFAULT_MAX_BATCH``; ``FASTGSHARE_BATCH=1`` turns batching off.
+    - no SLO, ``FASTGSHARE_BATCH=B`` > 1: fixed size B, the first request waiting at most
+      ``FASTGSHARE_BATCH_DELAY_MS`` (default 2 ms) for the rest.
+    - ``FASTGSHARE_BATCH_PATH_MS``: the part of the SLO left for the path outside the worker.
+    """
+    size = _number(env, BATCH_ENV, int, 1)
+    slo_ms = _number(env, SLO_ENV, float, 1e-3)
+    delay_ms = _number(env, BATCH_DELAY_ENV, float, 0.0)
+    path_ms = _number(env, BATCH_PATH_ENV, float, 0.0)
+    profile = policy.parse_profile(env.get(BATCH_PROFILE_ENV, ""))
+    base = policy.BatchSettings(
+        max_batch=size or 1, slo_ms=slo_ms, path_ms=path_ms, profile_ms=profile,
+        fixed_delay_ms=DEFAULT_BATCH_DELAY_MS if delay_ms is None else delay_ms)
+    if slo_ms is None or size == 1:
+        return base
+    ceiling = size or policy.DEFAULT_MAX_BATCH
+    b_max = (policy.max_batch_from_profile(profile, base.budget_ms, ceiling) if profile
+             else ceiling)
+    return policy.BatchSettings(**{**base.__dict__, "max_batch": b_max})
 
 
 class Runtime:
     """The loaded handler, served one execution at a time: a lock, or a batcher when the handler
-    has ``handle_batch`` and the batch size is above 1."""
+    has ``handle_batch`` and the settings allow batches above 1."""
 
-    def __init__(self, module, context: Context, max_batch: int = 1,
-                 delay_s: float = DEFAULT_BATCH_DELAY_MS / 1000.0) -> None:
+    def __init__(self, module, context: Context,
+                 settings: policy.BatchSettings | None = None) -> None:
         self.module = module
         self.context = context
         self.lock = threading.Lock()
         self.ready = threading.Event()
-        self.batcher = (Batcher(module, context, max_batch, delay_s)
-                        if max_batch > 1 and callable(getattr(module, "handle_batch", None)) else None)
+        self.settings = settings or policy.BatchSettings()
+        self.batcher = (Batcher(lambda events: run_batch(module, context, events), self.settings)
+                        if self.settings.max_batch > 1
+                        and callable(getattr(module, "handle_batch", None)) else None)
 
     def execute(self, method: str, target: str, headers: dict[str, str],
                 body: bytes) -> tuple[int, dict[str, str], bytes, float, int]:
         """(status, headers, body, busy_ms, batch size) for one request."""
         event = make_event(method, target, headers, body)
         if self.batcher is not None:
-            return self.batcher.submit(event)
+            item = self.batcher.submit(event)
+            assert item.answer is not None
+            status, out_headers, out_body, busy_ms = item.answer
+            out_headers[BATCH_WAIT_HEADER] = f"{item.wait_ms:.3f}"
+            return status, out_headers, out_body, busy_ms, item.size
         with self.lock:
             return (*run_one(self.module, self.context, event), 1)
+
+    def batching(self) -> dict:
+        """The batcher's state (``GET /_/batching``)."""
+        if self.batcher is None:
+            return {"mode": "off", "max_batch": 1}
+        return self.batcher.summary()
 
 
 def make_request_handler(runtime: Runtime) -> type[BaseHTTPRequestHandler]:
@@ -366,6 +352,10 @@ def make_request_handler(runtime: Runtime) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             body = self._body()
+            if self.path == "/_/batching":
+                self._send(200, {"Content-Type": "application/json"},
+                           json.dumps(runtime.batching()).encode())
+                return
             if self.path == "/_/ready":
                 ok = runtime.ready.is_set()
                 self._send(200 if ok else 503, {"Content-Type": "text/plain"},
@@ -375,7 +365,7 @@ def make_request_handler(runtime: Runtime) -> type[BaseHTTPRequestHandler]:
             status, out_headers, out_body, busy_ms, size = runtime.execute(
                 self.command, self.path, headers, body)
             out_headers[BUSY_HEADER] = f"{busy_ms:.3f}"
-            if size > 1:
+            if runtime.batcher is not None:
                 out_headers[BATCH_HEADER] = str(size)
             self._send(status, out_headers, out_body)
 
@@ -390,10 +380,11 @@ def main() -> None:
     t0 = time.monotonic()
     # SIGTERM -> SystemExit: exit hooks run (a shared model's user record is released at once).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # A write to shared (read-only mapped) weights is a SIGSEGV: say where, loudly, before dying.
+    faulthandler.enable()
     module = import_handler(handler_dir)
     apply_share_to_torch()  # after the handler's imports (torch), before load() does real work
-    max_batch, delay_s = batch_settings()
-    runtime = Runtime(module, Context(), max_batch, delay_s)
+    runtime = Runtime(module, Context(), batch_settings())
     server = ThreadingHTTPServer(("127.0.0.1", port), make_request_handler(runtime))
     server.daemon_threads = True
     server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -406,7 +397,7 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     print(f"worker ready on 127.0.0.1:{port} in {time.monotonic() - t0:.2f}s, "
           f"handler {handler_dir}, cores {cores}"
-          + (f", batch {max_batch} (delay {delay_s * 1000:g} ms)" if runtime.batcher else ""), flush=True)
+          + (f", batching {json.dumps(runtime.batching())}" if runtime.batcher else ""), flush=True)
     threading.Event().wait()
 
 

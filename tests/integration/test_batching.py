@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +25,9 @@ from fast_manager.tokens import Lease, TokenMode
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "function_templates" / "python3-torch"
 sys.path.insert(0, str(TEMPLATE))
+import fastgshare_batch_policy as policy  # noqa: E402
 import index  # noqa: E402  (the worker runtime, a script folder rather than a package)
+from fastgshare_batcher import Batcher  # noqa: E402
 
 # A handler whose batch costs the same whatever its size (a device with spare parallelism).
 BATCH_HANDLER = """
@@ -68,27 +71,76 @@ def _fake(batch_fn=None) -> SimpleNamespace:
 
 
 def test_batch_settings_from_the_environment() -> None:
-    assert index.batch_settings({}) == (1, 0.002)
-    assert index.batch_settings({"FASTGSHARE_BATCH": "8", "FASTGSHARE_BATCH_DELAY_MS": "5"}) == (8, 0.005)
-    assert index.batch_settings({"FASTGSHARE_BATCH": "x", "FASTGSHARE_BATCH_DELAY_MS": "y"}) == (1, 0.002)
-    assert index.batch_settings({"FASTGSHARE_BATCH": "0"})[0] == 1
+    s = index.batch_settings({})
+    assert (s.max_batch, s.slo_ms, s.fixed_delay_ms) == (1, None, 2.0)
+    s = index.batch_settings({"FASTGSHARE_BATCH": "8", "FASTGSHARE_BATCH_DELAY_MS": "5"})
+    assert (s.max_batch, s.adaptive, s.fixed_delay_ms) == (8, False, 5.0)
+    s = index.batch_settings({"FASTGSHARE_BATCH": "x", "FASTGSHARE_BATCH_DELAY_MS": "y"})
+    assert (s.max_batch, s.fixed_delay_ms) == (1, 2.0)
+    assert index.batch_settings({"FASTGSHARE_BATCH": "0"}).max_batch == 1
+    # An SLO alone turns batching on, up to the default B_max ...
+    s = index.batch_settings({"FASTGSHARE_SLO_MS": "100"})
+    assert (s.max_batch, s.adaptive, s.budget_ms) == (policy.DEFAULT_MAX_BATCH, True, 90.0)
+    # ... or the largest profiled size whose execution fits half the budget, under FASTGSHARE_BATCH
+    prof = "1:10,4:20,8:40,16:90"
+    assert index.batch_settings({"FASTGSHARE_SLO_MS": "100", "FASTGSHARE_BATCH_PROFILE_MS": prof}
+                                ).max_batch == 8
+    assert index.batch_settings({"FASTGSHARE_SLO_MS": "100", "FASTGSHARE_BATCH_PROFILE_MS": prof,
+                                 "FASTGSHARE_BATCH": "4"}).max_batch == 4
+    assert index.batch_settings({"FASTGSHARE_SLO_MS": "100", "FASTGSHARE_BATCH": "1"}).max_batch == 1
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def _manual_batcher(settings: policy.BatchSettings, run=None) -> tuple[Batcher, ManualClock]:
+    clock = ManualClock()
+    run = run or (lambda events: [(200, {}, e.body, 1.0) for e in events])
+    return Batcher(run, settings, clock=clock, start=False), clock
 
 
 def test_batcher_takes_what_is_queued_up_to_the_batch_size() -> None:
-    module = _fake()
-    b = index.Batcher.__new__(index.Batcher)  # no thread: take() driven directly
-    b.module, b.context, b.max_batch, b.delay_s = module, index.Context("/x"), 3, 0.0
-    import queue
-
-    b._queue = queue.SimpleQueue()
+    b, _ = _manual_batcher(policy.BatchSettings(max_batch=3, fixed_delay_ms=0.0))
     for i in range(5):
-        b._queue.put(index._Pending(_event(json.dumps({"x": i}).encode())))
-    assert [len(b.take()) for _ in range(2)] == [3, 2]
+        b.put(_event(json.dumps({"x": i}).encode()))
+    assert [len(b.take(block=False)) for _ in range(2)] == [3, 2]
+
+
+def test_a_lone_request_never_waits_past_its_slack() -> None:
+    """The batcher's queue and clock with the real policy: a lone request at low load runs at
+    once; at high load it waits for company, but never past its deadline minus the execution of
+    the batch it would form."""
+    settings = policy.BatchSettings(max_batch=8, slo_ms=100.0)
+    b, clock = _manual_batcher(settings)
+    b.state = replace(b.state, exec_ms=((1, 10.0), (2, 12.0)))
+    # low load: one request every 400 ms
+    for _ in range(3):
+        b.put(_event(b"{}"))
+        assert len(b.take(block=False)) == 1  # at the same instant: no wait at all
+        clock.now_s += 0.4
+    # high load (arrivals 5 ms apart so far), then a lone request
+    b.state = replace(b.state, gap_s=0.005, last_arrival_s=clock.now_s - 0.005)
+    arrival = clock.now_s
+    b.put(_event(b"{}"))
+    assert b.take(block=False) == []  # it waits for company ...
+    latest = arrival + settings.budget_ms / 1000.0 - 0.012  # deadline minus exec(2)
+    while clock.now_s <= latest + 1e-9:
+        got = b.take(block=False)
+        if got:
+            break
+        clock.now_s += 0.001
+    assert got and len(got) == 1 and clock.now_s <= latest + 1e-9  # ... never past its slack
 
 
 def test_runtime_batches_concurrent_requests_and_splits_busy_time() -> None:
     module = _fake()
-    rt = index.Runtime(module, index.Context("/x"), max_batch=4, delay_s=1.0)
+    rt = index.Runtime(module, index.Context("/x"), policy.BatchSettings(max_batch=4,
+                                                                         fixed_delay_ms=1000.0))
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda i: rt.execute("POST", "/", {}, json.dumps({"x": i}).encode()),
                                 range(4)))
@@ -96,6 +148,26 @@ def test_runtime_batches_concurrent_requests_and_splits_busy_time() -> None:
     for i, (status, _, body, _busy, size) in enumerate(answers):
         assert status == 200 and json.loads(body) == {"x": i, "n": 4} and size == 4
     assert len({a[3] for a in answers}) == 1  # each carries the same share of the batch's time
+    assert rt.batching()["sizes"] == {"4": 1}
+
+
+def test_an_slo_alone_forms_batches_under_concurrency() -> None:
+    """No batch size given, only an SLO: concurrent requests are served in batches (the first
+    runs alone, the others queue behind it and go together)."""
+    def slow(events):
+        time.sleep(0.05)
+        return [{"x": json.loads(e.body)["x"], "n": len(events)} for e in events]
+
+    module = _fake(slow)
+    rt = index.Runtime(module, index.Context("/x"), index.batch_settings({"FASTGSHARE_SLO_MS": "1000"}))
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: rt.execute("POST", "/", {}, json.dumps({"x": i}).encode()),
+                                range(8)))
+    assert [json.loads(a[2])["x"] for a in answers] == list(range(8))
+    assert max(a[4] for a in answers) > 1 and len(module.seen) < 8
+    assert sum(module.seen) == 8
+    stats = rt.batching()
+    assert stats["mode"] == "slo" and stats["requests"] == 8
 
 
 def test_a_failing_batch_is_retried_one_request_at_a_time() -> None:
@@ -113,7 +185,7 @@ def test_a_failing_batch_is_retried_one_request_at_a_time() -> None:
 
 def test_without_handle_batch_the_runtime_serves_one_at_a_time() -> None:
     module = SimpleNamespace(handle=lambda e, c: {"ok": True})
-    rt = index.Runtime(module, index.Context("/x"), max_batch=4)
+    rt = index.Runtime(module, index.Context("/x"), policy.BatchSettings(max_batch=4))
     assert rt.batcher is None
     assert rt.execute("POST", "/", {}, b"{}")[4] == 1
 
