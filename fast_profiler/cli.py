@@ -18,6 +18,7 @@ import redis
 from tqdm import tqdm
 
 from fast_profiler import store
+from fast_profiler.errors import ProfileCancelled
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.planner import GridSpec
 from fast_profiler.runner import Gateway, Progress, RunSettings, device_type_of, grid_for_device
@@ -139,6 +140,9 @@ def profile_main(argv: list[str] | None = None) -> int:
         try:
             profile_and_store(gw, name, namespace=ns, spec=_spec(args, gw), settings=settings,
                               slo_ms=args.slo_ms, on_progress=show)
+        except ProfileCancelled as e:
+            print(e, file=sys.stderr)
+            return 1
         finally:
             bar.close()
     table = store.load(gw.redis_client, name, device_type)

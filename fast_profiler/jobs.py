@@ -3,6 +3,11 @@
 The watcher profiles every deployed function that asks for autoscaling (``fastgshare/slo_ms``) and
 has no table for this device type yet, one at a time (a profile wants the device to itself), and
 claims each function in Redis first so that two watchers never profile the same one.
+
+A profile belongs to the code it measured: it stops as soon as its function is removed or
+redeployed with other code (``ProfileCancelled``; the status is dropped so that a later deploy is
+profiled afresh), and its table records that code's identity (``fast_profiler.shadow``), which the
+provider compares on the next redeploy.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fast_profiler import store
-from fast_profiler.errors import ProfileError
+from fast_profiler.errors import ProfileCancelled, ProfileError
 from fast_profiler.interference import CpuMonitor
 from fast_profiler.planner import GridSpec
 from fast_profiler.runner import (
@@ -27,6 +32,7 @@ from fast_profiler.runner import (
     grid_for_device,
     profile_function,
 )
+from fast_profiler.shadow import code_identity
 from fast_profiler.store import ProfileState
 from fastgshare.resources import SLO_MS
 
@@ -46,6 +52,8 @@ def profile_and_store(gw: Gateway, name: str, *, namespace: str = "openfaas-fn",
     device_type = device_type_of(device)
     spec = spec or grid_for_device(device)
     client = gw.redis_client
+    identity = identity_of(gw, status)
+    stop_reason = make_stop_reason(gw, name, namespace, identity)
 
     def progress(p: Progress) -> None:
         store.set_status(client, namespace, name, ProfileState.PROFILING, measured=p.measured,
@@ -57,19 +65,57 @@ def profile_and_store(gw: Gateway, name: str, *, namespace: str = "openfaas-fn",
     store.set_status(client, namespace, name, ProfileState.PROFILING, device_type=device_type,
                      message="starting")
     try:
-        result = profile_function(Runner(gw, src, settings, monitor=monitor), spec, device_type,
-                                  on_progress=progress)
+        result = profile_function(Runner(gw, src, settings, monitor=monitor, stop_reason=stop_reason),
+                                  spec, device_type, on_progress=progress)
+        reason = stop_reason()
+        if reason:
+            raise ProfileCancelled(f"profile of {name!r} stopped: {reason}")
+    except ProfileCancelled:
+        store.forget_status(client, namespace, name)
+        raise
     except Exception as e:
         store.set_status(client, namespace, name, ProfileState.FAILED, device_type=device_type,
                          message=f"{type(e).__name__}: {e}"[:500])
         raise
     measured = sum(1 for _ in result.measurements)
     store.save(client, result.table, store.detail_json(result.points, seconds=result.seconds,
-                                                       slo_ms=src.slo_ms, measured=measured))
+                                                       slo_ms=src.slo_ms, measured=measured,
+                                                       code_identity=identity))
+    reason = stop_reason()  # a redeploy between the last look and the save: the table is stale
+    if reason:
+        store.invalidate(client, namespace, name)
+        raise ProfileCancelled(f"profile of {name!r} dropped: {reason}")
     store.set_status(client, namespace, name, ProfileState.DONE, measured=measured, planned=measured,
                      elapsed_s=result.seconds, device_type=device_type,
                      message=f"{len(result.points)} points, {measured} configurations measured")
     return result
+
+
+def identity_of(gw: Gateway, status: dict[str, object]) -> str:
+    """The code identity of a deployed function (its ``FunctionStatus``) as the provider sees it."""
+    image = str(status.get("image") or "")
+    return code_identity(image, str(status.get("envProcess") or ""),
+                         store.image_record(gw.redis_client, image))
+
+
+def make_stop_reason(gw: Gateway, name: str, namespace: str, identity: str) -> Callable[[], str | None]:
+    """Why a profile of ``name`` must stop: the function is gone, or runs other code than
+    ``identity`` now. A provider that does not answer is no reason (the run's own requests fail
+    if it stays away)."""
+
+    def reason() -> str | None:
+        try:
+            status = gw.function_status(name, namespace)
+        except Exception as e:  # any failure to ask is "go on"
+            log.debug("could not ask for %s: %s", name, e)
+            return None
+        if status is None:
+            return f"function {name!r} was removed from {namespace!r}"
+        if identity_of(gw, status) != identity:
+            return f"function {name!r} was redeployed with other code (image {status.get('image')!r})"
+        return None
+
+    return reason
 
 
 def _cfg_text(p: Progress) -> str:
@@ -107,6 +153,8 @@ class Watcher:
             try:
                 profile_and_store(self.gw, name, namespace=ns, settings=self.settings)
                 made += 1
+            except ProfileCancelled as e:
+                log.info("%s", e)
             except Exception:  # one function's failure must not stop the watcher
                 log.exception("profile of %s/%s failed", ns, name)
         return made

@@ -6,24 +6,30 @@ largest dynamic batch in ``FASTGSHARE_BATCH``: the worker runs up to that many q
 one execution, the sidecar keeps that many in flight), waits for that replica alone to be ready,
 and searches the highest Poisson rate with p99 under the SLO (``fast_profiler.search``) through
 the gateway's ``/function/<shadow>``. The sidecar's ``/_/stats`` gives the busy time. The shadow carries no
-``fastgshare/slo_ms``, so neither the scheduler nor the profile watcher acts on it; it is removed at
-the end. The planner (``fast_profiler.planner``) decides what to measure; this module only runs it.
+``fastgshare/slo_ms``, so neither the scheduler nor the profile watcher acts on it, and the label
+``fastgshare/profile-of`` (``fast_profiler.shadow``), so the provider keeps it out of the user's
+answers; it is removed at the end. While it measures, the runner asks ``stop_reason`` about once a
+second whether to go on: a function removed or redeployed with other code stops its run at once
+(``ProfileCancelled``). The planner (``fast_profiler.planner``) decides what to measure; this module
+only runs it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import aiohttp
 import redis
 import requests
 
-from fast_profiler.errors import ProfileError
+from fast_profiler.errors import ProfileCancelled, ProfileError
 from fast_profiler.interference import CpuMonitor, foreign_cores
 from fast_profiler.loadgen import PoissonLoad, StepRecord, closed_loop
 from fast_profiler.planner import (
@@ -50,16 +56,17 @@ from fast_profiler.search import (
     step_verdict,
 )
 from fast_profiler.search import next_rate as search_next_rate
+from fast_profiler.shadow import shadow_labels, shadow_name
 from fast_profiler.table import ProfileTable
 from fastgshare import keys
 from fastgshare.resources import QUOTA_LIMIT, QUOTA_REQUEST, SCALE_MAX, SCALE_MIN, SLO_MS, SM_PARTITION
 
 log = logging.getLogger("fast_profiler")
+_T = TypeVar("_T")
 
 BATCH_ENV = "FASTGSHARE_BATCH"
 """The replica's dynamic batch size: its worker runs up to this many queued requests at once
 (``handle_batch``). Throughput stays in requests per second at every batch size."""
-SHADOW_SUFFIX = "-profile"
 READY_TIMEOUT_S = 180.0
 """How long one configuration's replica may take to load."""
 QUIET_SAMPLE_S = 0.5
@@ -104,6 +111,9 @@ class RunSettings:
     every step starts from the same, unused window. Idle time is free of the cap's bursts because
     a step also fails when its rate x charged time per request exceeds the quota."""
     seed: int = 1
+    stop_poll_s: float = 1.0
+    """How often the runner asks whether its function is still deployed as it was (``stop_reason``):
+    a removed function's run stops within about this long."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ class FunctionSource:
 
     @property
     def shadow(self) -> str:
-        return f"{self.name[:63 - len(SHADOW_SUFFIX)]}{SHADOW_SUFFIX}"
+        return shadow_name(self.name)
 
 
 def as_function_source(status: Mapping[str, object], *, body: bytes = b"{}",
@@ -205,7 +215,8 @@ def deploy_body(src: FunctionSource, cfg: Config) -> dict[str, object]:
     body: dict[str, object] = {
         "service": src.shadow, "image": src.image, "namespace": src.namespace,
         "envVars": {**src.env_vars, BATCH_ENV: str(cfg.batch)}, "annotations": ann,
-        "labels": {SCALE_MIN: "1", SCALE_MAX: "1"}, "secrets": list(src.secrets),
+        "labels": {SCALE_MIN: "1", SCALE_MAX: "1", **shadow_labels(src.name)},
+        "secrets": list(src.secrets),
     }
     if src.env_process:
         body["envProcess"] = src.env_process
@@ -216,13 +227,18 @@ class Runner:
     """Measures one function's configurations on a running platform."""
 
     def __init__(self, gateway: Gateway, src: FunctionSource, settings: RunSettings | None = None,
-                 *, clock: Callable[[], float] = time.monotonic, monitor: CpuMonitor | None = None) -> None:
+                 *, clock: Callable[[], float] = time.monotonic, monitor: CpuMonitor | None = None,
+                 stop_reason: Callable[[], str | None] | None = None) -> None:
         self.gw = gateway
         self.src = src
         self.settings = settings or RunSettings()
         self.clock = clock
         self.monitor = monitor
         """Other load on the node (``fast_profiler.interference``): None judges by busy time only."""
+        self.stop_reason = stop_reason
+        """Why the run must stop now (its function removed, redeployed with other code), or None;
+        asked about every ``stop_poll_s``. None: the run is never stopped from outside."""
+        self._next_stop_check = 0.0
         self._generation = -1
         self._full_capacity: dict[tuple[int, int], float] = {}
         self._full_busy: dict[tuple[int, int], float] = {}
@@ -232,11 +248,42 @@ class Runner:
 
     # ---- deployment ------------------------------------------------------------------------
 
+    def check_stop(self, *, now: bool = False) -> None:
+        """Raise ``ProfileCancelled`` when ``stop_reason`` gives one (asked at most every
+        ``stop_poll_s`` unless ``now``)."""
+        if self.stop_reason is None:
+            return
+        t = self.clock()
+        if not now and t < self._next_stop_check:
+            return
+        self._next_stop_check = t + self.settings.stop_poll_s
+        reason = self.stop_reason()
+        if reason:
+            raise ProfileCancelled(f"profile of {self.src.name!r} stopped: {reason}")
+
+    async def _guarded(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``work``, cancelling it as soon as ``stop_reason`` gives a reason."""
+        task = asyncio.ensure_future(work)
+        if self.stop_reason is None:
+            return await task
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self.settings.stop_poll_s)
+            if task in done:
+                return task.result()
+            reason = await asyncio.to_thread(self.stop_reason)
+            if reason:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                raise ProfileCancelled(f"profile of {self.src.name!r} stopped: {reason}")
+
     def _deploy_and_wait(self, cfg: Config) -> str:
         """Deploy ``cfg`` and return the sidecar URL of its (only) replica once it is ready."""
+        self.check_stop(now=True)
         self.gw.deploy(deploy_body(self.src, cfg))
         deadline = self.clock() + READY_TIMEOUT_S
         while self.clock() < deadline:
+            self.check_stop()
             reps = self.gw.replicas(self.src.shadow, self.src.namespace)
             newer = [r for r in reps if int(r.get("generation", 0)) > self._generation]  # type: ignore[call-overload]
             if len(reps) == 1 and newer and int(reps[0].get("sm_pct", 0)) == cfg.sm_pct:  # type: ignore[call-overload]
@@ -259,7 +306,7 @@ class Runner:
     def measure(self, cfg: Config) -> Measurement:
         t0 = self.clock()
         sidecar = self._deploy_and_wait(cfg)
-        m = asyncio.run(self._measure(cfg, sidecar))
+        m = asyncio.run(self._guarded(self._measure(cfg, sidecar)))
         return replace(m, seconds=self.clock() - t0)
 
     def long_run(self, cfg: Config, rate_rps: float, seconds: float) -> StepRecord:

@@ -39,10 +39,13 @@ class ProfileState(StrEnum):
 
 
 def detail_json(points: Sequence[FilledPoint], *, seconds: float, slo_ms: float, measured: int,
-                created_s: float | None = None) -> str:
+                created_s: float | None = None, code_identity: str = "") -> str:
+    """``code_identity``: what code was measured (``fast_profiler.shadow.code_identity``); a
+    redeploy of other code invalidates the table (``invalidate``)."""
     return json.dumps({
         "version": DETAIL_VERSION, "created_s": time.time() if created_s is None else created_s,
         "seconds": seconds, "slo_ms": slo_ms, "points_measured": measured, "points_total": len(points),
+        "code_identity": code_identity,
         "points": [{"sm_pct": p.config.sm_pct, "quota_frac": p.config.quota_frac, "batch": p.config.batch,
                     "busy_frac": p.busy_frac, "error_rate": p.error_rate, "source": p.source.value,
                     "basis": [[b.sm_pct, b.quota_frac, b.batch] for b in p.basis]} for p in points],
@@ -70,6 +73,54 @@ def load_detail(client: redis.Redis, function: str, device_type: str) -> dict[st
 
 def has_table(client: redis.Redis, function: str, device_type: str) -> bool:
     return bool(client.exists(keys.profile(function, device_type)))
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def device_types(client: redis.Redis, function: str) -> list[str]:
+    """The device types ``function`` has a table or a detail record for."""
+    found = set()
+    for make in (keys.profile, keys.profile_detail):
+        head, tail = make(function, "\0").split("\0")
+        for key in client.scan_iter(match=make(function, "*"), count=500):
+            k = _text(key)
+            if k.startswith(head) and k.endswith(tail):
+                found.add(k[len(head):len(k) - len(tail)])
+    return sorted(found)
+
+
+def recorded_identities(client: redis.Redis, function: str) -> dict[str, str | None]:
+    """Per device type, the code identity its table was measured with (None: not recorded)."""
+    out: dict[str, str | None] = {}
+    for device_type in device_types(client, function):
+        detail = load_detail(client, function, device_type) or {}
+        out[device_type] = str(detail.get("code_identity") or "") or None
+    return out
+
+
+def invalidate(client: redis.Redis, namespace: str, function: str) -> list[str]:
+    """Drop every table of ``function`` (and its detail) and its profile status, so that the
+    scheduler stops using it and the watcher profiles the function again. Returns the device
+    types dropped."""
+    dropped = device_types(client, function)
+    pipe = client.pipeline(transaction=True)
+    for device_type in dropped:
+        pipe.delete(keys.profile(function, device_type), keys.profile_detail(function, device_type))
+    pipe.delete(keys.profile_status(namespace, function))
+    pipe.execute()
+    return dropped
+
+
+def image_record(client: redis.Redis, image: str) -> dict[str, object] | None:
+    """Local mode's registry entry of ``image`` (``keys.images``), matched as the local backend
+    matches it (with or without ``:latest``); None when not registered."""
+    for candidate in (image, image.removesuffix(":latest"), f"{image}:latest"):
+        raw = client.hget(keys.images(), candidate)
+        if raw:
+            return dict(json.loads(raw))
+    return None
 
 
 def to_csv(table: ProfileTable, detail: Mapping[str, object] | None = None) -> str:
@@ -127,6 +178,12 @@ def get_status(client: redis.Redis, namespace: str, name: str) -> dict[str, str]
     raw = client.hgetall(keys.profile_status(namespace, name))
     return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()}
+
+
+def forget_status(client: redis.Redis, namespace: str, name: str) -> None:
+    """The function is gone (or its run was cancelled): no status, so that a later deploy of the
+    same name is profiled again (``claim`` takes only a function without one)."""
+    client.delete(keys.profile_status(namespace, name))
 
 
 def claim(client: redis.Redis, namespace: str, name: str) -> bool:

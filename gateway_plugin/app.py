@@ -24,6 +24,7 @@ from gateway_plugin.extensions import ExtensionHandlers
 from gateway_plugin.handlers import SystemHandlers
 from gateway_plugin.metrics import ProviderMetrics
 from gateway_plugin.proxy import INVOKE_METHODS, Invoker
+from gateway_plugin.records import PlatformRecords, platform_records_for
 from gateway_plugin.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,16 @@ def error_response(err: Exception) -> Response:
 
 
 def create_app(backend: Backend, settings: ProviderSettings, *,
-               registry: CollectorRegistry | None = None) -> Flask:
-    """The provider over ``backend``. Reads basic-auth files now when ``settings.basic_auth``."""
+               registry: CollectorRegistry | None = None, records: PlatformRecords | None = None) -> Flask:
+    """The provider over ``backend``. Reads basic-auth files now when ``settings.basic_auth``;
+    ``records`` (image registry, profile tables) default to ``settings.redis_url``'s."""
     app = Flask("gateway_plugin")
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ProviderMetrics(registry, backend)
-    system = SystemHandlers(backend, settings, metrics)
+    records = records if records is not None else platform_records_for(settings.redis_url)
+    system = SystemHandlers(backend, settings, metrics, records)
     invoker = Invoker(backend, settings, metrics)
-    extensions = ExtensionHandlers(backend, settings)
+    extensions = ExtensionHandlers(backend, settings, records)
     credentials = read_basic_auth(settings.secrets_dir) if settings.basic_auth else None
     app.extensions[EXTENSION_KEY] = {"backend": backend, "invoker": invoker, "metrics": metrics}
 
@@ -83,6 +86,7 @@ def create_app(backend: Backend, settings: ProviderSettings, *,
     # FaST-GShare's own (replica placement and shares; the scheduler's configurations)
     route("/system/fastgshare/replicas", extensions.replicas, "GET")
     route("/system/fastgshare/configurations/<name>", extensions.apply_configurations, "PUT")
+    route("/system/fastgshare/images", extensions.register_image, "PUT")
 
     # --- open --------------------------------------------------------------------------------------
     def healthz() -> Response:

@@ -1,8 +1,10 @@
 """FaST-GShare's own routes beside the faas-provider contract, under ``/system/fastgshare/``.
 
 They carry what the OpenFaaS types have no field for: where each replica runs and with which
-share (for ``fastgshare status``, the scheduler and the profiler), and the scheduler's replica
-configurations. Same basic auth as the rest of ``/system``; same error mapping.
+share (for ``fastgshare status``, the scheduler and the profiler; the profiler's shadow functions
+are listed here, with ``profileOf``, though the contract's routes leave them out), the scheduler's
+replica configurations, and local mode's image registry (``fastgshare build`` against a gateway
+URL). Same basic auth as the rest of ``/system``; same error mapping.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from typing import Any
 
 from flask import Response, request
 
+from fast_profiler.shadow import profile_of
 from fastgshare.errors import ValidationError
 from fastgshare.resources import parse_share
 from gateway_plugin import types
 from gateway_plugin.backend import Backend, FunctionState, Placement, ReplicaConfig
 from gateway_plugin.body import read_body
+from gateway_plugin.errors import Invalid
 from gateway_plugin.handlers import accepted, json_response
+from gateway_plugin.records import PlatformRecords
 from gateway_plugin.settings import ProviderSettings
 
 MAX_CONFIGURATIONS = 64
@@ -29,6 +34,8 @@ def make_replicas_json(state: FunctionState) -> dict[str, Any]:
     return {
         "name": state.spec.name,
         "namespace": state.spec.namespace,
+        "image": state.spec.image,
+        "profileOf": profile_of(state.spec.labels),
         "status": state.status,
         "replicas": state.replicas,
         "availableReplicas": state.available_replicas,
@@ -80,9 +87,11 @@ def as_configurations(body: Any) -> list[ReplicaConfig]:
 
 
 class ExtensionHandlers:
-    def __init__(self, backend: Backend, settings: ProviderSettings) -> None:
+    def __init__(self, backend: Backend, settings: ProviderSettings,
+                 records: PlatformRecords | None = None) -> None:
         self._backend = backend
         self._settings = settings
+        self._records = records
 
     def replicas(self) -> Response:
         namespace = types.validate_namespace(request.args.get("namespace"))
@@ -96,5 +105,19 @@ class ExtensionHandlers:
         self._backend.apply_configurations(namespace, name, as_configurations(body))
         return accepted()
 
-
-
+    def register_image(self) -> Response:
+        """``PUT /system/fastgshare/images``: local mode's ``build`` (an image name -> a handler
+        folder on this machine). Answers the stored record."""
+        body = types.parse_json_object(
+            read_body(request.environ, self._settings.max_system_body_bytes), "image registration")
+        reg = types.as_image_registration(body)
+        if self._settings.backend_kind != "local":
+            raise Invalid(f"image: the {self._settings.backend_kind} backend runs container images: "
+                          "build and push them (faas-cli build/push); handler folders are local mode's")
+        if self._records is None:
+            raise Invalid("image: this provider has no Redis configured (REDIS_URL), so it keeps "
+                          "no image registry")
+        rec = self._records.register_image(reg)
+        return json_response({"image": reg.image, "handlerDir": rec["handler_dir"],
+                              "templateDir": rec["template_dir"], "lang": rec["lang"],
+                              "codeDigest": rec["code_digest"]})

@@ -3,6 +3,11 @@
 Each handler reads the request, parses it with ``gateway_plugin.types`` (pure), calls the
 backend, and answers as faas-netes does. Errors are raised, never answered here: the app maps
 every one to its status in one place (``gateway_plugin.errors.http_status``).
+
+The profiler's shadow functions (a spec labelled ``fastgshare/profile-of``, see
+``fast_profiler.shadow``) are the platform's: the contract's read routes leave them out, removing a
+function removes its shadow, and a shadow whose function is gone is refused. All of it is decided
+from the stored spec, so every provider worker decides alike.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from typing import Any
 from flask import Response, request
 
 import fastgshare
+from fast_profiler.shadow import PROFILE_OF_LABEL, profile_of
 from gateway_plugin import types
-from gateway_plugin.backend import Backend, LogLine
+from gateway_plugin.backend import Backend, FunctionSpec, FunctionState, LogLine
 from gateway_plugin.body import read_body
-from gateway_plugin.errors import Invalid
+from gateway_plugin.errors import Conflict, Invalid, NotFound
 from gateway_plugin.metrics import ProviderMetrics, function_label
+from gateway_plugin.records import PlatformRecords
 from gateway_plugin.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -40,10 +47,13 @@ def accepted() -> Response:
 class SystemHandlers:
     """The provider API over one backend."""
 
-    def __init__(self, backend: Backend, settings: ProviderSettings, metrics: ProviderMetrics) -> None:
+    def __init__(self, backend: Backend, settings: ProviderSettings, metrics: ProviderMetrics,
+                 records: PlatformRecords | None = None) -> None:
         self._backend = backend
         self._settings = settings
         self._metrics = metrics
+        self._records = records
+        """Profile tables a redeploy makes stale; None: no Redis configured (nothing to drop)."""
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -67,11 +77,56 @@ class SystemHandlers:
         if missing:
             raise Invalid(f"secrets: {missing} not found in namespace {namespace!r}: create them first")
 
+    def _existing(self, namespace: str, name: str) -> FunctionState | None:
+        try:
+            return self._backend.status(namespace, name)
+        except NotFound:
+            return None
+
+    def _visible(self, namespace: str, name: str) -> FunctionState:
+        """A user's function; a shadow is answered as absent (it is the platform's)."""
+        state = self._backend.status(namespace, name)
+        if profile_of(state.spec.labels) is not None:
+            raise NotFound(f"function {name!r} not found in namespace {namespace!r}")
+        return state
+
+    def _check_shadow(self, spec: FunctionSpec, existing: FunctionState | None) -> None:
+        """A shadow may only stand beside its deployed function, and neither kind may take the
+        other's place."""
+        parent = profile_of(spec.labels)
+        if existing is not None and (profile_of(existing.spec.labels) is None) != (parent is None):
+            whose = (f"the platform's profiling run of {profile_of(existing.spec.labels)!r}"
+                     if parent is None else "a user's function")
+            raise Conflict(f"service: {spec.name!r} is taken by {whose} in {spec.namespace!r}: "
+                           "choose another name")
+        if parent is None:
+            return
+        owner = self._existing(spec.namespace, parent)
+        if owner is None or profile_of(owner.spec.labels) is not None:
+            raise Invalid(f"labels.{PROFILE_OF_LABEL}: function {parent!r} is not deployed in "
+                          f"{spec.namespace!r}: a profiling run needs its function")
+
+    def _shadow_outlived(self, spec: FunctionSpec) -> bool:
+        """After deploying a shadow: its function was removed meanwhile (by another request that
+        did not see the shadow yet). Then the shadow goes too."""
+        parent = profile_of(spec.labels)
+        if parent is None or self._existing(spec.namespace, parent) is not None:
+            return False
+        self._remove_quietly(spec.namespace, spec.name)
+        return True
+
+    def _remove_quietly(self, namespace: str, name: str) -> None:
+        try:
+            self._backend.remove(namespace, name)
+        except NotFound:
+            pass
+        self._metrics.forget(function_label(name, namespace))
+
     # ---- functions ----------------------------------------------------------------------------
 
     def list_functions(self) -> Response:
         namespace = self._namespace(request.args.get("namespace"))
-        states = self._backend.list(namespace)
+        states = [s for s in self._backend.list(namespace) if profile_of(s.spec.labels) is None]
         return json_response([self._status_json(s) for s in states])
 
     def _status_json(self, state: Any) -> dict[str, Any]:
@@ -83,35 +138,54 @@ class SystemHandlers:
         spec = types.as_function_spec(self._body_object("FunctionDeployment"))
         self._namespace(spec.namespace)
         self._check_secrets_exist(spec.namespace, spec.secrets)
+        self._check_shadow(spec, self._existing(spec.namespace, spec.name))
         self._backend.deploy(spec)
         self._metrics.forget(function_label(spec.name, spec.namespace))
+        if self._shadow_outlived(spec):
+            raise Invalid(f"labels.{PROFILE_OF_LABEL}: function {profile_of(spec.labels)!r} was "
+                          f"removed from {spec.namespace!r}")
+        if self._records is not None and profile_of(spec.labels) is None:
+            self._records.after_deploy(spec, None)
         return accepted()
 
     def update(self) -> Response:
         spec = types.as_function_spec(self._body_object("FunctionDeployment"))
         self._namespace(spec.namespace)
         self._check_secrets_exist(spec.namespace, spec.secrets)
+        old = self._existing(spec.namespace, spec.name)
+        self._check_shadow(spec, old)
         self._backend.update(spec)
+        if self._shadow_outlived(spec):
+            raise Invalid(f"labels.{PROFILE_OF_LABEL}: function {profile_of(spec.labels)!r} was "
+                          f"removed from {spec.namespace!r}")
+        if self._records is not None and profile_of(spec.labels) is None:
+            self._records.after_deploy(spec, old.spec if old else None)
         return accepted()
 
     def delete(self) -> Response:
+        """Remove a function, and with it its profiling run (its shadow), if one is deployed."""
         namespace = self._namespace(request.args.get("namespace"))
         name = types.as_delete_request(self._body_object("DeleteFunctionRequest"))
         self._backend.remove(namespace, name)
         self._metrics.forget(function_label(name, namespace))
+        for state in self._backend.list(namespace):
+            if profile_of(state.spec.labels) == name:
+                self._remove_quietly(namespace, state.spec.name)
+        if self._records is not None:
+            self._records.forget_profile_status(namespace, name)
         return accepted()
 
     def function_status(self, name: str) -> Response:
         types.validate_name(name, "name")
         namespace = self._namespace(request.args.get("namespace"))
-        return json_response(self._status_json(self._backend.status(namespace, name)))
+        return json_response(self._status_json(self._visible(namespace, name)))
 
     def scale(self, name: str) -> Response:
         types.validate_name(name, "name")
         body = self._body_object("ScaleServiceRequest")
         namespace = self._namespace(request.args.get("namespace") or body.get("namespace"))
         requested = types.as_scale_replicas(body)
-        state = self._backend.status(namespace, name)
+        state = self._visible(namespace, name)
         replicas = types.clamp_replicas(requested, state.spec.scale)
         if replicas != requested:
             log.info("scale %s.%s: %d requested, clamped to %d", name, namespace, requested, replicas)

@@ -368,3 +368,44 @@ def make_log_json(line: LogLine) -> dict[str, str]:
     """A ``logs.Message``."""
     return {"name": line.name, "namespace": line.namespace, "instance": line.instance,
             "timestamp": rfc3339(line.timestamp), "text": line.text}
+
+
+DEFAULT_LANG = "python3-torch"
+IMAGE_MAX_CHARS = 255
+PATH_MAX_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class ImageRegistration:
+    """A validated ``PUT /system/fastgshare/images`` body: local mode's stand-in for a built image."""
+
+    image: str
+    handler_dir: str
+    """Absolute path, on the provider's machine, of the folder that holds ``handler.py``."""
+    template_dir: str = ""
+    """Absolute path of the template (has ``index.py``); empty: the installation's for ``lang``."""
+    lang: str = DEFAULT_LANG
+
+
+def _absolute_path(obj: Mapping[str, Any], key: str, *, required: bool) -> str:
+    value = _string(obj, key)
+    if not value:
+        if required:
+            raise Invalid(f"{key}: is required: an absolute path on the provider's machine")
+        return ""
+    if len(value) > PATH_MAX_CHARS or not value.startswith("/") or "\0" in value:
+        raise Invalid(f"{key}: ({value[:200]!r}) must be an absolute path of at most {PATH_MAX_CHARS} "
+                      "characters")
+    return value
+
+
+def as_image_registration(obj: Mapping[str, Any]) -> ImageRegistration:
+    """``{"image", "handlerDir", "templateDir"?, "lang"?}`` -> an ``ImageRegistration``."""
+    image = _string(obj, "image")
+    if not image or len(image) > IMAGE_MAX_CHARS or any(c.isspace() or ord(c) < 32 for c in image):
+        raise Invalid(f"image: ({image[:300]!r}) must be an image name of 1..{IMAGE_MAX_CHARS} "
+                      "characters without whitespace")
+    lang = _string(obj, "lang") or DEFAULT_LANG
+    validate_name(lang, "lang")
+    return ImageRegistration(image, _absolute_path(obj, "handlerDir", required=True),
+                             _absolute_path(obj, "templateDir", required=False), lang)

@@ -1,0 +1,105 @@
+"""What the provider keeps in the platform's Redis beside the backend's desired state.
+
+Two things, both read and written here only on the provider's side: local mode's image registry
+(``keys.images``: an image name -> the handler folder and template it stands for, with a digest of
+the handler's files), which ``PUT /system/fastgshare/images`` fills so that a CLI that holds only
+the gateway's URL and credentials can build; and the profile tables that a redeploy of other code
+makes stale (``fast_profiler.store.invalidate``). Nothing here is held in the process: every
+provider worker reads the same Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import redis
+
+from fast_profiler import store
+from fast_profiler.shadow import code_identity, profile_is_stale
+from fastgshare import keys
+from gateway_plugin.backend import FunctionSpec
+from gateway_plugin.errors import Invalid
+from gateway_plugin.types import ImageRegistration
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "function_templates"
+"""The templates this installation ships (``function_templates/<lang>``)."""
+MAX_DIGEST_FILES = 2000
+"""A handler folder with more files than this is refused (it is code, not data)."""
+SKIPPED_PARTS = frozenset({"__pycache__", ".git", ".venv", "node_modules"})
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over the folder's files (relative paths and contents, sorted), caches left out."""
+    h = hashlib.sha256()
+    n = 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_PARTS)
+        for f in sorted(files):
+            if f.endswith(".pyc"):
+                continue
+            path = Path(root) / f
+            n += 1
+            if n > MAX_DIGEST_FILES:
+                raise Invalid(f"handlerDir: {folder} has more than {MAX_DIGEST_FILES} files")
+            h.update(str(path.relative_to(folder)).encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+class PlatformRecords:
+    """The image registry and profile-table invalidation over one Redis connection."""
+
+    def __init__(self, client: redis.Redis, templates_dir: Path = TEMPLATES_DIR) -> None:
+        self._redis = client
+        self._templates = templates_dir
+
+    # ---- images (local mode) ---------------------------------------------------------------
+
+    def register_image(self, reg: ImageRegistration) -> dict[str, str]:
+        """Map ``reg.image`` to its handler folder on this machine; returns the stored record."""
+        handler = Path(reg.handler_dir)
+        if not (handler / "handler.py").is_file():
+            raise Invalid(f"handlerDir: {reg.handler_dir} has no handler.py on the provider's machine "
+                          "(local mode runs functions where the provider runs: register from there)")
+        template = Path(reg.template_dir) if reg.template_dir else self._templates / reg.lang
+        if not (template / "index.py").is_file():
+            field = "templateDir" if reg.template_dir else "lang"
+            raise Invalid(f"{field}: no template at {template} (it needs an index.py)")
+        rec = {"handler_dir": str(handler.resolve()), "template_dir": str(template.resolve()),
+               "lang": reg.lang, "code_digest": folder_digest(handler.resolve())}
+        self._redis.hset(keys.images(), reg.image, json.dumps(rec))
+        return rec
+
+    # ---- profile tables ----------------------------------------------------------------------
+
+    def after_deploy(self, spec: FunctionSpec, old: FunctionSpec | None) -> list[str]:
+        """A function was deployed (``old`` None) or redeployed: drop its profile tables when they
+        were measured on other code. Returns the device types dropped."""
+        current = code_identity(spec.image, spec.env_process, store.image_record(self._redis, spec.image))
+        recorded = store.recorded_identities(self._redis, spec.name)
+        stale = [dt for dt, ident in recorded.items()
+                 if profile_is_stale(ident, current,
+                                     old_image=old.image if old else None,
+                                     old_env_process=old.env_process if old else None,
+                                     new_image=spec.image, new_env_process=spec.env_process)]
+        if not stale:
+            return []
+        dropped = store.invalidate(self._redis, spec.namespace, spec.name)
+        log.info("%s.%s runs other code now: profile tables of %s dropped", spec.name, spec.namespace,
+                 ", ".join(dropped))
+        return dropped
+
+    def forget_profile_status(self, namespace: str, name: str) -> None:
+        """The function is gone: a later deploy of the name is profiled afresh."""
+        store.forget_status(self._redis, namespace, name)
+
+
+def platform_records_for(redis_url: str | None) -> PlatformRecords | None:
+    """The records over ``redis_url``; None when the provider has no Redis configured."""
+    return PlatformRecords(redis.Redis.from_url(redis_url)) if redis_url else None
