@@ -223,6 +223,7 @@ class Sidecar:
             "worker": {"pid": w.pid, "ready": w.ready, "port": w.port, "restarts": w.restarts,
                        "last_exit_code": w.last_exit_code},
             "device_faults": self.device_faults,
+            "batching": {"inflight_bound": self.batch, **m.batch_summary()},
         })
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
@@ -430,6 +431,7 @@ class Sidecar:
         out_headers = CIMultiDict(
             (k, v) for k, v in raw_headers if k.lower() not in _HOP_BY_HOP)
         busy_ms = _busy_ms(out_headers.get(BUSY_HEADER))
+        self.metrics.batched(out_headers.get("X-Fastgshare-Batch"))
         fault = out_headers.pop(FAULT_HEADER, None)
         return web.Response(status=status, body=out_body, headers=out_headers), busy_ms, fault
 
@@ -442,12 +444,21 @@ def _busy_ms(raw: str | None) -> float | None:
     return value if value is not None and value >= 0 and value == value else None
 
 
+DEFAULT_MAX_BATCH = 16
+"""The worker's B_max when only ``FASTGSHARE_SLO_MS`` is set (its ``DEFAULT_MAX_BATCH``)."""
+
+
 def batch_size(env: Mapping[str, str]) -> int:
-    """``FASTGSHARE_BATCH`` (the worker's dynamic batch size; 1 when unset or not an integer)."""
+    """The in-flight bound: requests forwarded to the worker at once. 2 x its B_max when it
+    batches (``FASTGSHARE_BATCH`` > 1, or ``FASTGSHARE_SLO_MS`` with ``FASTGSHARE_BATCH`` unset),
+    so the next batch forms while one runs; 1 otherwise."""
     try:
-        return max(1, int(env.get("FASTGSHARE_BATCH", "1") or 1))
+        b = int(env.get("FASTGSHARE_BATCH", "") or 0)
     except ValueError:
-        return 1
+        b = 0
+    if b == 0 and (env.get("FASTGSHARE_SLO_MS") or "").strip():
+        b = DEFAULT_MAX_BATCH
+    return 2 * b if b > 1 else 1
 
 
 def create_app(sidecar: Sidecar) -> web.Application:

@@ -20,6 +20,7 @@ LATENCY_WINDOW = 2048
 """Requests kept for the ``/_/stats`` percentiles."""
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25,
                       0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 _WAIT_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0)
 
@@ -82,6 +83,12 @@ class ReplicaMetrics:
         self._mem_mode = Gauge("fastgshare_replica_memory_enforcement",
                                "1 for how the memory limit is enforced (cgroup-v2, cgroup-v1, "
                                "rss-watch, off)", names + ["mode"], registry=r)
+        self._batch = lab(Histogram("fastgshare_replica_batch_size",
+                                    "Size of the worker batch that served each request (per "
+                                    "request: a batch of b counts b times)", names,
+                                    buckets=_BATCH_BUCKETS, registry=r))
+        self.batch_requests: dict[int, int] = {}
+        """Requests served, by the size of the batch that served them."""
         self._window: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.requests = 0
         self.errors = 0
@@ -105,6 +112,25 @@ class ReplicaMetrics:
     def busy(self, busy_ms: float) -> None:
         self.busy_ms_total += busy_ms
         self._busy.inc(busy_ms / 1000.0)
+
+    def batched(self, raw_size: str | None) -> None:
+        """The worker's ``X-Fastgshare-Batch`` answer header (absent: it does not batch)."""
+        if not raw_size:
+            return
+        try:
+            size = int(raw_size)
+        except ValueError:
+            return
+        self.batch_requests[size] = self.batch_requests.get(size, 0) + 1
+        self._batch.observe(size)
+
+    def batch_summary(self) -> dict[str, object]:
+        """Requests and (estimated) batches by batch size, and the mean batch size."""
+        n = sum(self.batch_requests.values())
+        batches = sum(c / s for s, c in self.batch_requests.items())
+        return {"requests_by_size": {str(s): c for s, c in sorted(self.batch_requests.items())},
+                "batches": round(batches, 1),
+                "mean_size": round(n / batches, 3) if batches else None}
 
     def queue_waited(self, wait_s: float) -> None:
         self._queue_wait.observe(wait_s)

@@ -216,12 +216,16 @@ class CountingTokens:
         return None
 
 
-def _serve_batched(tmp_path: Path, tokens: CountingTokens, bodies: list[bytes], batch: int) -> dict:
+def _serve_batched(tmp_path: Path, tokens: CountingTokens, bodies: list[bytes], batch: int | None,
+                   **extra_env: str) -> dict:
     fn = tmp_path / "fn"
     fn.mkdir()
     (fn / "handler.py").write_text(textwrap.dedent(BATCH_HANDLER))
     env = dict(os.environ, FASTGSHARE_PORT="0", FASTGSHARE_HANDLER_DIR=str(fn),
-               FASTGSHARE_BATCH=str(batch), FASTGSHARE_BATCH_DELAY_MS="20")
+               FASTGSHARE_BATCH_DELAY_MS="20", **extra_env)
+    env.pop("FASTGSHARE_BATCH", None)
+    if batch is not None:
+        env["FASTGSHARE_BATCH"] = str(batch)
     settings = sidecar_settings_from_env(env)
     out: dict = {}
 
@@ -273,6 +277,23 @@ def test_sidecar_forwards_a_batch_at_once_and_charges_it_once(tmp_path: Path) ->
     # One token per batch in flight, released with the batch's busy time.
     assert tokens.acquired == len(tokens.released) < 8
     assert sum(tokens.released) == pytest.approx(busy, rel=0.01)
+
+
+@pytest.mark.slow
+def test_an_slo_alone_batches_through_the_sidecar(tmp_path: Path) -> None:
+    """Only FASTGSHARE_SLO_MS: the sidecar admits 2 x the default B_max, the worker batches, and
+    the batch sizes show in the answers' header and the sidecar's /_/stats."""
+    tokens = CountingTokens()
+    out = _serve_batched(tmp_path, tokens, [json.dumps({"x": i}).encode() for i in range(12)],
+                         None, FASTGSHARE_SLO_MS="2000")
+    answers = out["answers"]
+    assert [r.json()["x"] for r in answers] == list(range(12))
+    sizes = [int(r.headers["X-Fastgshare-Batch"]) for r in answers]
+    assert max(sizes) > 1
+    batching = out["stats"]["batching"]
+    assert batching["inflight_bound"] == 32
+    assert sum(batching["requests_by_size"].values()) == 12
+    assert batching["requests_by_size"] == {str(s): sizes.count(s) for s in sorted(set(sizes))}
 
 
 @pytest.mark.slow
