@@ -1,7 +1,10 @@
 """The ``fastgshare`` command line: run the embedded platform and talk to it without faas-cli.
 
 Every command except ``up``/``demo`` speaks the same HTTP API faas-cli uses (the provider's
-``/system/*`` routes with basic auth), so what works here works with faas-cli too.
+``/system/*`` routes with basic auth), so what works here works with faas-cli too; ``build``
+registers images through the provider's ``PUT /system/fastgshare/images``. A gateway URL and the
+credentials ``faas-cli login`` stored are enough (``fastgshare.credentials``); no state directory
+or Redis is needed.
 """
 
 from __future__ import annotations
@@ -21,13 +24,25 @@ DEFAULT_STATE_DIR = Path(os.environ.get("FASTGSHARE_STATE_DIR", ".fastgshare"))
 class Client:
     """The provider API as faas-cli sees it."""
 
-    def __init__(self, url: str, auth: tuple[str, str] | None) -> None:
+    def __init__(self, url: str, auth: tuple[str, str] | None, *, bearer: str = "",
+                 auth_source: str = "") -> None:
         import requests
 
         self.url = url.rstrip("/")
         self.session = requests.Session()
         if auth:
             self.session.auth = auth
+        elif bearer:
+            self.session.headers["Authorization"] = f"Bearer {bearer}"
+        self.auth_source = auth_source or ("given" if auth or bearer else "none")
+
+    def fail(self, what: str, resp: Any) -> SystemExit:
+        """The error to exit with for a refused request; a 401 says which credentials were used."""
+        text = f"{what}: HTTP {resp.status_code}: {resp.text.strip()}"
+        if resp.status_code == 401:
+            text += (f"\n(credentials: {self.auth_source}; log in with `faas-cli login -g {self.url}` "
+                     "or set FASTGSHARE_USER/FASTGSHARE_PASSWORD)")
+        return SystemExit(text)
 
     def deploy(self, body: dict[str, Any]) -> int:
         """PUT, then POST on 404: what faas-cli deploy does."""
@@ -35,28 +50,65 @@ class Client:
         if resp.status_code == 404:
             resp = self.session.post(f"{self.url}/system/functions", json=body, timeout=60)
         if resp.status_code >= 300:
-            raise SystemExit(f"deploy {body['service']}: HTTP {resp.status_code}: {resp.text.strip()}")
+            raise self.fail(f"deploy {body['service']}", resp)
         return resp.status_code
 
     def functions(self) -> list[dict[str, Any]]:
         resp = self.session.get(f"{self.url}/system/functions", timeout=30)
-        resp.raise_for_status()
+        if resp.status_code >= 300:
+            raise self.fail("list functions", resp)
         return list(resp.json())
+
+    def orchestration(self) -> str:
+        """The provider's backend (``/system/info``; nested under ``provider`` through a gateway)."""
+        resp = self.session.get(f"{self.url}/system/info", timeout=30)
+        if resp.status_code >= 300:
+            raise self.fail("provider info", resp)
+        doc = resp.json()
+        nested = doc.get("provider") if isinstance(doc.get("provider"), dict) else {}
+        return str(doc.get("orchestration") or nested.get("orchestration") or "")
+
+    def register_image(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Local mode's build: the provider maps ``body['image']`` to a handler folder."""
+        resp = self.session.put(f"{self.url}/system/fastgshare/images", json=body, timeout=60)
+        if resp.status_code == 404:
+            raise SystemExit(
+                f"build {body['image']}: {self.url} does not serve /system/fastgshare/images (an OpenFaaS "
+                "gateway in front of the provider does not forward it): pass the provider's own URL "
+                "as --gateway, or run `fastgshare build` where `fastgshare up` runs")
+        if resp.status_code >= 300:
+            raise self.fail(f"build {body['image']}", resp)
+        return dict(resp.json())
 
     def invoke(self, name: str, data: bytes, timeout_s: float = 300) -> Any:
         return self.session.post(f"{self.url}/function/{name}", data=data, timeout=timeout_s)
 
 
-def _client(args: argparse.Namespace) -> Client:
-    from fastgshare.platform import read_info
+def _running_platform(state_dir: Path) -> tuple[str, str, str] | None:
+    """(url, user, password) of a ``fastgshare up`` on ``state_dir``, or None."""
+    path = Path(state_dir) / "platform.json"
+    try:
+        info = json.loads(path.read_text())
+        return str(info["url"]), str(info["user"]), str(info["password"])
+    except (OSError, ValueError, KeyError):
+        return None
 
-    url = args.gateway or os.environ.get("OPENFAAS_URL")
-    if url and not args.state_dir_given:
-        user = os.environ.get("FASTGSHARE_USER", "admin")
-        password = os.environ.get("FASTGSHARE_PASSWORD")
-        return Client(url, (user, password) if password else None)
-    info = read_info(args.state_dir)
-    return Client(url or info.url, info.auth)
+
+def _client(args: argparse.Namespace) -> Client:
+    """The gateway and credentials of ``fastgshare.credentials.resolve_target``, read here."""
+    import yaml
+
+    from fastgshare.credentials import faas_cli_config_path, resolve_target
+
+    config = faas_cli_config_path(os.environ, Path.home(), Path.cwd())
+    try:
+        doc = yaml.safe_load(config.read_text()) if config.is_file() else None
+        target = resolve_target(args.gateway, os.environ, doc, _running_platform(args.state_dir),
+                                faas_cli_where=str(config))
+    except (ValueError, yaml.YAMLError) as e:
+        raise SystemExit(f"fastgshare: {e}") from e
+    cred = target.credentials
+    return Client(target.url, cred.basic, bearer=cred.bearer, auth_source=cred.source)
 
 
 def _load_stack(path: Path) -> tuple[Any, list[Any]]:
@@ -68,29 +120,27 @@ def _load_stack(path: Path) -> tuple[Any, list[Any]]:
     return doc, parse_stack(doc, path.resolve().parent)
 
 
-def register_stack(redis_url: str, stack_path: Path) -> list[str]:
-    """``fastgshare build``: register each function's image as its handler folder."""
-    import redis
-
-    from fastgshare import keys
-    from gateway_plugin.local_backend import REPO_ROOT
-
+def register_stack(client: Client, stack_path: Path) -> list[str]:
+    """``fastgshare build``: register each function's image as its handler folder, through the
+    provider (``PUT /system/fastgshare/images``). A provider that runs real images (Kubernetes)
+    needs none: then nothing is registered."""
     _, functions = _load_stack(stack_path)
-    client = redis.Redis.from_url(redis_url)
+    orchestration = client.orchestration()
+    if orchestration and orchestration != "local":
+        print(f"the provider at {client.url} runs container images ({orchestration}): nothing to "
+              "register; build and push them with faas-cli")
+        return []
     done = []
     for fn in functions:
         if not (fn.handler_dir / "handler.py").is_file():
             raise SystemExit(f"{fn.name}: handler folder {fn.handler_dir} has no handler.py")
-        template = REPO_ROOT / "function_templates" / (fn.lang or "python3-torch")
-        local_template = stack_path.resolve().parent / "template" / fn.lang
+        body: dict[str, Any] = {"image": fn.image, "handlerDir": str(fn.handler_dir.resolve()),
+                                "lang": fn.lang or "python3-torch"}
+        local_template = stack_path.resolve().parent / "template" / (fn.lang or "python3-torch")
         if local_template.is_dir():
-            template = local_template
-        if not (template / "index.py").is_file():
-            raise SystemExit(f"{fn.name}: no template for lang {fn.lang!r} at {template}")
-        rec = {"handler_dir": str(fn.handler_dir), "template_dir": str(template)}
-        client.hset(keys.images(), fn.image, json.dumps(rec))
+            body["templateDir"] = str(local_template)
+        client.register_image(body)
         done.append(fn.image)
-    client.close()
     return done
 
 
@@ -112,9 +162,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  export OPENFAAS_URL={info.url}")
         print(f"  echo -n {info.password} | faas-cli login -u {info.user} --password-stdin")
         if args.file:
-            images = register_stack(info.redis_url, args.file)
-            _, functions = _load_stack(args.file)
             client = Client(info.url, info.auth)
+            images = register_stack(client, args.file)
+            _, functions = _load_stack(args.file)
             for fn in functions:
                 client.deploy(fn.body)
             print(f"registered and deployed {len(images)} functions from {args.file}")
@@ -127,10 +177,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from fastgshare.platform import read_info
-
-    redis_url = os.environ.get("REDIS_URL") or read_info(args.state_dir).redis_url
-    for image in register_stack(redis_url, args.file):
+    for image in register_stack(_client(args), args.file):
         print(f"registered image {image}")
     return 0
 
@@ -160,7 +207,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from fastgshare.report import print_status
 
     client = _client(args)
-    print_status(client, args.state_dir)
+    print_status(client, args.state_dir if _running_platform(args.state_dir) else None)
     return 0
 
 
@@ -203,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--state-dir", type=Path, default=None,
                         help=f"platform state directory (default {DEFAULT_STATE_DIR})")
         sp.add_argument("--gateway", "-g", default=None,
-                        help="provider URL (default: $OPENFAAS_URL, else the running `up`)")
+                        help="provider URL (default: $OPENFAAS_URL, else the running `up`); credentials "
+                        "from FASTGSHARE_USER/FASTGSHARE_PASSWORD, else `faas-cli login`'s config "
+                        "for that URL, else the running `up`'s")
         if stack:
             sp.add_argument("-f", "--file", type=Path, default=Path("stack.yml"),
                             help="OpenFaaS stack file (default stack.yml)")
@@ -290,7 +339,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(bench_main(argv[1:]))
     args = build_parser().parse_args(argv)
-    args.state_dir_given = getattr(args, "state_dir", None) is not None
     if getattr(args, "state_dir", None) is None and args.command != "demo":
         args.state_dir = DEFAULT_STATE_DIR
     return int(args.func(args))

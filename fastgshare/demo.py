@@ -70,8 +70,8 @@ def run_demo(stack: Path, *, requests_per_function: int, port: int, state_dir: P
     try:
         print(f"      provider at {info.url} (user {info.user}, password {info.password})")
         _, functions = _load_stack(stack)
-        register_stack(info.redis_url, stack)
         client = Client(info.url, info.auth)
+        register_stack(client, stack)
         print(f"[2/4] deploying {len(functions)} functions from {stack}", flush=True)
         for fn in functions:
             client.deploy(fn.body)

@@ -1,4 +1,9 @@
-"""Tables for people: ``fastgshare status`` and the demo's report."""
+"""Tables for people: ``fastgshare status`` and the demo's report.
+
+``fastgshare status`` shows what the platform runs, the profiler's shadow functions included (the
+provider's contract routes leave them out; ``/system/fastgshare/replicas`` lists them with
+``profileOf``), each marked as the profiling run of its function.
+"""
 
 from __future__ import annotations
 
@@ -36,16 +41,22 @@ def device_rows(redis_url: str) -> list[list[Any]]:
         client.close()
 
 
-def replica_rows(client: Any) -> list[list[Any]]:
-    """One row per replica, from the provider's ``/system/fastgshare/replicas``."""
+def replicas_doc(client: Any) -> list[dict[str, Any]]:
+    """The provider's ``/system/fastgshare/replicas``: every function, shadows included."""
     resp = client.session.get(f"{client.url}/system/fastgshare/replicas", timeout=30)
     resp.raise_for_status()
+    return list(resp.json())
+
+
+def replica_rows(client: Any, doc: list[dict[str, Any]] | None = None) -> list[list[Any]]:
+    """One row per replica, from the provider's ``/system/fastgshare/replicas``."""
     rows = []
-    for fn in resp.json():
+    for fn in replicas_doc(client) if doc is None else doc:
         shares = {"": fn["share"], **{c["configId"]: c["share"] for c in fn["configurations"]}}
         for r in fn["replicaStatus"]:
             share = shares.get(r["configId"], fn["share"])
-            rows.append([fn["name"], r["replica"], r["configId"] or "base", r["device"],
+            group = r["configId"] or ("profiling" if fn.get("profileOf") else "base")
+            rows.append([fn["name"], r["replica"], group, r["device"],
                          ",".join(map(str, r["cores"])) or "-", r["smPct"],
                          f"{share.get('fastgshare/gpu_quota_request', '1')}/"
                          f"{share.get('fastgshare/gpu_quota_limit', '1')}",
@@ -57,23 +68,43 @@ def _ms(x: Any) -> str:
     return "-" if x is None else f"{float(x):.1f}"
 
 
-def print_status(client: Any, state_dir: Path) -> None:
-    functions = client.functions()
+def function_rows(functions: Sequence[dict[str, Any]], doc: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """The users' functions (``/system/functions``), then the platform's profiling runs (in
+    ``doc``, the replicas route, only), each marked with the function it profiles."""
+    phase = {(f["namespace"], f["name"]): str(f.get("status") or "") for f in doc}
     rows = []
     for f in functions:
         ann = f.get("annotations") or {}
-        rows.append([f["name"], f.get("image", ""), f.get("replicas", 0),
-                     f.get("availableReplicas", 0), ann.get("fastgshare/gpu_sm_partition", "100"),
+        rows.append([f["name"], f.get("image", ""), phase.get((f.get("namespace"), f["name"]), ""),
+                     f.get("replicas", 0), f.get("availableReplicas", 0),
+                     ann.get("fastgshare/gpu_sm_partition", "100"),
                      f"{ann.get('fastgshare/gpu_quota_request', '1')}/"
                      f"{ann.get('fastgshare/gpu_quota_limit', '1')}",
                      int(f.get("invocationCount", 0))])
-    print(table(["function", "image", "replicas", "available", "sm%", "quota req/lim",
-                 "invocations"], rows))
+    for s in doc:
+        if not s.get("profileOf"):
+            continue
+        share = s.get("share") or {}
+        rows.append([s["name"], s.get("image", ""), f"profiling run of {s['profileOf']}",
+                     s.get("replicas", 0), s.get("availableReplicas", 0),
+                     share.get("fastgshare/gpu_sm_partition", "100"),
+                     f"{share.get('fastgshare/gpu_quota_request', '1')}/"
+                     f"{share.get('fastgshare/gpu_quota_limit', '1')}", "-"])
+    return rows
+
+
+def print_status(client: Any, state_dir: Path | None) -> None:
+    """Functions, replicas; with the state dir of a running ``up``, devices and the scheduler's
+    decisions too (from its Redis)."""
+    functions = client.functions()
+    doc = replicas_doc(client)
+    print(table(["function", "image", "status", "replicas", "available", "sm%", "quota req/lim",
+                 "invocations"], function_rows(functions, doc)))
     print()
     print(table(["function", "replica", "group", "device", "cores", "sm%", "quota req/lim",
-                 "ready", "restarts"], replica_rows(client)))
-    platform_json = Path(state_dir) / "platform.json"
-    if platform_json.exists():
+                 "ready", "restarts"], replica_rows(client, doc)))
+    platform_json = Path(state_dir) / "platform.json" if state_dir is not None else None
+    if platform_json is not None and platform_json.exists():
         print()
         redis_url = json.loads(platform_json.read_text())["redis_url"]
         print(table(["device", "kind", "name", "cores", "mem MiB"], device_rows(redis_url)))
