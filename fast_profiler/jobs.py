@@ -74,6 +74,11 @@ def profile_and_store(gw: Gateway, name: str, *, namespace: str = "openfaas-fn",
         store.forget_status(client, namespace, name)
         raise
     except Exception as e:
+        # A removal can reach the run's requests (404 from the shadow) before its next look.
+        reason = stop_reason()
+        if reason:
+            store.forget_status(client, namespace, name)
+            raise ProfileCancelled(f"profile of {name!r} stopped: {reason}") from e
         store.set_status(client, namespace, name, ProfileState.FAILED, device_type=device_type,
                          message=f"{type(e).__name__}: {e}"[:500])
         raise
