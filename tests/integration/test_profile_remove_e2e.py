@@ -138,6 +138,7 @@ def test_remove_during_a_profile(platform: tuple[Platform, PlatformInfo], capsys
         raise AssertionError(f"{e}; left: {left()}") from e
     took_s = time.monotonic() - t0
     assert took_s <= REMOVED_WITHIN_S, f"took {took_s:.1f} s"
+    print(f"removed with its shadow and processes in {took_s:.1f} s")
 
     # The profile stopped (it did not go on, nor deploy its shadow again), the watcher lives on.
     time.sleep(3.0)
@@ -149,3 +150,35 @@ def test_remove_during_a_profile(platform: tuple[Platform, PlatformInfo], capsys
     log = (Path(info.state_dir) / "platform-logs" / "profiler.log").read_text()
     assert f"profile of '{NAME}' stopped: function '{NAME}' was removed" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_redeploy_with_other_code_during_a_profile(platform: tuple[Platform, PlatformInfo]) -> None:
+    """The run on the old code stops; the watcher profiles the new code from the start."""
+    p, info = platform
+    name, shadow, image2 = "rdprof", "rdprof-profile", "test/rdprof:v2"
+    register_images(info.redis_url, {image2: HANDLER})
+    client = redis.Redis.from_url(info.redis_url)
+    api = requests.Session()
+    api.auth = info.auth
+    body = {"service": name, "image": IMAGE, "annotations": {"fastgshare/slo_ms": "250"}}
+    assert api.post(f"{info.url}/system/functions", json=body, timeout=30).status_code == 202
+
+    def shadow_image() -> str | None:
+        listed = api.get(f"{info.url}/system/fastgshare/replicas", timeout=10).json()
+        return next((f["image"] for f in listed if f["name"] == shadow and f["availableReplicas"]), None)
+
+    assert wait_for(shadow_image, timeout_s=180, what=f"{shadow} to serve") == IMAGE
+    redeploy = api.put(f"{info.url}/system/functions", json={**body, "image": image2}, timeout=30)
+    assert redeploy.status_code == 202
+    log_path = Path(info.state_dir) / "platform-logs" / "profiler.log"
+    wait_for(lambda: f"function '{name}' was redeployed with other code" in log_path.read_text(),
+             timeout_s=REMOVED_WITHIN_S, what="the run on the old code to stop")
+    wait_for(lambda: shadow_image() == image2, timeout_s=120, what="a profile of the new code")
+    assert store.get_status(client, NS, name)["state"] == "profiling"
+
+    removed = api.delete(f"{info.url}/system/functions", json={"functionName": name}, timeout=30)
+    assert removed.status_code == 202
+    wait_for(lambda: api.get(f"{info.url}/system/fastgshare/replicas", timeout=10).json() == []
+             and not sidecar_groups(info.redis_url, shadow), timeout_s=REMOVED_WITHIN_S + 20,
+             what="everything to go")
+    assert p._procs["profiler"].poll() is None
