@@ -46,6 +46,31 @@ def pss_bytes(pid: int) -> int:
     raise RuntimeError(f"no Pss in /proc/{pid}/smaps_rollup")
 
 
+def wait_http(url: str, timeout_s: float = 120, method: str = "GET") -> None:
+    """Until ``url`` answers 200 (a POST sends ``{}``); RuntimeError after ``timeout_s``."""
+    import urllib3
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if urllib3.request(method, url, body=b"{}" if method == "POST" else None,
+                               timeout=2, retries=False).status == 200:
+                return
+        except urllib3.exceptions.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 in {timeout_s} s")
+
+
+def register_image(client: Any, image: str, handler_dir: Path) -> None:
+    """Map ``image`` to a handler folder and the python3-torch template, as ``fastgshare build``
+    does (``client``: a synchronous Redis client)."""
+    from fastgshare import keys
+
+    client.hset(keys.images(), image, json.dumps({"handler_dir": str(handler_dir),
+                                                  "template_dir": str(TEMPLATE)}))
+
+
 @contextlib.contextmanager
 def platform_with_function(name: str, slo_ms: float) -> Iterator[tuple[Any, Any]]:
     """The embedded platform on a fresh state directory with the example function ``name``
@@ -54,7 +79,6 @@ def platform_with_function(name: str, slo_ms: float) -> Iterator[tuple[Any, Any]
     import redis
     import requests
 
-    from fastgshare import keys
     from fastgshare.platform import Platform
 
     p = Platform(Path(tempfile.mkdtemp(prefix=f"bench-{name}-")), port=0)
@@ -62,8 +86,7 @@ def platform_with_function(name: str, slo_ms: float) -> Iterator[tuple[Any, Any]
     try:
         client = redis.Redis.from_url(info.redis_url)
         image = f"bench/{name}:latest"
-        client.hset(keys.images(), image, json.dumps({"handler_dir": str(ROOT / "functions" / name),
-                                                      "template_dir": str(TEMPLATE)}))
+        register_image(client, image, ROOT / "functions" / name)
         api = requests.Session()
         api.auth = info.auth
         api.post(f"{info.url}/system/functions", json={

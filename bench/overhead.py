@@ -20,7 +20,7 @@ import numpy as np
 import redis
 import urllib3
 
-from bench.common import parser, pss_bytes, write_json
+from bench.common import parser, pss_bytes, register_image, wait_http, write_json
 from fastgshare import keys
 from fastgshare.platform import Platform
 from fastgshare.redis_server import free_port
@@ -28,18 +28,6 @@ from fastgshare.redis_server import free_port
 ROOT = Path(__file__).resolve().parent.parent
 NOOP = ROOT / "functions" / "noop"
 RUNTIME = ROOT / "function_templates" / "python3-torch" / "index.py"
-
-
-def wait_http(http: urllib3.PoolManager, url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if http.request("GET", url, timeout=1).status == 200:
-                return
-        except urllib3.exceptions.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer 200 in {timeout_s} s")
 
 
 def measure(http: urllib3.PoolManager, url: str, n: int, label: str) -> np.ndarray:
@@ -66,7 +54,7 @@ def main() -> None:
         wport = free_port()
         procs.append(subprocess.Popen([sys.executable, str(RUNTIME)], stdout=subprocess.DEVNULL,
                                       env=dict(env, FASTGSHARE_WORKER_PORT=str(wport))))
-        wait_http(http, f"http://127.0.0.1:{wport}/_/ready")
+        wait_http(f"http://127.0.0.1:{wport}/_/ready")
         direct = measure(http, f"http://127.0.0.1:{wport}/", n, "direct")
 
         print(f"[2/3] through the sidecar ({n} requests)", flush=True)
@@ -77,20 +65,19 @@ def main() -> None:
                      FASTGSHARE_REPLICA="noop-bench", FASTGSHARE_RUNTIME=str(RUNTIME),
                      FASTGSHARE_DEVICE="cpu:0"))
         procs.append(sidecar)
-        wait_http(http, f"http://127.0.0.1:{sport}/_/health")
+        wait_http(f"http://127.0.0.1:{sport}/_/health")
         via_sidecar = measure(http, f"http://127.0.0.1:{sport}/", n, "sidecar")
         sidecar_pss = pss_bytes(sidecar.pid)
 
         print(f"[3/3] through provider + sidecar ({n} requests)", flush=True)
         with tempfile.TemporaryDirectory() as tmp, Platform(Path(tmp), port=0) as info:
             client = redis.Redis.from_url(info.redis_url)
-            client.hset(keys.images(), "bench/noop", json.dumps(
-                {"handler_dir": str(NOOP), "template_dir": str(RUNTIME.parent)}))
+            register_image(client, "bench/noop", NOOP)
             auth = urllib3.make_headers(basic_auth=f"{info.user}:{info.password}")
             resp = http.request("POST", f"{info.url}/system/functions", headers=auth,
                                 body=json.dumps({"service": "noop", "image": "bench/noop"}))
             assert resp.status == 202, resp.data
-            wait_http(http, f"{info.url}/function/noop", timeout_s=120)
+            wait_http(f"{info.url}/function/noop", timeout_s=120)
             via_provider = measure(http, f"{info.url}/function/noop", n, "provider")
             pids = [json.loads(r)["pid"] for r in client.hvals(keys.replicas("openfaas-fn", "noop"))]
             platform_sidecar_pss = pss_bytes(pids[0]) if pids else None
