@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -89,6 +90,10 @@ class ReplicaMetrics:
                                     buckets=_BATCH_BUCKETS, registry=r))
         self.batch_requests: dict[int, int] = {}
         """Requests served, by the size of the batch that served them."""
+        self._by_code: dict[int, Any] = {}
+        """The requests counter's child per status code (``labels()`` costs a lookup and a
+        tuple of label values on every call)."""
+        self._mode_now: TokenMode | None = None
         self._window: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.requests = 0
         self.errors = 0
@@ -99,7 +104,10 @@ class ReplicaMetrics:
 
     def answered(self, status: int, latency_s: float) -> None:
         self.requests += 1
-        self._requests.labels(**self._ident, code=str(status)).inc()
+        child = self._by_code.get(status)
+        if child is None:
+            child = self._by_code[status] = self._requests.labels(**self._ident, code=str(status))
+        child.inc()
         self._latency.observe(latency_s)
         self._window.append(latency_s * 1000.0)
         if status >= 500:
@@ -152,6 +160,10 @@ class ReplicaMetrics:
             self._restarts.inc()
 
     def token_mode(self, mode: TokenMode) -> None:
+        """Called after every acquire (so that a fallback shows at once): only a change costs."""
+        if mode is self._mode_now:
+            return
+        self._mode_now = mode
         for m in TokenMode:
             self._mode.labels(**self._ident, mode=m.value).set(1 if m == mode else 0)
 

@@ -19,6 +19,18 @@ and no neighbour is admitted beyond the SM rule while it still runs; a dead side
 renewing and blocks nobody past its last lease. A renewal that finds the lease gone (it lapsed,
 e.g. Redis was unreachable for a whole grace) is logged and counted (``leases_lost``).
 
+**Bypass for a replica alone on its device with limit 1** (``may_keep``): such a replica may hold
+the device for as long as it likes, so once its heartbeat has seen that no other replica is
+registered on the device (``HLEN`` of the device's configurations, every ``keep_check_s``) it
+keeps its token through idle gaps instead of giving it back after ``linger_s``: its requests make
+no Redis call at all. The kept token is still a real token in Redis (its lease renewed), so a
+replica that joins the device queues behind it like behind any holder; the next check (at most
+``keep_check_s`` later) sees it, the kept token goes back, and from then on the replica takes
+tokens from the arbiter per slice as every shared replica does. While kept and idle, the token is
+also returned every renewal period (half the grace) and taken afresh by the next request: the
+arbiter charges it the whole time held either way, and its burst estimate (which sizes leases)
+stays at most half a grace.
+
 When Redis cannot be reached the client switches to ``LocalLimiter`` (mode LOCAL_FALLBACK, logged),
 probes Redis every ``probe_interval_s``, and switches back to SHARED by itself when it answers.
 """
@@ -28,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -37,7 +50,7 @@ from fast_manager.tokens import Lease, TokenMode
 
 from . import model
 from .fallback import LocalLimiter
-from .lua import ArbiterScripts, parse_outcome, parse_wake, wake_key
+from .lua import ArbiterScripts, device_keys, parse_outcome, parse_wake, wake_key
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +83,22 @@ ACQUIRE and a RELEASE script (~1.9 calls per request, sidecar CPU 0.8 -> 2.1 ms 
 10 ms the token is reused for ~96 % of such requests; 10 ms is half the shortest token."""
 
 
+DEFAULT_KEEP_CHECK_S = 0.05
+"""How often a replica that keeps its token alone on its device (the bypass) checks that it still
+is: the longest a replica that joins the device waits for the kept token beyond the execution in
+progress (shorter than a token's longest slice, 100 ms)."""
+NOT_ALONE_RECHECK_S = 1.0
+"""How long a replica that may keep its token waits before it checks again that it is still not
+alone (one ``HLEN`` per second at most on a shared device)."""
+
+
 def _monotonic_us() -> int:
     return time.monotonic_ns() // 1000
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("sending a token back failed", exc_info=task.exception())
 
 
 class RedisTokenClient:
@@ -83,7 +110,8 @@ class RedisTokenClient:
                  op_timeout_s: float = DEFAULT_OP_TIMEOUT_S,
                  probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
                  linger_s: float = DEFAULT_LINGER_S,
-                 renew_every_s: float | None = None) -> None:
+                 renew_every_s: float | None = None,
+                 keep_check_s: float = DEFAULT_KEEP_CHECK_S) -> None:
         self.mode = TokenMode.SHARED
         self.device_id = device_id
         self.replica = replica
@@ -94,6 +122,7 @@ class RedisTokenClient:
         self._redis = redis_client
         self._owns_client = owns_client
         self._scripts = ArbiterScripts.register(redis_client, device_id, params)
+        self._scripts_cfg_key = device_keys(device_id)[0]
         self._wake = wake_key(device_id, replica)
         self._fallback = LocalLimiter(spec, params, _monotonic_us)
         self._slot = asyncio.Lock()
@@ -104,11 +133,24 @@ class RedisTokenClient:
         self._linger_s = linger_s
         self._pending: tuple[Lease, float] | None = None
         """A released shared token not yet sent back (lingering), with the busy ms of its burst."""
+        self._flush_timer: asyncio.TimerHandle | None = None
+        """Sends the lingering token back when its linger ends (a timer, not a task per release)."""
+        self.may_keep = spec.limit_us >= params.window_us
+        """Limit 1: alone on its device, the replica may keep its token (the bypass)."""
+        self._keep_check_s = keep_check_s
+        self._alone = False
+        """Last seen: no other replica is registered on the device."""
+        self._alone_checked_at = -math.inf
+        self._keeping = False
+        """The token in hand (or pending) is kept past its slice: the bypass is in use."""
+        self.kept = 0
+        """Acquires served by a kept token (the bypass: no Redis call)."""
+        self.keeps_dropped = 0
+        """Times a kept token went back because another replica joined the device."""
         self._pending_burst: float | None = None
         """Busy ms already used under the token being reused (None: a fresh token)."""
         self.reused = 0
         """Acquires served from a lingering token's remaining slice (no Redis call)."""
-        self._flusher: asyncio.Task[None] | None = None
         self._held_since: float | None = None
         """Monotonic time since which this replica has held shared tokens without a break."""
         self._slice_since = 0.0
@@ -134,15 +176,23 @@ class RedisTokenClient:
     async def acquire(self, timeout_s: float) -> Lease | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        try:  # asyncio.timeout, not wait_for: a free slot is taken without a task switch
-            async with asyncio.timeout(max(0.0, timeout_s)):
-                await self._slot.acquire()
-        except TimeoutError:
-            return None
+        if self._slot.locked():
+            try:  # asyncio.timeout, not wait_for: one task less per call
+                async with asyncio.timeout(max(0.0, timeout_s)):
+                    await self._slot.acquire()
+            except TimeoutError:
+                return None
+        else:
+            await self._slot.acquire()  # free: taken at once, no timer armed and cancelled
         lease: Lease | None = None
         try:
             if self.mode is TokenMode.SHARED:
                 pending = self._take_pending()
+                if pending is not None and self._keeping:
+                    self.kept += 1  # alone on the device: the token was kept for this
+                    self._pending_burst = pending[1]
+                    lease = pending[0]
+                    return lease
                 if pending is not None and self._slice_ms() < pending[0].granted_ms:
                     self.reused += 1  # the slice has time left: keep executing under it
                     self._pending_burst = pending[1]
@@ -168,13 +218,19 @@ class RedisTokenClient:
             if self._pending_burst is not None:
                 burst_ms += self._pending_burst
                 self._pending_burst = None
+            if self.may_keep and self._alone and self.mode is TokenMode.SHARED:
+                await self._flush_now()  # defensive, as below: there is one slot
+                self._keeping = True  # the bypass: no timer, the heartbeat watches
+                self._pending = (lease, burst_ms)
+                return
+            self._keeping = False
             hold_s = DEFAULT_NEXT_WAITING_HOLD_S if next_waiting else self._linger_s
             if hold_s <= 0:
                 await self._send_release((lease, burst_ms))
                 return
             await self._flush_now()  # only one token may linger (defensive: there is one slot)
             self._pending = (lease, burst_ms)
-            self._flusher = asyncio.ensure_future(self._flush_after(hold_s))
+            self._flush_timer = asyncio.get_running_loop().call_later(hold_s, self._flush_due)
         finally:
             if self._slot.locked():
                 self._slot.release()
@@ -247,30 +303,78 @@ class RedisTokenClient:
     async def _renew_while_held(self, token_id: int) -> None:
         """The heartbeat: renew the lease every ``renew_every_s`` until the token is returned
         (this task is cancelled then). A failed call is retried at the next beat; a lost lease
-        ends the heartbeat (nothing to renew: the arbiter has reaped it or will)."""
+        ends the heartbeat (nothing to renew: the arbiter has reaped it or will).
+
+        For a replica that may keep its token (``may_keep``) it also checks, every
+        ``keep_check_s`` while alone (every ``NOT_ALONE_RECHECK_S`` otherwise), whether another
+        replica is registered on the device: then a kept token goes back at once. A kept token
+        that is idle when a renewal is due goes back instead of being renewed (see the module
+        docstring: it bounds what one token is charged)."""
+        loop = asyncio.get_running_loop()
+        renew_at = loop.time() + self._renew_every_s
         while True:
-            await asyncio.sleep(self._renew_every_s)
-            try:
-                out = parse_outcome(await self._call(self._scripts.renew(self.replica,
-                                                                         token_id)))
-            except REDIS_DOWN as e:
-                log.debug("lease renewal failed (%s); retrying", e)
-                continue
-            if out.grants:
-                self.renewals += 1
-                continue
-            self.leases_lost += 1
-            log.warning("device %s replica %s: lease of token %d lapsed before it was renewed; "
-                        "the execution runs on without it", self.device_id, self.replica,
-                        token_id)
-            return
+            if self.may_keep and loop.time() - self._alone_checked_at >= (
+                    self._keep_check_s if self._alone else NOT_ALONE_RECHECK_S):
+                await self._check_alone()
+                if self._keeping and not self._alone:
+                    self.keeps_dropped += 1
+                    log.info("device %s replica %s: another replica joined the device; the kept "
+                             "token goes back (tokens from the arbiter again)", self.device_id,
+                             self.replica)
+                    if await self._return_kept():
+                        return
+            if loop.time() >= renew_at:
+                renew_at = loop.time() + self._renew_every_s
+                if self._keeping and await self._return_kept():
+                    return
+                try:
+                    out = parse_outcome(await self._call(self._scripts.renew(self.replica,
+                                                                             token_id)))
+                except REDIS_DOWN as e:
+                    log.debug("lease renewal failed (%s); retrying", e)
+                    continue
+                if out.grants:
+                    self.renewals += 1
+                    continue
+                self.leases_lost += 1
+                log.warning("device %s replica %s: lease of token %d lapsed before it was "
+                            "renewed; the execution runs on without it", self.device_id,
+                            self.replica, token_id)
+                return
+            wake_at = renew_at
+            if self.may_keep:
+                wake_at = min(wake_at, self._alone_checked_at + (
+                    self._keep_check_s if self._alone else NOT_ALONE_RECHECK_S))
+            await asyncio.sleep(max(0.0, wake_at - loop.time()))
+
+    async def _check_alone(self) -> None:
+        self._alone_checked_at = asyncio.get_running_loop().time()
+        try:
+            others = int(await self._call(self._redis.hlen(self._scripts_cfg_key))) - 1
+        except REDIS_DOWN:
+            others = 1  # unknown: not alone
+        self._alone = others <= 0
+
+    async def _return_kept(self) -> bool:
+        """Give the kept token back if no request is using it (True: it went back, and this
+        heartbeat, cancelled by the return, must end); in use, the release that ends its use
+        returns it (``_alone`` is False now, or the renewal is due again)."""
+        if self._slot.locked():
+            return False
+        self._keeping = False
+        pending = self._take_pending()
+        if pending is None:
+            return False
+        self._heartbeat = None  # the release below must not cancel this very task
+        await self._send_release(pending)
+        return True
 
     def _take_pending(self) -> tuple[Lease, float] | None:
         """Claim the lingering release (synchronously, so the flusher cannot also send it)."""
         pending, self._pending = self._pending, None
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         return pending
 
     async def _send_release(self, pending: tuple[Lease, float]) -> None:
@@ -281,12 +385,13 @@ class RedisTokenClient:
             self._enter_fallback(e)
             self._fallback.release(pending[1])
 
-    async def _flush_after(self, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
+    def _flush_due(self) -> None:
+        """The linger ended with no next acquire: send the token back (a task only now)."""
+        self._flush_timer = None
         pending, self._pending = self._pending, None
-        self._flusher = None
         if pending is not None:
-            await self._send_release(pending)
+            task = asyncio.ensure_future(self._send_release(pending))
+            task.add_done_callback(_log_failure)
 
     async def _flush_now(self) -> None:
         pending = self._take_pending()
