@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -157,10 +158,12 @@ class Sidecar:
         self.worker = worker
         self.metrics = metrics or ReplicaMetrics(settings)
         self.batch = max(1, batch)
-        """Requests forwarded to the worker at once (its dynamic batch size)."""
-        self._gate = FifoGate(self.batch)
-        self._idle_clients = [WorkerClient()]
-        """Worker connections not in use: one per request in flight."""
+        """The worker's dynamic batch size: requests that share one token."""
+        self.inflight_max = worker_inflight_max(self.batch)
+        """Requests forwarded to the worker at once: the gate's capacity."""
+        self._gate = FifoGate(self.inflight_max)
+        self._idle_clients = [WorkerClient() for _ in range(self.inflight_max)]
+        """Worker connections not in use: one per request in flight, made once."""
         self._shared: _SharedLease | None = None
         self._inflight = 0
         self.faults: FaultChannel | None = None
@@ -448,6 +451,13 @@ DEFAULT_MAX_BATCH = 16
 """The worker's B_max when only ``FASTGSHARE_SLO_MS`` is set (its ``DEFAULT_MAX_BATCH``)."""
 
 
+def worker_inflight_max(batch: int) -> int:
+    """THE bound on requests in flight to the worker (the gate's capacity and the size of the
+    worker connection pool), from the worker's batch size: today the batch itself; a worker that
+    queues the next batch while one runs would want 2 x batch here."""
+    return batch
+
+
 def batch_size(env: Mapping[str, str]) -> int:
     """The in-flight bound: requests forwarded to the worker at once. 2 x its B_max when it
     batches (``FASTGSHARE_BATCH`` > 1, or ``FASTGSHARE_SLO_MS`` with ``FASTGSHARE_BATCH`` unset),
@@ -493,6 +503,9 @@ async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
     await site.start()
     port = runner.addresses[0][1]
     await sidecar.start()
+    # Everything made so far lives as long as the process: keep it out of every collection (a
+    # full one walked it all; the request path allocates little that is cyclic).
+    gc.freeze()
     log.info("sidecar for %s.%s replica %s listening on %s:%d, device %s, queue max %d, "
              "batch %d, token mode %s", settings.function, settings.namespace, settings.replica,
              settings.bind, port, settings.device, settings.queue_max, sidecar.batch,
