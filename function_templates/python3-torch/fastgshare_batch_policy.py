@@ -15,7 +15,8 @@ The policy, in the spirit of Clipper's adaptive batching and Triton's dynamic ba
   (the oldest is already late) the cap's worth is taken, the most efficient way to catch up.
 - **Wait for more only while the slack allows and more is coming.** With fewer than the cap queued,
   the worker waits for the next arrival only if the oldest request could still afford the larger
-  batch (deadline minus its estimated execution), the device is busy enough that throughput
+  batch (deadline minus ``wait_margin`` x its estimated execution; at most ``max_wait_frac`` of the
+  budget in all), the device is busy enough that throughput
   matters (estimated load at batch 1 >= ``min_load_frac``), the next arrival is expected within
   the slack (from the observed arrival rate), and the worker's observed p99 is within the budget.
   A lone request at low load therefore never waits: no one waits for a batch that will not come.
@@ -24,9 +25,11 @@ The policy, in the spirit of Clipper's adaptive batching and Triton's dynamic ba
   sizes never seen are bounded from the nearest seen ones (sub-linear batching: exec(b) <=
   exec(k) * b / k for k < b, and exec(b) <= exec(k) for k > b).
 - **The cap follows Clipper's AIMD.** Worst case, a request waits one running batch and then its
-  own, so a batch's execution should take at most half the budget: a batch that took longer cuts
-  the cap multiplicatively (to ``backoff`` x its size); a batch at the cap that fit raises it by
-  ``step``, up to B_max.
+  own, so a batch's execution should take at most half the budget: when a size's smoothed
+  execution time is over it, the cap is cut multiplicatively (to ``backoff`` x that size); a batch
+  at the cap whose size fits raises it by ``step``, up to B_max. The observed p99 of the worker's
+  latency (queue + execution) over the last ``p99_window`` requests switches voluntary waits off
+  while it is over the budget.
 
 Without an SLO (``slo_ms`` None) the policy is the fixed-size batcher the runtime always had: up to
 ``max_batch`` requests, the first waiting at most ``fixed_delay_ms`` for the rest.
@@ -67,6 +70,10 @@ class BatchSettings:
     """Estimated device load at batch 1 (arrival rate x exec(1)) below which nobody waits."""
     wait_gaps: float = 2.0
     """A voluntary wait lasts at most this many expected inter-arrival gaps without an arrival."""
+    max_wait_frac: float = 0.25
+    """A voluntary wait lasts at most this share of the budget (estimates are means; tails are not)."""
+    wait_margin: float = 1.5
+    """A voluntary wait keeps this multiple of the larger batch's estimated execution in hand."""
     exec_alpha: float = 0.2
     """Weight of a new observation in the per-size execution-time EWMA."""
     gap_alpha: float = 0.1
@@ -212,7 +219,11 @@ def decide(now_s: float, queued: int, oldest_arrival_s: float, state: BatchState
         return None if ms is None else now_s + ms / 1000.0
 
     if n < cap:
-        wait_until = _wait_until(now_s, n, deadline_s, ends_s(n + 1), state, settings)
+        bigger_ms = estimate_exec_ms(n + 1, state.exec_ms, settings.profile_ms)
+        bigger_ends_s = (None if bigger_ms is None
+                         else now_s + settings.wait_margin * bigger_ms / 1000.0)
+        wait_until = _wait_until(now_s, oldest_arrival_s, deadline_s, bigger_ends_s, state,
+                                 settings)
         if wait_until is not None:
             return Decision(0, wait_until, "waiting for more within the slack")
     for size in range(n, 0, -1):  # the largest batch that still meets the oldest's deadline
@@ -222,9 +233,11 @@ def decide(now_s: float, queued: int, oldest_arrival_s: float, state: BatchState
     return Decision(n, why="late or unknown: the largest allowed")
 
 
-def _wait_until(now_s: float, n: int, deadline_s: float, bigger_ends_s: float | None,
+def _wait_until(now_s: float, oldest_s: float, deadline_s: float, bigger_ends_s: float | None,
                 state: BatchState, settings: BatchSettings) -> float | None:
-    """When to stop waiting for request n+1, or None to go now."""
+    """When to stop waiting for one more request, or None to go now."""
+    if settings.max_wait_frac * settings.budget_ms / 1000.0 <= now_s - oldest_s:
+        return None
     if bigger_ends_s is None or state.gap_s is None or state.last_arrival_s is None:
         return None  # nothing known yet: run, and learn from it
     slack_s = deadline_s - bigger_ends_s  # how long the oldest can still wait for a batch of n+1
@@ -241,7 +254,9 @@ def _wait_until(now_s: float, n: int, deadline_s: float, bigger_ends_s: float | 
     p99 = observed_p99_ms(state)
     if p99 is not None and p99 > settings.budget_ms:
         return None  # over budget already: waiting on purpose would only add to it
-    return now_s + min(slack_s, settings.wait_gaps * gap_s)
+    waited_s = now_s - oldest_s
+    return now_s + min(slack_s, settings.wait_gaps * gap_s,
+                       settings.max_wait_frac * settings.budget_ms / 1000.0 - waited_s)
 
 
 def on_batch_done(state: BatchState, size: int, exec_ms: float,
@@ -253,10 +268,11 @@ def on_batch_done(state: BatchState, size: int, exec_ms: float,
     seen[size] = exec_ms if old is None else (1 - settings.exec_alpha) * old + settings.exec_alpha * exec_ms
     window = (state.latencies_ms + tuple(latencies_ms))[-settings.p99_window:]
     cap = state.cap
+    smoothed_ms = seen[size]  # one slow batch on a shared machine must not cut the cap
     if settings.adaptive:
-        if exec_ms > settings.budget_ms / 2 and size > 1:
+        if smoothed_ms > settings.budget_ms / 2 and size > 1:
             cap = max(1, min(cap, math.floor(size * settings.backoff)))
-        elif size >= cap and exec_ms <= settings.budget_ms / 2:
+        elif size >= cap and smoothed_ms <= settings.budget_ms / 2:
             cap = min(settings.max_batch, cap + settings.step)
     return replace(state, exec_ms=tuple(sorted(seen.items())), latencies_ms=window, cap=cap)
 
