@@ -15,9 +15,14 @@ and points its parameters at a read-only mapping of that file, so the weights' p
 in memory whatever the number of replicas. On a GPU, a holder process (``fast_manager.model_store_gpu``)
 keeps the one device copy and replicas map it through CUDA IPC.
 
-Shared weights are read-only: an in-place torch op on them raises ``ReadOnlyWeightError``; any other
-write (through numpy or a raw pointer) hits a ``PROT_READ`` page and kills only the offending
-replica. Neighbours never see a modified weight.
+Shared weights are read-only by the mapping's protection: they are plain tensors viewing a
+``PROT_READ`` mapping, so a forward pays nothing for sharing, and any write (an in-place torch op,
+``load_state_dict``, training-mode batch norm, numpy, a raw pointer) faults and kills only the
+offending replica (the runtime's faulthandler prints where); neighbours never see a modified
+weight. ``FASTGSHARE_MODEL_GUARD=on`` (debugging) wraps them as ``SharedWeight`` instead, whose
+``__torch_function__`` turns in-place torch ops into ``ReadOnlyWeightError`` at the price of one
+Python dispatch per weight op of every forward. On a GPU (CUDA IPC) there is no page protection:
+a write changes the holder's copy for every replica; the guard is the only check there.
 
 The layout of the store (file names, locks, user records) is a contract with the node agent's
 garbage collector (``fast_manager.model_store``); see ``docs/model_sharing.md``.
@@ -187,8 +192,9 @@ def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def assign_tensors(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor],
-                   read_only: bool) -> torch.nn.Module:
-    """Point the module's parameters and buffers at ``tensors`` (no copy); all must be provided."""
+                   read_only: bool, guarded: bool = False) -> torch.nn.Module:
+    """Point the module's parameters and buffers at ``tensors`` (no copy); all must be provided.
+    ``read_only``: shared memory (no gradients); ``guarded``: also wrapped as ``SharedWeight``."""
     missing = []
     for name, current in list(module_tensors(module).items()):
         if name not in tensors:
@@ -200,7 +206,7 @@ def assign_tensors(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor],
                                   f"{list(current.shape)}")
         owner_name, _, leaf = name.rpartition(".")
         owner = module.get_submodule(owner_name) if owner_name else module
-        new = guard(new) if read_only else new
+        new = guard(new) if guarded else new
         if leaf in owner._parameters:
             requires_grad = False if read_only else owner._parameters[leaf].requires_grad
             owner._parameters[leaf] = torch.nn.Parameter(new, requires_grad=requires_grad)
@@ -463,15 +469,15 @@ def load_shared(model_id: str, build: Callable[[], torch.nn.Module],
     identity = env[ENV_MODEL].strip()
     store = _process_store(env)
     path, _ = store.acquire(identity, default_fingerprint(model_id, build, version), weights)
-    read_only = env.get(ENV_GUARD, "on").strip().lower() not in ("off", "0", "false", "no")
+    guarded = env.get(ENV_GUARD, "off").strip().lower() in ("on", "1", "true", "yes")
     if device.startswith("cuda"):
         from_gpu = _gpu_tensors(env, path)
         if from_gpu is not None:
-            return assign_tensors(build_on_meta(build), from_gpu, read_only=True)
+            return assign_tensors(build_on_meta(build), from_gpu, read_only=True, guarded=guarded)
         print(f"fastgshare: no GPU model holder for {identity}; mapping the CPU copy",
               file=sys.stderr, flush=True)
     tensors, _ = map_weights(path)
-    return assign_tensors(build_on_meta(build), tensors, read_only=read_only)
+    return assign_tensors(build_on_meta(build), tensors, read_only=True, guarded=guarded)
 
 
 def _gpu_tensors(env: Mapping[str, str], path: Path) -> dict[str, torch.Tensor] | None:

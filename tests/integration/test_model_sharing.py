@@ -177,7 +177,11 @@ def handle(event, context):
 
 
 @pytest.mark.slow
-def test_a_handler_writing_shared_weights_gets_an_error_and_last_crash_frees(tmp_path: Path) -> None:
+@pytest.mark.parametrize("guard", ["off", "on"])
+def test_a_handler_writing_shared_weights_fails_loudly_and_last_crash_frees(tmp_path: Path,
+                                                                            guard: str) -> None:
+    """Default (no guard per op): the write faults on the PROT_READ mapping and kills only the
+    writer, whose log says where; with FASTGSHARE_MODEL_GUARD=on it is a 500 naming the error."""
     handler = tmp_path / "writer"
     handler.mkdir()
     (handler / "handler.py").write_text(WRITER_HANDLER)
@@ -189,20 +193,28 @@ def test_a_handler_writing_shared_weights_gets_an_error_and_last_crash_frees(tmp
         port = free_port()
         env.update({"FASTGSHARE_HANDLER_DIR": str(handler), "FASTGSHARE_WORKER_PORT": str(port),
                     "FASTGSHARE_REPLICA": name, "FASTGSHARE_MODEL": "writer-seed0",
-                    "FASTGSHARE_MODEL_STORE_DIR": str(store), "OMP_NUM_THREADS": "1"})
+                    "FASTGSHARE_MODEL_STORE_DIR": str(store), "OMP_NUM_THREADS": "1",
+                    "FASTGSHARE_MODEL_GUARD": guard})
         with open(logs / f"{name}.log", "wb") as out:
             reps[name] = (subprocess.Popen([sys.executable, str(RUNTIME)], env=env, stdout=out,
                                            stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}")
     try:
         _wait_ready(reps, logs, timeout_s=60)
         before = requests.post(reps["w2"][1], timeout=30).json()["y"]
-        r = requests.post(f"{reps['w1'][1]}/write", timeout=30)
-        assert r.status_code == 500 and "ReadOnlyWeightError" in r.text and "read-only" in r.text
+        if guard == "on":
+            r = requests.post(f"{reps['w1'][1]}/write", timeout=30)
+            assert r.status_code == 500 and "ReadOnlyWeightError" in r.text and "read-only" in r.text
+            assert requests.post(reps["w1"][1], timeout=30).json()["y"] == before  # writer intact
+        else:
+            with pytest.raises(requests.ConnectionError):
+                requests.post(f"{reps['w1'][1]}/write", timeout=30)
+            assert reps["w1"][0].wait(10) == -signal.SIGSEGV  # the writer died ...
+            assert "Segmentation fault" in (logs / "w1.log").read_text()  # ... saying where
         assert requests.post(reps["w2"][1], timeout=30).json()["y"] == before  # neighbour intact
-        assert requests.post(reps["w1"][1], timeout=30).json()["y"] == before  # writer intact too
         [weights] = store.glob("*.safetensors")
         for proc, _ in reps.values():  # every replica crashes: nothing released cleanly
-            proc.send_signal(signal.SIGKILL)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         assert weights.exists()
         report = collect(store)  # the node agent's GC

@@ -98,7 +98,9 @@ def test_shared_model_matches_build_and_maps_one_file(env: dict[str, str]) -> No
         assert _mapped_file(m.fc.weight.data_ptr()) == str(weights)
         assert " r--s " in next(line for line in Path("/proc/self/maps").read_text().splitlines()
                                 if line.endswith(str(weights)))  # read-only, shared mapping
-    assert isinstance(a.fc.weight, fr.SharedWeight) and isinstance(a.fc.weight, torch.nn.Parameter)
+    # No guard per forward: plain parameters over the read-only mapping, no __torch_function__.
+    assert type(a.fc.weight) is torch.nn.Parameter and not a.fc.weight.requires_grad
+    assert not torch.overrides.has_torch_function((a.fc.weight, a.conv.weight))
     files = sorted(p.name for p in store.glob("*.safetensors"))
     assert len(files) == 1 and files[0].startswith("tiny-seed0-")
     assert os.stat(store / files[0]).st_mode & 0o222 == 0  # the file itself is read-only
@@ -118,14 +120,57 @@ def test_shared_model_matches_build_and_maps_one_file(env: dict[str, str]) -> No
     lambda m: m.train()(_x()),  # batch norm in training mode updates its running stats in place
 ], ids=["add_", "data.mul_", "copy_", "view.fill_", "t.zero_", "setitem", "out=", "load_state_dict",
         "train-mode-bn"])
-def test_writes_to_shared_weights_raise(env: dict[str, str], write) -> None:
-    m = fr.load_shared("tiny", build, env=env).eval()
+def test_with_the_guard_writes_to_shared_weights_raise(env: dict[str, str], write) -> None:
+    m = fr.load_shared("tiny", build, env=env | {"FASTGSHARE_MODEL_GUARD": "on"}).eval()
     with torch.no_grad(), pytest.raises((fr.ReadOnlyWeightError, RuntimeError),
                                         match="shared with other replicas"):
         write(m)
     ref = build().eval()
     with torch.inference_mode():
         assert torch.equal(m.eval()(_x()), ref(_x()))  # nothing changed
+
+
+WRITE_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import faulthandler, torch
+import fastgshare_runtime as fr
+faulthandler.enable()
+torch.manual_seed(0)
+def build():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+m = fr.load_shared("tiny", build, env={"FASTGSHARE_MODEL": "w-seed0",
+                                       "FASTGSHARE_MODEL_STORE_DIR": sys.argv[2]}).eval()
+with torch.inference_mode():
+    m(torch.ones(1, 3, 8, 8))  # reading is fine
+print("read ok", flush=True)
+with torch.no_grad():
+    {write}
+print("WRITTEN", flush=True)
+"""
+
+
+@pytest.mark.parametrize("write", [
+    "m[0].weight.add_(1)",
+    "m[0].bias.copy_(torch.zeros(4))",
+    "m.load_state_dict(build().state_dict())",
+    "m.train()(torch.ones(2, 3, 8, 8))",  # training-mode batch norm updates its running stats
+    "m[0].weight.detach().numpy()[0, 0, 0, 0] = 1.0",
+])
+def test_without_the_guard_a_write_to_shared_weights_fails_loudly(tmp_path: Path, write) -> None:
+    """The default: no Python check per op; the mapping is PROT_READ, so any write is a
+    segmentation fault of the writing process (the worker's faulthandler says where)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", WRITE_SCRIPT.replace("{write}", write),
+         str(REPO / "function_templates" / "python3-torch"), str(tmp_path / "store")],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert "read ok" in proc.stdout and "WRITTEN" not in proc.stdout
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert proc.returncode == -11 or "read-only" in proc.stderr or "Segmentation" in proc.stderr, \
+        (proc.returncode, proc.stderr[-2000:])
 
 
 def test_reads_and_private_copies_still_work(env: dict[str, str]) -> None:
