@@ -10,11 +10,13 @@ or Redis is needed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +70,15 @@ class Client:
         nested = doc.get("provider") if isinstance(doc.get("provider"), dict) else {}
         return str(doc.get("orchestration") or nested.get("orchestration") or "")
 
-    def register_image(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Local mode's build: the provider maps ``body['image']`` to a handler folder."""
+    def register_image(self, body: dict[str, Any], *,
+                       upload: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Local mode's build: the provider maps ``body['image']`` to a handler folder. When the
+        provider does not have the folder named in ``body`` (another machine, or other content
+        there), ``upload()`` (the same with the folders as archives) is sent instead."""
         resp = self.session.put(f"{self.url}/system/fastgshare/images", json=body, timeout=60)
+        if (resp.status_code == 400 and upload is not None
+                and resp.text.startswith(("handlerDir:", "codeDigest:", "templateDir:"))):
+            resp = self.session.put(f"{self.url}/system/fastgshare/images", json=upload(), timeout=300)
         if resp.status_code == 404:
             raise SystemExit(
                 f"build {body['image']}: {self.url} does not serve /system/fastgshare/images (an OpenFaaS "
@@ -120,26 +128,47 @@ def _load_stack(path: Path) -> tuple[Any, list[Any]]:
     return doc, parse_stack(doc, path.resolve().parent)
 
 
+def _upload_body(common: dict[str, Any], handler_dir: Path, template_dir: Path) -> dict[str, Any]:
+    """A registration that sends the handler folder (and a local template) as archives."""
+    import base64
+
+    from fastgshare.handler_archive import pack
+
+    out = {**common, "archive": base64.b64encode(pack(handler_dir)).decode()}
+    if template_dir.is_dir():
+        out["templateArchive"] = base64.b64encode(pack(template_dir)).decode()
+    return out
+
+
 def register_stack(client: Client, stack_path: Path) -> list[str]:
     """``fastgshare build``: register each function's image as its handler folder, through the
-    provider (``PUT /system/fastgshare/images``). A provider that runs real images (Kubernetes)
-    needs none: then nothing is registered."""
+    provider (``PUT /system/fastgshare/images``): by path when the provider's machine has the same
+    folder (same content), else uploaded. A provider that runs real images (Kubernetes) needs none:
+    then nothing is registered."""
     _, functions = _load_stack(stack_path)
     orchestration = client.orchestration()
     if orchestration and orchestration != "local":
         print(f"the provider at {client.url} runs container images ({orchestration}): nothing to "
               "register; build and push them with faas-cli")
         return []
+    from fastgshare.handler_archive import ArchiveError, folder_digest
+
     done = []
     for fn in functions:
         if not (fn.handler_dir / "handler.py").is_file():
             raise SystemExit(f"{fn.name}: handler folder {fn.handler_dir} has no handler.py")
-        body: dict[str, Any] = {"image": fn.image, "handlerDir": str(fn.handler_dir.resolve()),
-                                "lang": fn.lang or "python3-torch"}
-        local_template = stack_path.resolve().parent / "template" / (fn.lang or "python3-torch")
+        lang = fn.lang or "python3-torch"
+        local_template = stack_path.resolve().parent / "template" / lang
+        try:
+            digest = folder_digest(fn.handler_dir)
+        except ArchiveError as e:
+            raise SystemExit(f"{fn.name}: {e}") from e
+        common: dict[str, Any] = {"image": fn.image, "lang": lang, "codeDigest": digest}
+        body = {**common, "handlerDir": str(fn.handler_dir.resolve())}
         if local_template.is_dir():
             body["templateDir"] = str(local_template)
-        client.register_image(body)
+        client.register_image(body, upload=functools.partial(_upload_body, common, fn.handler_dir,
+                                                             local_template))
         done.append(fn.image)
     return done
 

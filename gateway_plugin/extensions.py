@@ -9,12 +9,15 @@ URL). Same basic auth as the rest of ``/system``; same error mapping.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from typing import Any
 
 from flask import Response, request
 
 from fast_profiler.shadow import profile_of
 from fastgshare.errors import ValidationError
+from fastgshare.handler_archive import ArchiveError, unpack
 from fastgshare.resources import parse_share
 from gateway_plugin import types
 from gateway_plugin.backend import Backend, FunctionState, Placement, ReplicaConfig
@@ -107,7 +110,7 @@ class ExtensionHandlers:
 
     def register_image(self) -> Response:
         """``PUT /system/fastgshare/images``: local mode's ``build`` (an image name -> a handler
-        folder on this machine). Answers the stored record."""
+        folder on this machine, named or sent as an archive). Answers the stored record."""
         body = types.parse_json_object(
             read_body(request.environ, self._settings.max_system_body_bytes), "image registration")
         reg = types.as_image_registration(body)
@@ -117,7 +120,23 @@ class ExtensionHandlers:
         if self._records is None:
             raise Invalid("image: this provider has no Redis configured (REDIS_URL), so it keeps "
                           "no image registry")
-        rec = self._records.register_image(reg)
+        handler_dir = reg.handler_dir or self._unpacked(reg.archive, "archive", "handler.py")
+        template_dir = reg.template_dir or self._unpacked(reg.template_archive, "templateArchive", "index.py")
+        rec = self._records.register_image(replace(reg, handler_dir=handler_dir, template_dir=template_dir))
         return json_response({"image": reg.image, "handlerDir": rec["handler_dir"],
                               "templateDir": rec["template_dir"], "lang": rec["lang"],
                               "codeDigest": rec["code_digest"]})
+
+    def _unpacked(self, archive: bytes, field: str, needs: str) -> str:
+        """An uploaded folder, unpacked under ``STATE/images/<sha256 of the archive>`` (kept: the
+        replicas of that image run from it); "" when none was sent."""
+        if not archive:
+            return ""
+        dest = self._settings.state_dir / "images" / hashlib.sha256(archive).hexdigest()[:32]
+        try:
+            folder = unpack(archive, dest)
+        except ArchiveError as e:
+            raise Invalid(f"{field}: {e}") from e
+        if not (folder / needs).is_file():
+            raise Invalid(f"{field}: the folder it holds has no {needs} at its top")
+        return str(folder)

@@ -2,18 +2,17 @@
 
 Two things, both read and written here only on the provider's side: local mode's image registry
 (``keys.images``: an image name -> the handler folder and template it stands for, with a digest of
-the handler's files), which ``PUT /system/fastgshare/images`` fills so that a CLI that holds only
-the gateway's URL and credentials can build; and the profile tables that a redeploy of other code
+the handler's files, ``fastgshare.handler_archive.folder_digest``), which
+``PUT /system/fastgshare/images`` fills so that a CLI that holds only the gateway's URL and
+credentials can build; and the profile tables that a redeploy of other code
 makes stale (``fast_profiler.store.invalidate``). Nothing here is held in the process: every
 provider worker reads the same Redis.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import redis
@@ -21,6 +20,7 @@ import redis
 from fast_profiler import store
 from fast_profiler.shadow import code_identity, profile_is_stale
 from fastgshare import keys
+from fastgshare.handler_archive import ArchiveError, folder_digest
 from gateway_plugin.backend import FunctionSpec
 from gateway_plugin.errors import Invalid
 from gateway_plugin.types import ImageRegistration
@@ -29,27 +29,6 @@ log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "function_templates"
 """The templates this installation ships (``function_templates/<lang>``)."""
-MAX_DIGEST_FILES = 2000
-"""A handler folder with more files than this is refused (it is code, not data)."""
-SKIPPED_PARTS = frozenset({"__pycache__", ".git", ".venv", "node_modules"})
-
-
-def folder_digest(folder: Path) -> str:
-    """sha256 over the folder's files (relative paths and contents, sorted), caches left out."""
-    h = hashlib.sha256()
-    n = 0
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_PARTS)
-        for f in sorted(files):
-            if f.endswith(".pyc"):
-                continue
-            path = Path(root) / f
-            n += 1
-            if n > MAX_DIGEST_FILES:
-                raise Invalid(f"handlerDir: {folder} has more than {MAX_DIGEST_FILES} files")
-            h.update(str(path.relative_to(folder)).encode() + b"\0")
-            h.update(path.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 class PlatformRecords:
@@ -71,8 +50,15 @@ class PlatformRecords:
         if not (template / "index.py").is_file():
             field = "templateDir" if reg.template_dir else "lang"
             raise Invalid(f"{field}: no template at {template} (it needs an index.py)")
+        try:
+            digest = folder_digest(handler.resolve())
+        except ArchiveError as e:
+            raise Invalid(f"handlerDir: {e}") from e
+        if reg.code_digest and reg.code_digest != digest:
+            raise Invalid(f"codeDigest: the folder {reg.handler_dir} on the provider's machine differs "
+                          f"from the one registered (sha256 {digest[:12]}..., not {reg.code_digest[:12]}...)")
         rec = {"handler_dir": str(handler.resolve()), "template_dir": str(template.resolve()),
-               "lang": reg.lang, "code_digest": folder_digest(handler.resolve())}
+               "lang": reg.lang, "code_digest": digest}
         self._redis.hset(keys.images(), reg.image, json.dumps(rec))
         return rec
 

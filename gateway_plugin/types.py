@@ -377,35 +377,57 @@ PATH_MAX_CHARS = 4096
 
 @dataclass(frozen=True)
 class ImageRegistration:
-    """A validated ``PUT /system/fastgshare/images`` body: local mode's stand-in for a built image."""
+    """A validated ``PUT /system/fastgshare/images`` body: local mode's stand-in for a built image.
+
+    The handler comes as a folder on the provider's machine (``handler_dir``) or as a gzipped tar
+    (``archive``) from a CLI elsewhere; the template likewise, or the installation's for ``lang``."""
 
     image: str
-    handler_dir: str
+    handler_dir: str = ""
     """Absolute path, on the provider's machine, of the folder that holds ``handler.py``."""
     template_dir: str = ""
     """Absolute path of the template (has ``index.py``); empty: the installation's for ``lang``."""
     lang: str = DEFAULT_LANG
+    code_digest: str = ""
+    """The sender's digest of the handler folder: the provider refuses a folder that differs."""
+    archive: bytes = b""
+    """The handler folder as a gzipped tar (``fastgshare.handler_archive.pack``)."""
+    template_archive: bytes = b""
 
 
-def _absolute_path(obj: Mapping[str, Any], key: str, *, required: bool) -> str:
+def _absolute_path(obj: Mapping[str, Any], key: str) -> str:
     value = _string(obj, key)
-    if not value:
-        if required:
-            raise Invalid(f"{key}: is required: an absolute path on the provider's machine")
-        return ""
-    if len(value) > PATH_MAX_CHARS or not value.startswith("/") or "\0" in value:
+    if value and (len(value) > PATH_MAX_CHARS or not value.startswith("/") or "\0" in value):
         raise Invalid(f"{key}: ({value[:200]!r}) must be an absolute path of at most {PATH_MAX_CHARS} "
                       "characters")
     return value
 
 
+def _archive(obj: Mapping[str, Any], key: str) -> bytes:
+    value = _string(obj, key)
+    try:
+        return base64.b64decode(value, validate=True) if value else b""
+    except binascii.Error as e:
+        raise Invalid(f"{key}: must be base64 of a gzipped tar: {e}") from e
+
+
 def as_image_registration(obj: Mapping[str, Any]) -> ImageRegistration:
-    """``{"image", "handlerDir", "templateDir"?, "lang"?}`` -> an ``ImageRegistration``."""
+    """``{"image", "handlerDir" | "archive", "templateDir"? | "templateArchive"?, "lang"?,
+    "codeDigest"?}`` -> an ``ImageRegistration``."""
     image = _string(obj, "image")
     if not image or len(image) > IMAGE_MAX_CHARS or any(c.isspace() or ord(c) < 32 for c in image):
         raise Invalid(f"image: ({image[:300]!r}) must be an image name of 1..{IMAGE_MAX_CHARS} "
                       "characters without whitespace")
     lang = _string(obj, "lang") or DEFAULT_LANG
     validate_name(lang, "lang")
-    return ImageRegistration(image, _absolute_path(obj, "handlerDir", required=True),
-                             _absolute_path(obj, "templateDir", required=False), lang)
+    handler_dir, archive = _absolute_path(obj, "handlerDir"), _archive(obj, "archive")
+    if bool(handler_dir) == bool(archive):
+        raise Invalid("handlerDir: give exactly one of handlerDir (an absolute path on the provider's "
+                      "machine) and archive (the folder as base64 of a gzipped tar)")
+    template_dir, template_archive = _absolute_path(obj, "templateDir"), _archive(obj, "templateArchive")
+    if template_dir and template_archive:
+        raise Invalid("templateDir: give at most one of templateDir and templateArchive")
+    digest = _string(obj, "codeDigest")
+    if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise Invalid(f"codeDigest: ({digest[:80]!r}) must be a sha256 in lower-case hex")
+    return ImageRegistration(image, handler_dir, template_dir, lang, digest, archive, template_archive)

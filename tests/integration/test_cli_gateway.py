@@ -9,6 +9,7 @@ what is tested is the provider API, not the replicas.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import subprocess
@@ -22,6 +23,8 @@ import requests
 import yaml
 
 from fastgshare import keys
+from fastgshare.cli import Client, _upload_body
+from fastgshare.handler_archive import folder_digest
 from fastgshare.platform import Platform, PlatformInfo
 
 HANDLERS = Path(__file__).parent / "handlers"
@@ -129,3 +132,32 @@ def test_refusals_say_what_is_needed(platform: PlatformInfo, project: Path, tmp_
     r = requests.put(f"{platform.url}/system/fastgshare/images", auth=platform.auth, timeout=10,
                      json={"image": "x", "handlerDir": "/nonexistent/fn"})
     assert r.status_code == 400 and r.text.startswith("handlerDir")
+
+
+def test_a_cli_on_another_machine_uploads_the_handler(platform: PlatformInfo, project: Path,
+                                                      tmp_path: Path) -> None:
+    """The CLI names its folder first; a provider that does not have it (another machine: here a
+    path that exists only on the "CLI's" side) takes it as an archive, and the deployed function
+    runs the uploaded code."""
+    handler = project / "fn"
+    (handler / "handler.py").write_text((handler / "handler.py").read_text().replace(
+        '"pid": os.getpid()', '"pid": os.getpid(), "uploaded": True'))
+    common = {"image": "me/remote:1", "lang": "python3-torch", "codeDigest": folder_digest(handler)}
+    client = Client(platform.url, platform.auth)
+    rec = client.register_image({**common, "handlerDir": "/home/someone/elsewhere/fn"},
+                                upload=functools.partial(_upload_body, common, handler, tmp_path / "none"))
+    unpacked = Path(rec["handlerDir"])
+    assert unpacked.is_relative_to(Path(platform.state_dir) / "images")
+    assert rec["codeDigest"] == common["codeDigest"]
+
+    api = requests.Session()
+    api.auth = platform.auth
+    assert api.post(f"{platform.url}/system/functions", timeout=30,
+                    json={"service": "remote", "image": "me/remote:1"}).status_code == 202
+    try:
+        r = requests.post(f"{platform.url}/function/remote", data=json.dumps({"x": [1, 0, 0, 0]}),
+                          timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["uploaded"] is True and r.json()["y"] == [1.0, 5.0]
+    finally:
+        api.delete(f"{platform.url}/system/functions", json={"functionName": "remote"}, timeout=30)

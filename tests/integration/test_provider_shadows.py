@@ -7,6 +7,7 @@ a redeploy drops its tables.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from fast_profiler import store
 from fast_profiler.shadow import PROFILE_OF_LABEL, code_identity, shadow_name
 from fast_profiler.store import ProfileState
 from fastgshare import keys
+from fastgshare.handler_archive import folder_digest, pack
 from gateway_plugin.app import create_app
 from gateway_plugin.records import PlatformRecords
 from gateway_plugin.settings import ProviderSettings
@@ -232,3 +234,44 @@ def test_image_registry_needs_auth_local_mode_and_redis(client, backend, secrets
     k8s = ProviderSettings(state_dir=tmp_path, secret_mount_path=secrets_dir, backend_kind="kubernetes")
     resp = create_app(backend, k8s).test_client().put("/system/fastgshare/images", json=body, headers=AUTH)
     assert resp.status_code == 400 and "faas-cli build/push" in resp.get_data(as_text=True)
+
+
+def test_a_handler_folder_sent_as_an_archive(rclient, redis_client, tmp_path, settings):
+    handler = _handler(tmp_path)
+    digest = folder_digest(handler)
+    archive = base64.b64encode(pack(handler)).decode()
+    resp = rclient.put("/system/fastgshare/images", headers=AUTH,
+                       json={"image": "me/up", "archive": archive, "codeDigest": digest})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    rec = resp.get_json()
+    unpacked = Path(rec["handlerDir"])
+    assert unpacked.is_relative_to(settings.state_dir.resolve() / "images")
+    assert (unpacked / "handler.py").read_text() == (handler / "handler.py").read_text()
+    assert rec["codeDigest"] == digest
+    # The same upload again lands in the same place.
+    again = rclient.put("/system/fastgshare/images", headers=AUTH,
+                        json={"image": "me/up", "archive": archive, "codeDigest": digest})
+    assert again.get_json()["handlerDir"] == rec["handlerDir"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"archive": "%%%"}, "archive"),
+    ({"archive": base64.b64encode(b"plain text").decode()}, "archive"),
+    ({"archive": "ARCHIVE_WITHOUT_HANDLER"}, "archive"),
+    ({"archive": "ARCHIVE", "handlerDir": "HANDLER"}, "handlerDir"),
+    ({"handlerDir": "HANDLER", "codeDigest": "0" * 64}, "codeDigest"),
+    ({"handlerDir": "HANDLER", "codeDigest": "short"}, "codeDigest"),
+    ({"handlerDir": "HANDLER", "templateDir": "/x", "templateArchive": "ARCHIVE"}, "templateDir"),
+])
+def test_bad_uploads_name_the_field(rclient, redis_client, tmp_path, body, field):
+    handler = _handler(tmp_path)
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "x.py").write_text("")
+    subst = {"HANDLER": str(handler), "ARCHIVE": base64.b64encode(pack(handler)).decode(),
+             "ARCHIVE_WITHOUT_HANDLER": base64.b64encode(pack(empty)).decode()}
+    body = {"image": "x", **{k: subst.get(v, v) for k, v in body.items()}}
+    resp = rclient.put("/system/fastgshare/images", json=body, headers=AUTH)
+    text = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and text.startswith(field), text
+    assert redis_client.hlen(keys.images()) == 0
