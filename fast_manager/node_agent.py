@@ -12,6 +12,11 @@ uses (crashed replicas included) and publishes which models each device holds in
 holder per GPU running (``fast_manager.model_store_gpu``, socket ``STORE/gpu-<uuid>.sock``), through
 which replicas of the same model map one copy of its weights by CUDA IPC (``--no-gpu-model-holder``
 leaves it out: every replica then copies its weights to the GPU).
+
+In local mode (``--supervise-replicas``) it is also the kubelet of this machine: its replica
+supervisor (``fast_manager.replica_supervisor``) starts, restarts, probes, drains and re-adopts the
+replica processes from the desired state in Redis; the provider only reads their records. The
+replicas die with the node agent (parent-death signal), and it stops them, drained, when stopped.
 """
 
 from __future__ import annotations
@@ -371,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-gpu-model-holder", action="store_true",
                         help="do not run a GPU model holder per GPU (replicas then copy their "
                              "weights to the GPU each)")
+    parser.add_argument("--supervise-replicas", action="store_true",
+                        help="local mode: run this machine's replica processes from the desired "
+                             "state in Redis (state under $FASTGSHARE_STATE_DIR)")
     parser.add_argument("--model-store-dir", type=Path, default=store_dir_from_env(os.environ),
                         help="the device model store to garbage-collect and publish (default: "
                              "$FASTGSHARE_MODEL_STORE_DIR, else $FASTGSHARE_STATE_DIR/models; "
@@ -385,11 +393,31 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     client = redis.Redis.from_url(args.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    supervisor = start_supervisor(args.redis_url, stop) if args.supervise_replicas else None
     try:
         return run(client, args.node, args.interval_s, args.once, args.mps_pipe_dir,
                    args.start_mps, stop, args.model_store_dir, not args.no_gpu_model_holder)
     finally:
+        stop.set()
+        if supervisor is not None:
+            supervisor.join()  # it stops every replica, drained, before it returns
         client.close()
+
+
+def start_supervisor(redis_url: str, stop: threading.Event) -> threading.Thread:
+    """The replica supervisor in its own thread, with its own connection (its BLPOP waits must
+    not hold up the heartbeat). The thread lives as long as the replicas it starts: their
+    parent-death signal fires when the thread that forked them ends."""
+    from fast_manager.replica_supervisor import ReplicaSupervisor
+    from gateway_plugin.settings import DEFAULT_STATE_DIR
+
+    raw = os.environ.get("FASTGSHARE_STATE_DIR")
+    state_dir = Path(raw).expanduser() if raw else DEFAULT_STATE_DIR.expanduser()
+    client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    supervisor = ReplicaSupervisor(client, state_dir, redis_url)
+    thread = threading.Thread(target=supervisor.run, args=(stop,), name="replica-supervisor")
+    thread.start()
+    return thread
 
 
 if __name__ == "__main__":

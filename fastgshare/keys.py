@@ -78,3 +78,16 @@ def scheduler_decisions() -> str:
     """Hash: ``<namespace>/<name>`` -> JSON of the scheduler's latest decision for that function
     (replicas by config, reason, target and observed rps, predicted utilisation and p99, at_s)."""
     return f"{PREFIX}:scheduler:decisions"
+
+
+def local_version() -> str:
+    """Integer: bumped on every change to local desired state or to a replica record, so that
+    provider workers reload their routing table only when something changed."""
+    return f"{PREFIX}:local:version"
+
+
+def supervisor_wake() -> str:
+    """List: pushed to when desired state changes; the node agent's replica supervisor waits on it
+    (BLPOP) between passes so that a deploy or a scale is acted on at once."""
+    return f"{PREFIX}:local:wake"
+

@@ -1,8 +1,10 @@
 """The embedded platform: Redis, node agent and provider as supervised local processes.
 
 ``fastgshare up`` and ``fastgshare demo`` run it in the foreground; tests and benchmarks start it
-on a free port in a temporary state directory. Stopping it stops the provider, every replica,
-the node agent and, last, Redis (which flushes its append-only file), in that order.
+on a free port in a temporary state directory. The node agent runs the replicas (the provider is
+stateless). Stopping it stops the provider, the node agent (which drains and stops every replica)
+and, last, Redis (which flushes its append-only file), in that order. Every process it starts,
+and every replica, has a parent-death signal: a SIGKILLed ``up`` leaves nothing running.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class Platform:
         self._redis_url = redis_url
         try:
             self._spawn("node-agent", [sys.executable, "-m", "fast_manager.node_agent",
-                                       "--redis-url", redis_url]
+                                       "--redis-url", redis_url, "--supervise-replicas"]
                         + (["--start-mps"] if self.start_mps else []))
             self._spawn_provider()
         except BaseException:
@@ -188,21 +190,22 @@ class Platform:
             proc.wait()
 
     def stop(self) -> None:
-        """Provider, then replicas, then node agent, then Redis. Safe to call twice."""
-        from gateway_plugin.local_replicas import stop_recorded_replicas
+        """Provider, then the node agent (which drains and stops its replicas), then Redis.
+        Safe to call twice."""
+        from gateway_plugin.local_replicas import STOP_GRACE_S, stop_recorded_replicas
 
         self._terminate("scheduler")
         self._terminate("profiler")
         self._terminate("provider")
+        self._terminate("node-agent", timeout_s=STOP_GRACE_S + 5)
         url = self._redis_url
-        if url:
+        if url:  # the safety net: replicas a node agent re-adopted but could not stop
             try:
                 client = redis.Redis.from_url(url, socket_connect_timeout=1)
-                stop_recorded_replicas(client)
+                stop_recorded_replicas(client, grace_s=5.0)
                 client.close()
             except redis.RedisError:
                 pass
-        self._terminate("node-agent")
         if self._redis is not None:
             self._redis.stop()
             self._redis = None

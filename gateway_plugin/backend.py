@@ -147,8 +147,13 @@ class Backend(Protocol):
     def resolve(self, namespace: str, name: str) -> str:
         """Base URL of a ready replica, picked capacity-aware; NotFound or NoReplicaReady."""
 
+    def unreachable(self, namespace: str, name: str, url: str) -> None:
+        """The proxy could not connect to ``url`` (a replica that just died or left): route
+        elsewhere until the backend's own view of it changes."""
+
     def wait_ready(self, namespace: str, name: str, timeout_s: float) -> bool:
-        """Block until at least one replica is ready or the timeout passes."""
+        """Block until at least one replica is ready or the timeout passes; return False early
+        once no replica is wanted any more (scaled to zero or removed while waiting)."""
 
     def logs(
         self, namespace: str, name: str, *, since: datetime | None, tail: int | None,

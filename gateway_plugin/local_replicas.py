@@ -1,12 +1,14 @@
-"""Replica processes of the local backend: their records, liveness and stopping.
+"""Replica processes of the local mode: their records, liveness and stopping.
 
-A replica is a sidecar process group in its own session. Its record (pid, port, cores, group) is
-kept in Redis so a restarted provider can re-adopt it, and so ``fastgshare up`` can stop every
-replica on shutdown even when the provider has already exited.
+A replica is a sidecar process group in its own session, started by the node agent's supervisor
+(``fast_manager.replica_supervisor``). Its record (pid, port, cores, group, readiness, draining)
+is kept in Redis: provider workers route from it, and a restarted node agent re-adopts the
+replicas that still run.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -19,8 +21,12 @@ import redis
 
 from fastgshare import keys
 
-STOP_GRACE_S = 5.0
-"""Time a replica gets between SIGTERM (the sidecar drains and stops its worker) and SIGKILL."""
+STOP_GRACE_S = 45.0
+"""Time a replica gets between SIGTERM (to its sidecar alone: it drains what it holds, then stops
+its worker) and SIGKILL of its whole group. Above the sidecar's drain bound
+(``fast_manager.sidecar.DRAIN_TIMEOUT_S``) plus its worker's stop grace, like a pod's
+termination grace period."""
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -43,6 +49,9 @@ class Replica:
     """Routing weight: SM share x quota limit, so bigger shares get more requests."""
     proc: subprocess.Popen[bytes] | None = None
     ready: bool = False
+    """Its sidecar answered the last health probe."""
+    draining: bool = False
+    """Chosen to stop: out of the routing table, finishing what it holds."""
 
     @property
     def url(self) -> str:
@@ -53,7 +62,8 @@ class Replica:
             "replica_id": self.replica_id, "generation": self.generation, "pid": self.pid,
             "port": self.port, "device_id": self.device_id, "cores": list(self.cores),
             "sm_pct": self.sm_pct, "started_at_s": self.started_at_s, "restarts": self.restarts,
-            "config_id": self.config_id, "weight": self.weight,
+            "config_id": self.config_id, "weight": self.weight, "ready": self.ready,
+            "draining": self.draining,
         })
 
 
@@ -74,10 +84,32 @@ def is_our_sidecar(pid: int, replica_id: str) -> bool:
     return f"FASTGSHARE_REPLICA={replica_id}".encode() in env
 
 
-def stop_process_group(pid: int, proc: subprocess.Popen[bytes] | None, grace_s: float) -> None:
-    """SIGTERM the group, wait up to ``grace_s``, then SIGKILL; reaps ``proc`` if it is our child."""
+def redis_url_of(pid: int) -> str | None:
+    """The ``REDIS_URL`` a running replica was started with (None if unreadable)."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"REDIS_URL="):
+            return item.split(b"=", 1)[1].decode()
+    return None
+
+
+def replica_preexec() -> None:  # runs in the child between fork and exec: no locks, no logging
+    """A replica gets its own session (its group is stopped as a whole) and SIGTERM when the
+    process that started it dies, so that no replica outlives ``fastgshare up`` or its node
+    agent, even SIGKILLed."""
+    os.setsid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_process_group(pid: int, proc: subprocess.Popen[bytes] | None, grace_s: float) -> None:
+    """SIGTERM the sidecar alone (it drains, then stops its worker: a worker signalled at the same
+    time would exit mid-request), wait up to ``grace_s``, then SIGKILL the whole group; reaps
+    ``proc`` if it is our child."""
+    try:
+        os.kill(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
     deadline = time.monotonic() + grace_s
@@ -93,8 +125,9 @@ def stop_process_group(pid: int, proc: subprocess.Popen[bytes] | None, grace_s: 
         proc.wait()
 
 
-def stop_recorded_replicas(client: redis.Redis) -> int:
-    """Stop every replica recorded in Redis, from any process (``fastgshare up`` on shutdown).
+def stop_recorded_replicas(client: redis.Redis, grace_s: float = STOP_GRACE_S) -> int:
+    """Stop every replica recorded in Redis, from any process: the safety net of ``fastgshare up``
+    on shutdown, after the node agent (which stops its own) is gone.
 
     Desired state is kept: the next ``up`` starts the replicas again.
     """
@@ -106,12 +139,12 @@ def stop_recorded_replicas(client: redis.Redis) -> int:
             pid = int(r["pid"])
             if alive(pid) and is_our_sidecar(pid, r["replica_id"]):
                 try:
-                    os.killpg(pid, signal.SIGTERM)
+                    os.kill(pid, signal.SIGTERM)
                     pids.append(pid)
                 except (ProcessLookupError, PermissionError):
                     pass
         client.delete(keys.replicas(ns, name))
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:

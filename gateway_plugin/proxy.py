@@ -1,7 +1,8 @@
 """The invoke path: ``/function/<name>[.<namespace>][/<path>]`` to a ready replica and back.
 
-Depends on the backend only for ``resolve`` (and, when nothing is ready, ``status``, ``scale``
-and ``wait_ready`` to scale from zero). Request headers pass through minus hop-by-hop ones;
+Depends on the backend only for ``resolve`` and ``unreachable`` (a replica that refused the
+connection is reported and another one tried) and, when nothing is ready, ``status``, ``scale`` and
+``wait_ready`` to scale from zero. Request headers pass through minus hop-by-hop ones;
 ``X-Call-Id`` (the caller's, or a new one), ``X-Start-Time`` (Unix ns, as the gateway sets it)
 and ``X-Forwarded-Host``/``-For`` are added; the response carries ``X-Call-Id``,
 ``X-Start-Time`` and ``X-Duration-Seconds``. Small responses are returned whole, large or
@@ -19,8 +20,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import urllib3
+from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import ReadTimeoutError
 from werkzeug.wrappers import Response
 
 from gateway_plugin.backend import Backend
@@ -48,6 +49,8 @@ MAX_CACHED_POOLS = 512
 DEFAULT_CONTENT_TYPE = "text/plain"
 """What faas-provider answers with when neither side named a Content-Type."""
 INVOKE_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+CONNECT_ATTEMPTS = 3
+"""Replicas tried for one invocation when connecting fails (nothing was sent: safe to retry)."""
 
 
 def _connection_listed(value: str | None) -> set[str]:
@@ -118,7 +121,8 @@ class Invoker:
         return entry
 
     def pick_replica(self, namespace: str, name: str) -> str:
-        """A ready replica's base URL; scales from zero and waits when none is ready."""
+        """A ready replica's base URL; scales from zero and waits when none is ready. Gives up
+        early when, while it waits, the function is scaled to zero (or removed)."""
         try:
             return self._backend.resolve(namespace, name)
         except NoReplicaReady:
@@ -129,8 +133,19 @@ class Invoker:
             log.info("scaling %s.%s from zero to %d for an invocation", name, namespace, target)
             self._backend.scale(namespace, name, target)
         wait_s = self._settings.scale_from_zero_timeout_s
-        if self._backend.wait_ready(namespace, name, wait_s):
-            return self._backend.resolve(namespace, name)
+        deadline_s = time.monotonic() + wait_s
+        while True:
+            if self._backend.wait_ready(namespace, name, max(0.0, deadline_s - time.monotonic())):
+                try:
+                    return self._backend.resolve(namespace, name)
+                except NoReplicaReady:  # went again between the two looks
+                    pass
+            if time.monotonic() >= deadline_s:
+                break
+            if self._backend.status(namespace, name).replicas == 0:  # NotFound if removed
+                raise NoReplicaReady(
+                    f"{name}.{namespace} was scaled to zero while this request waited for a "
+                    "replica; retry to start one")
         raise NoReplicaReady(
             f"no replica of {name}.{namespace} became ready within {wait_s:g} s "
             f"({state.replicas} desired)"
@@ -145,23 +160,36 @@ class Invoker:
         self._metrics.observe_started(fn_label)
         call_id = headers.get("X-Call-Id") or str(uuid.uuid4())
         body = read_body(environ, self._settings.max_invoke_body_bytes)
-        base_url = self.pick_replica(namespace, name)
         out_headers = upstream_headers(environ, headers, call_id, start_ns)
-        try:
-            pool, prefix = self._pool_for(base_url)
-            upstream = pool.urlopen(
-                method, prefix + upstream_path(environ, ref, sub_path),
-                body=body if body or method not in ("GET", "HEAD") else None,
-                headers=out_headers, preload_content=False, redirect=False, retries=False,
-                decode_content=False)
-        except ReadTimeoutError as e:
-            self._metrics.observe_invocation(fn_label, 504, time.perf_counter() - started_s)
-            raise UpstreamTimeout(
-                f"{name}.{namespace} did not answer within {self._settings.invoke_timeout_s:g} s"
-            ) from e
-        except Urllib3Error as e:
-            self._metrics.observe_invocation(fn_label, 502, time.perf_counter() - started_s)
-            raise UpstreamUnreachable(f"can't reach service for: {name}.{namespace} ({e})") from e
+        path = upstream_path(environ, ref, sub_path)
+        attempt = 0
+        while True:
+            attempt += 1
+            base_url = self.pick_replica(namespace, name)
+            try:
+                pool, prefix = self._pool_for(base_url)
+                upstream = pool.urlopen(
+                    method, prefix + path,
+                    body=body if body or method not in ("GET", "HEAD") else None,
+                    headers=out_headers, preload_content=False, redirect=False, retries=False,
+                    decode_content=False)
+                break
+            except ConnectTimeoutError as e:  # refused or unanswered connect: nothing was sent
+                self._backend.unreachable(namespace, name, base_url)
+                if attempt < CONNECT_ATTEMPTS:
+                    log.info("could not connect to %s (%s): trying another replica", base_url, e)
+                    continue
+                self._metrics.observe_invocation(fn_label, 502, time.perf_counter() - started_s)
+                raise UpstreamUnreachable(
+                    f"can't reach service for: {name}.{namespace} ({e})") from e
+            except ReadTimeoutError as e:
+                self._metrics.observe_invocation(fn_label, 504, time.perf_counter() - started_s)
+                raise UpstreamTimeout(
+                    f"{name}.{namespace} did not answer within {self._settings.invoke_timeout_s:g} s"
+                ) from e
+            except Urllib3Error as e:
+                self._metrics.observe_invocation(fn_label, 502, time.perf_counter() - started_s)
+                raise UpstreamUnreachable(f"can't reach service for: {name}.{namespace} ({e})") from e
         duration_s = time.perf_counter() - started_s
         self._metrics.observe_invocation(fn_label, upstream.status, duration_s)
         return self._make_response(upstream, headers, call_id, out_headers["X-Start-Time"], duration_s)

@@ -24,7 +24,7 @@ def make_backend(settings: ProviderSettings) -> Backend:
         from gateway_plugin.local_backend import LocalBackend
 
         client = redis.Redis.from_url(settings.redis_url)
-        return LocalBackend(client, settings.state_dir, redis_url=settings.redis_url)
+        return LocalBackend(client, settings.state_dir)
     if settings.backend_kind == "kubernetes":
         import os
 
@@ -47,6 +47,8 @@ def close_app(flask_app: Flask) -> None:
     parts = flask_app.extensions.get(EXTENSION_KEY, {})
     if "invoker" in parts:
         parts["invoker"].close()
+    if "metrics" in parts:
+        parts["metrics"].close()
     if "backend" in parts:
         parts["backend"].close()
 

@@ -255,6 +255,10 @@ class FakeBackend:
         with self._cond:
             return self._state(self._get(namespace, name))
 
+    def unreachable(self, namespace: str, name: str, url: str) -> None:
+        with self._cond:
+            self.calls.append(("unreachable", (namespace, name, url)))
+
     def resolve(self, namespace: str, name: str) -> str:
         with self._cond:
             fn = self._get(namespace, name)

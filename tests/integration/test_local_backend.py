@@ -1,16 +1,21 @@
-"""The local backend on its own (no provider): scheduler-chosen replica groups and restarts."""
+"""The local backend (provider side) with the node agent's replica supervisor, no HTTP provider:
+scheduler-chosen replica groups, restarts, and nothing left running after the supervisor stops."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
+from fast_manager.replica_supervisor import ReplicaSupervisor
 from fastgshare import keys
 from fastgshare.resources import GpuShare
 from gateway_plugin.backend import FunctionSpec, ReplicaConfig
@@ -25,12 +30,34 @@ pytestmark = pytest.mark.slow
 
 
 
+class Supervised:
+    """The node agent's supervisor in a thread of the test, as the node agent runs it."""
+
+    def __init__(self, redis_url: str, state_dir: Path) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.supervisor = ReplicaSupervisor(self.client, state_dir, redis_url, stop_grace_s=10)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.supervisor.run, args=(self.stop_event,))
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=60)
+        self.client.close()
+
+
 @pytest.fixture
-def backend(redis_client, redis_url, state_dir):
-    b = LocalBackend(redis_client, state_dir, redis_url=redis_url)
+def supervised(redis_url, state_dir) -> Iterator[Supervised]:
+    s = Supervised(redis_url, state_dir)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def backend(redis_client, state_dir, supervised):
+    b = LocalBackend(redis_client, state_dir)
     b.register_image("t/linear", HANDLER)
     yield b
-    b.stop_all_replicas()
     b.close()
 
 
@@ -47,7 +74,7 @@ def test_configuration_groups_start_before_dropped_ones_stop(backend: LocalBacke
     half = [r for r in state.replica_status if r.config_id == "half"]
     assert len(half) == 2 and all(r.sm_pct == 50 and len(r.cores) == 1 for r in half)
     # the group's batch reaches its sidecars (and so its workers); the base group has none
-    for rep in backend._functions[("openfaas-fn", "lin")].replica_list:
+    for rep in state.replica_status:
         env = Path(f"/proc/{rep.pid}/environ").read_bytes().split(b"\0")
         assert (b"FASTGSHARE_BATCH=2" in env) == (rep.config_id == "half")
 
@@ -71,7 +98,7 @@ def test_configuration_groups_start_before_dropped_ones_stop(backend: LocalBacke
         backend.apply_configurations("openfaas-fn", "lin", [ReplicaConfig("a", GpuShare(), 1)] * 2)
 
 
-def test_crashed_replica_is_restarted(backend: LocalBackend):
+def test_crashed_replica_is_restarted(backend: LocalBackend, supervised: Supervised):
     backend.deploy(FunctionSpec("crashy", "t/linear"))
     wait_for(lambda: backend.status("openfaas-fn", "crashy").available_replicas == 1, what="ready")
     (rep,) = backend.status("openfaas-fn", "crashy").replica_status
@@ -81,8 +108,8 @@ def test_crashed_replica_is_restarted(backend: LocalBackend):
              what="a new replica after the crash")
     # On shutdown nothing is started again behind the stop (the reconcile loop stops first).
     pids = [r.pid for r in backend.status("openfaas-fn", "crashy").replica_status]
-    backend.stop_all_replicas()
-    time.sleep(1.5)  # three reconcile periods: a live loop would have started the replica again
+    supervised.stop()
+    time.sleep(1.5)  # several reconcile periods: a live loop would have started the replica again
     assert backend.status("openfaas-fn", "crashy").replica_status == ()
     assert not any(Path(f"/proc/{p}").exists() for p in pids)
 
