@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from gateway_plugin.errors import Invalid, PayloadTooLarge
+from gateway_plugin.errors import Invalid, PayloadTooLarge, RequestTimeout
 
 READ_CHUNK_BYTES = 64 * 1024
 
@@ -23,7 +23,15 @@ def _too_large(max_bytes: int) -> PayloadTooLarge:
 
 
 def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
-    """The whole request body; PayloadTooLarge past ``max_bytes``, Invalid on a bad length."""
+    """The whole request body; PayloadTooLarge past ``max_bytes``, Invalid on a bad length,
+    RequestTimeout when the client stops sending (the server's read timeout)."""
+    try:
+        return _read_body(environ, max_bytes)
+    except TimeoutError as e:
+        raise RequestTimeout("the request body stopped arriving (read timeout)") from e
+
+
+def _read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
     stream: IO[bytes] = environ["wsgi.input"]
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
     raw_length = environ.get("CONTENT_LENGTH") or ""

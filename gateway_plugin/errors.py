@@ -31,6 +31,10 @@ class PayloadTooLarge(ProviderError):
     """The request body is larger than the provider accepts (413)."""
 
 
+class RequestTimeout(ProviderError):
+    """The client stopped sending its request body (408)."""
+
+
 class UpstreamUnreachable(ProviderError):
     """A replica could not be connected to, or broke the connection (502)."""
 
@@ -51,6 +55,8 @@ def http_status(err: Exception) -> int:
         return 503
     if isinstance(err, PayloadTooLarge):
         return 413
+    if isinstance(err, RequestTimeout):
+        return 408
     if isinstance(err, UpstreamUnreachable):
         return 502
     if isinstance(err, UpstreamTimeout):

@@ -1,39 +1,61 @@
 """gunicorn settings for the provider: ``gunicorn -c python:gateway_plugin.gunicorn_conf ...``.
 
-One worker process, because the local backend supervises replica processes in-process and keeps
-its state in memory; threads for concurrency (``gthread``), since invocations mostly wait on
-replicas. ``bind`` is given on the command line.
+Several worker processes (``FASTGSHARE_PROVIDER_WORKERS``, default: one per usable core): the
+provider holds no process state (replicas are the node agent's or Kubernetes'; routing tables are
+refreshed from shared state in the background; invocation counts are summed in Redis), so any
+worker can serve any request and the invoke path is not held to one GIL. Threads for concurrency
+within a worker (``gthread``, since invocations mostly wait on replicas), with a read timeout on
+client sockets (``gateway_plugin.gunicorn_worker``) so that slow clients cannot take every thread.
+``bind`` is given on the command line. Every value is validated here, at start, naming the
+variable and its range.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
+from gateway_plugin.gunicorn_worker import ProviderWorker
+
+WORKERS_ENV = "FASTGSHARE_PROVIDER_WORKERS"
+WORKERS_RANGE = (1, 256)
 THREADS_ENV = "FASTGSHARE_PROVIDER_THREADS"
 THREADS_RANGE = (1, 4096)
+READ_TIMEOUT_ENV = "FASTGSHARE_PROVIDER_READ_TIMEOUT_S"
+READ_TIMEOUT_RANGE_S = (0.1, 3600.0)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_created_dir: str | None = None
 
 
-def _threads() -> int:
-    raw = os.environ.get(THREADS_ENV, "128")
+def default_workers() -> int:
+    """One worker per core this process may run on (its affinity, not the machine's count)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _number(env: Mapping[str, str], name: str, default: str, lo: float, hi: float,
+            kind: type[int] | type[float]) -> Any:
+    raw = env.get(name, default)
     try:
-        n = int(raw)
+        value = kind(raw)
     except ValueError:
-        n = 0
-    lo, hi = THREADS_RANGE
-    if not lo <= n <= hi:
-        raise SystemExit(f"{THREADS_ENV}={raw!r}: must be an integer in [{lo}, {hi}]")
-    return n
+        value = None
+    if value is None or not lo <= value <= hi:
+        what = "an integer" if kind is int else "a number"
+        raise SystemExit(f"{name}={raw!r}: must be {what} in [{lo:g}, {hi:g}]")
+    return value
 
 
-workers = 1
-worker_class = "gthread"
-threads = _threads()
-"""Requests served at once. An invocation holds its thread while it waits on a replica, and the
-provider counts an arrival (``fastgshareInvocationsStarted``: what the scheduler reads as demand)
-only when a thread picks the request up: past this many waiting, arrivals wait in gunicorn
-uncounted and the scheduler's own reads queue behind them. 128 (was 32): threads waiting on
-sockets are cheap, and two replicas' sidecar queues (64 each) fit."""
+_env = os.environ
+workers = _number(_env, WORKERS_ENV, str(default_workers()), *WORKERS_RANGE, int)
+"""Provider processes. Each has its own routing table, connection pools and threads."""
+threads = _number(_env, THREADS_ENV, "128", *THREADS_RANGE, int)
+"""Requests served at once per worker. An invocation holds its thread while it waits on a
+replica, and the provider counts an arrival (``fastgshareInvocationsStarted``: what the
+scheduler reads as demand) only when a thread picks the request up: past this many waiting,
+arrivals wait in gunicorn uncounted. Threads waiting on sockets are cheap."""
+ProviderWorker.read_timeout_s = _number(_env, READ_TIMEOUT_ENV, "10", *READ_TIMEOUT_RANGE_S, float)
+worker_class = ProviderWorker
 timeout = 0
 """No worker heartbeat kill: invocations and followed logs may last long; gthread stays responsive."""
 graceful_timeout = 10
@@ -42,8 +64,42 @@ keepalive = 75
 accesslog = None
 
 
+def on_starting(server: Any) -> None:
+    """Before any worker forks: the directory the workers' counters are summed in (prometheus
+    multiprocess mode, see ``gateway_plugin.metrics``), emptied, so each start counts from zero
+    as a single process did. Set in the master only, so nothing else it starts inherits it."""
+    import glob
+    import tempfile
+
+    # Not imported from gateway_plugin.metrics: that imports prometheus_client, which picks its
+    # value class once, at import; the workers must import it after this is set.
+    global _created_dir
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        path = _created_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(
+            prefix="fastgshare-provider-metrics-")
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, "*.db")):
+        os.unlink(stale)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the counters' directory if ``on_starting`` made it."""
+    import shutil
+
+    if _created_dir:
+        shutil.rmtree(_created_dir, ignore_errors=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker's live gauges go with it (its counters stay: they were counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def worker_exit(server: Any, worker: Any) -> None:
-    """Stop the backend's threads and the proxy's pool when the worker exits."""
+    """Stop the backend's threads, the count flusher and the proxy's pool when a worker exits."""
     import sys
 
     module = sys.modules.get("gateway_plugin.wsgi")

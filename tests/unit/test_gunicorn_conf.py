@@ -1,4 +1,5 @@
-"""The provider's gunicorn settings: the thread count comes from FASTGSHARE_PROVIDER_THREADS."""
+"""The provider's gunicorn settings: workers, threads and read timeout come from the environment,
+validated at start with the variable and its range named."""
 
 import importlib
 
@@ -6,30 +7,52 @@ import pytest
 
 import gateway_plugin.gunicorn_conf as conf
 
+VARIABLES = (conf.THREADS_ENV, conf.WORKERS_ENV, conf.READ_TIMEOUT_ENV)
+
 
 @pytest.fixture
 def reload(monkeypatch):
-    """Re-import the settings with the variable set to a value (None: unset); the module is
-    re-imported without it afterwards, whatever the test did."""
+    """Re-import the settings with variables set (None: unset); the module is re-imported
+    without them afterwards, whatever the test did."""
 
-    def with_value(value):
-        if value is None:
-            monkeypatch.delenv(conf.THREADS_ENV, raising=False)
-        else:
-            monkeypatch.setenv(conf.THREADS_ENV, value)
+    def with_values(**values):
+        for name in VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
         return importlib.reload(conf)
 
-    yield with_value
-    monkeypatch.delenv(conf.THREADS_ENV, raising=False)
+    yield with_values
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     importlib.reload(conf)
 
 
-def test_default_and_override(reload):
-    assert reload(None).threads == 128
-    assert reload("8").threads == 8
+def test_defaults(reload):
+    c = reload()
+    assert c.threads == 128
+    assert c.workers == conf.default_workers() >= 1
+    assert c.worker_class.read_timeout_s == 10.0
 
 
-@pytest.mark.parametrize("bad", ["0", "5000", "many", "-3", ""])
-def test_out_of_range_is_refused_naming_the_variable_and_range(reload, bad):
-    with pytest.raises(SystemExit, match=r"FASTGSHARE_PROVIDER_THREADS=.*\[1, 4096\]"):
-        reload(bad)
+def test_overrides(reload):
+    c = reload(FASTGSHARE_PROVIDER_THREADS="8", FASTGSHARE_PROVIDER_WORKERS="3",
+               FASTGSHARE_PROVIDER_READ_TIMEOUT_S="2.5")
+    assert (c.threads, c.workers, c.worker_class.read_timeout_s) == (8, 3, 2.5)
+
+
+@pytest.mark.parametrize("variable,bad,pattern", [
+    ("FASTGSHARE_PROVIDER_THREADS", "0", r"\[1, 4096\]"),
+    ("FASTGSHARE_PROVIDER_THREADS", "5000", r"\[1, 4096\]"),
+    ("FASTGSHARE_PROVIDER_THREADS", "many", r"\[1, 4096\]"),
+    ("FASTGSHARE_PROVIDER_THREADS", "-3", r"\[1, 4096\]"),
+    ("FASTGSHARE_PROVIDER_THREADS", "", r"\[1, 4096\]"),
+    ("FASTGSHARE_PROVIDER_WORKERS", "0", r"integer in \[1, 256\]"),
+    ("FASTGSHARE_PROVIDER_WORKERS", "1.5", r"integer in \[1, 256\]"),
+    ("FASTGSHARE_PROVIDER_WORKERS", "300", r"integer in \[1, 256\]"),
+    ("FASTGSHARE_PROVIDER_READ_TIMEOUT_S", "0", r"number in \[0.1, 3600\]"),
+    ("FASTGSHARE_PROVIDER_READ_TIMEOUT_S", "soon", r"number in \[0.1, 3600\]"),
+])
+def test_out_of_range_is_refused_naming_the_variable_and_range(reload, variable, bad, pattern):
+    with pytest.raises(SystemExit, match=f"{variable}=.*{pattern}"):
+        reload(**{variable: bad})
