@@ -63,6 +63,9 @@ HOLD_HEADER = "X-Fastgshare-Hold-Ms"
 """Response header: how long it held the gate (token, forward, execution, token back): the time the
 replica's one server was taken by it. With the wait, a client splits its latency into queue, service
 and the path outside the replica (the profiler's queue model reads them)."""
+DRAIN_TIMEOUT_S = 30.0
+"""On SIGTERM, how long the requests already taken may take to finish before the worker is stopped
+anyway (below ``gateway_plugin.local_replicas.STOP_GRACE_S``, after which the group is killed)."""
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",
@@ -497,7 +500,8 @@ async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
                       batch=batch_size(env))
     sidecar.faults = FaultChannel(settings.redis_url, settings.device, settings.replica,
                                   sidecar.on_neighbour_fault)
-    runner = web.AppRunner(create_app(sidecar), access_log=None, handle_signals=False)
+    runner = web.AppRunner(create_app(sidecar), access_log=None, handle_signals=False,
+                           shutdown_timeout=DRAIN_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind, settings.port, backlog=1024)
     await site.start()
@@ -515,6 +519,10 @@ async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
 
 
 async def stop_sidecar(sidecar: Sidecar, runner: web.AppRunner) -> None:
+    """Drain, then stop the worker: stop listening, let every request already taken (running or
+    queued) finish, for ``DRAIN_TIMEOUT_S`` at most, and only then stop the worker (one SIGTERM:
+    the sidecar alone is signalled by whoever stops the replica, so the worker is still there
+    for what is queued)."""
     await runner.shutdown()
     await runner.cleanup()
     await sidecar.close()
@@ -528,7 +536,8 @@ async def serve(settings: SidecarSettings, env: Mapping[str, str],
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: worker, token client, server")
+    log.info("stopping: draining (%d in flight, %d queued), then the worker",
+             sidecar._inflight, sidecar._gate.waiting)
     await stop_sidecar(sidecar, runner)
     log.info("stopped")
 
