@@ -56,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _gateway(args: argparse.Namespace) -> Gateway:
     if args.gateway and args.redis_url:
-        user = os.environ.get("FASTGSHARE_USER", "admin")
-        password = os.environ.get("FASTGSHARE_PASSWORD")
-        return Gateway(args.gateway.rstrip("/"), (user, password) if password else None,
-                       redis.Redis.from_url(args.redis_url))
+        from fastgshare.cli import resolve_cli_target  # FASTGSHARE_*, then faas-cli login's
+
+        target = resolve_cli_target(args.gateway, args.state_dir)
+        return Gateway(target.url, target.credentials.basic, redis.Redis.from_url(args.redis_url))
     from fastgshare.platform import read_info
 
     info = read_info(args.state_dir)
@@ -90,6 +90,8 @@ def _follow(gw: Gateway, ns: str, name: str, timeout_s: float) -> str:
             bar.refresh()
             if st.get("state") in (ProfileState.DONE.value, ProfileState.FAILED.value):
                 return str(st.get("state"))
+            if not st:  # the run was cancelled: its function removed or redeployed
+                return "cancelled"
             time.sleep(0.5)
     finally:
         bar.close()

@@ -18,7 +18,10 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastgshare.credentials import Target
 
 DEFAULT_STATE_DIR = Path(os.environ.get("FASTGSHARE_STATE_DIR", ".fastgshare"))
 
@@ -102,8 +105,9 @@ def _running_platform(state_dir: Path) -> tuple[str, str, str] | None:
         return None
 
 
-def _client(args: argparse.Namespace) -> Client:
-    """The gateway and credentials of ``fastgshare.credentials.resolve_target``, read here."""
+def resolve_cli_target(gateway: str | None, state_dir: Path) -> Target:
+    """The gateway and credentials of ``fastgshare.credentials.resolve_target``, with the files
+    and environment it needs read here (faas-cli's config, the running ``up``'s state)."""
     import yaml
 
     from fastgshare.credentials import faas_cli_config_path, resolve_target
@@ -111,10 +115,14 @@ def _client(args: argparse.Namespace) -> Client:
     config = faas_cli_config_path(os.environ, Path.home(), Path.cwd())
     try:
         doc = yaml.safe_load(config.read_text()) if config.is_file() else None
-        target = resolve_target(args.gateway, os.environ, doc, _running_platform(args.state_dir),
-                                faas_cli_where=str(config))
+        return resolve_target(gateway, os.environ, doc, _running_platform(state_dir),
+                              faas_cli_where=str(config))
     except (ValueError, yaml.YAMLError) as e:
         raise SystemExit(f"fastgshare: {e}") from e
+
+
+def _client(args: argparse.Namespace) -> Client:
+    target = resolve_cli_target(args.gateway, args.state_dir)
     cred = target.credentials
     return Client(target.url, cred.basic, bearer=cred.bearer, auth_source=cred.source)
 
@@ -370,7 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "state_dir", None) is None and args.command != "demo":
         args.state_dir = DEFAULT_STATE_DIR
-    return int(args.func(args))
+    import requests
+
+    try:
+        return int(args.func(args))
+    except requests.ConnectionError as e:
+        raise SystemExit(f"fastgshare: cannot reach the gateway: {e}") from e
 
 
 if __name__ == "__main__":
