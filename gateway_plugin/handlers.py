@@ -166,13 +166,19 @@ class SystemHandlers:
         """Remove a function, and with it its profiling run (its shadow), if one is deployed."""
         namespace = self._namespace(request.args.get("namespace"))
         name = types.as_delete_request(self._body_object("DeleteFunctionRequest"))
-        self._backend.remove(namespace, name)
+        missing: NotFound | None = None
+        try:
+            self._backend.remove(namespace, name)
+        except NotFound as e:  # a shadow left behind by a crash still goes
+            missing = e
         self._metrics.forget(function_label(name, namespace))
-        for state in self._backend.list(namespace):
-            if profile_of(state.spec.labels) == name:
-                self._remove_quietly(namespace, state.spec.name)
+        shadows = [s.spec.name for s in self._backend.list(namespace) if profile_of(s.spec.labels) == name]
+        for shadow in shadows:
+            self._remove_quietly(namespace, shadow)
         if self._records is not None:
             self._records.forget_profile_status(namespace, name)
+        if missing is not None and not shadows:
+            raise missing
         return accepted()
 
     def function_status(self, name: str) -> Response:

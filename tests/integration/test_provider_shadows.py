@@ -91,6 +91,17 @@ def test_removing_a_function_removes_its_shadow_and_no_other(client, backend):
     assert left == ["resnet", "resnet-profile"]
 
 
+def test_a_shadow_left_without_its_function_goes_when_the_function_is_removed(client, backend):
+    assert _deploy(client, "bert") == 202
+    assert client.post("/system/functions", json=_shadow_body("bert"), headers=AUTH).status_code == 202
+    backend.remove(NS, "bert")  # as if the provider had crashed between the two removals
+    resp = client.delete("/system/functions", json={"functionName": "bert"}, headers=AUTH)
+    assert resp.status_code == 202
+    assert backend.snapshot()["functions"] == {}
+    resp = client.delete("/system/functions", json={"functionName": "bert"}, headers=AUTH)
+    assert resp.status_code == 404
+
+
 def test_a_shadow_needs_its_function(client, backend):
     resp = client.post("/system/functions", json=_shadow_body("gone"), headers=AUTH)
     assert resp.status_code == 400 and f"labels.{PROFILE_OF_LABEL}" in resp.get_data(as_text=True)
