@@ -1,0 +1,233 @@
+"""The GPU fast path for python3-torch handlers: run a model the way a GPU wants it.
+
+Opt-in per function: ``FASTGSHARE_FAST_PATH=on`` in the function's environment (the template
+option; in a stack file, ``environment: {FASTGSHARE_FAST_PATH: "on"}``), or a handler that opts in
+itself (``fast_path(..., default_on=True)``, as the resnet50, bert and mobilenet examples do;
+``FASTGSHARE_FAST_PATH=off`` then opts out). A handler wraps its model::
+
+    runner = fast_path(model, sample_shape=(3, 224, 224), device=device)
+    logits = runner(batch)          # batch: an N x 3 x 224 x 224 CPU tensor -> N x ... on the CPU
+
+and gets, when the option is on and the device is a GPU:
+
+- half precision through ``torch.autocast`` (the weights stay as they are, so a shared copy in the
+  model store stays shared; the casts are captured in the graph);
+- ``channels_last`` inputs for 4-D (image) models, ``torch.backends.cudnn.benchmark``;
+- one CUDA graph per batch-size bucket (``FASTGSHARE_FAST_PATH_BUCKETS``, default 1,2,4,8,16,32,64):
+  a batch is padded up to its bucket, the graph replayed, the padding's outputs dropped; batches
+  above the largest bucket run in chunks; ``FASTGSHARE_FAST_PATH_GRAPHS=off`` runs eagerly instead;
+- pinned host staging buffers per bucket and non-blocking copies both ways, then one stream
+  synchronisation per batch (no CUDA events per request).
+
+On the CPU (and when the option is off) it runs the model eagerly under ``inference_mode`` with the
+batch as given (channels_last for 4-D inputs when the option is on): padding to buckets buys
+nothing without graphs. What runs on the CPU here: option parsing, bucket choice, path selection,
+channels_last, chunking. The CUDA graph, autocast and pinned-staging code is **untested on a
+GPU** (no GPU on the development machine); ``bench/gpu`` exercises it when one is lent.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+ENV_FAST_PATH = "FASTGSHARE_FAST_PATH"
+ENV_BUCKETS = "FASTGSHARE_FAST_PATH_BUCKETS"
+ENV_GRAPHS = "FASTGSHARE_FAST_PATH_GRAPHS"
+ENV_DTYPE = "FASTGSHARE_FAST_PATH_DTYPE"
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+GRAPH_WARMUP_ITERS = 3
+"""Eager runs on a side stream before a graph is captured (cuDNN picks its algorithms)."""
+
+
+@dataclass(frozen=True)
+class FastPathSettings:
+    """The fast path's options, read from the function's environment in ``settings_from_env``."""
+
+    enabled: bool = False
+    """``FASTGSHARE_FAST_PATH=on``: the function opted in."""
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    """Batch sizes that get their own CUDA graph and staging buffers (ascending)."""
+    graphs: bool = True
+    """Capture CUDA graphs (``FASTGSHARE_FAST_PATH_GRAPHS=off``: eager on the GPU)."""
+    dtype: str = "float16"
+    """Autocast precision on the GPU: float16 or bfloat16."""
+
+
+def shared_weights(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether the replica maps its weights from the model store (then they are not converted)."""
+    off = env.get("FASTGSHARE_MODEL_SHARING", "on").strip().lower() in ("off", "0", "false", "no")
+    return bool(env.get("FASTGSHARE_MODEL", "").strip()) and not off
+
+
+def _on(raw: str | None, default: bool) -> bool:
+    if raw is None or not raw.strip():
+        return default
+    return raw.strip().lower() in ("on", "1", "true", "yes")
+
+
+def settings_from_env(env: Mapping[str, str] = os.environ,
+                      default_on: bool = False) -> FastPathSettings:
+    """The options from ``env``; ``default_on``: the handler opts in unless the variable says off."""
+    buckets = DEFAULT_BUCKETS
+    raw = env.get(ENV_BUCKETS, "")
+    if raw.strip():
+        try:
+            parsed = sorted({int(b) for b in raw.split(",") if b.strip()})
+            if parsed and parsed[0] >= 1:
+                buckets = tuple(parsed)
+        except ValueError:
+            pass
+    dtype = env.get(ENV_DTYPE, "float16").strip().lower()
+    return FastPathSettings(enabled=_on(env.get(ENV_FAST_PATH), default_on), buckets=buckets,
+                            graphs=_on(env.get(ENV_GRAPHS), True),
+                            dtype=dtype if dtype in ("float16", "bfloat16") else "float16")
+
+
+def bucket_for(size: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds ``size`` rows (the largest bucket if none does)."""
+    for b in buckets:
+        if b >= size:
+            return b
+    return buckets[-1]
+
+
+def chunks(size: int, largest: int) -> list[tuple[int, int]]:
+    """(start, stop) row ranges of at most ``largest`` rows covering ``size`` rows."""
+    return [(i, min(size, i + largest)) for i in range(0, size, largest)]
+
+
+def path_name(settings: FastPathSettings, device: str) -> str:
+    """Which path a model runs: ``eager`` (option off), ``cpu`` (on, CPU device),
+    ``cuda-graphs`` or ``cuda-eager``."""
+    if not settings.enabled:
+        return "eager"
+    if not device.startswith("cuda"):
+        return "cpu"
+    return "cuda-graphs" if settings.graphs else "cuda-eager"
+
+
+class EagerRunner:
+    """The model as written, batch as given, under ``inference_mode``; channels_last for 4-D
+    inputs when ``channels_last`` (the fast path on a CPU)."""
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], device: str,
+                 channels_last: bool = False) -> None:
+        self.model = model
+        self.device = device
+        self.channels_last = channels_last
+        self.path = "cpu" if channels_last else "eager"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            x = x.to(self.device)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).float().cpu()
+
+
+class CudaRunner:
+    """Autocast, channels_last, a CUDA graph and pinned staging per bucket. Untested on a GPU."""
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], sample_shape: tuple[int, ...],
+                 device: str, settings: FastPathSettings, input_dtype: torch.dtype) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.settings = settings
+        self.sample_shape = tuple(sample_shape)
+        self.input_dtype = input_dtype
+        self.amp_dtype = torch.bfloat16 if settings.dtype == "bfloat16" else torch.float16
+        self.channels_last = len(self.sample_shape) == 3
+        if self.channels_last and isinstance(model, torch.nn.Module) and not shared_weights():
+            # NHWC weights too (a private copy: skipped when the weights are the store's copy)
+            model.to(memory_format=torch.channels_last)
+        self.path = "cuda-graphs" if settings.graphs else "cuda-eager"
+        self.stream = torch.cuda.Stream(self.device)
+        self.graphs_failed = False
+        self._slots: dict[int, dict[str, object]] = {}
+        torch.backends.cudnn.benchmark = True
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=self.amp_dtype):
+            return self.model(x)
+
+    def _slot(self, bucket: int) -> dict[str, object]:
+        slot = self._slots.get(bucket)
+        if slot is not None:
+            return slot
+        shape = (bucket, *self.sample_shape)
+        staging = torch.empty(shape, dtype=self.input_dtype, pin_memory=True)
+        static_in = torch.zeros(shape, dtype=self.input_dtype, device=self.device)
+        if self.channels_last:
+            static_in = static_in.contiguous(memory_format=torch.channels_last)
+        slot = {"staging": staging, "in": static_in}
+        with torch.inference_mode(), torch.cuda.stream(self.stream):
+            for _ in range(GRAPH_WARMUP_ITERS):  # cuDNN autotuning off the graph
+                out = self._forward(static_in)
+            self.stream.synchronize()
+            if self.settings.graphs and not self.graphs_failed:
+                try:
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, stream=self.stream):
+                        out = self._forward(static_in)
+                    slot["graph"] = graph
+                except Exception as e:  # a model graphs cannot capture still runs, eagerly
+                    self.graphs_failed = True
+                    self.path = "cuda-eager"
+                    print(f"fastgshare fast path: CUDA graph capture failed ({type(e).__name__}: "
+                          f"{e}); running eagerly", file=sys.stderr, flush=True)
+                    torch.cuda.synchronize()
+                    out = self._forward(static_in)
+            slot["out"] = out
+            slot["host_out"] = torch.empty(tuple(out.shape), dtype=out.dtype, pin_memory=True)
+        self._slots[bucket] = slot
+        return slot
+
+    def warm(self, buckets: Sequence[int] | None = None) -> None:
+        """Capture the graphs of ``buckets`` (default all) now, off the first requests."""
+        for b in buckets or self.settings.buckets:
+            self._slot(b)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        slot = self._slot(bucket_for(n, self.settings.buckets))
+        staging, static_in = slot["staging"], slot["in"]
+        assert isinstance(staging, torch.Tensor) and isinstance(static_in, torch.Tensor)
+        staging[:n].copy_(x)  # the request's bytes land in pinned memory once
+        with torch.inference_mode(), torch.cuda.stream(self.stream):
+            static_in.copy_(staging, non_blocking=True)
+            graph = slot.get("graph")
+            if isinstance(graph, torch.cuda.CUDAGraph):
+                graph.replay()
+                out = slot["out"]
+            else:
+                out = self._forward(static_in)
+            host = slot["host_out"]
+            assert isinstance(out, torch.Tensor) and isinstance(host, torch.Tensor)
+            host.copy_(out, non_blocking=True)
+        self.stream.synchronize()  # one sync per batch; no per-request events
+        return host[:n].float()  # a copy: the pinned buffer serves the next batch
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        largest = self.settings.buckets[-1]
+        if x.shape[0] <= largest:
+            return self._run(x)
+        return torch.cat([self._run(x[a:b]) for a, b in chunks(x.shape[0], largest)])
+
+
+def fast_path(model: Callable[[torch.Tensor], torch.Tensor], sample_shape: tuple[int, ...],
+              device: str, settings: FastPathSettings | None = None,
+              input_dtype: torch.dtype = torch.float32,
+              default_on: bool = False) -> EagerRunner | CudaRunner:
+    """A runner for ``model`` (N x ``sample_shape`` in, N x ... float32 out on the CPU) on the path
+    ``settings`` (default: from the environment; ``default_on``: a handler that opts in unless
+    ``FASTGSHARE_FAST_PATH=off``) choose for ``device``."""
+    settings = settings or settings_from_env(default_on=default_on)
+    path = path_name(settings, device)
+    if path.startswith("cuda"):
+        return CudaRunner(model, sample_shape, device, settings, input_dtype)
+    return EagerRunner(model, device, channels_last=path == "cpu" and len(sample_shape) == 3)
