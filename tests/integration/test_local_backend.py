@@ -6,21 +6,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 
-from fast_manager.replica_supervisor import ReplicaSupervisor
 from fastgshare import keys
 from fastgshare.resources import GpuShare
 from gateway_plugin.backend import FunctionSpec, ReplicaConfig
 from gateway_plugin.errors import Invalid
 from gateway_plugin.local_backend import LocalBackend
+from tests.integration.local_helpers import Supervised
 from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "linear"
@@ -28,22 +26,6 @@ HANDLER = Path(__file__).parent / "handlers" / "linear"
 pytestmark = pytest.mark.slow
 
 
-
-
-class Supervised:
-    """The node agent's supervisor in a thread of the test, as the node agent runs it."""
-
-    def __init__(self, redis_url: str, state_dir: Path) -> None:
-        self.client = redis.Redis.from_url(redis_url)
-        self.supervisor = ReplicaSupervisor(self.client, state_dir, redis_url, stop_grace_s=10)
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self.supervisor.run, args=(self.stop_event,))
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=60)
-        self.client.close()
 
 
 @pytest.fixture
