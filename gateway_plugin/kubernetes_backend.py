@@ -3,8 +3,8 @@
 The only module that imports ``kubernetes``. It sends the dicts ``k8s_specs`` builds, reads raw
 JSON back (``_preload_content=False``) and parses it with ``k8s_specs.as_*``, and maps every
 ``ApiException`` to ``gateway_plugin.errors`` with the cause chained. It keeps no desired state:
-the spec lives in a Deployment annotation, so the provider can restart freely. Only the short-lived
-``resolve`` cache and round-robin counters live in memory.
+the spec lives in a Deployment annotation, so the provider can restart freely. Only the endpoints
+table (``k8s_endpoints``, refreshed in the background) and round-robin counters live in memory.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from .backend import (
     SecretValue,
 )
 from .errors import BackendFailure, Conflict, Invalid, NoReplicaReady, NotFound, ProviderError
+from .k8s_endpoints import SERVICE_NAME_LABEL, EndpointsTable
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ class KubernetesSettings:
     """An explicit API server URL with no authentication (tests against a fake server)."""
     request_timeout_s: float = 10.0
     """Timeout of each Kubernetes API call (not of followed log streams)."""
-    resolve_cache_s: float = 1.0
-    """How long ``resolve`` reuses a Service's ready endpoints before asking the API again."""
+    endpoints_refresh_s: float = 0.5
+    """How often a background thread re-lists the EndpointSlices of the namespaces in use (the
+    invoke path reads that table, never the API)."""
     pod: specs.PodSettings = field(default_factory=specs.PodSettings)
     """What every function pod gets (Redis URL, sidecar command, MPS pipe directory, ...)."""
 
@@ -76,7 +78,8 @@ def kubernetes_settings_from_env(env: Mapping[str, str]) -> KubernetesSettings:
         context=env.get("FASTGSHARE_KUBE_CONTEXT", d.context),
         api_url=env.get("FASTGSHARE_KUBE_API_URL", d.api_url),
         request_timeout_s=float(env.get("FASTGSHARE_KUBE_TIMEOUT_S", d.request_timeout_s)),
-        resolve_cache_s=float(env.get("FASTGSHARE_RESOLVE_CACHE_S", d.resolve_cache_s)),
+        endpoints_refresh_s=float(env.get("FASTGSHARE_ENDPOINTS_REFRESH_S",
+                                          d.endpoints_refresh_s)),
         pod=specs.PodSettings(
             redis_url=env.get("FASTGSHARE_POD_REDIS_URL", env.get("REDIS_URL", p.redis_url)),
             handler_dir=env.get("FASTGSHARE_POD_HANDLER_DIR", p.handler_dir),
@@ -130,7 +133,8 @@ class KubernetesBackend:
     def __init__(self, api: client.ApiClient, settings: KubernetesSettings, *,
                  monotonic: Callable[[], float] = time.monotonic,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 refresh_endpoints: bool = True) -> None:
         self._api = api
         self._settings = settings
         self._core = client.CoreV1Api(api)
@@ -138,7 +142,8 @@ class KubernetesBackend:
         self._discovery = client.DiscoveryV1Api(api)
         self._monotonic, self._now, self._sleep = monotonic, now, sleep
         self._lock = threading.Lock()
-        self._endpoints: dict[tuple[str, str], tuple[float, list[str]]] = {}
+        self._endpoints = EndpointsTable(self._list_slices, settings.endpoints_refresh_s,
+                                         start_thread=refresh_endpoints)
         self._turn: dict[tuple[str, str], int] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -289,8 +294,7 @@ class KubernetesBackend:
                        self._core.delete_namespaced_service, name, namespace)
         except NotFound:
             pass
-        with self._lock:
-            self._endpoints.pop((namespace, name), None)
+        self._endpoints.forget(namespace, name)
 
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         if replicas < 0:
@@ -400,24 +404,19 @@ class KubernetesBackend:
 
     # -- invocation ---------------------------------------------------------------------------
 
-    def _ready_urls(self, namespace: str, name: str) -> list[str]:
-        slices = self._items(f"list EndpointSlices of {namespace}/{name}",
-                             self._discovery.list_namespaced_endpoint_slice, namespace,
-                             {"kubernetes.io/service-name": name})
-        return specs.ready_addresses(slices)
+    def _list_slices(self, namespace: str) -> list[dict[str, Any]]:
+        return self._items(f"list EndpointSlices of {namespace}",
+                           self._discovery.list_namespaced_endpoint_slice, namespace,
+                           {SERVICE_NAME_LABEL: None})
 
     def resolve(self, namespace: str, name: str) -> str:
+        """A ready endpoint, round robin, from the background table (the first call in a
+        namespace lists it once)."""
         key = (namespace, name)
-        now_s = self._monotonic()
-        with self._lock:
-            expires_s, urls = self._endpoints.get(key, (0.0, []))
-        if not urls or now_s >= expires_s:
-            urls = self._ready_urls(namespace, name)
-            with self._lock:
-                if urls:
-                    self._endpoints[key] = (now_s + self._settings.resolve_cache_s, urls)
-                else:
-                    self._endpoints.pop(key, None)
+        urls = self._endpoints.urls(namespace, name)
+        if urls is None:
+            self._endpoints.refresh(namespace)
+            urls = self._endpoints.urls(namespace, name) or []
         if not urls:
             self._base(namespace, name)  # NotFound when the function does not exist
             raise NoReplicaReady(f"function {namespace}/{name} has no ready replica")
@@ -428,12 +427,20 @@ class KubernetesBackend:
             self._turn[key] = turn + 1
         return urls[turn % len(urls)]
 
+    def unreachable(self, namespace: str, name: str, url: str) -> None:
+        self._endpoints.evict(namespace, name, url)
+
     def wait_ready(self, namespace: str, name: str, timeout_s: float) -> bool:
+        """Lists now and then (the slow path: no replica was ready); False early once the
+        function is scaled to zero."""
         deadline_s = self._monotonic() + timeout_s
         while True:
-            if self._ready_urls(namespace, name):
+            self._endpoints.refresh(namespace)
+            if self._endpoints.urls(namespace, name):
                 return True
-            self._base(namespace, name)
+            base = self._base(namespace, name)
+            if not (base.get("spec") or {}).get("replicas"):
+                return False
             if self._monotonic() >= deadline_s:
                 return False
             self._sleep(_WAIT_POLL_S)
@@ -567,4 +574,5 @@ class KubernetesBackend:
                    self._core.delete_namespaced_secret, name, namespace)
 
     def close(self) -> None:
+        self._endpoints.close()
         self._api.close()

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -398,3 +399,32 @@ def test_unreachable_api_is_a_backend_failure(fake: FakeApiServer) -> None:
     with pytest.raises(BackendFailure, match="unreachable"):
         b.list(NS)
     b.close()
+
+
+def test_resolve_reads_a_table_refreshed_in_the_background(fake: FakeApiServer,
+                                                           api: client.ApiClient) -> None:
+    """The invoke path no longer lists EndpointSlices per request: a new endpoint shows up only
+    when the background thread re-lists (and then without any call from resolve)."""
+    settings = KubernetesSettings(api_url=fake.url, request_timeout_s=5, endpoints_refresh_s=0.3)
+    backend = make_kubernetes_backend(settings)
+    try:
+        backend.deploy(make_spec())
+        play_controllers(api, "resnet", ["10.0.0.1"])
+        assert backend.resolve(NS, "resnet") == "http://10.0.0.1:8080"  # lists the namespace once
+        client.DiscoveryV1Api(api).create_namespaced_endpoint_slice(NS, {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "resnet-fghij", "namespace": NS,
+                         "labels": {"kubernetes.io/service-name": "resnet"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.2"], "conditions": {"ready": True}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        })
+        assert {backend.resolve(NS, "resnet") for _ in range(4)} == {"http://10.0.0.1:8080"}
+        deadline = time.monotonic() + 10
+        while len({backend.resolve(NS, "resnet") for _ in range(4)}) < 2:
+            assert time.monotonic() < deadline, "the background refresh never saw the new slice"
+            time.sleep(0.05)
+        backend.unreachable(NS, "resnet", "http://10.0.0.2:8080")  # refused: skipped at once
+        assert {backend.resolve(NS, "resnet") for _ in range(4)} == {"http://10.0.0.1:8080"}
+    finally:
+        backend.close()
