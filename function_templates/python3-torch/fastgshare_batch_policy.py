@@ -14,19 +14,22 @@ The policy, in the spirit of Clipper's adaptive batching and Triton's dynamic ba
   one, up to the cap, whose estimated execution still ends before that deadline; when none does
   (the oldest is already late) the cap's worth is taken, the most efficient way to catch up.
 - **Wait for more only while the slack allows and more is coming.** With fewer than the cap queued,
-  the worker waits for the next arrival only if the oldest request could still afford the larger
+  the worker waits for the next arrival only if: the oldest request could still afford the larger
   batch (deadline minus ``wait_margin`` x its estimated execution; at most ``max_wait_frac`` of the
-  budget in all), the device is busy enough that throughput
-  matters (estimated load at batch 1 >= ``min_load_frac``), the next arrival is expected within
-  the slack (from the observed arrival rate), and the worker's observed p99 is within the budget.
-  A lone request at low load therefore never waits: no one waits for a batch that will not come.
+  budget in all); the device would not keep up at the queued size (its per-request cost exec(n)/n
+  is at least ``min_load_frac`` of the time between arrivals; otherwise waiting buys no
+  throughput, only latency); the next arrival is expected within the slack (observed arrival
+  rate); and the worker's observed p99 is within the budget. A lone request at low load therefore
+  never waits: no one waits for a batch that will not come.
 - **Estimates correct themselves.** Execution time per batch size starts from the profile table
   (when the platform has one) and is replaced by what the worker observes (an EWMA per size);
   sizes never seen are bounded from the nearest seen ones (sub-linear batching: exec(b) <=
   exec(k) * b / k for k < b, and exec(b) <= exec(k) for k > b).
 - **The cap follows Clipper's AIMD.** Worst case, a request waits one running batch and then its
   own, so a batch's execution should take at most half the budget: when a size's smoothed
-  execution time is over it, the cap is cut multiplicatively (to ``backoff`` x that size); a batch
+  execution time is over it and a smaller batch's is not, the cap is cut multiplicatively (to
+  ``backoff`` x that size; when the smaller one is slow too, the device is contended and smaller
+  batches would only lower its throughput, so the cap stays); a batch
   at the cap whose size fits raises it by ``step``, up to B_max. The observed p99 of the worker's
   latency (queue + execution) over the last ``p99_window`` requests switches voluntary waits off
   while it is over the budget.
@@ -66,8 +69,8 @@ class BatchSettings:
     """Fixed-size mode only: the first request's longest wait for the rest of its batch."""
     profile_ms: tuple[tuple[int, float], ...] = ()
     """Profiled execution time per batch size, ((size, ms), ...), from the profile table."""
-    min_load_frac: float = 0.5
-    """Estimated device load at batch 1 (arrival rate x exec(1)) below which nobody waits."""
+    min_load_frac: float = 1.0
+    """Load at the queued size (arrival rate x exec(n) / n) below which nobody waits."""
     wait_gaps: float = 2.0
     """A voluntary wait lasts at most this many expected inter-arrival gaps without an arrival."""
     max_wait_frac: float = 0.25
@@ -222,7 +225,7 @@ def decide(now_s: float, queued: int, oldest_arrival_s: float, state: BatchState
         bigger_ms = estimate_exec_ms(n + 1, state.exec_ms, settings.profile_ms)
         bigger_ends_s = (None if bigger_ms is None
                          else now_s + settings.wait_margin * bigger_ms / 1000.0)
-        wait_until = _wait_until(now_s, oldest_arrival_s, deadline_s, bigger_ends_s, state,
+        wait_until = _wait_until(now_s, n, oldest_arrival_s, deadline_s, bigger_ends_s, state,
                                  settings)
         if wait_until is not None:
             return Decision(0, wait_until, "waiting for more within the slack")
@@ -233,8 +236,9 @@ def decide(now_s: float, queued: int, oldest_arrival_s: float, state: BatchState
     return Decision(n, why="late or unknown: the largest allowed")
 
 
-def _wait_until(now_s: float, oldest_s: float, deadline_s: float, bigger_ends_s: float | None,
-                state: BatchState, settings: BatchSettings) -> float | None:
+def _wait_until(now_s: float, n: int, oldest_s: float, deadline_s: float,
+                bigger_ends_s: float | None, state: BatchState,
+                settings: BatchSettings) -> float | None:
     """When to stop waiting for one more request, or None to go now."""
     if settings.max_wait_frac * settings.budget_ms / 1000.0 <= now_s - oldest_s:
         return None
@@ -243,12 +247,12 @@ def _wait_until(now_s: float, oldest_s: float, deadline_s: float, bigger_ends_s:
     slack_s = deadline_s - bigger_ends_s  # how long the oldest can still wait for a batch of n+1
     if slack_s <= 0:
         return None
-    exec1_ms = estimate_exec_ms(1, state.exec_ms, settings.profile_ms)
+    now_ms = estimate_exec_ms(n, state.exec_ms, settings.profile_ms)
     gap_s = max(state.gap_s, now_s - state.last_arrival_s)  # a silence lowers the rate
-    if exec1_ms is None or gap_s <= 0:
+    if now_ms is None or gap_s <= 0:
         return None
-    if exec1_ms / 1000.0 / gap_s < settings.min_load_frac:
-        return None  # the device keeps up at batch 1: waiting buys nothing
+    if now_ms / n / 1000.0 / gap_s < settings.min_load_frac:
+        return None  # the device keeps up at this size: waiting buys nothing
     if gap_s > slack_s:
         return None  # the next request is not expected in time
     p99 = observed_p99_ms(state)
@@ -270,8 +274,13 @@ def on_batch_done(state: BatchState, size: int, exec_ms: float,
     cap = state.cap
     smoothed_ms = seen[size]  # one slow batch on a shared machine must not cut the cap
     if settings.adaptive:
-        if smoothed_ms > settings.budget_ms / 2 and size > 1:
-            cap = max(1, min(cap, math.floor(size * settings.backoff)))
+        half_ms = settings.budget_ms / 2
+        smaller = max(1, math.floor(size * settings.backoff))
+        smaller_ms = estimate_exec_ms(smaller, tuple(sorted(seen.items())), settings.profile_ms)
+        # Cut only when a smaller batch would fit: when even it is too slow, the device is slow
+        # (contention), and smaller batches would only lower its throughput further.
+        if smoothed_ms > half_ms and size > 1 and (smaller_ms is None or smaller_ms <= half_ms):
+            cap = max(1, min(cap, smaller))
         elif size >= cap and smoothed_ms <= settings.budget_ms / 2:
             cap = min(settings.max_batch, cap + settings.step)
     return replace(state, exec_ms=tuple(sorted(seen.items())), latencies_ms=window, cap=cap)

@@ -26,7 +26,7 @@ def busy(gap_ms: float, last_s: float = 0.0) -> p.BatchState:
     (0.0, 1, 0.0, p.initial_state(SLO), 1, False),
     # A lone request at low load (one every 500 ms, exec 10 ms: load 0.02): never waits.
     (0.0, 1, 0.0, busy(500.0), 1, False),
-    # A lone request at high load (one every 5 ms): waits for the next, within its slack.
+    # A lone request at high load (one every 5 ms, exec 10 ms: the device would not keep up): waits.
     (0.0, 1, 0.0, busy(5.0), 0, True),
     # High load but the oldest has no slack left for a batch of 2 (90 - 12 ms): go now.
     (0.079, 1, 0.0, busy(5.0, last_s=0.079), 1, False),
@@ -122,6 +122,15 @@ def test_aimd_cap() -> None:
     for _ in range(20):
         state = p.on_batch_done(state, state.cap, 10.0, [10.0], s)
     assert state.cap == 16  # never above B_max
+
+
+def test_aimd_keeps_the_cap_when_smaller_batches_are_slow_too() -> None:
+    """A contended device: every size is over half the budget; cutting would only cost throughput."""
+    s = p.BatchSettings(max_batch=16, slo_ms=100.0)
+    state = replace(p.initial_state(s), cap=8, exec_ms=((1, 55.0), (4, 56.0), (6, 58.0)))
+    assert p.on_batch_done(state, 8, 60.0, [80.0] * 8, s).cap == 8
+    fits = replace(state, exec_ms=((1, 10.0), (6, 30.0)))
+    assert p.on_batch_done(fits, 8, 60.0, [80.0] * 8, s).cap == 6
 
 
 def test_observations_replace_the_profile_and_smooth() -> None:
