@@ -22,6 +22,7 @@ RUN pip install --no-deps --no-build-isolation . && useradd --uid 10001 --create
 
 USER 10001
 EXPOSE 8080
-# The provider's gunicorn settings (one worker, FASTGSHARE_PROVIDER_THREADS threads, keep-alive past
-# the gateway's) are the same everywhere: gateway_plugin/gunicorn_conf.py.
+# The provider's gunicorn settings (FASTGSHARE_PROVIDER_WORKERS workers, default one per core, with
+# FASTGSHARE_PROVIDER_THREADS threads each, keep-alive past the gateway's) are the same everywhere:
+# gateway_plugin/gunicorn_conf.py.
 CMD ["gunicorn", "-c", "python:gateway_plugin.gunicorn_conf", "--bind", "0.0.0.0:8080", "gateway_plugin.wsgi:app"]
