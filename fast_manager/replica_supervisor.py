@@ -88,7 +88,13 @@ class ReplicaSupervisor:
 
     def run(self, stop: threading.Event) -> None:
         """Adopt what runs, then reconcile until ``stop``; then stop every replica (drained)."""
-        self.adopt()
+        while not stop.is_set():  # Redis may come up after the node agent
+            try:
+                self.adopt()
+                break
+            except redis.RedisError as e:
+                log.warning("redis unavailable (%s): replicas are adopted once it answers", e)
+                stop.wait(1.0)
         try:
             while not stop.is_set():
                 try:
