@@ -195,3 +195,20 @@ def timeline(sent_s: Sequence[float], latencies_ms: Sequence[float], slo_ms: flo
                      "p99_ms": round(percentile(finite, 99), 2) if finite else 0.0,
                      "attainment": round(sum(1 for x in w if x <= slo_ms) / len(w), 4) if w else 1.0})
     return rows
+
+
+MIN_SAMPLES_PER_STEP = 300
+"""A LoadGen run lasts long enough for this many queries of its slowest function (p99 is then the
+3rd-latest, not the maximum of a few dozen), within ``MAX_STEP_FACTOR`` x the nominal step."""
+MAX_STEP_FACTOR = 4.0
+
+
+def step_duration_s(rates: Mapping[str, float], step_s: float,
+                    min_samples: int = MIN_SAMPLES_PER_STEP,
+                    max_factor: float = MAX_STEP_FACTOR) -> float:
+    """Seconds for one LoadGen run at ``rates``: at least ``step_s``, longer until the slowest
+    function gets ``min_samples`` queries, at most ``max_factor`` x ``step_s``."""
+    slowest = min((r for r in rates.values() if r > 0), default=0.0)
+    if slowest <= 0:
+        return step_s
+    return round(min(max_factor * step_s, max(step_s, min_samples / slowest)), 2)

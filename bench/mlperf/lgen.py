@@ -102,8 +102,10 @@ class _Recorder:
 
 def run_server(urls: Mapping[str, str], rates: Mapping[str, float], bounds_ms: Mapping[str, float],
                duration_s: float, *, body: bytes = b"{}", workers: int = 64, early_stop: bool = True,
-               on_request: Callable[[str, float, float | None], None] | None = None) -> LoadGenRun:
-    """One LoadGen Server run at ``sum(rates)`` queries/s for ``duration_s`` over real HTTP."""
+               on_request: Callable[[str, float, float | None], None] | None = None,
+               samples: Mapping[str, tuple[bytes, Mapping[str, str]]] | None = None) -> LoadGenRun:
+    """One LoadGen Server run at ``sum(rates)`` queries/s for ``duration_s`` over real HTTP.
+    ``samples``: each function's (body, headers) (``bench.mlperf.samples``); default ``body``."""
     import mlperf_loadgen as lg  # imported here: the pure parts of the bench do not need it
 
     rates = {f: r for f, r in rates.items() if r > 0}
@@ -128,7 +130,8 @@ def run_server(urls: Mapping[str, str], rates: Mapping[str, float], bounds_ms: M
                     rec.skipped[fn] += 1
                 return
             try:
-                resp = session().post(urls[fn], data=body, timeout=timeout_s)
+                data, headers = (samples or {}).get(fn, (body, {}))
+                resp = session().post(urls[fn], data=data, headers=headers, timeout=timeout_s)
                 latency = (time.monotonic() - t0) * 1000.0 if resp.status_code == 200 else None
             except requests.RequestException:
                 latency = None

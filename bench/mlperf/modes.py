@@ -71,28 +71,40 @@ def share_annotations(mode: Mode, n_functions: int) -> dict[str, str]:
             "fastgshare/gpu_quota_limit": f"{lim:.4g}"}
 
 
-def deployment(mode: Mode, function: str, n_functions: int, *, window_s: float | None = None) -> Deployment:
-    """The deploy body of ``function`` in ``mode``: one replica, pinned (min = max = 1)."""
+def deployment(mode: Mode, function: str, n_functions: int, *, window_s: float | None = None,
+               slo_ms: float | None = None) -> Deployment:
+    """The deploy body of ``function`` in ``mode``: one replica, pinned (min = max = 1). With
+    ``slo_ms`` (its bound) the function declares its SLO, and with it the worker batches by
+    deadline (``fastgshare/slo_ms``, also as ``FASTGSHARE_SLO_MS`` for a provider that does not
+    pass the annotation to the replica yet)."""
     env: dict[str, str] = {}
+    if slo_ms is not None:
+        env["FASTGSHARE_SLO_MS"] = f"{slo_ms:g}"
     if mode is Mode.UNMANAGED:
         env["FASTGSHARE_ARBITER"] = "off"
     if window_s is not None:
         env["FASTGSHARE_ARBITER_WINDOW_S"] = f"{window_s:g}"
     name = service_name(mode, function)
+    annotations = share_annotations(mode, n_functions)
+    if slo_ms is not None:
+        annotations["fastgshare/slo_ms"] = f"{slo_ms:g}"
     body: dict[str, object] = {
         "service": name, "image": image_of(function), "envVars": env,
-        "annotations": share_annotations(mode, n_functions),
+        "annotations": annotations,
         "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"},
     }
     return Deployment(function, name, body)
 
 
-def phases(mode: Mode, functions: Sequence[str], *, window_s: float | None = None) -> list[list[Deployment]]:
-    """The groups deployed together: ``exclusive`` one function per phase, the others all at once."""
+def phases(mode: Mode, functions: Sequence[str], *, window_s: float | None = None,
+           slo_ms: Mapping[str, float] | None = None) -> list[list[Deployment]]:
+    """The groups deployed together: ``exclusive`` one function per phase, the others all at once.
+    ``slo_ms``: each function's bound, declared as its SLO (batching by deadline)."""
     n = len(functions)
+    slo = slo_ms or {}
     if mode is Mode.EXCLUSIVE:
-        return [[deployment(mode, f, 1, window_s=window_s)] for f in functions]
-    return [[deployment(mode, f, n, window_s=window_s) for f in functions]]
+        return [[deployment(mode, f, 1, window_s=window_s, slo_ms=slo.get(f))] for f in functions]
+    return [[deployment(mode, f, n, window_s=window_s, slo_ms=slo.get(f)) for f in functions]]
 
 
 def bound_ms(function: str, *, gpu: bool, single_stream_p50_ms: float,

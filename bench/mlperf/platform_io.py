@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,12 +165,14 @@ def remove_all(t: Target, group: Sequence[Deployment]) -> None:
         time.sleep(0.3)
 
 
-def single_stream(t: Target, service: str, n: int, warm: int = 3) -> list[float]:
+def single_stream(t: Target, service: str, n: int, warm: int = 3,
+                  sample: tuple[bytes, Mapping[str, str]] = (b"{}", {})) -> list[float]:
     """Sequential requests (one outstanding): MLPerf's single-stream latency, through the platform."""
     out = []
+    body, headers = sample
     for i in range(warm + n):
         t0 = time.monotonic()
-        resp = t.session.post(t.function_url(service), data=b"{}", timeout=120)
+        resp = t.session.post(t.function_url(service), data=body, headers=dict(headers), timeout=120)
         resp.raise_for_status()
         if i >= warm:
             out.append((time.monotonic() - t0) * 1000.0)
