@@ -73,6 +73,10 @@ class _SummedTotals:
                 self._at_s = now_s
             return self._totals.get((sample, function_name, kind), 0.0)
 
+    def invalidate(self) -> None:
+        """This process just counted: the next read sums the files again."""
+        self._at_s = float("-inf")
+
     def _read(self) -> dict[tuple[str, str, str], float]:
         import glob
 
@@ -155,6 +159,8 @@ class ProviderMetrics:
         if self._summed is None:
             with self._lock:
                 self._arrivals[function_name] += 1
+        else:
+            self._summed.invalidate()
 
     def observe_invocation(self, function_name: str, code: int, duration_s: float) -> None:
         code_label = str(code)
@@ -163,6 +169,8 @@ class ProviderMetrics:
         if self._summed is None:
             with self._lock:
                 self._counts[function_name] += 1
+        else:
+            self._summed.invalidate()
 
     def started_count(self, function_name: str) -> float:
         """Requests for ``name.namespace`` that arrived (every worker's, since the provider
@@ -197,6 +205,7 @@ class ProviderMetrics:
                             ("started", self.started_count(function_name))):
             if value > 0:
                 self._forgotten.labels(function_name, kind).inc(value)
+        self._summed.invalidate()
 
     def close(self) -> None:
         """Nothing to flush: the counts are in this worker's file already."""
