@@ -215,10 +215,6 @@ class WorkerProcess:
         self.port = s.worker_port or free_port()
         env = worker_env(s, self._base_env)
         env["FASTGSHARE_WORKER_PORT"] = str(self.port)
-        if not s.is_gpu:
-            # Idle OpenMP threads sleep instead of spinning: a time-shared core is not left
-            # busy by the last holder's thread pool after its token went to a neighbour.
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.memory.worker_started()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(s.runtime), env=env, cwd=str(s.runtime.parent),

@@ -14,6 +14,9 @@ from fast_manager.settings import SidecarSettings, is_sidecar_only
 
 DEFAULT_SECRETS_DIR = "/var/openfaas/secrets"
 """Where OpenFaaS mounts a function's secrets in a pod; the worker's fallback."""
+GPU_WORKER_THREADS = 2
+"""CPU threads of a GPU worker with no core set (the host side only launches kernels and copies:
+a pool as large as the machine would spin on cores its neighbours need)."""
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _GPU_VARS = (
@@ -47,6 +50,13 @@ def worker_env(settings: SidecarSettings, base_env: Mapping[str, str]) -> dict[s
         env["FASTGSHARE_CPU_CORES"] = ",".join(map(str, settings.cpu_cores))
         for name in _THREAD_VARS:
             env[name] = str(len(settings.cpu_cores))
+    elif settings.is_gpu:
+        for name in _THREAD_VARS:
+            env[name] = str(GPU_WORKER_THREADS)
+    # Idle OpenMP threads sleep instead of spinning: a time-shared core is not left busy by the
+    # last holder's pool after its token went to a neighbour, and a GPU worker's pool does not
+    # spin while its kernels run.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if settings.share.mem_bytes is not None:
         env["FASTGSHARE_MEM_BYTES"] = str(settings.share.mem_bytes)
     if settings.is_gpu:

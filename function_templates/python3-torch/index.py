@@ -111,7 +111,11 @@ def apply_share_to_torch() -> None:
     if torch is None:
         return
     cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(cores)
+    try:  # the sidecar's count (the core set's size; a small pool for a GPU worker)
+        threads = int(os.getenv("OMP_NUM_THREADS") or cores)
+    except ValueError:
+        threads = cores
+    torch.set_num_threads(max(1, min(threads, cores)))
     frac = os.getenv("FASTGSHARE_MEM_FRACTION")
     mem_bytes = os.getenv("FASTGSHARE_MEM_BYTES")
     if os.getenv("CUDA_VISIBLE_DEVICES") and torch.cuda.is_available() and (frac or mem_bytes):

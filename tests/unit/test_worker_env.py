@@ -47,6 +47,15 @@ def test_gpu_share_sets_mps_variables_and_memory_fraction() -> None:
     assert env["FASTGSHARE_MEM_BYTES"] == str(2 * 2**30)
 
 
+def test_gpu_worker_gets_a_small_thread_pool_that_sleeps() -> None:
+    env = worker_env(SidecarSettings(device="gpu:GPU-1"), BASE)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    pinned = worker_env(SidecarSettings(device="gpu:GPU-1", cpu_cores=(3, 4, 5)), BASE)
+    assert pinned["OMP_NUM_THREADS"] == "3"  # a core set from the backend decides
+    assert worker_env(SidecarSettings(), {"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
 def test_gpu_without_memory_limit_sets_no_limit() -> None:
     env = worker_env(SidecarSettings(device="gpu:GPU-1"), {})
     assert "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT" not in env
