@@ -19,8 +19,9 @@ The policy, in the spirit of Clipper's adaptive batching and Triton's dynamic ba
   budget in all); the device would not keep up at the queued size (its per-request cost exec(n)/n
   is at least ``min_load_frac`` of the time between arrivals; otherwise waiting buys no
   throughput, only latency); the next arrival is expected within the slack (observed arrival
-  rate); and the worker's observed p99 is within the budget. A lone request at low load therefore
-  never waits: no one waits for a batch that will not come.
+  rate); and the worker's observed p99 is within the budget. A wait ends ``wait_gaps`` expected
+  gaps after the last arrival: when nothing came by then, the burst is over. A lone request at low
+  load therefore never waits: no one waits for a batch that will not come.
 - **Estimates correct themselves.** Execution time per batch size starts from the profile table
   (when the platform has one) and is replaced by what the worker observes (an EWMA per size);
   sizes never seen are bounded from the nearest seen ones (sub-linear batching: exec(b) <=
@@ -247,8 +248,11 @@ def _wait_until(now_s: float, n: int, oldest_s: float, deadline_s: float,
     slack_s = deadline_s - bigger_ends_s  # how long the oldest can still wait for a batch of n+1
     if slack_s <= 0:
         return None
+    gap_s = state.gap_s
+    window_ends_s = state.last_arrival_s + settings.wait_gaps * gap_s
+    if window_ends_s <= now_s:
+        return None  # nothing came when the next was due: the burst is over
     now_ms = estimate_exec_ms(n, state.exec_ms, settings.profile_ms)
-    gap_s = max(state.gap_s, now_s - state.last_arrival_s)  # a silence lowers the rate
     if now_ms is None or gap_s <= 0:
         return None
     if now_ms / n / 1000.0 / gap_s < settings.min_load_frac:
@@ -258,9 +262,8 @@ def _wait_until(now_s: float, n: int, oldest_s: float, deadline_s: float,
     p99 = observed_p99_ms(state)
     if p99 is not None and p99 > settings.budget_ms:
         return None  # over budget already: waiting on purpose would only add to it
-    waited_s = now_s - oldest_s
-    return now_s + min(slack_s, settings.wait_gaps * gap_s,
-                       settings.max_wait_frac * settings.budget_ms / 1000.0 - waited_s)
+    return min(now_s + slack_s, window_ends_s,
+               oldest_s + settings.max_wait_frac * settings.budget_ms / 1000.0)
 
 
 def on_batch_done(state: BatchState, size: int, exec_ms: float,

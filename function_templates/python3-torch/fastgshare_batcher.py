@@ -51,6 +51,8 @@ class Batcher:
         self.state = policy.initial_state(settings)
         self._cond = threading.Condition()
         self._pending: deque[Pending] = deque()
+        self._running = False
+        """A batch is executing (one at a time, in the batcher thread or a submitter's)."""
         self.batches = 0
         self.requests = 0
         self.sizes: Counter[int] = Counter()
@@ -68,16 +70,31 @@ class Batcher:
         return item
 
     def submit(self, event: Any) -> Pending:
-        """Queue ``event`` and block until it is answered."""
-        item = self.put(event)
+        """Queue ``event`` and block until it is answered. When nothing runs or waits and the
+        policy would run it alone at once, the calling thread runs it itself: a lone request pays
+        no hand-off to the batcher thread."""
+        with self._cond:
+            now = self.clock()
+            item = Pending(event, now)
+            self.state = policy.on_arrival(self.state, now, self.settings)
+            alone = (not self._running and not self._pending
+                     and policy.decide(now, 1, now, self.state, self.settings).take == 1)
+            if alone:
+                self._running = True
+            else:
+                self._pending.append(item)
+                self._cond.notify()
+        if alone:
+            self.run_one_batch([item])
         item.done.wait()
         return item
 
     def take(self, block: bool = True) -> list[Pending]:
-        """The next batch, when the policy says so (``block=False``: [] if it says wait)."""
+        """The next batch, when none runs and the policy says so (``block=False``: [] if it says
+        wait); the caller runs it with ``run_one_batch``."""
         with self._cond:
             while True:
-                while not self._pending:
+                while self._running or not self._pending:
                     if not block:
                         return []
                     self._cond.wait()
@@ -85,6 +102,7 @@ class Batcher:
                 d = policy.decide(now, len(self._pending), self._pending[0].arrival_s,
                                   self.state, self.settings)
                 if d.take > 0:
+                    self._running = True
                     return [self._pending.popleft() for _ in range(d.take)]
                 if not block:
                     return []
@@ -110,6 +128,8 @@ class Batcher:
             self.batches += 1
             self.requests += len(batch)
             self.sizes[len(batch)] += 1
+            self._running = False
+            self._cond.notify_all()
         for item, answer in zip(batch, answers, strict=True):
             item.answer = answer
             item.size = len(batch)

@@ -108,7 +108,12 @@ def test_batcher_takes_what_is_queued_up_to_the_batch_size() -> None:
     b, _ = _manual_batcher(policy.BatchSettings(max_batch=3, fixed_delay_ms=0.0))
     for i in range(5):
         b.put(_event(json.dumps({"x": i}).encode()))
-    assert [len(b.take(block=False)) for _ in range(2)] == [3, 2]
+    sizes = []
+    for _ in range(2):
+        batch = b.take(block=False)
+        sizes.append(len(batch))
+        b.run_one_batch(batch)
+    assert sizes == [3, 2]
 
 
 def test_a_lone_request_never_waits_past_its_slack() -> None:
@@ -121,7 +126,9 @@ def test_a_lone_request_never_waits_past_its_slack() -> None:
     # low load: one request every 400 ms
     for _ in range(3):
         b.put(_event(b"{}"))
-        assert len(b.take(block=False)) == 1  # at the same instant: no wait at all
+        batch = b.take(block=False)
+        assert len(batch) == 1  # at the same instant: no wait at all
+        b.run_one_batch(batch)
         clock.now_s += 0.4
     # high load (arrivals 5 ms apart so far), then a lone request
     b.state = replace(b.state, gap_s=0.005, last_arrival_s=clock.now_s - 0.005)
@@ -135,6 +142,20 @@ def test_a_lone_request_never_waits_past_its_slack() -> None:
             break
         clock.now_s += 0.001
     assert got and len(got) == 1 and clock.now_s <= latest + 1e-9  # ... never past its slack
+
+
+def test_a_lone_request_runs_in_its_own_thread() -> None:
+    """Nothing running or queued and the policy says go: no hand-off to the batcher thread."""
+    threads = []
+
+    def run(events):
+        threads.append(threading.current_thread().name)
+        return [(200, {}, e.body, 1.0) for e in events]
+
+    b = Batcher(run, policy.BatchSettings(max_batch=8, slo_ms=100.0))
+    item = b.submit(_event(b"{}"))
+    assert item.answer is not None and item.size == 1
+    assert threads == [threading.current_thread().name]
 
 
 def test_runtime_batches_concurrent_requests_and_splits_busy_time() -> None:
@@ -159,6 +180,8 @@ def test_an_slo_alone_forms_batches_under_concurrency() -> None:
         return [{"x": json.loads(e.body)["x"], "n": len(events)} for e in events]
 
     module = _fake(slow)
+    fast_handle = module.handle
+    module.handle = lambda event, context: (time.sleep(0.05), fast_handle(event, context))[1]
     rt = index.Runtime(module, index.Context("/x"), index.batch_settings({"FASTGSHARE_SLO_MS": "1000"}))
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: rt.execute("POST", "/", {}, json.dumps({"x": i}).encode()),
