@@ -66,7 +66,16 @@ class PlatformRecords:
 
     def after_deploy(self, spec: FunctionSpec, old: FunctionSpec | None) -> list[str]:
         """A function was deployed (``old`` None) or redeployed: drop its profile tables when they
-        were measured on other code. Returns the device types dropped."""
+        were measured on other code. Returns the device types dropped. The deploy has happened
+        already: a Redis that does not answer is logged, not raised."""
+        try:
+            return self._drop_stale(spec, old)
+        except redis.RedisError as e:
+            log.error("%s.%s deployed, but its profile tables could not be checked: %s", spec.name,
+                      spec.namespace, e)
+            return []
+
+    def _drop_stale(self, spec: FunctionSpec, old: FunctionSpec | None) -> list[str]:
         current = code_identity(spec.image, spec.env_process, store.image_record(self._redis, spec.image))
         recorded = store.recorded_identities(self._redis, spec.name)
         stale = [dt for dt, ident in recorded.items()
@@ -82,8 +91,12 @@ class PlatformRecords:
         return dropped
 
     def forget_profile_status(self, namespace: str, name: str) -> None:
-        """The function is gone: a later deploy of the name is profiled afresh."""
-        store.forget_status(self._redis, namespace, name)
+        """The function is gone: a later deploy of the name is profiled afresh (logged, not
+        raised, when Redis does not answer: the removal has happened)."""
+        try:
+            store.forget_status(self._redis, namespace, name)
+        except redis.RedisError as e:
+            log.error("%s.%s removed, but its profile status could not be dropped: %s", name, namespace, e)
 
 
 def platform_records_for(redis_url: str | None) -> PlatformRecords | None:

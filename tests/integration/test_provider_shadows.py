@@ -286,3 +286,18 @@ def test_bad_uploads_name_the_field(rclient, redis_client, tmp_path, body, field
     text = resp.get_data(as_text=True)
     assert resp.status_code == 400 and text.startswith(field), text
     assert redis_client.hlen(keys.images()) == 0
+
+
+def test_a_redis_that_does_not_answer_does_not_fail_a_deploy_that_happened(backend, settings):
+    """The records' Redis is gone (a port nothing listens on): deploy and remove still answer 202."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from fastgshare.redis_server import free_port
+
+    no_retry = Retry(NoBackoff(), 0)
+    gone = PlatformRecords(redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=no_retry))
+    c = create_app(backend, settings, records=gone).test_client()
+    assert _deploy(c, "bert") == 202
+    assert _deploy(c, "bert", image="other", method="put") == 202
+    assert c.delete("/system/functions", json={"functionName": "bert"}, headers=AUTH).status_code == 202
