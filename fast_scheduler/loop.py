@@ -167,6 +167,18 @@ def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> F
     )
 
 
+def shadow_functions(fns: list[Mapping[str, Any]],
+                     reps: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The profiler's shadow functions as ``/system/functions`` entries. The provider leaves them out
+    of that list (they are the platform's, not the user's) but their replicas hold device share:
+    they enter the snapshot as fixed load, with no SLO (so nothing is decided for them), at the
+    share ``/system/fastgshare/replicas`` reports."""
+    listed = {str(f.get("name")) for f in fns}
+    return [{"name": name, "namespace": r.get("namespace"), "replicas": r.get("replicas", 0),
+             "annotations": dict(r.get("share") or {})}
+            for name, r in reps.items() if r.get("profileOf") and name not in listed]
+
+
 def decision_record(d: Decision, f: FunctionView | None, now_s: float, observed_rps: float | None,
                     path: str = "tick", repack: list[dict[str, Any]] | None = None) -> str:
     """The JSON written to ``keys.scheduler_decisions()`` (documented in docs/scheduler.md); ``path``
@@ -252,7 +264,7 @@ class SchedulerLoop:
         device_type = device_type_of(
             {"kind": first.kind.value, "name": first.name, "cores": list(first.cores)} if first else {})
         views = []
-        for f in fns:
+        for f in [*fns, *shadow_functions(fns, reps)]:
             try:
                 views.append(as_function_view(f, reps.get(str(f["name"]))))
             except (ValidationError, ValueError, KeyError) as e:
