@@ -20,6 +20,10 @@ the same core set; GPU: SM shares), requests first, then the least-used up to th
 ``--executor sleep`` runs the arbiter alone: asyncio tasks with their own token clients that
 "execute" by sleeping (the earlier, process-free version of this benchmark).
 
+Cases 4 and 5: a replica alone on its device (SM 100, SM 50) capped at 0.3, measured from outside
+by throughput against an unlimited copy of itself: executions of ~100 ms (ResNet-50 here) overrun
+every token they start under, so the cap holds only if overruns are charged.
+
 Also measured: the latency the arbiter adds to an uncontended replica (same replica, arbiter on
 vs ``FASTGSHARE_ARBITER=off``, sequential requests, interleaved).
 
@@ -74,6 +78,18 @@ CASES = (
     Case("guarantee vs greedy neighbour", (E("guaranteed", 100, 0.7, 1.0, 5),
                                            E("greedy", 100, 0.1, 1.0, 40))),
 )
+
+
+LONE_CASES = {4: 100, 5: 50}
+"""Case number -> SM %: a replica ALONE on its device capped at ``LONE_LIMIT``, measured from
+outside by throughput against an unlimited copy of itself (request = limit = 1) run just before."""
+LONE_LIMIT = 0.3
+LONE_WINDOWS = 4
+"""Windows measured (after one of warm-up): ~60 executions of the capped copy, so that one more or
+less moves its throughput by half a point."""
+LONE_EXEC_MS = 100.0
+"""About one ResNet-50 execution (batch 1) on this 2-core machine: longer than the longest token,
+so every execution overruns the token it started under."""
 
 
 def expected_shares(executors: tuple[Executor, ...],
@@ -314,6 +330,62 @@ def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, param
     return rows
 
 
+def run_lone_case(url: str, i: int, args: argparse.Namespace, params: ArbiterParams,
+                  handler: Path, log_dir: Path, rep: int = 0) -> list[dict[str, object]]:
+    """A lone replica capped at ``LONE_LIMIT`` vs an unlimited copy, by throughput (requests
+    answered per second, saturated): the cap as a client sees it, overruns and all. Also the
+    work ratio (busy share capped / busy share unlimited): with a real model the two copies'
+    executions need not take equally long (the machine's load moves between the two runs), which
+    the throughput ratio counts and the arbiter, a cap on time, cannot."""
+    sm = LONE_CASES[i]
+    all_cores = sorted(os.sched_getaffinity(0))
+    gpu = args.device.startswith("gpu:")
+    cores = cores_for((E("x", sm, 1.0, 1.0, LONE_EXEC_MS),), all_cores)[0]
+    window_s = params.window_us / 1e6
+    if args.lone_function:  # a real function: its own execution time, its built-in sample
+        handler = HERE.parent / "functions" / args.lone_function
+    out: dict[str, dict[str, float]] = {}
+    for label, quota in (("unlimited", 1.0), ("capped", LONE_LIMIT)):
+        spec = {"name": f"c{i}r{rep}-{label}", "REDIS_URL": url,
+                "FASTGSHARE_HANDLER_DIR": str(handler), "FASTGSHARE_SM_PCT": str(sm),
+                "FASTGSHARE_MODEL": "", "FASTGSHARE_QUEUE_MAX": "64",
+                "FASTGSHARE_QUOTA_REQUEST": f"{quota:g}", "FASTGSHARE_QUOTA_LIMIT": f"{quota:g}",
+                "FASTGSHARE_ARBITER_WINDOW_S": f"{window_s:g}",
+                "FASTGSHARE_ARBITER_MIN_TOKEN_MS": f"{params.min_token_us / 1000:g}",
+                "FASTGSHARE_ARBITER_MAX_TOKEN_MS": f"{params.max_token_us / 1000:g}"}
+        spec |= device_env(args, i * 100 + rep)
+        if not gpu:
+            spec["FASTGSHARE_CPU_CORES"] = cores
+        reps = rp.start_replicas([spec], log_dir / f"case{i}-{rep}-{label}")
+        try:
+            totals, wall_s, done = asyncio.run(rp.stats_over(
+                reps, [(f"{reps[0].url}/?ms={LONE_EXEC_MS:g}", "POST", b"{}")], warm_s=window_s,
+                measure_s=LONE_WINDOWS * window_s, concurrency=args.concurrency))
+        finally:
+            rp.stop_replicas(reps)
+        ok = [d for d in done if d.status == 200]
+        out[label] = {"rps": len(ok) / wall_s, "held": totals["held_ms_total"][0] / 1000 / wall_s,
+                      "busy": totals["busy_ms_total"][0] / 1000 / wall_s,
+                      "exec_ms": totals["busy_ms_total"][0] / max(1, len(ok)),
+                      "errors": len(done) - len(ok)}
+    ratio = out["capped"]["rps"] / out["unlimited"]["rps"] if out["unlimited"]["rps"] else 0.0
+    return [{"case": f"lone, limit {LONE_LIMIT:g}, SM {sm} (throughput)", "rep": rep,
+             "function": args.lone_function or f"spin {LONE_EXEC_MS:g} ms",
+             "replica": "capped", "sm_pct": sm, "cores": "" if gpu else cores,
+             "request": LONE_LIMIT, "limit": LONE_LIMIT, "exec_ms": LONE_EXEC_MS,
+             "configured_share": LONE_LIMIT, "measured_share": round(ratio, 4),
+             "busy_share": round(out["capped"]["busy"], 4),
+             "held_share": round(out["capped"]["held"], 4),
+             "rps_capped": round(out["capped"]["rps"], 2),
+             "rps_unlimited": round(out["unlimited"]["rps"], 2),
+             "busy_share_unlimited": round(out["unlimited"]["busy"], 4),
+             "work_ratio": round(out["capped"]["busy"] / out["unlimited"]["busy"], 4)
+             if out["unlimited"]["busy"] else None,
+             "exec_ms_capped": round(out["capped"]["exec_ms"], 1),
+             "exec_ms_unlimited": round(out["unlimited"]["exec_ms"], 1),
+             "errors": out["capped"]["errors"] + out["unlimited"]["errors"]}]
+
+
 def arbiter_latency_cost(url: str, args: argparse.Namespace, handler: Path, log_dir: Path,
                          n: int) -> dict[str, float]:
     """One uncontended replica with the arbiter on and one with it off, same handler (one small
@@ -362,6 +434,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--sidecar-nice", type=int, default=None,
                     help="FASTGSHARE_SIDECAR_NICE for the replicas (<= 0: raise the sidecars' "
                          "priority, needs CAP_SYS_NICE; default: the platform's)")
+    ap.add_argument("--lone-function", default=None,
+                    help="run cases 4-5 with this example function (e.g. resnet50) instead of the "
+                         f"{LONE_EXEC_MS:g} ms spin handler")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each case (spread reported)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "isolation.json")
     ap.add_argument("--png", type=Path, default=None)
@@ -376,13 +451,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                            min_token_us=min_token_us, max_token_us=max_token_us,
                            lease_grace_us=base.lease_grace_us)
     window_s = window_us / 1e6
-    picked = [int(c) for c in args.cases.split(",")] if args.cases else list(range(len(CASES)))
+    picked = ([int(c) for c in args.cases.split(",")] if args.cases
+              else list(range(len(CASES))) + list(LONE_CASES))
     rows: list[dict[str, object]] = []
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d) / "redis", persist=False) as server:
         if args.executor == "sleep":
-            for i in picked:
+            for i in (i for i in picked if i < len(CASES)):
                 rows += asyncio.run(run_case(server.url, CASES[i], f"bench-{i}", params,
                                              warm_s=window_s, measure_s=2 * window_s))
             latency: dict[str, object] = dict(asyncio.run(
@@ -391,6 +467,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             handler = rp.write_handler(Path(d) / "spin")
             for rep in range(args.repeat):
                 for i in picked:
+                    if i in LONE_CASES:
+                        print(f"case {i} (run {rep + 1}/{args.repeat}): lone replica, limit "
+                              f"{LONE_LIMIT:g}, SM {LONE_CASES[i]}, vs an unlimited copy ...",
+                              flush=True)
+                        rows += run_lone_case(server.url, i, args, params, handler,
+                                              Path(d) / "logs", rep)
+                        continue
                     print(f"case {i} (run {rep + 1}/{args.repeat}): {CASES[i].name} ...",
                           flush=True)
                     rows += run_torch_case(server.url, CASES[i], i, args, params, handler,

@@ -39,6 +39,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def table(out: Path) -> None:
     print("\n==== FaST-GShare GPU check ====")
+    dp = out / "dataplane.json"
+    if dp.exists():
+        r = json.loads(dp.read_text())
+        a = r["added_ms"]
+        print(f"data plane (no-op, open loop): provider + sidecar add {a['provider_sidecar_p50']} ms "
+              f"p50, {a['provider_sidecar_p99']} ms p99 to the worker alone")
+        for name, rps in r["sustained_rps"].items():
+            print(f"  {name:18} {rps:8.0f} rps at p99 <= {r['p99_bound_ms']:g} ms")
+    else:
+        print("data plane: no result")
     iso = out / "isolation.json"
     if iso.exists():
         r = json.loads(iso.read_text())

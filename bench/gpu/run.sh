@@ -9,7 +9,8 @@
 #
 # Never changes GPU settings (compute mode, clocks, MIG): it only starts the MPS control daemon when
 # none is running and it may (and stops only the one it started). Results: bench/results/gpu/.
-# Order = priority: model sharing (CUDA IPC), isolation, sharing modes, profiles, MLPerf modes.
+# Order = priority: the data plane (no-op through sidecar and provider, 1/4/N provider workers),
+# model sharing (CUDA IPC), isolation, sharing modes, profiles, MLPerf modes.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 T0=$(date +%s)
@@ -105,14 +106,21 @@ step() {  # step NAME LIMIT_S MIN_S command...: run with min(LIMIT, time left - 
   (( rc == 0 )) || say "$name FAILED or timed out (rc $rc)"
   save
 }
-# ---- 3. model sharing first: before MPS, NVML reports each process's device memory (under MPS it
+# ---- 3. the data plane first: no GPU work, but it is what every other step goes through (and
+# the only place with 16 cores to show how the provider scales with its workers) ---------------
+NCORES=$(nproc)
+if [[ $DRY == 0 ]]; then DP_WORKERS="1,4,$NCORES"; else DP_WORKERS="1,$NCORES"; fi
+step "data plane (no-op: sidecar, provider + sidecar x $DP_WORKERS workers, aiohttp reference)" 150 60 \
+  $PY -m bench.dataplane --quick --provider-workers "$DP_WORKERS" --json "$RES/dataplane.json"
+
+# ---- 4. model sharing: before MPS, NVML reports each process's device memory (under MPS it
 # reports the MPS server's) -------------------------------------------------------------------
 if [[ $DRY == 0 ]]; then
   step "model sharing (CUDA IPC), ResNet-50" 100 40 \
     env CUDA_MPS_PIPE_DIRECTORY=/nonexistent $PY -m bench.gpu.model_sharing_gpu --fn resnet50 --replicas 3 --json "$RES/model_sharing_gpu.json"
 fi
 
-# ---- 4. MPS -----------------------------------------------------------------------------------
+# ---- 5. MPS -----------------------------------------------------------------------------------
 STARTED_MPS=0
 MPS_ARGS=()
 mps_client_ok() {  # a CUDA client through the daemon: the daemon can answer while its server cannot start
