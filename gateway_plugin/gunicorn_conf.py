@@ -66,8 +66,9 @@ accesslog = None
 
 def on_starting(server: Any) -> None:
     """Before any worker forks: the directory the workers' counters are summed in (prometheus
-    multiprocess mode, see ``gateway_plugin.metrics``), emptied, so each start counts from zero
-    as a single process did. Set in the master only, so nothing else it starts inherits it."""
+    multiprocess mode, see ``gateway_plugin.metrics``; ``STATE/provider-metrics``, else a temporary
+    one), emptied, so each start counts from zero as a single process did. Set in the master
+    only, so nothing else it starts inherits it."""
     import glob
     import tempfile
 
@@ -75,6 +76,9 @@ def on_starting(server: Any) -> None:
     # value class once, at import; the workers must import it after this is set.
     global _created_dir
     path = os.environ.get(MULTIPROC_ENV)
+    if not path and os.environ.get("FASTGSHARE_STATE_DIR"):  # reused, so a crash leaks nothing
+        path = os.environ[MULTIPROC_ENV] = os.path.join(
+            os.path.expanduser(os.environ["FASTGSHARE_STATE_DIR"]), "provider-metrics")
     if not path:
         path = _created_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(
             prefix="fastgshare-provider-metrics-")

@@ -4,6 +4,8 @@ sidecar and worker processes) and a real torch function, driven over HTTP as faa
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,6 +127,25 @@ def test_provider_restart_loses_nothing(platform, api):
     # The running replica was re-adopted, not restarted.
     assert requests.post(f"{url}/function/keeper", json={}).json()["pid"] == pid_before
     api.delete(f"{url}/system/functions", json={"functionName": "keeper"})
+
+
+def test_provider_crash_touches_no_replica(platform, api):
+    """The provider holds no replica: SIGKILLed (workers and master), the replica it was routing
+    to goes on, and the next provider routes to that same process."""
+    p, info = platform
+    url = info.url
+    deploy_like_faas_cli(api, url, {"service": "survives", "image": IMAGE})
+    wait_for(lambda: fn_status(api, url, "survives")["availableReplicas"] == 1, what="ready")
+    pid_before = requests.post(f"{url}/function/survives", json={}).json()["pid"]
+
+    provider = p._procs.pop("provider")
+    os.killpg(provider.pid, signal.SIGKILL)  # its own session: master and workers
+    provider.wait()
+    assert Path(f"/proc/{pid_before}").exists()
+    p._spawn_provider()
+
+    assert requests.post(f"{url}/function/survives", json={}).json()["pid"] == pid_before
+    api.delete(f"{url}/system/functions", json={"functionName": "survives"})
 
 
 def test_bad_deploys_change_nothing(platform, api):
