@@ -14,8 +14,8 @@ calls that a faster stream shares (the token's linger), so a path can fail at 50
 500. Reported per path: the highest
 passing rate; at a fixed low rate (``--probe-rps``) the p50/p99 of the reference, the worker
 alone, the sidecar and provider + sidecar, and what provider + sidecar add to the worker alone;
-CPU seconds per request of each process (provider, sidecar, worker, Redis, the generator),
-read from ``/proc/<pid>/stat`` before and after each step. Table on stdout, JSON (default
+CPU seconds per request of each process (reference server, provider, sidecar, worker, Redis, the
+generator), read from ``/proc/<pid>/stat`` before and after each step. Table on stdout, JSON (default
 ``bench/results/dataplane.json``), PNG beside it (latency vs offered rate).
 
 Targets (issue 16, 2-core VM): provider + sidecar add <= 1.0 ms p50 and <= 3 ms p99 to a no-op;
@@ -333,8 +333,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 sport, wport = replica_endpoints(info.redis_url)
                 pport = int(info.url.rsplit(":", 1)[1])
                 rport = int(info.redis_url.rsplit(":", 1)[1].split("/")[0])
-                roles = {"provider": pids_listening(pport), "sidecar": pids_listening(sport),
-                         "worker": pids_listening(wport), "redis": pids_listening(rport)}
+                roles = {"reference": [ref.pid], "provider": pids_listening(pport),
+                         "sidecar": pids_listening(sport), "worker": pids_listening(wport),
+                         "redis": pids_listening(rport)}
                 result.setdefault("processes", {})[f"platform{suffix}"] = roles
                 urls = {"reference": ref_url, "worker": f"http://127.0.0.1:{wport}/",
                         "sidecar": f"http://127.0.0.1:{sport}/",
