@@ -10,15 +10,17 @@ fast path, which on a CPU means channels_last inputs) at a time, under each conf
 - ``slo``: only ``FASTGSHARE_SLO_MS`` (the function's ``fastgshare/slo_ms``), no batch size: the
   worker batches by deadline (``fastgshare_batch_policy``).
 
-Load is open-loop Poisson (``bench.openloop``, its own process; latency counted from each
-request's scheduled arrival). For every configuration the benchmark searches the highest rate
-whose p99 stays within the SLO (steps up by ``--step-factor`` until one fails, then one bisection),
-and for ``batch1`` and ``slo`` it also runs a low load (a tenth of batch1's rate at the SLO) and
-compares their p50: batching must not make a lone request wait. Ratios are taken within the run
-(the machine is shared and noisy). The replica is alone on its device, so by default it runs
-without the arbiter (``--arbiter on``: tokens from a real arbiter in Redis; on this machine the
-token round trips per request then weigh on batch1 far more than on the batched modes, whose
-in-flight requests share one token).
+All replicas run at once (idle ones cost nothing) and take turns: load is open-loop Poisson
+(``bench.openloop``, its own process; latency counted from each request's scheduled arrival) on a
+geometric grid of rates (a quarter of batch1's single-stream capacity, then x``--step-factor``); at
+each rate every configuration still in the race gets one step, in a rotating order, so all of them
+meet the shared machine's noise at about the same time. A configuration leaves the race after two
+failed steps in a row (p99 over the SLO or an error); its figure is the highest rate it passed.
+Then ``batch1`` and ``slo`` alternate in four chunks at a tenth of batch1's figure and their p50s
+are compared: batching must not make a lone request wait. Ratios are taken within the run.
+Each replica is alone on its device, so by default it runs without the arbiter (``--arbiter on``:
+tokens from a real arbiter in Redis; on this machine the token round trips per request then weigh
+on batch1 far more than on the batched modes, whose in-flight requests share one token).
 
     python -m bench.batching [--quick] [--json PATH] [--slo-ms 100] [--function mobilenet]
 
@@ -89,36 +91,6 @@ def batch_sizes(url: str) -> dict[str, Any]:
     return requests.get(f"{url}/_/stats", timeout=10).json().get("batching", {})
 
 
-def search(url: str, slo_ms: float, start_rps: float, step_factor: float, duration_s: float,
-           max_steps: int, seed: int, log: Any) -> tuple[float, list[dict[str, Any]]]:
-    """The highest rate tried whose p99 was within ``slo_ms``, and every step."""
-    history: list[dict[str, Any]] = []
-    ok_rate, bad_rate = 0.0, None
-    rate = start_rps
-    for i in range(max_steps):
-        before = batch_sizes(url.rstrip("/"))
-        step = poisson_step(url, rate, duration_s, seed + i)
-        after = batch_sizes(url.rstrip("/"))
-        step["mean_batch"] = _mean_batch(before, after)
-        step["pass"] = step["p99_ms"] <= slo_ms and step["errors"] == 0
-        history.append(step)
-        log(f"    {rate:7.1f} rps: p50 {step['p50_ms']:7.1f} p99 {step['p99_ms']:8.1f} ms, "
-            f"mean batch {step['mean_batch']}, {'ok' if step['pass'] else 'over'}")
-        if step["pass"]:
-            ok_rate = max(ok_rate, rate)
-        else:
-            bad_rate = rate if bad_rate is None else min(bad_rate, rate)
-        if bad_rate is None:
-            rate *= step_factor
-        elif ok_rate == 0.0:
-            rate /= step_factor
-        elif bad_rate / ok_rate > 1 + (step_factor - 1) / 3:
-            rate = (ok_rate * bad_rate) ** 0.5
-        else:
-            break
-    return ok_rate, history
-
-
 def _mean_batch(before: dict[str, Any], after: dict[str, Any]) -> float | None:
     b = {int(k): v for k, v in (before.get("requests_by_size") or {}).items()}
     a = {int(k): v for k, v in (after.get("requests_by_size") or {}).items()}
@@ -134,18 +106,27 @@ def warm(url: str, n: int) -> None:
             s.post(url, data=b"{}", timeout=30)
 
 
+def single_stream_p50_ms(url: str, n: int) -> float:
+    lat = []
+    with requests.Session() as s:
+        for _ in range(n):
+            t = time.perf_counter()
+            s.post(url, data=b"{}", timeout=30)
+            lat.append((time.perf_counter() - t) * 1000)
+    return statistics.median(lat)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = parser("batching", __doc__.split("\n")[0])
     ap.add_argument("--slo-ms", type=float, default=100.0)
     ap.add_argument("--function", default="mobilenet")
     ap.add_argument("--step-s", type=float, default=None, help="seconds per load step")
-    ap.add_argument("--step-factor", type=float, default=1.3)
+    ap.add_argument("--step-factor", type=float, default=1.25)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--arbiter", choices=("on", "off"), default="off")
     args = ap.parse_args(argv)
-    step_s = args.step_s or (6.0 if args.quick else 20.0)
-    low_s = 2 * step_s
-    max_steps = 6 if args.quick else 9
+    step_s = args.step_s or (6.0 if args.quick else 15.0)
+    max_rates = 8 if args.quick else 14
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -153,49 +134,68 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cores = sorted(os.sched_getaffinity(0))
     load_before = os.getloadavg()
-    results: dict[str, dict[str, Any]] = {}
+    cfgs = configs(args.slo_ms)
+    steps: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in cfgs}
     low: dict[str, dict[str, Any]] = {}
-    best1 = None
+    final_batching: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d) / "redis", persist=False) as srv:
-        for name, extra in configs(args.slo_ms):
-            spec = {"name": f"batching-{name}", "REDIS_URL": srv.url,
-                    "FASTGSHARE_HANDLER_DIR": str(rp.ROOT / "functions" / args.function),
-                    "FASTGSHARE_DEVICE": f"cpu:batching-{name}",
-                    "FASTGSHARE_CPU_CORES": ",".join(map(str, cores)),
-                    "FASTGSHARE_QUOTA_REQUEST": "1", "FASTGSHARE_QUOTA_LIMIT": "1",
-                    "FASTGSHARE_QUEUE_MAX": "4096", "FASTGSHARE_ARBITER": args.arbiter, **extra}
-            (rep,) = rp.start_replicas([spec], Path(d) / name)
-            try:
-                url = rep.url + "/"
-                warm(url, 40)
-                if best1 is None:  # batch1 first: its single-stream p50 sets the first step
-                    lat = []
-                    with requests.Session() as s:
-                        for _ in range(30):
-                            t = time.perf_counter()
-                            s.post(url, data=b"{}", timeout=30)
-                            lat.append((time.perf_counter() - t) * 1000)
-                    start = 0.5 * 1000.0 / statistics.median(lat)
-                    log(f"{name}: single stream p50 {statistics.median(lat):.1f} ms")
-                else:
-                    start = max(1.0, 1.5 * best1)
-                log(f"{name}: searching from {start:.1f} rps")
-                best, history = search(url, args.slo_ms, start, args.step_factor, step_s,
-                                       max_steps, args.seed, log)
-                if name == "batch1":
-                    best1 = best
-                if name in ("batch1", "slo") and best1:
-                    rate = 0.1 * best1
-                    step = poisson_step(url, rate, max(low_s, 150 / rate), args.seed + 100)
-                    low[name] = step
-                    log(f"  low load {rate:.1f} rps: p50 {step['p50_ms']} p99 {step['p99_ms']} ms")
-                at_best = next((h for h in history if h["rate_rps"] == round(best, 2)), None)
-                results[name] = {"env": extra, "max_rps_at_slo": round(best, 2),
-                                 "at_max": at_best, "steps": history,
-                                 "batching": batch_sizes(rep.url)}
-                log(f"{name}: {best:.1f} rps within p99 {args.slo_ms:g} ms")
-            finally:
-                rp.stop_replicas([rep])
+        specs = [{"name": f"batching-{name}", "REDIS_URL": srv.url,
+                  "FASTGSHARE_HANDLER_DIR": str(rp.ROOT / "functions" / args.function),
+                  "FASTGSHARE_DEVICE": f"cpu:batching-{name}",
+                  "FASTGSHARE_CPU_CORES": ",".join(map(str, cores)),
+                  "FASTGSHARE_QUOTA_REQUEST": "1", "FASTGSHARE_QUOTA_LIMIT": "1",
+                  "FASTGSHARE_QUEUE_MAX": "4096", "FASTGSHARE_ARBITER": args.arbiter, **extra}
+                 for name, extra in cfgs]
+        reps = rp.start_replicas(specs, Path(d) / "replicas")
+        urls = {name: rep.url for (name, _), rep in zip(cfgs, reps, strict=True)}
+        try:
+            for url in urls.values():
+                warm(url + "/", 30)
+            p50 = single_stream_p50_ms(urls["batch1"] + "/", 40)
+            rate = 0.25 * 1000.0 / p50
+            log(f"batch1 single stream p50 {p50:.1f} ms; rates from {rate:.1f} rps, "
+                f"x{args.step_factor:g} per step, {step_s:g} s per step, configurations in turn")
+            fails = dict.fromkeys(urls, 0)
+            for k in range(max_rates):
+                live = [n for n in urls if fails[n] < 2]
+                if not live:
+                    break
+                order = live[k % len(live):] + live[:k % len(live)]  # no fixed position in a round
+                for name in order:
+                    before = batch_sizes(urls[name])
+                    step = poisson_step(urls[name] + "/", rate, step_s, args.seed + k)
+                    step["mean_batch"] = _mean_batch(before, batch_sizes(urls[name]))
+                    step["pass"] = step["p99_ms"] <= args.slo_ms and step["errors"] == 0
+                    steps[name].append(step)
+                    fails[name] = 0 if step["pass"] else fails[name] + 1
+                    log(f"  {name:8} {rate:7.1f} rps: p50 {step['p50_ms']:7.1f} p99 "
+                        f"{step['p99_ms']:8.1f} ms, mean batch {step['mean_batch']}, "
+                        f"{'ok' if step['pass'] else 'over'}")
+                rate *= args.step_factor
+            best1 = max((s["rate_rps"] for s in steps["batch1"] if s["pass"]), default=0.0)
+            if best1:
+                rate = 0.1 * best1
+                chunk_s = max(step_s, 60.0 / rate)
+                for i in range(4):  # batch1 and slo in alternating chunks: the same noise for both
+                    for name in (("batch1", "slo") if i % 2 == 0 else ("slo", "batch1")):
+                        st = poisson_step(urls[name] + "/", rate, chunk_s, args.seed + 100 + i)
+                        low.setdefault(name, {"rate_rps": round(rate, 2), "chunks": []})
+                        low[name]["chunks"].append(st)
+                for name, v in low.items():
+                    v["p50_ms"] = round(statistics.median(c["p50_ms"] for c in v["chunks"]), 2)
+                    v["n"] = sum(c["n"] for c in v["chunks"])
+                    log(f"  low load {rate:.1f} rps: {name} p50 {v['p50_ms']} ms "
+                        f"(chunks {[c['p50_ms'] for c in v['chunks']]})")
+            final_batching = {name: batch_sizes(url) for name, url in urls.items()}
+        finally:
+            rp.stop_replicas(reps)
+    results: dict[str, dict[str, Any]] = {}
+    for name, extra in cfgs:
+        passed = [s for s in steps[name] if s["pass"]]
+        best = max((s["rate_rps"] for s in passed), default=0.0)
+        results[name] = {"env": extra, "max_rps_at_slo": best,
+                         "at_max": next((s for s in passed if s["rate_rps"] == best), None),
+                         "steps": steps[name], "batching": final_batching.get(name)}
     base = results["batch1"]["max_rps_at_slo"] or float("nan")
     best_fixed = max(results[f"fixed{b}"]["max_rps_at_slo"] for b in FIXED)
     for r in results.values():
