@@ -161,7 +161,7 @@ class Sidecar:
         self.worker = worker
         self.metrics = metrics or ReplicaMetrics(settings)
         self.batch = max(1, batch)
-        """The worker's dynamic batch size: requests that share one token."""
+        """The worker's B_max (its largest batch)."""
         self.inflight_max = worker_inflight_max(self.batch)
         """Requests forwarded to the worker at once: the gate's capacity."""
         self._gate = FifoGate(self.inflight_max)
@@ -229,7 +229,8 @@ class Sidecar:
             "worker": {"pid": w.pid, "ready": w.ready, "port": w.port, "restarts": w.restarts,
                        "last_exit_code": w.last_exit_code},
             "device_faults": self.device_faults,
-            "batching": {"inflight_bound": self.batch, **m.batch_summary()},
+            "batching": {"max_batch": self.batch, "inflight_bound": self.inflight_max,
+                         **m.batch_summary()},
         })
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
@@ -294,7 +295,8 @@ class Sidecar:
                               deadline: float) -> web.Response:
         """Inside the gate, batch > 1: lead a new shared token or ride on the open one."""
         shared = self._shared
-        lead = shared is None or shared.closed or shared.members >= self.batch
+        # Everything in flight rides on one token (the next batch forms while one runs).
+        lead = shared is None or shared.closed or shared.members >= self.inflight_max
         if lead:
             shared = self._shared = _SharedLease(asyncio.get_running_loop().create_future())
         else:
@@ -456,22 +458,21 @@ DEFAULT_MAX_BATCH = 16
 
 def worker_inflight_max(batch: int) -> int:
     """THE bound on requests in flight to the worker (the gate's capacity and the size of the
-    worker connection pool), from the worker's batch size: today the batch itself; a worker that
-    queues the next batch while one runs would want 2 x batch here."""
-    return batch
+    worker connection pool), from the worker's batch size B_max: 2 x B_max when it batches, so
+    the next batch forms in the worker while one runs; 1 otherwise."""
+    return 2 * batch if batch > 1 else 1
 
 
 def batch_size(env: Mapping[str, str]) -> int:
-    """The in-flight bound: requests forwarded to the worker at once. 2 x its B_max when it
-    batches (``FASTGSHARE_BATCH`` > 1, or ``FASTGSHARE_SLO_MS`` with ``FASTGSHARE_BATCH`` unset),
-    so the next batch forms while one runs; 1 otherwise."""
+    """The worker's B_max: ``FASTGSHARE_BATCH``, else ``DEFAULT_MAX_BATCH`` when only
+    ``FASTGSHARE_SLO_MS`` is set (the worker batches by deadline), else 1."""
     try:
         b = int(env.get("FASTGSHARE_BATCH", "") or 0)
     except ValueError:
         b = 0
     if b == 0 and (env.get("FASTGSHARE_SLO_MS") or "").strip():
         b = DEFAULT_MAX_BATCH
-    return 2 * b if b > 1 else 1
+    return b if b > 1 else 1
 
 
 def create_app(sidecar: Sidecar) -> web.Application:

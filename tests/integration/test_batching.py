@@ -314,7 +314,7 @@ def test_an_slo_alone_batches_through_the_sidecar(tmp_path: Path) -> None:
     sizes = [int(r.headers["X-Fastgshare-Batch"]) for r in answers]
     assert max(sizes) > 1
     batching = out["stats"]["batching"]
-    assert batching["inflight_bound"] == 32
+    assert batching["inflight_bound"] == 32 and batching["max_batch"] == 16
     assert sum(batching["requests_by_size"].values()) == 12
     assert batching["requests_by_size"] == {str(s): sizes.count(s) for s in sorted(set(sizes))}
 
