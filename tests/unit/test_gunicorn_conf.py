@@ -7,7 +7,7 @@ import pytest
 
 import gateway_plugin.gunicorn_conf as conf
 
-VARIABLES = (conf.THREADS_ENV, conf.WORKERS_ENV, conf.READ_TIMEOUT_ENV)
+VARIABLES = (conf.THREADS_ENV, conf.WORKERS_ENV, conf.READ_TIMEOUT_ENV, conf.WORKER_CLASS_ENV)
 
 
 @pytest.fixture
@@ -33,6 +33,7 @@ def test_defaults(reload):
     assert c.threads == 128
     assert c.workers == conf.default_workers() >= 1
     assert c.worker_class.read_timeout_s == 10.0
+    assert c.worker_class is conf.ProviderWorker  # gthread with the read timeout
 
 
 def test_overrides(reload):
@@ -52,6 +53,7 @@ def test_overrides(reload):
     ("FASTGSHARE_PROVIDER_WORKERS", "300", r"integer in \[1, 256\]"),
     ("FASTGSHARE_PROVIDER_READ_TIMEOUT_S", "0", r"number in \[0.1, 3600\]"),
     ("FASTGSHARE_PROVIDER_READ_TIMEOUT_S", "soon", r"number in \[0.1, 3600\]"),
+    ("FASTGSHARE_PROVIDER_WORKER_CLASS", "sync", r"one of gthread, gevent"),
 ])
 def test_out_of_range_is_refused_naming_the_variable_and_range(reload, variable, bad, pattern):
     with pytest.raises(SystemExit, match=f"{variable}=.*{pattern}"):
