@@ -72,9 +72,9 @@ class BatchSettings:
     """Profiled execution time per batch size, ((size, ms), ...), from the profile table."""
     min_load_frac: float = 1.0
     """Load at the queued size (arrival rate x exec(n) / n) below which nobody waits."""
-    wait_gaps: float = 2.0
+    wait_gaps: float = 1.0
     """A voluntary wait lasts at most this many expected inter-arrival gaps without an arrival."""
-    max_wait_frac: float = 0.25
+    max_wait_frac: float = 0.1
     """A voluntary wait lasts at most this share of the budget (estimates are means; tails are not)."""
     wait_margin: float = 1.5
     """A voluntary wait keeps this multiple of the larger batch's estimated execution in hand."""
