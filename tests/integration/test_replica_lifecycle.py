@@ -189,6 +189,34 @@ def test_scale_down_drains_and_a_request_right_after_a_scale_to_zero_is_served(
         backend.close()
 
 
+@pytest.mark.slow
+def test_a_draining_replica_does_not_hold_up_the_next_start(redis_client, redis_url, state_dir,
+                                                           tmp_path):
+    """The old reconcile thread waited for each stop itself: a replica draining a long request
+    delayed every start behind it by as long."""
+    backend = LocalBackend(redis_client, state_dir)
+    supervised = Supervised(redis_url, state_dir)
+    try:
+        backend.register_image("t/slow", SLOW)
+        backend.deploy(FunctionSpec("busy", "t/slow"))
+        wait_for(lambda: backend.status(NS, "busy").available_replicas == 1, what="ready")
+        client = create_app(backend, _settings(tmp_path)).test_client()
+        with ThreadPoolExecutor(1) as pool:
+            long = pool.submit(client.post, "/function/busy", json={"sleep_s": 8})
+            time.sleep(0.5)
+            backend.scale(NS, "busy", 0)  # drains for ~8 s
+            t0 = time.monotonic()
+            backend.deploy(FunctionSpec("next", "t/slow"))
+            wait_for(lambda: backend.status(NS, "next").replica_status, timeout_s=10,
+                     what="the next function's replica to start")
+            assert time.monotonic() - t0 < 3.0
+            assert not long.done()  # the drain is still going on
+            assert long.result(timeout=30).status_code == 200
+    finally:
+        supervised.stop()
+        backend.close()
+
+
 # ---- `fastgshare up` SIGKILLed -----------------------------------------------------------------------
 
 UP = textwrap.dedent("""
