@@ -13,6 +13,7 @@ setup(
         "torch==2.13.0",
         "flask>=3.0",
         "gunicorn>=22",
+        "gevent>=24",
         "requests>=2.31",
         "urllib3>=2",
         "aiohttp>=3.9",

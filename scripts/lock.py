@@ -1,6 +1,8 @@
 """Refresh the lock files: exact versions and hashes of every dependency, direct and transitive.
 
-    python scripts/lock.py            # rewrite every lock from setup.py (needs uv: in the dev extra)
+    python scripts/lock.py            # rewrite every lock from setup.py (needs uv: in the dev extra),
+                                      # keeping locked versions where the requirements still allow
+    python scripts/lock.py --upgrade  # the same, taking the newest releases (the scheduled refresh)
     python scripts/lock.py --check    # exit 1 when setup.py and a lock disagree (what the test checks)
 
 The inputs are setup.py's ``install_requires`` and all its extras, plus the build backend (the
@@ -122,13 +124,17 @@ def stale(lock: Lock) -> str | None:
     return None
 
 
-def compile_lock(lock: Lock, uv: str) -> None:
+def compile_lock(lock: Lock, uv: str, upgrade: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "requirements.in"
         src.write_text("\n".join(lock.requirements) + "\n")
         out = Path(tmp) / "lock.txt"
+        if lock.path.exists() and not upgrade:  # uv keeps an output file's pins where they still fit
+            out.write_text(lock.path.read_text())
         cmd = [uv, "pip", "compile", str(src), "--quiet", "--generate-hashes", "--no-header",
                "--python-version", lock.python, "--output-file", str(out)]
+        if upgrade:
+            cmd.append("--upgrade")
         cmd += ["--universal"] if lock.universal else ["--python-platform", PLATFORM]
         if lock.no_deps:
             cmd.append("--no-deps")
@@ -149,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true",
                         help="only check that every lock matches setup.py; exit 1 if not")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="take the newest releases (the scheduled refresh); without it, packages "
+                             "keep their locked versions where the requirements still allow them")
     args = parser.parse_args(argv)
     if args.check:
         problems = [p for p in map(stale, locks()) if p]
@@ -160,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for lock in locks():
         print(f"[lock] {lock.path.relative_to(ROOT)} (Python {lock.python})", flush=True)
-        compile_lock(lock, uv)
+        compile_lock(lock, uv, args.upgrade)
     return 0
 
 

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python scripts/lock.py
+python scripts/lock.py --upgrade
 if git diff --quiet -- requirements function_templates/python3-torch/requirements.lock; then
   echo "[refresh] the locks did not change"; exit 0
 fi
