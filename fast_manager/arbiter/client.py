@@ -337,6 +337,7 @@ class RedisTokenClient:
                     self.renewals += 1
                     continue
                 self.leases_lost += 1
+                self._keeping = False  # never keep a token the arbiter no longer counts as ours
                 log.warning("device %s replica %s: lease of token %d lapsed before it was "
                             "renewed; the execution runs on without it", self.device_id,
                             self.replica, token_id)
