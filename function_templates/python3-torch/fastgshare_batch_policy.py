@@ -271,7 +271,9 @@ def on_batch_done(state: BatchState, size: int, exec_ms: float,
     """A batch of ``size`` ran in ``exec_ms``; its requests' worker latencies were
     ``latencies_ms``. Updates the execution estimate, the p99 window and the AIMD cap."""
     seen = dict(state.exec_ms)
-    old = seen.get(size)
+    # A size seen for the first time starts from what was estimated for it (the profile, or a
+    # bound from the sizes seen), so one slow first batch is smoothed like any other.
+    old = seen.get(size, estimate_exec_ms(size, state.exec_ms, settings.profile_ms))
     seen[size] = exec_ms if old is None else (1 - settings.exec_alpha) * old + settings.exec_alpha * exec_ms
     window = (state.latencies_ms + tuple(latencies_ms))[-settings.p99_window:]
     cap = state.cap

@@ -115,7 +115,10 @@ def test_aimd_cap() -> None:
     state = replace(p.initial_state(s), cap=8)
     state = p.on_batch_done(state, 8, 30.0, [40.0] * 8, s)  # at the cap, fit: +1
     assert state.cap == 9
-    state = p.on_batch_done(state, 9, 60.0, [70.0] * 9, s)  # overran: x0.75 of its size
+    state = p.on_batch_done(state, 9, 60.0, [70.0] * 9, s)  # one slow batch is smoothed: fits
+    assert state.cap == 10
+    for _ in range(2):  # overruns that persist: x0.75 of the size
+        state = p.on_batch_done(state, 9, 60.0, [70.0] * 9, s)
     assert state.cap == 6
     state = p.on_batch_done(state, 3, 20.0, [30.0] * 3, s)  # below the cap: unchanged
     assert state.cap == 6
@@ -129,16 +132,19 @@ def test_aimd_keeps_the_cap_when_smaller_batches_are_slow_too() -> None:
     s = p.BatchSettings(max_batch=16, slo_ms=100.0)
     state = replace(p.initial_state(s), cap=8, exec_ms=((1, 55.0), (4, 56.0), (6, 58.0)))
     assert p.on_batch_done(state, 8, 60.0, [80.0] * 8, s).cap == 8
-    fits = replace(state, exec_ms=((1, 10.0), (6, 30.0)))
+    fits = replace(state, exec_ms=((1, 10.0), (6, 30.0), (8, 60.0)))
     assert p.on_batch_done(fits, 8, 60.0, [80.0] * 8, s).cap == 6
 
 
-def test_observations_replace_the_profile_and_smooth() -> None:
+def test_observations_correct_the_profile_and_smooth() -> None:
     s = p.BatchSettings(max_batch=8, slo_ms=100.0, profile_ms=((4, 16.0),))
     state = p.on_batch_done(p.initial_state(s), 4, 26.0, [30.0] * 4, s)
-    assert p.estimate_exec_ms(4, state.exec_ms, s.profile_ms) == 26.0
+    assert p.estimate_exec_ms(4, state.exec_ms, s.profile_ms) == pytest.approx(18.0)  # from 16
     state = p.on_batch_done(state, 4, 16.0, [20.0] * 4, s)
-    assert p.estimate_exec_ms(4, state.exec_ms, s.profile_ms) == pytest.approx(24.0)
+    assert p.estimate_exec_ms(4, state.exec_ms, s.profile_ms) == pytest.approx(17.6)
+    fresh = p.on_batch_done(p.initial_state(p.BatchSettings(max_batch=8, slo_ms=100.0)), 2, 9.0,
+                            [9.0, 9.0], p.BatchSettings(max_batch=8, slo_ms=100.0))
+    assert fresh.exec_ms == ((2, 9.0),)  # nothing to start from: the observation
 
 
 def test_arrival_gap_ewma() -> None:
