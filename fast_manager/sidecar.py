@@ -221,6 +221,8 @@ class Sidecar:
             "token_fallbacks": getattr(self.tokens, "fallback_switches", 0),
             "tokens_total": getattr(self.tokens, "tokens_total", 0),
             "tokens_pushed": getattr(self.tokens, "tokens_pushed", 0),
+            "tokens_kept": getattr(self.tokens, "kept", 0),
+            "token_keeps_dropped": getattr(self.tokens, "keeps_dropped", 0),
             "token_renewals": getattr(self.tokens, "renewals", 0),
             "token_leases_lost": getattr(self.tokens, "leases_lost", 0),
             "memory": {"limit_bytes": w.memory.limit_bytes, "enforcement": w.memory.mode.value,
