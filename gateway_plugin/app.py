@@ -13,7 +13,6 @@ from typing import Any
 
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import HTTPException
 
 from gateway_plugin import types
@@ -95,10 +94,9 @@ def create_app(backend: Backend, settings: ProviderSettings, *,
     def prometheus_metrics() -> Response:
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
-    def invoke(ref: str, sub_path: str = "") -> Response:
+    def invoke(ref: str, sub_path: str = "") -> Any:
         name, namespace = types.split_function_ref(ref)
-        return invoker.invoke(request.environ, request.headers, request.method, ref, name,
-                              namespace, sub_path)
+        return invoker.invoke(request.environ, request.method, ref, name, namespace, sub_path)
 
     route("/healthz", healthz, "GET")
     route("/metrics", prometheus_metrics, "GET")
@@ -141,10 +139,9 @@ def _invoke_fast_path(flask_wsgi: Any, invoker: Invoker) -> Any:
             return flask_wsgi(environ, start_response)
         try:
             name, namespace = types.split_function_ref(ref)
-            response = invoker.invoke(environ, EnvironHeaders(environ), method, ref, name,
-                                      namespace, sub_path)
+            answer: Any = invoker.invoke(environ, method, ref, name, namespace, sub_path)
         except Exception as err:  # the same single mapping as every other route
-            response = error_response(err)
-        return response(environ, start_response)
+            answer = error_response(err)
+        return answer(environ, start_response)
 
     return wsgi

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -151,11 +152,18 @@ class ProviderMetrics:
         self._counts: dict[str, float] = defaultdict(float)
         self._arrivals: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        """(function, code) -> its counter and histogram children: ``labels()`` costs more than
+        the increment (a dict read is atomic; a race only builds the same children twice)."""
+        self._started_children: dict[str, Any] = {}
 
     def observe_started(self, function_name: str) -> None:
         """A request for ``name.namespace`` arrived (counted before it is forwarded or refused: the
         demand, where ``invocationCount`` is what was answered)."""
-        self._started.labels(function_name).inc()
+        child = self._started_children.get(function_name)
+        if child is None:
+            child = self._started_children[function_name] = self._started.labels(function_name)
+        child.inc()
         if self._summed is None:
             with self._lock:
                 self._arrivals[function_name] += 1
@@ -163,9 +171,13 @@ class ProviderMetrics:
             self._summed.invalidate()
 
     def observe_invocation(self, function_name: str, code: int, duration_s: float) -> None:
-        code_label = str(code)
-        self._invocations.labels(function_name, code_label).inc()
-        self._seconds.labels(function_name, code_label).observe(duration_s)
+        key = (function_name, str(code))
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self._invocations.labels(*key),
+                                              self._seconds.labels(*key))
+        children[0].inc()
+        children[1].observe(duration_s)
         if self._summed is None:
             with self._lock:
                 self._counts[function_name] += 1

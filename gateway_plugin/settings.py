@@ -40,8 +40,10 @@ class ProviderSettings:
     """How long connecting to a replica may take before the provider answers 502."""
     scale_from_zero_timeout_s: float = 120.0
     """How long an invocation waits for a replica to become ready (scale from zero, cold start)."""
-    upstream_pool_size: int = 32
-    """Keep-alive connections kept per replica (match the server's thread count)."""
+    upstream_pool_size: int = 128
+    """Idle keep-alive connections a provider worker keeps per replica: the requests it has in
+    flight to one replica at once (gthread's threads), so that a burst reuses its connections
+    instead of opening and closing the excess."""
     git_sha: str = ""
     """Commit shown by ``/system/info``."""
 
