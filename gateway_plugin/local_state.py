@@ -128,9 +128,16 @@ def version(client: redis.Redis) -> int:
 # ---- writing ---------------------------------------------------------------------------------
 
 
+def changes_channel() -> str:
+    """The pub/sub channel every write announces itself on (named as the counter it bumps;
+    channels and keys are apart in Redis): provider workers wait on it instead of polling."""
+    return keys.local_version()
+
+
 def changed(pipe: redis.client.Pipeline, wake_supervisor: bool) -> None:
-    """Queue the counter bump (and a wake-up of the supervisor) on ``pipe``."""
+    """Queue the counter bump, its announcement (and a wake-up of the supervisor) on ``pipe``."""
     pipe.incr(keys.local_version())
+    pipe.publish(changes_channel(), 1)
     if wake_supervisor:
         pipe.lpush(keys.supervisor_wake(), 1)
         pipe.ltrim(keys.supervisor_wake(), 0, WAKE_LIST_MAX - 1)
