@@ -59,23 +59,25 @@ ProviderWorker.read_timeout_s = _number(_env, READ_TIMEOUT_ENV, "10", *READ_TIME
 
 
 def _worker_class(env: Mapping[str, str]) -> Any:
-    """``gthread`` (the default: ``ProviderWorker``) or ``gevent`` (needs the gevent package).
+    """``gthread`` (the default: ``ProviderWorker``) or ``gevent`` (``ProviderGeventWorker``), both
+    with the read timeout on client sockets.
 
-    Measured on the 2-core VM (2026-12-04, provider alone in front of a one-process aiohttp
-    no-op, open-loop Poisson arrivals): both add ~2.5 ms p50 up to 400 rps; at 700-1000 rps
-    gevent kept p50 at 3-5 ms where gthread's p50 went to 35-670 ms. gevent is not the default
-    yet: it is a C extension outside the lock files, and monkey-patches every thread the provider
-    runs (routing table, count files, Kubernetes client)."""
+    Measured with ``bench.dataplane --quick`` on the 2-core VM (2026-12-04, two workers, the
+    lean invoke path; BENCHMARKS.md): the same highest rate at p99 <= 10 ms (336 rps) and gthread
+    cheaper at 100 rps (provider CPU 0.82 vs 1.27 ms per request, +1.33 vs +1.97 ms p50), so
+    gthread stays the default; gevent kept p50 at a few ms past ~700 rps where gthread's threads
+    queued (the provider alone in front of a no-op), and is there for such loads."""
     name = env.get(WORKER_CLASS_ENV, "gthread").strip().lower()
     if name == "gthread":
         return ProviderWorker
     if name == "gevent":
         try:
-            import gevent  # noqa: F401
+            from gateway_plugin.gunicorn_gevent import ProviderGeventWorker
         except ImportError as e:
             raise SystemExit(f"{WORKER_CLASS_ENV}=gevent: the gevent package is not installed "
-                             "(pip install gevent)") from e
-        return "gevent"
+                             "(pip install gevent, or choose gthread)") from e
+        ProviderGeventWorker.read_timeout_s = ProviderWorker.read_timeout_s
+        return ProviderGeventWorker
     raise SystemExit(f"{WORKER_CLASS_ENV}={name!r}: must be one of gthread, gevent")
 
 
@@ -126,6 +128,16 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker: Any) -> None:
+    """After the app is loaded in a worker: what it holds lives until the worker exits, so the
+    cyclic collector need not walk it again (a full collection of the loaded provider's objects
+    is a pause on the invoke path)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def worker_exit(server: Any, worker: Any) -> None:

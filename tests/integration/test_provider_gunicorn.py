@@ -1,5 +1,6 @@
-"""The provider under real gunicorn (the gunicorn_conf we ship): chunked bodies over a raw
-connection, as the OpenFaaS gateway sends them, on a system route and on the invoke path."""
+"""The provider under real gunicorn (the gunicorn_conf we ship), with each serving model: chunked
+bodies over a raw connection, as the OpenFaaS gateway sends them, on a system route and on the
+invoke path; the read timeout on a stalled body; an idle kept-alive connection outliving it."""
 
 from __future__ import annotations
 
@@ -22,14 +23,20 @@ ROOT = Path(__file__).resolve().parents[2]
 AUTH = "Basic " + base64.b64encode(b"admin:pw").decode()
 
 
-@pytest.fixture(scope="module")
-def provider_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+READ_TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module", params=["gevent", "gthread"])
+def provider_port(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     secrets = tmp_path_factory.mktemp("secrets")
     (secrets / "basic-auth-user").write_text("admin")
     (secrets / "basic-auth-password").write_text("pw")
     port = free_port()
     env = {**os.environ, "secret_mount_path": str(secrets), "basic_auth": "true",
-           "FASTGSHARE_STATE_DIR": str(secrets.parent), "PYTHONPATH": str(ROOT)}
+           "FASTGSHARE_STATE_DIR": str(secrets.parent), "PYTHONPATH": str(ROOT),
+           "FASTGSHARE_PROVIDER_WORKER_CLASS": request.param,
+           "FASTGSHARE_PROVIDER_READ_TIMEOUT_S": str(READ_TIMEOUT_S)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "python:gateway_plugin.gunicorn_conf",
          "-b", f"127.0.0.1:{port}", "tests.fakes:make_gunicorn_app()"],
@@ -91,4 +98,41 @@ def test_chunked_bodies_under_gunicorn(provider_port: int) -> None:
     r = conn.getresponse()
     r.read()
     assert r.status == 401 and r.getheader("WWW-Authenticate") == 'Basic realm="Restricted"'
+    conn.close()
+
+
+def _deploy_echo(conn: http.client.HTTPConnection) -> None:
+    """On this connection (so on its worker: each worker has its own fake backend)."""
+    conn.request("POST", "/system/functions", body=json.dumps({"service": "echo", "image": "echo"}),
+                 headers={"Authorization": AUTH, "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status in (202, 409)
+
+
+def test_a_stalled_body_is_answered_408_after_the_read_timeout(provider_port: int) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", provider_port), timeout=10) as s:
+        s.sendall(b"POST /function/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        t0 = time.monotonic()
+        answer = s.recv(4096)  # the body is read before the function is looked up
+        waited_s = time.monotonic() - t0
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert READ_TIMEOUT_S * 0.8 <= waited_s < READ_TIMEOUT_S + 3
+
+
+def test_an_idle_kept_alive_connection_outlives_the_read_timeout(provider_port: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", provider_port, timeout=10)
+    _deploy_echo(conn)
+    for _ in range(2):
+        conn.request("POST", "/function/echo", body=b"hi")
+        resp = conn.getresponse()
+        assert (resp.status, json.loads(resp.read())["body_b64"]) == (200, "aGk=")
+        time.sleep(READ_TIMEOUT_S * 1.5)  # longer than the read timeout, shorter than keepalive
+    sock = conn.sock
+    conn.request("POST", "/function/echo", body=b"again")
+    resp = conn.getresponse()
+    assert (resp.status, json.loads(resp.read())["body_b64"]) == (200, "YWdhaW4=")
+    assert conn.sock is sock  # the same connection, not a reconnect
     conn.close()

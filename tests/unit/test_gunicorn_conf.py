@@ -36,10 +36,19 @@ def test_defaults(reload):
     assert c.worker_class is conf.ProviderWorker  # gthread with the read timeout
 
 
+def test_gevent_is_selectable_with_the_read_timeout(reload):
+    from gateway_plugin.gunicorn_gevent import ProviderGeventWorker
+
+    c = reload(FASTGSHARE_PROVIDER_WORKER_CLASS="gevent", FASTGSHARE_PROVIDER_READ_TIMEOUT_S="3")
+    assert c.worker_class is ProviderGeventWorker
+    assert c.worker_class.read_timeout_s == 3.0
+
+
 def test_overrides(reload):
     c = reload(FASTGSHARE_PROVIDER_THREADS="8", FASTGSHARE_PROVIDER_WORKERS="3",
                FASTGSHARE_PROVIDER_READ_TIMEOUT_S="2.5")
     assert (c.threads, c.workers, c.worker_class.read_timeout_s) == (8, 3, 2.5)
+    assert c.worker_connections == 1000
 
 
 @pytest.mark.parametrize("variable,bad,pattern", [
