@@ -2,10 +2,11 @@
 
 Several worker processes (``FASTGSHARE_PROVIDER_WORKERS``, default: one per usable core): the
 provider holds no process state (replicas are the node agent's or Kubernetes'; routing tables are
-refreshed from shared state in the background; invocation counts are summed in Redis), so any
-worker can serve any request and the invoke path is not held to one GIL. Threads for concurrency
-within a worker (``gthread``, since invocations mostly wait on replicas), with a read timeout on
-client sockets (``gateway_plugin.gunicorn_worker``) so that slow clients cannot take every thread.
+refreshed from shared state in the background; invocation counts are summed over the workers'
+files), so any worker can serve any request and the invoke path is not held to one GIL. Within a
+worker, a greenlet per connection (``gevent``, the default; ``gthread`` threads on request), since
+invocations mostly wait on replicas, with a read timeout on client sockets
+(``gateway_plugin.gunicorn_gevent``, ``gunicorn_worker``) so that slow clients cannot hold them.
 ``bind`` is given on the command line. Every value is validated here, at start, naming the
 variable and its range.
 """
@@ -59,15 +60,15 @@ ProviderWorker.read_timeout_s = _number(_env, READ_TIMEOUT_ENV, "10", *READ_TIME
 
 
 def _worker_class(env: Mapping[str, str]) -> Any:
-    """``gthread`` (the default: ``ProviderWorker``) or ``gevent`` (``ProviderGeventWorker``), both
+    """``gevent`` (the default: ``ProviderGeventWorker``) or ``gthread`` (``ProviderWorker``), both
     with the read timeout on client sockets.
 
-    Measured with ``bench.dataplane --quick`` on the 2-core VM (2026-12-04, two workers, the
-    lean invoke path; BENCHMARKS.md): the same highest rate at p99 <= 10 ms (336 rps) and gthread
-    cheaper at 100 rps (provider CPU 0.82 vs 1.27 ms per request, +1.33 vs +1.97 ms p50), so
-    gthread stays the default; gevent kept p50 at a few ms past ~700 rps where gthread's threads
-    queued (the provider alone in front of a no-op), and is there for such loads."""
-    name = env.get(WORKER_CLASS_ENV, "gthread").strip().lower()
+    Measured with ``bench.dataplane --quick`` on the 2-core VM (2026-12-04, the lean invoke path,
+    BENCHMARKS.md): through provider + sidecar gevent held p99 <= 10 ms up to 1024 rps (788 with
+    one worker) where gthread's p99 passed 10 ms from 358 rps at a 2 ms p50 (its threads'
+    hand-offs; 276 rps with one or two workers); at 100 rps the two cost the same within the
+    machine's noise. gthread stays selectable: it monkey-patches nothing."""
+    name = env.get(WORKER_CLASS_ENV, "gevent").strip().lower()
     if name == "gthread":
         return ProviderWorker
     if name == "gevent":
@@ -78,12 +79,13 @@ def _worker_class(env: Mapping[str, str]) -> Any:
                              "(pip install gevent, or choose gthread)") from e
         ProviderGeventWorker.read_timeout_s = ProviderWorker.read_timeout_s
         return ProviderGeventWorker
-    raise SystemExit(f"{WORKER_CLASS_ENV}={name!r}: must be one of gthread, gevent")
+    raise SystemExit(f"{WORKER_CLASS_ENV}={name!r}: must be one of gevent, gthread")
 
 
 worker_class = _worker_class(_env)
 worker_connections = max(1000, threads)
-"""gevent: connections served at once per worker (each a greenlet; a slow client holds one)."""
+"""gevent: connections served at once per worker (each a greenlet; a slow client holds one for the
+read timeout at most)."""
 timeout = 0
 """No worker heartbeat kill: invocations and followed logs may last long; gthread stays responsive."""
 graceful_timeout = 10

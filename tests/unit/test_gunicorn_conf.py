@@ -33,14 +33,14 @@ def test_defaults(reload):
     assert c.threads == 128
     assert c.workers == conf.default_workers() >= 1
     assert c.worker_class.read_timeout_s == 10.0
-    assert c.worker_class is conf.ProviderWorker  # gthread with the read timeout
-
-
-def test_gevent_is_selectable_with_the_read_timeout(reload):
     from gateway_plugin.gunicorn_gevent import ProviderGeventWorker
 
-    c = reload(FASTGSHARE_PROVIDER_WORKER_CLASS="gevent", FASTGSHARE_PROVIDER_READ_TIMEOUT_S="3")
-    assert c.worker_class is ProviderGeventWorker
+    assert c.worker_class is ProviderGeventWorker  # gevent with the read timeout
+
+
+def test_gthread_stays_selectable_with_the_read_timeout(reload):
+    c = reload(FASTGSHARE_PROVIDER_WORKER_CLASS="gthread", FASTGSHARE_PROVIDER_READ_TIMEOUT_S="3")
+    assert c.worker_class is conf.ProviderWorker
     assert c.worker_class.read_timeout_s == 3.0
 
 
@@ -62,7 +62,7 @@ def test_overrides(reload):
     ("FASTGSHARE_PROVIDER_WORKERS", "300", r"integer in \[1, 256\]"),
     ("FASTGSHARE_PROVIDER_READ_TIMEOUT_S", "0", r"number in \[0.1, 3600\]"),
     ("FASTGSHARE_PROVIDER_READ_TIMEOUT_S", "soon", r"number in \[0.1, 3600\]"),
-    ("FASTGSHARE_PROVIDER_WORKER_CLASS", "sync", r"one of gthread, gevent"),
+    ("FASTGSHARE_PROVIDER_WORKER_CLASS", "sync", r"one of gevent, gthread"),
 ])
 def test_out_of_range_is_refused_naming_the_variable_and_range(reload, variable, bad, pattern):
     with pytest.raises(SystemExit, match=f"{variable}=.*{pattern}"):
