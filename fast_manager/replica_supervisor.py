@@ -332,6 +332,8 @@ class ReplicaSupervisor:
                 env["FASTGSHARE_MPS_PIPE_DIR"] = str(device["mps_pipe_dir"])
         if spec.share.model:
             env["FASTGSHARE_MODEL"] = spec.share.model
+        if spec.share.slo_ms is not None:  # the worker forms batches by this deadline (B_max below)
+            env["FASTGSHARE_SLO_MS"] = f"{spec.share.slo_ms:g}"
         config = fn.configs.get(config_id)
         if config is not None and config.batch > 1:  # the scheduler's batch for this group
             env["FASTGSHARE_BATCH"] = str(config.batch)

@@ -153,6 +153,8 @@ def _env(spec: FunctionSpec, share: GpuShare, placement: Placement,
         ours["FASTGSHARE_MEM_BYTES"] = str(share.mem_bytes)
     if share.model:
         ours["FASTGSHARE_MODEL"] = share.model
+    if share.slo_ms is not None:  # the worker forms batches by this deadline, up to FASTGSHARE_BATCH
+        ours["FASTGSHARE_SLO_MS"] = f"{share.slo_ms:g}"
     ours["FASTGSHARE_DEVICE"] = device_id(placement)
     if batch > 1:
         ours["FASTGSHARE_BATCH"] = str(batch)

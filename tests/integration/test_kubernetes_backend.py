@@ -281,6 +281,7 @@ def test_configurations_are_deployments_of_their_own(backend: KubernetesBackend,
     dep = raw(api, client.AppsV1Api(api).read_namespaced_deployment, "resnet-sm50", NS)
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FASTGSHARE_BATCH"] == "4"
+    assert "FASTGSHARE_SLO_MS" not in env  # no fastgshare/slo_ms: no deadline batching
     backend.apply_configurations(NS, "resnet", [])
     with pytest.raises(client.ApiException):
         client.AppsV1Api(api).read_namespaced_deployment("resnet-sm50", NS)

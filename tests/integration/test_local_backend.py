@@ -116,3 +116,19 @@ def test_replicas_go_on_the_gpu_with_the_mps_environment(backend: LocalBackend, 
     assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "30"
     assert env["CUDA_MPS_PIPE_DIRECTORY"] == "/tmp/fastgshare-test-mps"
     assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"].endswith("M")
+    assert "FASTGSHARE_SLO_MS" not in env
+
+
+def test_a_function_with_an_slo_gets_deadline_batching(backend: LocalBackend):
+    """``fastgshare/slo_ms`` alone reaches the worker as FASTGSHARE_SLO_MS, so it batches by deadline
+    (B_max 16, the sidecar admitting 2 x 16) with no batch size declared."""
+    backend.register_image("t/mlp", HANDLER.parent / "mlp")  # has handle_batch
+    backend.deploy(FunctionSpec("withslo", "t/mlp", share=GpuShare(slo_ms=100)))
+    wait_for(lambda: backend.status("openfaas-fn", "withslo").available_replicas == 1, what="ready")
+    (rep,) = backend.status("openfaas-fn", "withslo").replica_status
+    stats = requests.get(f"{rep.url}/_/stats", timeout=5).json()
+    env = dict(item.split("=", 1) for item in
+               Path(f"/proc/{stats['worker']['pid']}/environ").read_text().split("\0") if "=" in item)
+    assert env["FASTGSHARE_SLO_MS"] == "100"
+    answer = requests.post(f"{rep.url}/", data=b"{}", timeout=10)
+    assert answer.status_code == 200 and answer.headers.get("X-Fastgshare-Batch") == "1", answer.headers
