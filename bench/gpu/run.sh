@@ -10,7 +10,7 @@
 # Never changes GPU settings (compute mode, clocks, MIG): it only starts the MPS control daemon when
 # none is running and it may (and stops only the one it started). Results: bench/results/gpu/.
 # Order = priority: the data plane (no-op through sidecar and provider, 1/4/N provider workers),
-# model sharing (CUDA IPC), isolation, sharing modes, profiles, MLPerf modes.
+# model sharing (CUDA IPC), MLPerf modes with the bare loop, isolation, sharing modes, profiles.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 T0=$(date +%s)
@@ -167,6 +167,9 @@ stop_mps() {
 trap stop_mps EXIT
 
 Q=$([[ $DRY == 1 ]] && echo --quick)
+# MLPerf first of the GPU steps (issue 17): batching, binary queries and the bare loop of the same
+# model in the same run; isolation, sharing modes and profiles have earlier H200 runs recorded
+step "MLPerf-based sharing modes and bare loop on $DEVICE" 200 90 $PY -m bench.mlperf_gpu --out "$RES" $Q
 step "isolation on $DEVICE" 140 90 \
   $PY -m bench.gpu.main isolation --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
 step "sharing modes on $DEVICE" 120 60 \
@@ -182,7 +185,6 @@ else
   step "profile MobileNet on $DEVICE" 150 50 $PY -m bench.gpu.profile_gpu --fn mobilenet --slo-ms 300 \
     --sm 50,100 --quota 0.5,1 --quick --out "$RES/profiles"
 fi
-step "MLPerf-based sharing modes on $DEVICE" 200 90 $PY -m bench.mlperf_gpu --out "$RES" $Q
 [[ $DRY == 0 ]] && nvidia-smi > "$RES/nvidia-smi-end.txt" 2>&1
 $PY -m bench.gpu.main table --out "$RES"
 say "done; results in $RES"
