@@ -239,11 +239,7 @@ class ReplicaSupervisor:
         return self._state_dir / "logs" / namespace / name
 
     def _image(self, image: str) -> dict[str, str] | None:
-        for candidate in (image, image.removesuffix(":latest"), f"{image}:latest"):
-            raw = self._redis.hget(keys.images(), candidate)
-            if raw:
-                return dict(json.loads(raw))
-        return None
+        return local_state.read_image(self._redis, image)
 
     def _device(self, placement: Placement) -> dict[str, Any]:
         """The device a new replica goes on, from this node's registry.

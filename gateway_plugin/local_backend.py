@@ -95,11 +95,7 @@ class LocalBackend:
             raise Invalid(f"secrets {missing} not found in namespace {spec.namespace!r}")
 
     def _image(self, image: str) -> dict[str, str] | None:
-        for candidate in (image, image.removesuffix(":latest"), f"{image}:latest"):
-            raw = self._redis.hget(keys.images(), candidate)
-            if raw:
-                return dict(json.loads(raw))
-        return None
+        return local_state.read_image(self._redis, image)
 
     def register_image(self, image: str, handler_dir: Path, template_dir: Path | None = None) -> None:
         """What ``fastgshare build`` does: map an image name to a handler folder on this machine."""

@@ -96,6 +96,16 @@ def read_function(client: redis.Redis, namespace: str, name: str) -> FunctionRec
     return FunctionRecord.from_json(raw) if raw else None
 
 
+def read_image(client: redis.Redis, image: str) -> dict[str, str] | None:
+    """What ``image`` was registered as (``handler_dir``, ``template_dir``), trying it with and
+    without the ``:latest`` tag, as a registry resolves a tag-less name."""
+    for candidate in (image, image.removesuffix(":latest"), f"{image}:latest"):
+        raw = client.hget(keys.images(), candidate)
+        if raw:
+            return dict(json.loads(raw))
+    return None
+
+
 def read_replicas(client: redis.Redis, namespace: str, name: str) -> list[Replica]:
     reps = [replica_from_json(raw) for raw in client.hvals(keys.replicas(namespace, name))]
     for rep in reps:
