@@ -64,10 +64,10 @@ def _worker_class(env: Mapping[str, str]) -> Any:
     with the read timeout on client sockets.
 
     Measured with ``bench.dataplane --quick`` on the 2-core VM (2026-12-04, the lean invoke path,
-    BENCHMARKS.md): through provider + sidecar gevent held p99 <= 10 ms up to 1024 rps (788 with
-    one worker) where gthread's p99 passed 10 ms from 358 rps at a 2 ms p50 (its threads'
-    hand-offs; 276 rps with one or two workers); at 100 rps the two cost the same within the
-    machine's noise. gthread stays selectable: it monkey-patches nothing."""
+    three rounds, BENCHMARKS.md): through provider + sidecar gevent's highest rate at p99 <= 10 ms
+    was never below gthread's (336/336, 1024/276, 1024/1024 rps) and its tail was lower at every
+    rate of the quietest round; at 100 rps the two cost the same within the machine's noise.
+    gthread stays selectable: it monkey-patches nothing."""
     name = env.get(WORKER_CLASS_ENV, "gevent").strip().lower()
     if name == "gthread":
         return ProviderWorker
