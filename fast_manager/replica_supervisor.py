@@ -59,8 +59,10 @@ RECONCILE_PERIOD_S = 0.25
 HEALTH_TIMEOUT_S = 0.5
 """Timeout of one sidecar health probe."""
 DEREGISTER_DELAY_S = 0.5
-"""Between marking a replica draining and signalling it: several times the provider's routing
-refresh period (``gateway_plugin.local_backend.ROUTING_POLL_S``), so no worker still routes there."""
+"""Between marking a replica draining and signalling it: a provider worker's routing table hears
+the change at once (an announcement on ``local_state.changes_channel()``) and checks the version
+counter every ``gateway_plugin.local_routing.IDLE_CHECK_S`` (0.5 s) should it miss one, so no
+worker still routes there."""
 
 
 class ReplicaSupervisor:

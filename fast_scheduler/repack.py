@@ -16,8 +16,9 @@ A move of one replica of group ``g`` = (config, device A) to device B:
    nothing else is placed into its room.
 2. *break*, on a later tick, once the provider reports every replica of the (config, B) group
    ready: (config, A) is lowered by one. The provider's groups are per device, so the replica
-   that stops is one on device A (``LocalBackend.reconcile_once`` stops a group's extra replicas,
-   starting ones first); requests go on to the ready replicas, the new one among them.
+   that stops is one on device A (the node agent's replica supervisor stops a group's extra
+   replicas, starting ones first, after draining them); requests go on to the ready replicas,
+   the new one among them.
 
 A move is abandoned (the (config, B) group lowered back, by the autoscaler's own action or by
 one made here) when the target is not ready within ``ready_timeout_s``, when ``plan_tick`` changes
