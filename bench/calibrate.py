@@ -283,9 +283,10 @@ class Real:
         _wait(lambda: self.ready(NAME) == 0, 60, "the function to go")
 
     def profile(self, quick: bool) -> ProfileTable:
+        from fast_profiler.gateway import Gateway
         from fast_profiler.jobs import profile_and_store
         from fast_profiler.planner import GridSpec
-        from fast_profiler.runner import Gateway, RunSettings
+        from fast_profiler.runner import RunSettings
         from fast_profiler.search import SearchSettings
 
         cores = len(os.sched_getaffinity(0))

@@ -15,8 +15,8 @@ import threading
 
 import redis
 
+from fast_profiler.gateway import Gateway
 from fast_profiler.jobs import Watcher
-from fast_profiler.runner import Gateway
 
 
 def main(argv: list[str] | None = None) -> int:

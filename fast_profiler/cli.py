@@ -19,12 +19,13 @@ from tqdm import tqdm
 
 from fast_profiler import store
 from fast_profiler.errors import ProfileCancelled
+from fast_profiler.gateway import Gateway
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.planner import GridSpec
-from fast_profiler.runner import Gateway, Progress, RunSettings, device_type_of, grid_for_device
+from fast_profiler.runner import Progress, RunSettings, grid_for_device
 from fast_profiler.search import SearchSettings
 from fast_profiler.store import ProfileState
-from fast_profiler.table import ProfileTable
+from fast_profiler.table import ProfileTable, device_type_of
 
 DEFAULT_STATE_DIR = Path(os.environ.get("FASTGSHARE_STATE_DIR", ".fastgshare"))
 QUICK_SEARCH = SearchSettings(min_duration_s=1.0, min_requests=80, max_duration_s=3.0, rel_tol=0.08,

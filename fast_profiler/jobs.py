@@ -19,21 +19,21 @@ from dataclasses import dataclass
 
 from fast_profiler import store
 from fast_profiler.errors import ProfileCancelled, ProfileError
+from fast_profiler.gateway import Gateway
 from fast_profiler.interference import CpuMonitor
 from fast_profiler.planner import GridSpec
 from fast_profiler.runner import (
-    Gateway,
     ProfileResult,
     Progress,
     Runner,
     RunSettings,
     as_function_source,
-    device_type_of,
     grid_for_device,
     profile_function,
 )
 from fast_profiler.shadow import code_identity
 from fast_profiler.store import ProfileState
+from fast_profiler.table import device_type_of
 from fastgshare.resources import SLO_MS
 
 log = logging.getLogger("fast_profiler")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -26,10 +25,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import aiohttp
-import redis
 import requests
 
 from fast_profiler.errors import ProfileCancelled, ProfileError
+from fast_profiler.gateway import Gateway
 from fast_profiler.interference import CpuMonitor, foreign_cores
 from fast_profiler.loadgen import PoissonLoad, StepRecord, closed_loop
 from fast_profiler.planner import (
@@ -58,7 +57,6 @@ from fast_profiler.search import (
 from fast_profiler.search import next_rate as search_next_rate
 from fast_profiler.shadow import shadow_labels, shadow_name
 from fast_profiler.table import ProfileTable
-from fastgshare import keys
 from fastgshare.resources import QUOTA_LIMIT, QUOTA_REQUEST, SCALE_MAX, SCALE_MIN, SLO_MS, SM_PARTITION
 
 log = logging.getLogger("fast_profiler")
@@ -150,61 +148,6 @@ def as_function_source(status: Mapping[str, object], *, body: bytes = b"{}",
                           str(status.get("namespace") or "openfaas-fn"), env, merged,
                           tuple(str(s) for s in (status.get("secrets") or ())),  # type: ignore[union-attr]
                           str(status.get("envProcess") or ""), body)
-
-
-@dataclass
-class Gateway:
-    """The platform as the runner uses it: provider HTTP API, gateway invoke path, and Redis."""
-
-    url: str
-    auth: tuple[str, str] | None
-    redis_client: redis.Redis
-    http: requests.Session = field(default_factory=requests.Session)
-
-    def __post_init__(self) -> None:
-        if self.auth:
-            self.http.auth = self.auth
-
-    def function_status(self, name: str, namespace: str = "openfaas-fn") -> dict[str, object] | None:
-        r = self.http.get(f"{self.url}/system/function/{name}", params={"namespace": namespace}, timeout=10)
-        if r.status_code == 404:
-            return None
-        r.raise_for_status()
-        return dict(r.json())
-
-    def list_functions(self, namespace: str = "openfaas-fn") -> list[dict[str, object]]:
-        r = self.http.get(f"{self.url}/system/functions", params={"namespace": namespace}, timeout=10)
-        r.raise_for_status()
-        return list(r.json())
-
-    def deploy(self, body: dict[str, object]) -> None:
-        r = self.http.put(f"{self.url}/system/functions", json=body, timeout=30)
-        if r.status_code == 404:
-            r = self.http.post(f"{self.url}/system/functions", json=body, timeout=30)
-        if r.status_code not in (200, 202):
-            raise ProfileError(f"deploying {body.get('service')!r} failed: "
-                               f"HTTP {r.status_code} {r.text[:300]}")
-
-    def remove(self, name: str, namespace: str = "openfaas-fn") -> None:
-        self.http.delete(f"{self.url}/system/functions", json={"functionName": name, "namespace": namespace},
-                         timeout=30)
-
-    def replicas(self, name: str, namespace: str) -> list[dict[str, object]]:
-        return [json.loads(v) for v in self.redis_client.hvals(keys.replicas(namespace, name))]
-
-    def device(self) -> dict[str, object]:
-        """The first device the node agent registered (CPU or GPU)."""
-        raw = list(self.redis_client.hvals(keys.devices()))
-        devs = [json.loads(v) for v in raw]
-        gpus = [d for d in devs if d.get("kind") == "gpu"]
-        return (gpus or devs or [{"kind": "cpu", "name": "cpu", "cores": []}])[0]
-
-
-def device_type_of(device: Mapping[str, object]) -> str:
-    """The profile table's device type: a GPU's model name; ``cpu-<n>c`` for a CPU with n cores."""
-    if device.get("kind") == "gpu":
-        return str(device.get("name") or "gpu")
-    return f"cpu-{len(list(device.get('cores') or [])) or 1}c"  # type: ignore[call-overload]
 
 
 def deploy_body(src: FunctionSource, cfg: Config) -> dict[str, object]:
@@ -622,5 +565,5 @@ def grid_for_device(device: Mapping[str, object], **overrides: object) -> GridSp
     return GridSpec(device_cores=cores, **overrides)  # type: ignore[arg-type]
 
 
-__all__ = ["BATCH_ENV", "FunctionSource", "Gateway", "Progress", "ProfileResult", "RunSettings", "Runner",
-           "as_function_source", "device_type_of", "grid_for_device", "profile_function", "spatial_classes"]
+__all__ = ["BATCH_ENV", "FunctionSource", "Progress", "ProfileResult", "RunSettings", "Runner",
+           "as_function_source", "grid_for_device", "profile_function", "spatial_classes"]

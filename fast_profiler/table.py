@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fastgshare.errors import ValidationError
@@ -377,3 +377,10 @@ def _saturating(sm_pct: float, saturation_sm_pct: float) -> float:
     """Fraction of full-device throughput at ``sm_pct``: near-linear, then flat past saturation."""
     x = sm_pct / saturation_sm_pct
     return min(1.0, (1 - math.exp(-2.5 * x)) / (1 - math.exp(-2.5)))
+
+
+def device_type_of(device: Mapping[str, object]) -> str:
+    """The profile table's device type: a GPU's model name; ``cpu-<n>c`` for a CPU with n cores."""
+    if device.get("kind") == "gpu":
+        return str(device.get("name") or "gpu")
+    return f"cpu-{len(list(device.get('cores') or [])) or 1}c"  # type: ignore[call-overload]

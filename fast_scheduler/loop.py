@@ -25,8 +25,7 @@ from fast_manager.devices import DeviceInfo
 from fast_manager.model_store import ModelUsage
 from fast_manager.model_store_redis import read_device_models
 from fast_manager.node_agent import read_devices
-from fast_profiler.runner import device_type_of
-from fast_profiler.table import ProfileTable
+from fast_profiler.table import ProfileTable, device_type_of
 from fast_scheduler.autoscale import AutoscaleSettings, Decision, ReplicaConfig, _describe
 from fast_scheduler.control import (
     STANDBY_RETRY_S,

@@ -79,9 +79,8 @@ def seed_profile(t: Target, service: str, table_path: Path) -> str | None:
     Returns the device type, or None when the table is for another device type or Redis is unknown."""
     from dataclasses import replace
 
-    from fast_profiler.runner import device_type_of
     from fast_profiler.store import save
-    from fast_profiler.table import ProfileTable
+    from fast_profiler.table import ProfileTable, device_type_of
 
     if not t.redis_url:
         return None

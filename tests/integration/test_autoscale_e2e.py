@@ -26,8 +26,7 @@ import requests
 from bench.calibrate import ramp_rate as rate_at  # the one ramp, shared with the calibration
 from fast_manager.node_agent import read_devices
 from fast_profiler import store
-from fast_profiler.runner import device_type_of
-from fast_profiler.table import ProfilePoint, ProfileTable
+from fast_profiler.table import ProfilePoint, ProfileTable, device_type_of
 from fast_scheduler.autoscale import ReplicaConfig, is_standby
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo

@@ -57,8 +57,7 @@ import requests
 
 from fast_manager.node_agent import read_devices
 from fast_profiler import store
-from fast_profiler.runner import device_type_of
-from fast_profiler.table import ProfilePoint, ProfileTable
+from fast_profiler.table import ProfilePoint, ProfileTable, device_type_of
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
 from gateway_plugin.types import STARTED_FIELD

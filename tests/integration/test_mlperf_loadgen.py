@@ -14,9 +14,8 @@ import redis
 from bench.mlperf import lgen
 from bench.mlperf import modes as md
 from bench.mlperf import platform_io as pio
-from fast_profiler.runner import device_type_of
 from fast_profiler.store import load
-from fast_profiler.table import synthetic_table
+from fast_profiler.table import device_type_of, synthetic_table
 from fastgshare import keys
 
 pytestmark = pytest.mark.slow

@@ -16,10 +16,11 @@ import redis
 import requests
 
 from fast_profiler import store
+from fast_profiler.gateway import Gateway
 from fast_profiler.jobs import Watcher, profile_and_store
 from fast_profiler.planner import GridSpec, Source, spatial_classes
-from fast_profiler.runner import Gateway, device_type_of
 from fast_profiler.store import ProfileState
+from fast_profiler.table import device_type_of
 from fastgshare.platform import PlatformInfo
 from tests.integration.platform_helpers import FAST_PROFILE, start_platform
 
