@@ -4,12 +4,15 @@
 on a free port in a temporary state directory. The node agent runs the replicas (the provider is
 stateless). Stopping it stops the provider, the node agent (which drains and stops every replica)
 and, last, Redis (which flushes its append-only file), in that order. Every process it starts,
-and every replica, has a parent-death signal: a SIGKILLed ``up`` leaves nothing running.
+and every replica, has a parent-death signal: a SIGKILLed ``up`` leaves nothing running. The embedded
+Redis is supervised: when it dies it is started again on the same port and data directory, with
+backoff, and each exit and restart is written to ``STATE/platform-logs/platform.log`` and stderr.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -22,13 +25,15 @@ from pathlib import Path
 import redis
 import requests
 
-from fastgshare.redis_server import EmbeddedRedis, die_with_parent, free_port
+from fastgshare.redis_server import EmbeddedRedis, RedisSupervisor, die_with_parent, free_port
 
 DEFAULT_USER = "admin"
 """Basic-auth user written to ``STATE/secrets/basic-auth-user`` on first start."""
 START_TIMEOUT_S = 60.0
 """How long the provider may take to answer ``/healthz``."""
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+log = logging.getLogger("fastgshare.platform")
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class Platform:
     start_mps: bool = False
     """Let the node agent start the MPS control daemon on GPU nodes where none is running."""
     _redis: EmbeddedRedis | None = None
+    _redis_supervisor: RedisSupervisor | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _redis_url: str = ""
     _password: str = ""
@@ -102,6 +108,7 @@ class Platform:
         if redis_url is None:
             self._redis = EmbeddedRedis(self.state_dir / "redis").start()
             redis_url = self._redis.url
+            self._redis_supervisor = RedisSupervisor(self._redis, note=self.note).start()
         user, password = ensure_credentials(self.state_dir / "secrets")
         self._redis_url = redis_url
         try:
@@ -127,6 +134,23 @@ class Platform:
             raise
         (self.state_dir / "platform.json").write_text(json.dumps(self.info.__dict__, indent=1))
         return self.info
+
+    def note(self, line: str) -> None:
+        """One line in the platform's own log (``STATE/platform-logs/platform.log``) and on stderr."""
+        log.warning("%s", line)
+        logs = self.state_dir / "platform-logs"
+        logs.mkdir(exist_ok=True)
+        with open(logs / "platform.log", "a") as out:
+            out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+
+    @property
+    def redis_restarts(self) -> int:
+        """How often the supervisor restarted the embedded Redis."""
+        return self._redis_supervisor.restarts if self._redis_supervisor is not None else 0
+
+    @property
+    def redis_pid(self) -> int | None:
+        return self._redis.pid if self._redis is not None else None
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -206,6 +230,9 @@ class Platform:
                 client.close()
             except redis.RedisError:
                 pass
+        if self._redis_supervisor is not None:
+            self._redis_supervisor.stop()
+            self._redis_supervisor = None
         if self._redis is not None:
             self._redis.stop()
             self._redis = None

