@@ -1,10 +1,11 @@
 """FaST-GShare's own routes beside the faas-provider contract, under ``/system/fastgshare/``.
 
-They carry what the OpenFaaS types have no field for: where each replica runs and with which
-share (for ``fastgshare status``, the scheduler and the profiler; the profiler's shadow functions
-are listed here, with ``profileOf``, though the contract's routes leave them out), the scheduler's
-replica configurations, and local mode's image registry (``fastgshare build`` against a gateway
-URL). Same basic auth as the rest of ``/system``; same error mapping.
+They carry what the OpenFaaS types have no field for: where each replica runs, its invoke
+address (``url``, the backend's word for it, so that no client reads backend state or guesses
+addresses) and with which share (for ``fastgshare status``, the scheduler and the profiler; the
+profiler's shadow functions are listed here, with ``profileOf``, though the contract's routes
+leave them out), the scheduler's replica configurations, and local mode's image registry
+(``fastgshare build`` against a gateway URL). Same basic auth as the rest of ``/system``; same error mapping.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def make_replicas_json(state: FunctionState) -> dict[str, Any]:
             for c in state.configs
         ],
         "replicaStatus": [
-            {"replica": r.replica_id, "device": r.device_id, "ready": r.ready,
+            {"replica": r.replica_id, "device": r.device_id, "ready": r.ready, "url": r.url,
              "cores": list(r.cores), "smPct": r.sm_pct, "configId": r.config_id,
              "restarts": r.restarts}
             for r in state.replica_status

@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
+from gateway_plugin.backend import ReplicaStatus
 from gateway_plugin.errors import ProviderError
 from gateway_plugin.k8s_specs import ready_addresses
 
@@ -31,6 +34,15 @@ def by_service(slices: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
         if service:
             grouped.setdefault(service, []).append(s)
     return {service: ready_addresses(group) for service, group in grouped.items()}
+
+
+def at_endpoints(replicas: Sequence[ReplicaStatus], urls: Sequence[str]) -> tuple[ReplicaStatus, ...]:
+    """Each replica with its invoke address from the Service's ready endpoints (matched by pod IP),
+    the address the provider routes to: the port is the one the EndpointSlice names, not a guess
+    at the container's. A replica no ready endpoint names keeps no address. Pure."""
+    by_host = {urlsplit(u).hostname: u for u in urls}
+    return tuple(replace(r, url=by_host.get(urlsplit(r.url).hostname, "") if r.url else "")
+                 for r in replicas)
 
 
 class EndpointsTable:

@@ -39,7 +39,7 @@ from .backend import (
     SecretValue,
 )
 from .errors import BackendFailure, Conflict, Invalid, NoReplicaReady, NotFound, ProviderError
-from .k8s_endpoints import SERVICE_NAME_LABEL, EndpointsTable
+from .k8s_endpoints import SERVICE_NAME_LABEL, EndpointsTable, at_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +369,7 @@ class KubernetesBackend:
         return FunctionState(
             spec=spec, replicas=desired, available_replicas=available,
             created_at=created or _EPOCH,
-            replica_status=tuple(specs.as_replica_status(p) for p in pods), status=status,
+            replica_status=self._replica_status(spec.namespace, spec.name, pods), status=status,
             configs=tuple(c for d in deps if (c := self._config_of(d)) is not None))
 
     def list(self, namespace: str) -> list[FunctionState]:
@@ -400,7 +400,18 @@ class KubernetesBackend:
 
     def replicas(self, namespace: str, name: str) -> tuple[ReplicaStatus, ...]:
         """The function's pods as replicas (a cheaper ``status`` for the scheduler)."""
-        return tuple(specs.as_replica_status(p) for p in self._pods(namespace, name))
+        return self._replica_status(namespace, name, self._pods(namespace, name))
+
+    def _replica_status(self, namespace: str, name: str,
+                        pods: Sequence[Mapping[str, Any]]) -> tuple[ReplicaStatus, ...]:
+        """Pods as replicas, each at the address its ready endpoint gives (what ``resolve`` routes
+        to); the slices are listed again when a ready pod is missing from the table."""
+        reps = [specs.as_replica_status(p) for p in pods]
+        found = at_endpoints(reps, self._endpoints.urls(namespace, name) or [])
+        if any(r.url and not f.url for r, f in zip(reps, found, strict=True)):
+            self._endpoints.refresh(namespace)
+            found = at_endpoints(reps, self._endpoints.urls(namespace, name) or [])
+        return found
 
     # -- invocation ---------------------------------------------------------------------------
 
