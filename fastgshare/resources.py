@@ -4,6 +4,11 @@ Pure: no I/O, no clock, no environment. The provider validates deploy requests w
 ``parse_share`` and ``parse_scale``; the backends, sidecars and scheduler consume the frozen
 ``GpuShare`` it returns. Keys keep the original FaST-GShare spelling so existing stacks deploy
 unchanged; annotations override labels of the same key.
+
+Every quantity is bounded to what a device or a machine can hold (``MAX_MEM_BYTES``,
+``MAX_SLO_MS``, ``MAX_CPU_CORES``) and parsed exactly (no float overflow): a value outside its
+range is refused at deploy with the field and the range, never accepted to crash-loop a replica
+later (a cgroup limit that wraps) or to fail with an ``OverflowError``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 from fastgshare.errors import ValidationError
 
@@ -31,6 +37,16 @@ DEFAULT_SCALE_MAX = 20
 """Upper replica bound when none is named (OpenFaaS default)."""
 MAX_SCALE_LIMIT = 1000
 """Largest ``com.openfaas.scale.max`` accepted; a guard against typos, not a capacity claim."""
+
+MAX_MEM_BYTES = 16 * 2**40
+"""Largest memory quantity accepted (16 TiB): more than any GPU (H200: 141 GB) or machine this
+runs on holds, and far below the 2**63 where a cgroup limit wraps."""
+MAX_SLO_MS = 3_600_000.0
+"""Longest latency objective accepted (one hour); a guard against typos and unit mistakes."""
+MAX_CPU_CORES = 4096
+"""Largest CPU quantity accepted in ``limits``/``requests`` (cores)."""
+MAX_QUANTITY_CHARS = 64
+"""Longest quantity string parsed; longer ones are refused before any arithmetic."""
 
 _MEM_UNITS = {
     "": 1,
@@ -95,20 +111,56 @@ def merged_labels(
 
 
 def parse_mem_bytes(field: str, raw: str) -> int:
-    """``"512Mi"`` -> 536870912. Raises ValidationError naming ``field``."""
-    allowed = "a positive byte count, optionally with a suffix K/M/G/T or Ki/Mi/Gi/Ti"
-    m = _MEM_RE.match(str(raw))
+    """``"512Mi"`` -> 536870912, at least 1 byte and at most ``MAX_MEM_BYTES``. Raises
+    ValidationError naming ``field`` and the range."""
+    allowed = (f"a byte count 1..{MAX_MEM_BYTES} ({MAX_MEM_BYTES >> 40} TiB), optionally with a "
+               "suffix K/M/G/T or Ki/Mi/Gi/Ti")
+    text = str(raw)
+    m = _MEM_RE.match(text) if len(text) <= MAX_QUANTITY_CHARS and text.isascii() else None
     if not m:
         raise ValidationError(field, allowed, raw)
-    value = float(m.group(1)) * _MEM_UNITS[(m.group(2) or "").lower()]
-    if value < 1:
+    value = Decimal(m.group(1)) * _MEM_UNITS[(m.group(2) or "").lower()]  # exact: no overflow
+    if not 1 <= value <= MAX_MEM_BYTES:
         raise ValidationError(field, allowed, raw)
     return int(value)
 
 
+_QUANTITY_RE = re.compile(
+    r"^\+?(\d+(?:\.\d*)?|\.\d+)(?:[eE]([-+]?\d{1,3})|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]))?$")
+_QUANTITY_SUFFIX = {
+    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
+    "P": Decimal(10**15), "E": Decimal(10**18), "Ki": Decimal(2**10), "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50), "Ei": Decimal(2**60),
+}
+
+
+def parse_quantity(field: str, raw: str, kind: str) -> Decimal:
+    """A Kubernetes resource quantity (``128Mi``, ``1G``, ``0.5``, ``500m``, ``1e3``) of ``kind``
+    ``memory`` (bytes, 1..MAX_MEM_BYTES) or ``cpu`` (cores, 0.001..MAX_CPU_CORES), exactly."""
+    lo, hi = (Decimal(1), Decimal(MAX_MEM_BYTES)) if kind == "memory" else (
+        Decimal("0.001"), Decimal(MAX_CPU_CORES))
+    unit = "bytes" if kind == "memory" else "cores"
+    allowed = (f"a Kubernetes quantity such as 128Mi, 1G, 0.5 or 500m, {lo:f}..{hi:f} {unit}")
+    text = str(raw)
+    m = _QUANTITY_RE.match(text) if len(text) <= MAX_QUANTITY_CHARS and text.isascii() else None
+    if not m:
+        raise ValidationError(field, allowed, raw)
+    value = Decimal(m.group(1))
+    if m.group(2) is not None:
+        value = value.scaleb(int(m.group(2)))
+    value *= _QUANTITY_SUFFIX[m.group(3) or ""]
+    if not lo <= value <= hi:
+        raise ValidationError(field, allowed, raw)
+    return value
+
+
 def _number(field: str, raw: str, allowed: str) -> float:
+    text = str(raw)
+    if len(text) > MAX_QUANTITY_CHARS or not text.isascii():
+        raise ValidationError(field, allowed, raw)
     try:
-        value = float(raw)
+        value = float(text)
     except (TypeError, ValueError) as e:
         raise ValidationError(field, allowed, raw) from e
     if value != value or value in (float("inf"), float("-inf")):
@@ -145,15 +197,17 @@ def parse_share(labels: Mapping[str, str]) -> GpuShare:
 
     slo_ms = None
     if SLO_MS in labels:
-        slo_ms = _number(SLO_MS, labels[SLO_MS], "a latency in milliseconds > 0")
-        if slo_ms <= 0:
-            raise ValidationError(SLO_MS, "a latency in milliseconds > 0", labels[SLO_MS])
+        slo_allowed = f"a latency in milliseconds, 0 < slo <= {MAX_SLO_MS:g}"
+        slo_ms = _number(SLO_MS, labels[SLO_MS], slo_allowed)
+        if not 0 < slo_ms <= MAX_SLO_MS:
+            raise ValidationError(SLO_MS, slo_allowed, labels[SLO_MS])
 
     model = None
     if MODEL in labels:
         model = str(labels[MODEL]).strip()
-        if not model or len(model) > 253:
-            raise ValidationError(MODEL, "a non-empty model name of at most 253 characters", model)
+        if not model or len(model) > 253 or not model.isprintable():
+            raise ValidationError(MODEL, "a non-empty printable model name of at most 253 "
+                                  "characters", model)
 
     return GpuShare(sm_pct, request, limit, mem_bytes, slo_ms, model)
 

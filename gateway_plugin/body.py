@@ -7,13 +7,17 @@ Werkzeug's test client) would otherwise yield an empty body. So we read ``wsgi.i
 exactly Content-Length bytes when it is given, else to end of stream when the request is chunked
 or the server says the stream is terminated, else nothing (HTTP/1.1: no length, no chunking
 means no body).
+
+Malformed framing is the client's error: whatever the server's de-chunking raises while we read
+(gunicorn's ``InvalidChunkSize``, ``ChunkMissingTerminator``, ...) becomes ``BadFraming`` (400),
+and a client that hangs up in the middle of its body becomes ``ClientGone``; neither is a 500.
 """
 
 from __future__ import annotations
 
 from typing import IO, Any
 
-from gateway_plugin.errors import Invalid, PayloadTooLarge, RequestTimeout
+from gateway_plugin.errors import BadFraming, ClientGone, Invalid, PayloadTooLarge, RequestTimeout
 
 READ_CHUNK_BYTES = 64 * 1024
 
@@ -29,11 +33,24 @@ def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
         return _read_body(environ, max_bytes)
     except TimeoutError as e:
         raise RequestTimeout("the request body stopped arriving (read timeout)") from e
+    except (Invalid, PayloadTooLarge):
+        raise
+    except (ConnectionError, EOFError) as e:
+        raise ClientGone(f"the client closed the connection in the middle of the body ({e})") from e
+    except OSError as e:  # gunicorn's NoMoreData is an IOError: the stream ended mid-chunk
+        raise ClientGone(f"the request body ended before its framing did ({e})") from e
+    except Exception as e:  # the server's de-chunking refused what the client sent
+        framing = "chunked framing" if _chunked(environ) else "framing"
+        raise BadFraming(f"Transfer-Encoding: malformed {framing} of the request body: {e}") from e
+
+
+def _chunked(environ: dict[str, Any]) -> bool:
+    return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 
 def _read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
     stream: IO[bytes] = environ["wsgi.input"]
-    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    chunked = _chunked(environ)
     raw_length = environ.get("CONTENT_LENGTH") or ""
     if raw_length and not chunked:
         try:

@@ -1,6 +1,14 @@
-"""Errors crossing the provider boundary. ``http_status`` is the one place they become codes."""
+"""Errors crossing the provider boundary. ``http_status`` is the one place they become codes.
+
+Pure (the request parsers import it): a Redis client's connection errors are translated into
+``StateStoreUnavailable`` by ``gateway_plugin.readiness.as_provider_error``, at the app's edge.
+"""
 
 from fastgshare.errors import FastGShareError, ValidationError
+
+STATE_STORE_RETRY_AFTER_S = 5
+"""``Retry-After`` on a 503 while the state store (Redis) is unreachable: the platform restarts
+an embedded Redis within a few seconds (``fastgshare.redis_server.RedisSupervisor``)."""
 
 
 class ProviderError(FastGShareError):
@@ -21,6 +29,27 @@ class Invalid(ProviderError):
 
 class NoReplicaReady(ProviderError):
     """The function exists but no replica can serve now (503)."""
+
+
+class StateStoreUnavailable(ProviderError):
+    """The state store (Redis) cannot be reached or is still loading its data (503)."""
+
+    retry_after_s = STATE_STORE_RETRY_AFTER_S
+
+
+class FunctionCannotStart(NoReplicaReady):
+    """The function's last starts all failed: answered at once with the reason (503)."""
+
+    retry_after_s = 10
+
+
+class BadFraming(ProviderError):
+    """The request body's framing is malformed (a bad chunk size, a missing terminator) (400);
+    the connection is closed after the answer, as where the next request starts is unknown."""
+
+
+class ClientGone(ProviderError):
+    """The client closed the connection in the middle of its request body (400, rarely seen)."""
 
 
 class BackendFailure(ProviderError):
@@ -45,6 +74,10 @@ class UpstreamTimeout(ProviderError):
 
 def http_status(err: Exception) -> int:
     """Map any error to the HTTP status the provider answers with."""
+    if isinstance(err, (StateStoreUnavailable, NoReplicaReady)):
+        return 503
+    if isinstance(err, (BadFraming, ClientGone)):
+        return 400
     if isinstance(err, NotFound):
         return 404
     if isinstance(err, Conflict):

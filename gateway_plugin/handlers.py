@@ -20,7 +20,9 @@ from typing import Any
 from flask import Response, request
 
 import fastgshare
+from fast_manager.settings_check import check_function_env
 from fast_profiler.shadow import PROFILE_OF_LABEL, profile_of
+from fastgshare.errors import ValidationError
 from gateway_plugin import types
 from gateway_plugin.backend import Backend, FunctionSpec, FunctionState, LogLine
 from gateway_plugin.body import read_body
@@ -76,6 +78,15 @@ class SystemHandlers:
         missing = [s for s in wanted if s not in have]
         if missing:
             raise Invalid(f"secrets: {missing} not found in namespace {namespace!r}: create them first")
+
+    @staticmethod
+    def _check_sidecar_env(spec: FunctionSpec) -> None:
+        """The sidecar's settings in ``envVars``, parsed as the sidecar will: a value it would
+        refuse at start would crash-loop every replica, so it is refused now."""
+        try:
+            check_function_env(spec.env_vars)
+        except ValidationError as e:
+            raise Invalid(f"envVars.{e.field}: {e}") from e
 
     def _existing(self, namespace: str, name: str) -> FunctionState | None:
         try:
@@ -136,6 +147,7 @@ class SystemHandlers:
 
     def deploy(self) -> Response:
         spec = types.as_function_spec(self._body_object("FunctionDeployment"))
+        self._check_sidecar_env(spec)
         self._namespace(spec.namespace)
         self._check_secrets_exist(spec.namespace, spec.secrets)
         self._check_shadow(spec, self._existing(spec.namespace, spec.name))
@@ -150,6 +162,7 @@ class SystemHandlers:
 
     def update(self) -> Response:
         spec = types.as_function_spec(self._body_object("FunctionDeployment"))
+        self._check_sidecar_env(spec)
         self._namespace(spec.namespace)
         self._check_secrets_exist(spec.namespace, spec.secrets)
         old = self._existing(spec.namespace, spec.name)

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastgshare.errors import ValidationError
-from fastgshare.resources import ScaleBounds, merged_labels, parse_scale, parse_share
+from fastgshare.resources import ScaleBounds, merged_labels, parse_quantity, parse_scale, parse_share
 from gateway_plugin.backend import (
     DEFAULT_NAMESPACE,
     FunctionSpec,
@@ -42,8 +42,6 @@ NAME_MAX_CHARS = 63
 SECRET_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 """RFC 1123 subdomain: secret names (as Kubernetes Secret object names)."""
 SECRET_NAME_MAX_CHARS = 253
-QUANTITY_RE = re.compile(r"^\+?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|[KMGTPE]i|[numkMGTPE])?$")
-"""A Kubernetes resource quantity (``128Mi``, ``0.5``, ``500m``), for limits and requests."""
 NAME_ALLOWED = (
     f"a lowercase RFC 1123 label: [a-z0-9]([-a-z0-9]*[a-z0-9])?, at most {NAME_MAX_CHARS} characters"
 )
@@ -149,11 +147,10 @@ def _resources(obj: Mapping[str, Any], key: str) -> dict[str, str]:
     for part in ("memory", "cpu"):
         raw = _string(value, part) if part in value else ""
         if raw:
-            if not QUANTITY_RE.match(raw):
-                raise Invalid(
-                    f"{key}.{part}: ({raw!r}) is invalid: must be a Kubernetes quantity "
-                    "such as 128Mi, 1G, 0.5 or 500m"
-                )
+            try:  # bounded to what a machine holds, exactly (no float overflow)
+                parse_quantity(f"{key}.{part}", raw, part)
+            except ValidationError as e:
+                raise Invalid(str(e)) from e
             out[part] = raw
     return out
 
