@@ -87,7 +87,7 @@ def create_app(backend: Backend, settings: ProviderSettings, *,
     readiness = Readiness(backend, settings.redis_url)
     credentials = read_basic_auth(settings.secrets_dir) if settings.basic_auth else None
     app.extensions[EXTENSION_KEY] = {"backend": backend, "invoker": invoker, "metrics": metrics,
-                                     "readiness": readiness}
+                                     "readiness": readiness, "settings": settings}
 
     def route(rule: str, handler: Any, *methods: str, **options: Any) -> None:
         app.add_url_rule(rule, endpoint=f"{handler.__name__}:{rule}", view_func=handler,
