@@ -64,6 +64,10 @@ def _state(fn: FunctionRecord, replicas: list[Replica], profiling: bytes | None)
 class LocalBackend:
     """Desired state in Redis, routing from the replica records; implements ``Backend``."""
 
+    resolve_never_blocks = True
+    """``resolve`` reads only the in-memory routing table: the event-loop invoke path
+    (``gateway_plugin.invoke_async``) may call it inline."""
+
     def __init__(self, client: redis.Redis, state_dir: Path, *,
                  runtime_path: Path = DEFAULT_RUNTIME, routing: RoutingTable | None = None) -> None:
         self._redis = client
