@@ -96,11 +96,15 @@ class FaultChannel:
 
     async def _follow(self) -> None:
         assert self._redis is not None
+        down = False  # an outage is logged once, and its end once
         while True:  # resubscribe after Redis outages
             try:
                 async with self._redis.pubsub() as sub:
                     await sub.subscribe(keys.device_faults(self.device))
                     self.subscribed.set()
+                    if down:
+                        down = False
+                        log.warning("device fault channel back")
                     async for msg in sub.listen():
                         if msg.get("type") != "message":
                             continue
@@ -114,7 +118,9 @@ class FaultChannel:
                 raise
             except Exception as e:  # Redis gone: try again shortly; faults meanwhile are missed
                 self.subscribed.clear()
-                log.warning("device fault channel unavailable (%s); retrying", e)
+                if not down:
+                    down = True
+                    log.warning("device fault channel unavailable (%s); retrying every second", e)
                 await asyncio.sleep(1.0)
 
 

@@ -33,6 +33,7 @@ import redis
 import urllib3
 
 from fast_manager.replica_plan import ReplicaView, plan, restart_backoff_s
+from fast_manager.start_failures import StartFailureLog
 from fast_scheduler.cores import pick_cores
 from fastgshare import keys
 from fastgshare.redis_server import free_port
@@ -85,6 +86,8 @@ class ReplicaSupervisor:
         self._next_start_s: dict[tuple[str, str], float] = {}
         self._stops: dict[str, threading.Thread] = {}
         self._http = urllib3.PoolManager(num_pools=64, maxsize=2, retries=False)
+        self._start_failures = StartFailureLog(
+            client, self._http, lambda ns, name, rid: self._log_dir(ns, name) / f"{rid}.log")
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -97,15 +100,22 @@ class ReplicaSupervisor:
             except redis.RedisError as e:
                 log.warning("redis unavailable (%s): replicas are adopted once it answers", e)
                 stop.wait(1.0)
+        down = False  # an outage is logged once, and its end once
         try:
             while not stop.is_set():
                 try:
                     self.reconcile_once(time.monotonic())
+                    if down:
+                        down = False
+                        log.warning("redis reachable again: reconciling replicas")
                     # Woken by a change of desired state, else one period at most.
                     if self._redis.blpop([keys.supervisor_wake()], timeout=RECONCILE_PERIOD_S):
                         self._redis.delete(keys.supervisor_wake())
                 except redis.RedisError as e:
-                    log.warning("redis unavailable (%s): replicas keep running as they are", e)
+                    if not down:
+                        down = True
+                        log.warning("redis unavailable (%s): replicas keep running as they are",
+                                    e)
                     stop.wait(1.0)
                 except Exception:
                     log.exception("reconcile failed")
@@ -152,11 +162,18 @@ class ReplicaSupervisor:
             self._generations[ref] = fn.generation
             self._crashes[ref] = 0  # a new spec gets a fresh start
             self._next_start_s[ref] = 0.0
+            self._start_failures.reset(ref)
+        if fn.desired_total() == 0:  # the next scale-up is a fresh start
+            self._start_failures.reset(ref)
         for rep in list(reps):
             if self._running(rep):
                 continue
             reps.remove(rep)
             local_state.delete_replica(self._redis, rep)
+            self._start_failures.forget(rep.replica_id)
+            if rep.generation == fn.generation and not rep.ready:
+                self._start_failures.failed(ref, fn.generation, rep.replica_id,
+                                            "the replica exited before it became ready")
             if rep.generation == fn.generation:
                 self._crashes[ref] = self._crashes.get(ref, 0) + 1
                 backoff_s = restart_backoff_s(self._crashes[ref])
@@ -170,6 +187,9 @@ class ReplicaSupervisor:
                 local_state.write_replica(self._redis, rep)
                 if ready and rep.generation == fn.generation:
                     self._crashes[ref] = 0
+                    self._start_failures.reset(ref)
+            if not ready and rep.generation == fn.generation:
+                self._start_failures.check_worker(ref, fn.generation, rep.replica_id, rep.url)
         groups = fn.groups()
         decision = plan({cid: n for cid, (_, n, _) in groups.items()}, fn.generation,
                         [ReplicaView(r.replica_id, r.generation, r.config_id, r.ready,
@@ -182,8 +202,10 @@ class ReplicaSupervisor:
                 share, _, placement = groups[config_id]
                 try:
                     reps.append(self._start_replica(fn, config_id, share, placement))
-                except Exception:  # keep reconciling the other functions
+                except Exception as e:  # keep reconciling the other functions
                     log.exception("could not start a replica of %s", fn.spec.name)
+                    self._start_failures.failed(ref, fn.generation, "",
+                                                f"could not start a replica: {e}")
                     self._next_start_s[ref] = now_s + restart_backoff_s(99)
                     break
 

@@ -91,3 +91,10 @@ def supervisor_wake() -> str:
     (BLPOP) between passes so that a deploy or a scale is acted on at once."""
     return f"{PREFIX}:local:wake"
 
+
+
+def start_failures() -> str:
+    """Hash: ``<namespace>/<name>`` -> JSON ``{generation, failures, reason, at_s}``: the replica
+    starts of a function's current spec that failed in a row (written by the node agent's
+    supervisor, read by the provider's routing to refuse invocations at once)."""
+    return f"{PREFIX}:local:start-failures"

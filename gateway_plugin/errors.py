@@ -37,8 +37,10 @@ class StateStoreUnavailable(ProviderError):
     retry_after_s = STATE_STORE_RETRY_AFTER_S
 
 
-class FunctionCannotStart(NoReplicaReady):
-    """The function's last starts all failed: answered at once with the reason (503)."""
+class FunctionCannotStart(ProviderError):
+    """The function's last starts all failed: answered at once with the reason (503), not after
+    the scale-from-zero wait. Not a ``NoReplicaReady``: a caller that waits on that must not wait
+    on this."""
 
     retry_after_s = 10
 
@@ -74,7 +76,7 @@ class UpstreamTimeout(ProviderError):
 
 def http_status(err: Exception) -> int:
     """Map any error to the HTTP status the provider answers with."""
-    if isinstance(err, (StateStoreUnavailable, NoReplicaReady)):
+    if isinstance(err, (StateStoreUnavailable, NoReplicaReady, FunctionCannotStart)):
         return 503
     if isinstance(err, (BadFraming, ClientGone)):
         return 400

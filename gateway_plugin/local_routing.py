@@ -9,7 +9,10 @@ the subscription reconnects must not leave a table stale), and every ``ROUTING_P
 the subscription cannot be made. Polling the counter every 50 ms instead cost an idle two-worker
 provider ~17-33 ms of CPU per second (0.2-0.3 ms per request at 100 rps). A replica the proxy
 could not connect to is skipped at once by this worker (``evict``) until its record changes or
-``EVICT_S`` passes.
+``EVICT_S`` passes. A function whose current spec failed its last
+``local_state.START_FAILURES_TO_REFUSE`` starts (the supervisor's record) and has no ready replica
+is refused at once by ``pick`` (``FunctionCannotStart``, 503 with the reason), not after the
+scale-from-zero wait.
 Must not start or stop anything.
 """
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 import redis
 
 from gateway_plugin import local_state
-from gateway_plugin.errors import NoReplicaReady
+from gateway_plugin.errors import FunctionCannotStart, NoReplicaReady
 
 log = logging.getLogger("fastgshare.local.routing")
 
@@ -59,6 +62,8 @@ class Snapshot:
     version: int = -1
     desired: Mapping[Ref, int] = field(default_factory=dict)
     ready: Mapping[Ref, tuple[Route, ...]] = field(default_factory=dict)
+    failing: Mapping[Ref, str] = field(default_factory=dict)
+    """Functions that cannot start (wanted, their current spec's last starts all failed): why."""
 
 
 def pick_weighted(routes: Sequence[Route], credit: dict[str, int]) -> Route:
@@ -83,8 +88,15 @@ def read_snapshot(client: redis.Redis, now_s: float) -> Snapshot:
     ready = {ref: tuple(Route(r.replica_id, r.url, r.weight) for r in replicas.get(ref, [])
                         if r.ready and not r.draining)
              for ref in functions}
+    failing = {}
+    for ref, rec in local_state.read_start_failures(client).items():
+        fn = functions.get(ref)
+        if (fn is not None and rec.generation == fn.generation and fn.desired_total() > 0
+                and rec.failures >= local_state.START_FAILURES_TO_REFUSE):
+            failing[ref] = (f"function {ref[1]!r} cannot start: its last {rec.failures} replica "
+                            f"starts failed; last error: {rec.reason}")
     return Snapshot(now_s, version, {ref: fn.desired_total() for ref, fn in functions.items()},
-                    ready)
+                    ready, failing)
 
 
 class RoutingTable:
@@ -118,7 +130,7 @@ class RoutingTable:
         old = self._snap
         try:
             if now_s - old.read_at_s < FULL_RELOAD_S and local_state.version(self._redis) == old.version:
-                new = Snapshot(now_s, old.version, old.desired, old.ready)
+                new = Snapshot(now_s, old.version, old.desired, old.ready, old.failing)
             else:
                 new = read_snapshot(self._redis, now_s)
         except redis.RedisError as e:
@@ -161,7 +173,8 @@ class RoutingTable:
                     pass
 
     def pick(self, namespace: str, name: str) -> str:
-        """A ready replica's base URL, weighted by share; NoReplicaReady when there is none."""
+        """A ready replica's base URL, weighted by share; NoReplicaReady when there is none, or
+        FunctionCannotStart when none is coming (its last starts failed)."""
         ref = (namespace, name)
         snap = self._snap
         routes = snap.ready.get(ref, ())
@@ -171,6 +184,8 @@ class RoutingTable:
                 routes = tuple(r for r in routes if self._evicted.get(r.url, 0.0) <= now_s)
             if routes:
                 return pick_weighted(routes, self._credit.setdefault(ref, {})).url
+        if ref in snap.failing:
+            raise FunctionCannotStart(snap.failing[ref])
         raise NoReplicaReady(f"no replica of {name!r} is ready "
                              f"({snap.desired.get(ref, 0)} desired)")
 
@@ -180,13 +195,16 @@ class RoutingTable:
             self._evicted[url] = self._clock() + EVICT_S
 
     def wait_ready(self, namespace: str, name: str, timeout_s: float) -> bool:
-        """True once a replica is ready; False after ``timeout_s``, or as soon as a table read
-        after the wait began says none is wanted (scaled to zero, or removed, meanwhile)."""
+        """True once a replica is ready, or once the function is known unable to start (``pick``
+        then says why); False after ``timeout_s``, or as soon as a table read after the wait
+        began says none is wanted (scaled to zero, or removed, meanwhile)."""
         ref = (namespace, name)
         start_s = self._clock()
         deadline_s = start_s + timeout_s
         while True:
             snap = self._snap
+            if ref in snap.failing and not snap.ready.get(ref):
+                return True
             if snap.ready.get(ref):
                 try:
                     self.pick(namespace, name)

@@ -23,6 +23,21 @@ from gateway_plugin.spec_codec import spec_from_dict, spec_to_dict
 
 WAKE_LIST_MAX = 16
 """The supervisor's wake-up list is trimmed to this many entries (one is enough to wake it)."""
+START_FAILURES_TO_REFUSE = 3
+"""After this many failed starts in a row of a function's current spec, invocations are refused
+at once (503 with the reason) instead of waiting for a replica that is not coming."""
+REASON_MAX_CHARS = 500
+"""A recorded start failure's reason is cut to this length."""
+
+
+@dataclass(frozen=True)
+class StartFailures:
+    """Failed replica starts in a row of one function's spec (``keys.start_failures()``)."""
+
+    generation: int
+    failures: int
+    reason: str
+    at_s: float
 
 
 @dataclass
@@ -173,6 +188,7 @@ def create_function(client: redis.Redis, rec: FunctionRecord) -> bool:
 def delete_function(client: redis.Redis, namespace: str, name: str) -> bool:
     pipe = client.pipeline(transaction=True)
     pipe.hdel(keys.functions_index(), f"{namespace}/{name}")
+    pipe.hdel(keys.start_failures(), f"{namespace}/{name}")
     changed(pipe, wake_supervisor=True)
     return bool(pipe.execute()[0])
 
@@ -213,3 +229,50 @@ def update_function(client: redis.Redis, namespace: str, name: str,
                 return rec
             except redis.WatchError:
                 continue
+
+
+# ---- start failures (written by the supervisor, read by the provider's routing) ----------------
+
+
+def read_start_failures(client: redis.Redis) -> dict[tuple[str, str], StartFailures]:
+    out = {}
+    for field_name, raw in client.hgetall(keys.start_failures()).items():
+        ns, _, name = field_name.decode().partition("/")
+        try:
+            d = json.loads(raw)
+            out[(ns, name)] = StartFailures(int(d["generation"]), int(d["failures"]),
+                                            str(d["reason"]), float(d["at_s"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a record this version cannot read refuses nothing
+    return out
+
+
+def record_start_failure(client: redis.Redis, namespace: str, name: str, generation: int,
+                         reason: str, at_s: float) -> int:
+    """One more failed start of ``generation`` (the count restarts for a new generation); returns
+    the count. Only the node agent's supervisor writes these (one writer per function)."""
+    field_name = f"{namespace}/{name}"
+    raw = client.hget(keys.start_failures(), field_name)
+    failures = 0
+    if raw:
+        try:
+            d = json.loads(raw)
+            failures = int(d["failures"]) if int(d["generation"]) == generation else 0
+        except (ValueError, KeyError, TypeError):
+            failures = 0
+    failures += 1
+    record = {"generation": generation, "failures": failures,
+              "reason": reason[-REASON_MAX_CHARS:], "at_s": round(at_s, 3)}
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(keys.start_failures(), field_name, json.dumps(record))
+    changed(pipe, wake_supervisor=False)
+    pipe.execute()
+    return failures
+
+
+def clear_start_failures(client: redis.Redis, namespace: str, name: str) -> None:
+    """A replica became ready, the spec changed or the function went to zero: start afresh."""
+    if client.hdel(keys.start_failures(), f"{namespace}/{name}"):
+        pipe = client.pipeline(transaction=False)
+        changed(pipe, wake_supervisor=False)
+        pipe.execute()
