@@ -235,51 +235,40 @@ class Real:
 
     def __init__(self, state_dir: Path) -> None:
         import redis
-        import requests
 
         from fastgshare import keys
         from fastgshare.platform import Platform
+        from fastgshare.provider_client import ProviderClient
 
         self.platform = Platform(state_dir, port=0)
         self.info = self.platform.start()
         self.redis = redis.Redis.from_url(self.info.redis_url)
         self.redis.hset(keys.images(), IMAGE,
                         json.dumps({"handler_dir": str(HANDLER), "template_dir": str(TEMPLATE)}))
-        self.api = requests.Session()
-        self.api.auth = self.info.auth
+        self.api = ProviderClient(self.info.url, self.info.auth)
 
     def close(self) -> None:
         self.redis.close()
         self.platform.stop()
 
     def ready(self, name: str) -> int:
-        r = self.api.get(f"{self.info.url}/system/fastgshare/replicas", timeout=5)
-        r.raise_for_status()
-        for f in r.json():
-            if f["name"] == name:
-                return sum(1 for s in f["replicaStatus"] if s["ready"])
-        return 0
+        return sum(1 for r in self.api.replicas_of(name) if r.ready)
 
     def deploy(self, annotations: Mapping[str, str], wait: bool = True) -> float:
         """Deploy (or update) the function; seconds until its replica is ready (the cold start)."""
         body = {"service": NAME, "image": IMAGE, "annotations": dict(annotations)}
         t0 = time.monotonic()
-        r = self.api.put(f"{self.info.url}/system/functions", json=body, timeout=30)
-        if r.status_code == 404:
-            r = self.api.post(f"{self.info.url}/system/functions", json=body, timeout=30)
-        r.raise_for_status()
+        self.api.deploy(body)
         if wait:
             _wait(lambda: self.ready(NAME) >= 1, 180, "the replica")
         return time.monotonic() - t0
 
     def scale(self, replicas: int) -> None:
-        r = self.api.post(f"{self.info.url}/system/scale-function/{NAME}",
-                          json={"serviceName": NAME, "replicas": replicas}, timeout=30)
-        r.raise_for_status()
+        self.api.scale(NAME, replicas)
         _wait(lambda: self.ready(NAME) == replicas, 60, f"{replicas} replicas")
 
     def remove(self) -> None:
-        self.api.delete(f"{self.info.url}/system/functions", json={"functionName": NAME}, timeout=30)
+        self.api.remove(NAME)
         _wait(lambda: self.ready(NAME) == 0, 60, "the function to go")
 
     def profile(self, quick: bool) -> ProfileTable:

@@ -77,9 +77,9 @@ def platform_with_function(name: str, slo_ms: float) -> Iterator[tuple[Any, Any]
     (``functions/<name>``) deployed with ``fastgshare/slo_ms`` and scale-from-zero allowed;
     yields (PlatformInfo, Redis client) and stops everything on exit."""
     import redis
-    import requests
 
     from fastgshare.platform import Platform
+    from fastgshare.provider_client import ProviderClient
 
     p = Platform(Path(tempfile.mkdtemp(prefix=f"bench-{name}-")), port=0)
     info = p.start()
@@ -87,11 +87,9 @@ def platform_with_function(name: str, slo_ms: float) -> Iterator[tuple[Any, Any]
         client = redis.Redis.from_url(info.redis_url)
         image = f"bench/{name}:latest"
         register_image(client, image, ROOT / "functions" / name)
-        api = requests.Session()
-        api.auth = info.auth
-        api.post(f"{info.url}/system/functions", json={
+        ProviderClient(info.url, info.auth).deploy({
             "service": name, "image": image, "annotations": {"fastgshare/slo_ms": f"{slo_ms:g}"},
-            "labels": {"com.openfaas.scale.min": "0"}}, timeout=30).raise_for_status()
+            "labels": {"com.openfaas.scale.min": "0"}})
         yield info, client
     finally:
         p.stop()

@@ -8,7 +8,6 @@ sidecar PSS <= 60 MB.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,8 +20,8 @@ import redis
 import urllib3
 
 from bench.common import parser, pss_bytes, register_image, wait_http, write_json
-from fastgshare import keys
 from fastgshare.platform import Platform
+from fastgshare.provider_client import ProviderClient
 from fastgshare.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,13 +72,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp, Platform(Path(tmp), port=0) as info:
             client = redis.Redis.from_url(info.redis_url)
             register_image(client, "bench/noop", NOOP)
-            auth = urllib3.make_headers(basic_auth=f"{info.user}:{info.password}")
-            resp = http.request("POST", f"{info.url}/system/functions", headers=auth,
-                                body=json.dumps({"service": "noop", "image": "bench/noop"}))
-            assert resp.status == 202, resp.data
-            wait_http(f"{info.url}/function/noop", timeout_s=120)
-            via_provider = measure(http, f"{info.url}/function/noop", n, "provider")
-            pids = [json.loads(r)["pid"] for r in client.hvals(keys.replicas("openfaas-fn", "noop"))]
+            provider = ProviderClient(info.url, info.auth)
+            provider.deploy({"service": "noop", "image": "bench/noop"})
+            wait_http(provider.function_url("noop"), timeout_s=120)
+            via_provider = measure(http, provider.function_url("noop"), n, "provider")
+            pids = [r.pid for r in provider.replicas_of("noop") if r.pid]
             platform_sidecar_pss = pss_bytes(pids[0]) if pids else None
     finally:
         for p in procs:

@@ -120,7 +120,7 @@ def long_runs_at(name: str, slo_ms: float, cfg: Config, rates: list[float], seco
         api.auth = info.auth
         api.post(f"{info.url}/system/scale-function/{name}", json={"serviceName": name, "replicas": 0})
         gw = Gateway(info.url, info.auth, client)
-        runner = Runner(gw, as_function_source(gw.function_status(name) or {}, slo_ms=slo_ms))
+        runner = Runner(gw, as_function_source(gw.provider.status(name) or {}, slo_ms=slo_ms))
         try:
             runs = [long_run(runner, cfg, r, seconds, slo_ms, "fixed rate") for r in rates]
         finally:
@@ -174,7 +174,7 @@ def bench_function(name: str, slo_ms: float, quick: bool, heldout_n: int, plain_
                      store.load_detail(client, name, table.device_type))
 
         print(f"{name}: re-measuring held-out points", flush=True)
-        src = as_function_source(gw.function_status(name) or {}, slo_ms=slo_ms)
+        src = as_function_source(gw.provider.status(name) or {}, slo_ms=slo_ms)
         runner = Runner(gw, src, settings, monitor=monitor)
         runner.seed(result.measurements)  # each search starts as the table's did (capacity estimate)
         load_mid = os.getloadavg()[0]
@@ -266,7 +266,7 @@ def repeat_configs(name: str, slo_ms: float, quick: bool, configs: list[Config],
         api.auth = info.auth
         api.post(f"{info.url}/system/scale-function/{name}", json={"serviceName": name, "replicas": 0})
         gw = Gateway(info.url, info.auth, client)
-        src = as_function_source(gw.function_status(name) or {}, slo_ms=slo_ms)
+        src = as_function_source(gw.provider.status(name) or {}, slo_ms=slo_ms)
         runner = Runner(gw, src, RunSettings(search=QUICK_SEARCH) if quick else RunSettings(),
                         monitor=None if no_monitor else CpuMonitor(os.getpid()))
         out = []

@@ -44,7 +44,7 @@ def profile_and_store(gw: Gateway, name: str, *, namespace: str = "openfaas-fn",
                       on_progress: Callable[[Progress], None] | None = None,
                       monitor: CpuMonitor | None = None) -> ProfileResult:
     """Profile the deployed function ``name``, store its table in Redis, keep its status current."""
-    status = gw.function_status(name, namespace)
+    status = gw.provider.status(name, namespace)
     if status is None:
         raise ProfileError(f"function {name!r} is not deployed in {namespace!r}")
     src = as_function_source(status, body=body, slo_ms=slo_ms)
@@ -110,7 +110,7 @@ def make_stop_reason(gw: Gateway, name: str, namespace: str, identity: str) -> C
 
     def reason() -> str | None:
         try:
-            status = gw.function_status(name, namespace)
+            status = gw.provider.status(name, namespace)
         except Exception as e:  # any failure to ask is "go on"
             log.debug("could not ask for %s: %s", name, e)
             return None
@@ -141,7 +141,7 @@ class Watcher:
         device_type = device_type_of(self.gw.device())
         out = []
         for ns in self.namespaces:
-            for f in self.gw.list_functions(ns):
+            for f in self.gw.provider.functions(ns):
                 merged = {**dict(f.get("labels") or {}), **dict(f.get("annotations") or {})}  # type: ignore[call-overload]
                 name = str(f["name"])
                 if SLO_MS in merged and not store.has_table(self.gw.redis_client, name, device_type):

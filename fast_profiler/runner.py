@@ -57,6 +57,7 @@ from fast_profiler.search import (
 from fast_profiler.search import next_rate as search_next_rate
 from fast_profiler.shadow import shadow_labels, shadow_name
 from fast_profiler.table import ProfileTable
+from fastgshare.provider_client import ProviderError
 from fastgshare.resources import QUOTA_LIMIT, QUOTA_REQUEST, SCALE_MAX, SCALE_MIN, SLO_MS, SM_PARTITION
 
 log = logging.getLogger("fast_profiler")
@@ -65,6 +66,8 @@ _T = TypeVar("_T")
 BATCH_ENV = "FASTGSHARE_BATCH"
 """The replica's dynamic batch size: its worker runs up to this many queued requests at once
 (``handle_batch``). Throughput stays in requests per second at every batch size."""
+STEP_LABEL = "fastgshare/profile-step"
+"""The shadow's deployment counter (``deploy_body``)."""
 READY_TIMEOUT_S = 180.0
 """How long one configuration's replica may take to load."""
 QUIET_SAMPLE_S = 0.5
@@ -150,7 +153,10 @@ def as_function_source(status: Mapping[str, object], *, body: bytes = b"{}",
                           str(status.get("envProcess") or ""), body)
 
 
-def deploy_body(src: FunctionSource, cfg: Config) -> dict[str, object]:
+def deploy_body(src: FunctionSource, cfg: Config, step: int = 0) -> dict[str, object]:
+    """The shadow's deployment for ``cfg``; ``step`` (a label) makes every deployment a new
+    revision, so the backend starts a new replica even when ``cfg`` was deployed just before (a
+    Kubernetes Deployment whose pod template is unchanged rolls nothing)."""
     ann = {k: v for k, v in src.annotations.items()
            if k not in (SLO_MS, SCALE_MIN, SCALE_MAX, SM_PARTITION, QUOTA_REQUEST, QUOTA_LIMIT)}
     ann.update({SM_PARTITION: str(cfg.sm_pct), QUOTA_REQUEST: f"{cfg.quota_frac:g}",
@@ -158,7 +164,7 @@ def deploy_body(src: FunctionSource, cfg: Config) -> dict[str, object]:
     body: dict[str, object] = {
         "service": src.shadow, "image": src.image, "namespace": src.namespace,
         "envVars": {**src.env_vars, BATCH_ENV: str(cfg.batch)}, "annotations": ann,
-        "labels": {SCALE_MIN: "1", SCALE_MAX: "1", **shadow_labels(src.name)},
+        "labels": {SCALE_MIN: "1", SCALE_MAX: "1", **shadow_labels(src.name), STEP_LABEL: str(step)},
         "secrets": list(src.secrets),
     }
     if src.env_process:
@@ -182,7 +188,9 @@ class Runner:
         """Why the run must stop now (its function removed, redeployed with other code), or None;
         asked about every ``stop_poll_s``. None: the run is never stopped from outside."""
         self._next_stop_check = 0.0
-        self._generation = -1
+        self._step = 0
+        self._seen: set[str] = set()
+        """Replicas of earlier deployments of the shadow, never taken for the current one's."""
         self._full_capacity: dict[tuple[int, int], float] = {}
         self._full_busy: dict[tuple[int, int], float] = {}
         """Busy ms per request under the full-quota probe (batches as the load forms them)."""
@@ -221,28 +229,38 @@ class Runner:
                 raise ProfileCancelled(f"profile of {self.src.name!r} stopped: {reason}")
 
     def _deploy_and_wait(self, cfg: Config) -> str:
-        """Deploy ``cfg`` and return the sidecar URL of its (only) replica once it is ready."""
+        """Deploy ``cfg`` and return the address of its replica once that replica, one this
+        deployment started, is the shadow's only one and answers its health check. The address
+        is the provider's (``replicas_of``): the same on every backend."""
         self.check_stop(now=True)
-        self.gw.deploy(deploy_body(self.src, cfg))
+        provider = self.gw.provider
+        self._seen.update(r.replica_id for r in provider.replicas_of(self.src.shadow, self.src.namespace))
+        self._step += 1
+        provider.deploy(deploy_body(self.src, cfg, self._step))
         deadline = self.clock() + READY_TIMEOUT_S
         while self.clock() < deadline:
             self.check_stop()
-            reps = self.gw.replicas(self.src.shadow, self.src.namespace)
-            newer = [r for r in reps if int(r.get("generation", 0)) > self._generation]  # type: ignore[call-overload]
-            if len(reps) == 1 and newer and int(reps[0].get("sm_pct", 0)) == cfg.sm_pct:  # type: ignore[call-overload]
-                url = f"http://127.0.0.1:{reps[0]['port']}"
+            reps = provider.replicas_of(self.src.shadow, self.src.namespace)
+            if len(reps) == 1 and reps[0].replica_id not in self._seen and reps[0].url \
+                    and reps[0].sm_pct == cfg.sm_pct:
+                url = reps[0].url
                 try:
                     ok = requests.get(f"{url}/_/health", timeout=2).status_code == 200
                 except requests.RequestException:
                     ok = False
                 if ok:
-                    self._generation = int(reps[0]["generation"])  # type: ignore[call-overload]
+                    self._seen.add(reps[0].replica_id)
                     return url
             time.sleep(0.1)
         raise ProfileError(f"{self.src.shadow}: no ready replica for {cfg} after {READY_TIMEOUT_S:.0f} s")
 
     def cleanup(self) -> None:
-        self.gw.remove(self.src.shadow, self.src.namespace)
+        """Remove the shadow (called in a ``finally``: a provider that refuses is logged, so the
+        run's own error is the one raised)."""
+        try:
+            self.gw.provider.remove(self.src.shadow, self.src.namespace)
+        except ProviderError as e:
+            log.warning("could not remove %s: %s", self.src.shadow, e)
 
     # ---- one configuration -----------------------------------------------------------------
 
@@ -258,7 +276,7 @@ class Runner:
         a table's rate over a long run."""
         self._deploy_and_wait(cfg)
 
-        url = f"{self.gw.url}/function/{self.src.shadow}"
+        url = self.gw.provider.function_url(self.src.shadow)
 
         async def run() -> StepRecord:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
@@ -303,7 +321,7 @@ class Runner:
     async def _measure(self, cfg: Config, sidecar: str) -> Measurement:
         s = self.settings
         self._quiet_left = s.quiet_wait_s
-        url = f"{self.gw.url}/function/{self.src.shadow}"
+        url = self.gw.provider.function_url(self.src.shadow)
         conn = aiohttp.TCPConnector(limit=512, force_close=False)
         async with aiohttp.ClientSession(connector=conn) as session:
             nw = hw = 0.0

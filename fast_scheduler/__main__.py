@@ -17,7 +17,8 @@ import threading
 import redis
 
 from fast_scheduler.autoscale import AutoscaleSettings
-from fast_scheduler.loop import LoopSettings, Provider, SchedulerLoop
+from fast_scheduler.loop import LoopSettings, SchedulerLoop
+from fastgshare.provider_client import ProviderClient
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = LoopSettings(interval_s=args.interval_s, fast_interval_s=args.fast_interval_s,
                             standby_retry_s=args.standby_retry_s, repack_every_ticks=args.repack_every_ticks,
                             repack_timeout_s=args.repack_timeout_s, namespace=args.namespace, autoscale=auto)
-    loop = SchedulerLoop(Provider(args.gateway, auth, settings.http_timeout_s),
+    loop = SchedulerLoop(ProviderClient(args.gateway, auth, timeout_s=settings.http_timeout_s),
                          redis.Redis.from_url(args.redis_url), settings)
     if args.once:
         loop.tick()

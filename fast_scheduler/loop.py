@@ -4,8 +4,8 @@ Every ``interval_s``: list functions (``GET /system/functions``: annotations, in
 replica groups and placement (``GET /system/fastgshare/replicas``), devices and profile tables from
 Redis; decide; apply through ``PUT /system/fastgshare/configurations/<name>`` and
 ``POST /system/scale-function/<name>``; write each decision to ``keys.scheduler_decisions()``.
-This module is the adapter: it owns the HTTP session, the Redis client and the clock, and nothing
-in it decides anything.
+This module is the adapter: it is given the provider client (``fastgshare.provider_client``), the
+Redis client and the clock, and nothing in it decides anything.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-import requests
 
 from fast_manager.devices import DeviceInfo
 from fast_manager.model_store import ModelUsage
@@ -39,6 +38,7 @@ from fast_scheduler.control import (
 from fast_scheduler.repack import MoveEvent, RepackSettings, RepackState, plan_tick_repacking
 from fastgshare import keys
 from fastgshare.errors import ValidationError
+from fastgshare.provider_client import ProviderClient, ProviderError
 from fastgshare.resources import MODEL, SCALE_MAX, SCALE_MIN, SLO_MS, parse_share
 from gateway_plugin.types import STARTED_FIELD
 
@@ -72,40 +72,6 @@ class LoopSettings:
     """Timeout of one provider call."""
     autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)
     """Autoscaler tuning (smoothing, headroom, scale-down delay, idle-to-zero)."""
-
-
-class Provider:
-    """The provider API as the loop uses it (the four calls it makes)."""
-
-    def __init__(self, url: str, auth: tuple[str, str] | None, timeout_s: float) -> None:
-        self.url = url.rstrip("/")
-        self.http = requests.Session()
-        if auth:
-            self.http.auth = auth
-        self.timeout_s = timeout_s
-
-    def _get(self, path: str, namespace: str) -> list[dict[str, Any]]:
-        r = self.http.get(f"{self.url}{path}", params={"namespace": namespace}, timeout=self.timeout_s)
-        r.raise_for_status()
-        return list(r.json())
-
-    def functions(self, namespace: str) -> list[dict[str, Any]]:
-        return self._get("/system/functions", namespace)
-
-    def replicas(self, namespace: str) -> list[dict[str, Any]]:
-        return self._get("/system/fastgshare/replicas", namespace)
-
-    def apply(self, name: str, namespace: str, configurations: list[dict[str, Any]]) -> None:
-        r = self.http.put(f"{self.url}/system/fastgshare/configurations/{name}",
-                          params={"namespace": namespace}, json={"configurations": configurations},
-                          timeout=self.timeout_s)
-        r.raise_for_status()
-
-    def scale(self, name: str, namespace: str, replicas: int) -> None:
-        r = self.http.post(f"{self.url}/system/scale-function/{name}", params={"namespace": namespace},
-                           json={"serviceName": name, "namespace": namespace, "replicas": replicas},
-                           timeout=self.timeout_s)
-        r.raise_for_status()
 
 
 def as_device_view(d: DeviceInfo, stored: Mapping[str, ModelUsage] | None = None) -> DeviceView:
@@ -226,7 +192,7 @@ def repack_record(state: RepackState, events: tuple[MoveEvent, ...],
 class SchedulerLoop:
     """Reads, decides, applies; ``tick(now_s)`` is one pass, ``run(stop)`` repeats it."""
 
-    provider: Provider
+    provider: ProviderClient
     client: redis.Redis
     settings: LoopSettings = field(default_factory=LoopSettings)
     clock: Callable[[], float] = time.monotonic
@@ -286,15 +252,15 @@ class SchedulerLoop:
     def _apply(self, a: Action) -> None:
         try:
             if a.groups is not None:
-                self.provider.apply(a.name, a.namespace, [
+                self.provider.apply_configurations(a.name, [
                     {"configId": g.config_id, "replicas": g.replicas, "node": g.node, "gpuUuid": g.gpu_uuid,
                      "batch": g.config.batch, "share": {"fastgshare/gpu_sm_partition": str(g.config.sm_pct),
                                "fastgshare/gpu_quota_request": f"{g.config.quota_request_frac:g}",
                                "fastgshare/gpu_quota_limit": f"{g.config.quota_limit_frac:g}"}}
-                    for g in a.groups])
+                    for g in a.groups], a.namespace)
             if a.base_replicas is not None:
-                self.provider.scale(a.name, a.namespace, a.base_replicas)
-        except requests.RequestException as e:  # next tick retries from what the provider reports
+                self.provider.scale(a.name, a.base_replicas, a.namespace)
+        except ProviderError as e:  # next tick retries from what the provider reports
             log.warning("applying to %s failed: %s", a.name, e)
 
     def _expose(self, result: TickResult, views: Mapping[str, FunctionView], at_s: float,
@@ -319,7 +285,7 @@ class SchedulerLoop:
     def _safe_tick(self, fast: bool) -> None:
         try:
             self.tick(fast)
-        except (requests.RequestException, redis.RedisError) as e:
+        except (ProviderError, redis.RedisError) as e:
             log.warning("tick failed: %s", e)
         except Exception:  # the loop must outlive one bad tick
             log.exception("tick failed")

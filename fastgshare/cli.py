@@ -10,89 +10,19 @@ or Redis is needed.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fastgshare.credentials import Target
+    from fastgshare.provider_client import ProviderClient
 
 DEFAULT_STATE_DIR = Path(os.environ.get("FASTGSHARE_STATE_DIR", ".fastgshare"))
-
-
-class Client:
-    """The provider API as faas-cli sees it."""
-
-    def __init__(self, url: str, auth: tuple[str, str] | None, *, bearer: str = "",
-                 auth_source: str = "") -> None:
-        import requests
-
-        self.url = url.rstrip("/")
-        self.session = requests.Session()
-        if auth:
-            self.session.auth = auth
-        elif bearer:
-            self.session.headers["Authorization"] = f"Bearer {bearer}"
-        self.auth_source = auth_source or ("given" if auth or bearer else "none")
-
-    def fail(self, what: str, resp: Any) -> SystemExit:
-        """The error to exit with for a refused request; a 401 says which credentials were used."""
-        text = f"{what}: HTTP {resp.status_code}: {resp.text.strip()}"
-        if resp.status_code == 401:
-            text += (f"\n(credentials: {self.auth_source}; log in with `faas-cli login -g {self.url}` "
-                     "or set FASTGSHARE_USER/FASTGSHARE_PASSWORD)")
-        return SystemExit(text)
-
-    def deploy(self, body: dict[str, Any]) -> int:
-        """PUT, then POST on 404: what faas-cli deploy does."""
-        resp = self.session.put(f"{self.url}/system/functions", json=body, timeout=60)
-        if resp.status_code == 404:
-            resp = self.session.post(f"{self.url}/system/functions", json=body, timeout=60)
-        if resp.status_code >= 300:
-            raise self.fail(f"deploy {body['service']}", resp)
-        return resp.status_code
-
-    def functions(self) -> list[dict[str, Any]]:
-        resp = self.session.get(f"{self.url}/system/functions", timeout=30)
-        if resp.status_code >= 300:
-            raise self.fail("list functions", resp)
-        return list(resp.json())
-
-    def orchestration(self) -> str:
-        """The provider's backend (``/system/info``; nested under ``provider`` through a gateway)."""
-        resp = self.session.get(f"{self.url}/system/info", timeout=30)
-        if resp.status_code >= 300:
-            raise self.fail("provider info", resp)
-        doc = resp.json()
-        nested = doc.get("provider") if isinstance(doc.get("provider"), dict) else {}
-        return str(doc.get("orchestration") or nested.get("orchestration") or "")
-
-    def register_image(self, body: dict[str, Any], *,
-                       upload: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Local mode's build: the provider maps ``body['image']`` to a handler folder. When the
-        provider does not have the folder named in ``body`` (another machine, or other content
-        there), ``upload()`` (the same with the folders as archives) is sent instead."""
-        resp = self.session.put(f"{self.url}/system/fastgshare/images", json=body, timeout=60)
-        if (resp.status_code == 400 and upload is not None
-                and resp.text.startswith(("handlerDir:", "codeDigest:", "templateDir:"))):
-            resp = self.session.put(f"{self.url}/system/fastgshare/images", json=upload(), timeout=300)
-        if resp.status_code == 404:
-            raise SystemExit(
-                f"build {body['image']}: {self.url} does not serve /system/fastgshare/images (an OpenFaaS "
-                "gateway in front of the provider does not forward it): pass the provider's own URL "
-                "as --gateway, or run `fastgshare build` where `fastgshare up` runs")
-        if resp.status_code >= 300:
-            raise self.fail(f"build {body['image']}", resp)
-        return dict(resp.json())
-
-    def invoke(self, name: str, data: bytes, timeout_s: float = 300) -> Any:
-        return self.session.post(f"{self.url}/function/{name}", data=data, timeout=timeout_s)
 
 
 def _running_platform(state_dir: Path) -> tuple[str, str, str] | None:
@@ -121,64 +51,13 @@ def resolve_cli_target(gateway: str | None, state_dir: Path) -> Target:
         raise SystemExit(f"fastgshare: {e}") from e
 
 
-def _client(args: argparse.Namespace) -> Client:
+def _client(args: argparse.Namespace) -> ProviderClient:
+    from fastgshare.provider_client import ProviderClient
+
     target = resolve_cli_target(args.gateway, args.state_dir)
     cred = target.credentials
-    return Client(target.url, cred.basic, bearer=cred.bearer, auth_source=cred.source)
-
-
-def _load_stack(path: Path) -> tuple[Any, list[Any]]:
-    import yaml
-
-    from fastgshare.stack import parse_stack
-
-    doc = yaml.safe_load(path.read_text())
-    return doc, parse_stack(doc, path.resolve().parent)
-
-
-def _upload_body(common: dict[str, Any], handler_dir: Path, template_dir: Path) -> dict[str, Any]:
-    """A registration that sends the handler folder (and a local template) as archives."""
-    import base64
-
-    from fastgshare.handler_archive import pack
-
-    out = {**common, "archive": base64.b64encode(pack(handler_dir)).decode()}
-    if template_dir.is_dir():
-        out["templateArchive"] = base64.b64encode(pack(template_dir)).decode()
-    return out
-
-
-def register_stack(client: Client, stack_path: Path) -> list[str]:
-    """``fastgshare build``: register each function's image as its handler folder, through the
-    provider (``PUT /system/fastgshare/images``): by path when the provider's machine has the same
-    folder (same content), else uploaded. A provider that runs real images (Kubernetes) needs none:
-    then nothing is registered."""
-    _, functions = _load_stack(stack_path)
-    orchestration = client.orchestration()
-    if orchestration and orchestration != "local":
-        print(f"the provider at {client.url} runs container images ({orchestration}): nothing to "
-              "register; build and push them with faas-cli")
-        return []
-    from fastgshare.handler_archive import ArchiveError, folder_digest
-
-    done = []
-    for fn in functions:
-        if not (fn.handler_dir / "handler.py").is_file():
-            raise SystemExit(f"{fn.name}: handler folder {fn.handler_dir} has no handler.py")
-        lang = fn.lang or "python3-torch"
-        local_template = stack_path.resolve().parent / "template" / lang
-        try:
-            digest = folder_digest(fn.handler_dir)
-        except ArchiveError as e:
-            raise SystemExit(f"{fn.name}: {e}") from e
-        common: dict[str, Any] = {"image": fn.image, "lang": lang, "codeDigest": digest}
-        body = {**common, "handlerDir": str(fn.handler_dir.resolve())}
-        if local_template.is_dir():
-            body["templateDir"] = str(local_template)
-        client.register_image(body, upload=functools.partial(_upload_body, common, fn.handler_dir,
-                                                             local_template))
-        done.append(fn.image)
-    return done
+    return ProviderClient(target.url, cred.basic, bearer=cred.bearer, auth_source=cred.source,
+                          timeout_s=60)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -199,9 +78,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  export OPENFAAS_URL={info.url}")
         print(f"  echo -n {info.password} | faas-cli login -u {info.user} --password-stdin")
         if args.file:
-            client = Client(info.url, info.auth)
+            from fastgshare.build import load_stack, register_stack
+            from fastgshare.provider_client import ProviderClient
+
+            client = ProviderClient(info.url, info.auth, timeout_s=60)
             images = register_stack(client, args.file)
-            _, functions = _load_stack(args.file)
+            _, functions = load_stack(args.file)
             for fn in functions:
                 client.deploy(fn.body)
             print(f"registered and deployed {len(images)} functions from {args.file}")
@@ -214,15 +96,19 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from fastgshare.build import register_stack
+
     for image in register_stack(_client(args), args.file):
         print(f"registered image {image}")
     return 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from fastgshare.build import load_stack
+
     if not args.no_build:
         cmd_build(args)
-    _, functions = _load_stack(args.file)
+    _, functions = load_stack(args.file)
     client = _client(args)
     for fn in functions:
         code = client.deploy(fn.body)
@@ -249,27 +135,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    client = _client(args)
-    params = {"name": args.name, "follow": "true" if args.follow else "false"}
-    if args.tail is not None:
-        params["tail"] = str(args.tail)
-    with client.session.get(f"{client.url}/system/logs", params=params, stream=True,
-                            timeout=None) as resp:
-        if not resp.ok:
-            raise SystemExit(f"HTTP {resp.status_code}: {resp.text.strip()}")
-        for line in resp.iter_lines():
-            if line:
-                msg = json.loads(line)
-                print(f"{msg['timestamp']} {msg['instance']} {msg['text']}", flush=True)
+    for msg in _client(args).logs(args.name, tail=args.tail, follow=args.follow):
+        print(f"{msg['timestamp']} {msg['instance']} {msg['text']}", flush=True)
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    client = _client(args)
-    resp = client.session.delete(f"{client.url}/system/functions",
-                                 json={"functionName": args.name}, timeout=60)
-    print(f"remove {args.name}: HTTP {resp.status_code} {resp.text.strip()}")
-    return 0 if resp.ok else 1
+    if not _client(args).remove(args.name):
+        print(f"remove {args.name}: no such function")
+        return 1
+    print(f"removed {args.name}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -371,19 +247,21 @@ def main(argv: list[str] | None = None) -> int:
         from fast_profiler.cli import profile_main
 
         return int(profile_main(argv[1:]))
-    if argv[:1] == ["bench"]:  # its own parser: the MLPerf-based benchmark (bench/mlperf)
-        from bench.mlperf.cli import bench_main
+    if argv[:1] == ["bench"]:
+        # The benchmark is a program above the CLI (bench/mlperf, its own parser): run it as one,
+        # so the platform's layers never import the benchmarks.
+        import subprocess
 
-        return int(bench_main(argv[1:]))
+        return subprocess.call([sys.executable, "-m", "bench.mlperf", *argv[1:]])
     args = build_parser().parse_args(argv)
     if getattr(args, "state_dir", None) is None and args.command != "demo":
         args.state_dir = DEFAULT_STATE_DIR
-    import requests
+    from fastgshare.provider_client import ProviderError
 
     try:
         return int(args.func(args))
-    except requests.ConnectionError as e:
-        raise SystemExit(f"fastgshare: cannot reach the gateway: {e}") from e
+    except ProviderError as e:
+        raise SystemExit(f"fastgshare: {e}") from e
 
 
 if __name__ == "__main__":

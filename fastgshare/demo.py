@@ -59,8 +59,9 @@ def plot_latency(results: dict[str, list[tuple[float, float, int]]], path: Path)
 
 
 def run_demo(stack: Path, *, requests_per_function: int, port: int, state_dir: Path | None) -> int:
-    from fastgshare.cli import Client, _load_stack, register_stack
+    from fastgshare.build import load_stack, register_stack
     from fastgshare.platform import Platform
+    from fastgshare.provider_client import ProviderClient
     from fastgshare.report import percentile_ms, replica_rows, table
 
     state = Path(state_dir or tempfile.mkdtemp(prefix="fastgshare-demo-"))
@@ -69,8 +70,8 @@ def run_demo(stack: Path, *, requests_per_function: int, port: int, state_dir: P
     info = platform.start()
     try:
         print(f"      provider at {info.url} (user {info.user}, password {info.password})")
-        _, functions = _load_stack(stack)
-        client = Client(info.url, info.auth)
+        _, functions = load_stack(stack)
+        client = ProviderClient(info.url, info.auth, timeout_s=60)
         register_stack(client, stack)
         print(f"[2/4] deploying {len(functions)} functions from {stack}", flush=True)
         for fn in functions:
@@ -89,7 +90,7 @@ def run_demo(stack: Path, *, requests_per_function: int, port: int, state_dir: P
         wall_s = time.monotonic() - t0
         print("[4/4] report", flush=True)
         status = {f["name"]: f for f in client.functions()}
-        cores = {r[0]: r[4] for r in replica_rows(client)}
+        cores = {r[0]: r[4] for r in replica_rows(client.replicas())}
         rows = []
         for name, rs in results.items():
             f = status.get(name, {})

@@ -62,13 +62,15 @@ class ReplicaAddress:
     config_id: str = ""
     """The scheduler's configuration it belongs to; empty for the base group."""
     device_id: str = ""
+    pid: int | None = None
+    """Its sidecar's process id on the platform's machine (local backend only)."""
 
 
 def as_replica_addresses(entry: Mapping[str, Any]) -> list[ReplicaAddress]:
     """The replicas of one ``/system/fastgshare/replicas`` entry. Pure."""
     return [ReplicaAddress(str(r.get("replica") or ""), str(r.get("url") or ""), bool(r.get("ready")),
                            int(r.get("smPct") or 100), str(r.get("configId") or ""),
-                           str(r.get("device") or ""))
+                           str(r.get("device") or ""), r.get("pid"))
             for r in entry.get("replicaStatus") or []]
 
 

@@ -8,11 +8,14 @@ provider's contract routes leave them out; ``/system/fastgshare/replicas`` lists
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fastgshare.provider_client import ProviderClient
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -41,17 +44,10 @@ def device_rows(redis_url: str) -> list[list[Any]]:
         client.close()
 
 
-def replicas_doc(client: Any) -> list[dict[str, Any]]:
-    """The provider's ``/system/fastgshare/replicas``: every function, shadows included."""
-    resp = client.session.get(f"{client.url}/system/fastgshare/replicas", timeout=30)
-    resp.raise_for_status()
-    return list(resp.json())
-
-
-def replica_rows(client: Any, doc: list[dict[str, Any]] | None = None) -> list[list[Any]]:
+def replica_rows(doc: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     """One row per replica, from the provider's ``/system/fastgshare/replicas``."""
     rows = []
-    for fn in replicas_doc(client) if doc is None else doc:
+    for fn in doc:
         shares = {"": fn["share"], **{c["configId"]: c["share"] for c in fn["configurations"]}}
         for r in fn["replicaStatus"]:
             share = shares.get(r["configId"], fn["share"])
@@ -62,10 +58,6 @@ def replica_rows(client: Any, doc: list[dict[str, Any]] | None = None) -> list[l
                          f"{share.get('fastgshare/gpu_quota_limit', '1')}",
                          "yes" if r["ready"] else "no", r["restarts"]])
     return rows
-
-
-def _ms(x: Any) -> str:
-    return "-" if x is None else f"{float(x):.1f}"
 
 
 def function_rows(functions: Sequence[dict[str, Any]], doc: Sequence[dict[str, Any]]) -> list[list[Any]]:
@@ -93,16 +85,16 @@ def function_rows(functions: Sequence[dict[str, Any]], doc: Sequence[dict[str, A
     return rows
 
 
-def print_status(client: Any, state_dir: Path | None) -> None:
+def print_status(client: ProviderClient, state_dir: Path | None) -> None:
     """Functions, replicas; with the state dir of a running ``up``, devices and the scheduler's
     decisions too (from its Redis)."""
     functions = client.functions()
-    doc = replicas_doc(client)
+    doc = client.replicas()
     print(table(["function", "image", "status", "replicas", "available", "sm%", "quota req/lim",
                  "invocations"], function_rows(functions, doc)))
     print()
     print(table(["function", "replica", "group", "device", "cores", "sm%", "quota req/lim",
-                 "ready", "restarts"], replica_rows(client, doc)))
+                 "ready", "restarts"], replica_rows(doc)))
     platform_json = Path(state_dir) / "platform.json" if state_dir is not None else None
     if platform_json is not None and platform_json.exists():
         print()

@@ -52,7 +52,7 @@ def make_replicas_json(state: FunctionState) -> dict[str, Any]:
         "replicaStatus": [
             {"replica": r.replica_id, "device": r.device_id, "ready": r.ready, "url": r.url,
              "cores": list(r.cores), "smPct": r.sm_pct, "configId": r.config_id,
-             "restarts": r.restarts}
+             "restarts": r.restarts, "pid": r.pid}
             for r in state.replica_status
         ],
     }

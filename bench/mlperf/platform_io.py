@@ -1,8 +1,10 @@
 """The platform as the benchmark sees it: bring it up (or attach), register images, deploy, wait,
 remove, and read what the device did (the sidecars' busy time and the workers' CPU time).
 
-Device counters need the replicas' records in Redis (embedded mode, or ``--redis-url``); without
-them utilisation is reported as unknown, never guessed.
+The provider is reached through ``fastgshare.provider_client`` (replica addresses included). The
+workers' CPU time is read from ``/proc`` by the pid their sidecar reports, so it needs the replicas
+on this machine (embedded mode, or ``--redis-url`` of a local platform); without that,
+utilisation is reported as unknown, never guessed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import requests
 
 from bench.mlperf.modes import Deployment, image_of
 from fastgshare import keys
+from fastgshare.provider_client import ProviderClient
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "function_templates" / "python3-torch"
@@ -39,14 +42,13 @@ class Target:
     log_dir: Path | None = None
     platform: Any = None
     """The embedded ``Platform`` when this run started it (to see whether its scheduler runs)."""
-    session: requests.Session = field(default_factory=requests.Session)
+    provider: ProviderClient = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.auth:
-            self.session.auth = self.auth
+        self.provider = ProviderClient(self.url, self.auth, timeout_s=60)
 
     def function_url(self, service: str) -> str:
-        return f"{self.url}/function/{service}"
+        return self.provider.function_url(service)
 
 
 @contextmanager
@@ -113,22 +115,16 @@ def scheduler_decision(t: Target, service: str) -> dict[str, Any] | None:
 
 def deploy(t: Target, body: dict[str, Any]) -> None:
     """PUT, then POST on 404 (what faas-cli does)."""
-    resp = t.session.put(f"{t.url}/system/functions", json=body, timeout=60)
-    if resp.status_code == 404:
-        resp = t.session.post(f"{t.url}/system/functions", json=body, timeout=60)
-    if resp.status_code >= 300:
-        raise RuntimeError(f"deploy {body['service']}: HTTP {resp.status_code}: {resp.text.strip()}")
+    t.provider.deploy(body)
 
 
 def remove(t: Target, service: str) -> None:
-    t.session.delete(f"{t.url}/system/functions", json={"functionName": service}, timeout=60)
+    t.provider.remove(service)
 
 
 def replicas(t: Target) -> list[dict[str, Any]]:
     """``GET /system/fastgshare/replicas``: per function replicas, configurations, replica status."""
-    resp = t.session.get(f"{t.url}/system/fastgshare/replicas", timeout=10)
-    resp.raise_for_status()
-    return list(resp.json())
+    return t.provider.replicas()
 
 
 def wait_ready(t: Target, services: Sequence[str], timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -136,8 +132,8 @@ def wait_ready(t: Target, services: Sequence[str], timeout_s: float = READY_TIME
     pending = set(services)
     while pending and time.monotonic() < deadline:
         for s in list(pending):
-            resp = t.session.get(f"{t.url}/system/function/{s}", timeout=10)
-            if resp.status_code == 200 and resp.json().get("availableReplicas", 0) >= 1:
+            status = t.provider.status(s)
+            if status is not None and status.get("availableReplicas", 0) >= 1:
                 pending.discard(s)
         if pending:
             time.sleep(0.5)
@@ -152,16 +148,24 @@ def deploy_all(t: Target, group: Sequence[Deployment]) -> None:
 
 
 def remove_all(t: Target, group: Sequence[Deployment]) -> None:
+    """Remove the group and wait (up to 30 s) until its replicas stopped: their sidecars, at the
+    addresses the provider gave before, no longer answer (they drain after the provider drops them)."""
+    urls = [r.url for d in group for r in t.provider.replicas_of(d.service) if r.url]
     for d in group:
         remove(t, d.service)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and t.redis_url:
-        client = redis.Redis.from_url(t.redis_url)
-        left = sum(client.hlen(keys.replicas(NAMESPACE, d.service)) for d in group)
-        client.close()
-        if not left:
-            break
-        time.sleep(0.3)
+    while urls and time.monotonic() < deadline:
+        urls = [u for u in urls if _answers(f"{u}/_/health")]
+        if urls:
+            time.sleep(0.3)
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=1)
+    except requests.RequestException:
+        return False
+    return True
 
 
 def single_stream(t: Target, service: str, n: int, warm: int = 3,
@@ -171,7 +175,7 @@ def single_stream(t: Target, service: str, n: int, warm: int = 3,
     body, headers = sample
     for i in range(warm + n):
         t0 = time.monotonic()
-        resp = t.session.post(t.function_url(service), data=body, headers=dict(headers), timeout=120)
+        resp = t.provider.invoke(service, body, headers=headers, timeout_s=120)
         resp.raise_for_status()
         if i >= warm:
             out.append((time.monotonic() - t0) * 1000.0)
@@ -197,26 +201,28 @@ class Usage:
 
 
 class UsageProbe:
-    """Reads each replica's sidecar ``/_/stats`` (busy time) and its worker's CPU time."""
+    """Reads each replica's sidecar ``/_/stats`` (busy time) at the address the provider gives,
+    and its worker's CPU time."""
 
     def __init__(self, t: Target) -> None:
-        self._redis = redis.Redis.from_url(t.redis_url) if t.redis_url else None
+        self._provider = t.provider if t.redis_url else None
         self._http = requests.Session()
 
     def sample(self, services: Sequence[str]) -> Usage | None:
-        if self._redis is None:
+        if self._provider is None:
             return None
         busy, cpu, sm = {}, {}, {}
         for s in services:
-            for rid, raw in self._redis.hgetall(keys.replicas(NAMESPACE, s)).items():
-                rec = json.loads(raw)
+            for rep in self._provider.replicas_of(s):
+                if not rep.url:
+                    continue
                 try:
-                    st = self._http.get(f"http://127.0.0.1:{rec['port']}/_/stats", timeout=2).json()
+                    st = self._http.get(f"{rep.url}/_/stats", timeout=2).json()
                 except (requests.RequestException, ValueError):
                     continue
-                key = rid.decode()
+                key = rep.replica_id
                 busy[key] = float(st.get("busy_ms_total", 0.0))
-                sm[key] = int(rec.get("sm_pct", 100))
+                sm[key] = rep.sm_pct
                 pid = (st.get("worker") or {}).get("pid")
                 c = _cpu_s(int(pid)) if pid else None
                 if c is not None:
@@ -224,8 +230,7 @@ class UsageProbe:
         return Usage(time.monotonic(), busy, cpu, sm)
 
     def close(self) -> None:
-        if self._redis is not None:
-            self._redis.close()
+        self._http.close()
 
 
 def utilisation(a: Usage | None, b: Usage | None,

@@ -23,9 +23,10 @@ import requests
 import yaml
 
 from fastgshare import keys
-from fastgshare.cli import Client, _upload_body
+from fastgshare.build import register_image, upload_body
 from fastgshare.handler_archive import folder_digest
 from fastgshare.platform import Platform, PlatformInfo
+from fastgshare.provider_client import ProviderClient
 
 HANDLERS = Path(__file__).parent / "handlers"
 
@@ -143,9 +144,9 @@ def test_a_cli_on_another_machine_uploads_the_handler(platform: PlatformInfo, pr
     (handler / "handler.py").write_text((handler / "handler.py").read_text().replace(
         '"pid": os.getpid()', '"pid": os.getpid(), "uploaded": True'))
     common = {"image": "me/remote:1", "lang": "python3-torch", "codeDigest": folder_digest(handler)}
-    client = Client(platform.url, platform.auth)
-    rec = client.register_image({**common, "handlerDir": "/home/someone/elsewhere/fn"},
-                                upload=functools.partial(_upload_body, common, handler, tmp_path / "none"))
+    client = ProviderClient(platform.url, platform.auth)
+    rec = register_image(client, {**common, "handlerDir": "/home/someone/elsewhere/fn"},
+                         upload=functools.partial(upload_body, common, handler, tmp_path / "none"))
     unpacked = Path(rec["handlerDir"])
     assert unpacked.is_relative_to(Path(platform.state_dir) / "images")
     assert rec["codeDigest"] == common["codeDigest"]

@@ -72,7 +72,7 @@ def test_profile_through_the_platform(platform: PlatformInfo, tmp_path: Path) ->
     assert seen and seen[0] == 0
     st = store.get_status(client, "openfaas-fn", "mm")
     assert st["state"] == ProfileState.DONE.value
-    assert gw.function_status("mm-profile") is None
+    assert gw.provider.status("mm-profile") is None
     assert watcher.candidates() == []
 
     # Round trips: Redis, JSON export, CSV.

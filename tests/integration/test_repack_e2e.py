@@ -27,9 +27,10 @@ from fast_profiler import store
 from fast_profiler.table import ProfilePoint, ProfileTable, device_type_of
 from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig
 from fast_scheduler.control import config_id
-from fast_scheduler.loop import LoopSettings, Provider, SchedulerLoop
+from fast_scheduler.loop import LoopSettings, SchedulerLoop
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
+from fastgshare.provider_client import ProviderClient
 from tests.integration.platform_helpers import deploy_slo_function, start_platform
 from tests.waiting import wait_for
 
@@ -86,7 +87,7 @@ def test_a_replica_moves_to_the_other_device_without_a_failed_request(platform):
     settings = LoopSettings(interval_s=1.0, fast_interval_s=0.0, repack_every_ticks=1, repack_timeout_s=90.0,
                             autoscale=AutoscaleSettings(scale_down_delay_s=1e6, idle_to_zero_s=1e6,
                                                         standby_frac=0.0))
-    loop = SchedulerLoop(Provider(url, info.auth, 10.0), client, settings)
+    loop = SchedulerLoop(ProviderClient(url, info.auth, timeout_s=10.0), client, settings)
     results: list[int] = []
     stop = threading.Event()
 
