@@ -408,13 +408,20 @@ def start_supervisor(redis_url: str, stop: threading.Event) -> threading.Thread:
     """The replica supervisor in its own thread, with its own connection (its BLPOP waits must
     not hold up the heartbeat). The thread lives as long as the replicas it starts: their
     parent-death signal fires when the thread that forked them ends."""
+    from fast_manager import function_users
     from fast_manager.replica_supervisor import ReplicaSupervisor
     from gateway_plugin.settings import DEFAULT_STATE_DIR
 
     raw = os.environ.get("FASTGSHARE_STATE_DIR")
     state_dir = Path(raw).expanduser() if raw else DEFAULT_STATE_DIR.expanduser()
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
-    supervisor = ReplicaSupervisor(client, state_dir, redis_url)
+    supervisor = ReplicaSupervisor(
+        client, state_dir, redis_url,
+        # The sidecars' restricted Redis user (``fastgshare.redis_acl``); the agent's own is the
+        # platform's, which no function-facing process may hold.
+        sidecar_redis_url=os.environ.get("FASTGSHARE_SIDECAR_REDIS_URL") or None,
+        isolation=function_users.isolation_from_env(os.environ, os.geteuid(), state_dir),
+        model_store_dir=store_dir_from_env(os.environ))
     thread = threading.Thread(target=supervisor.run, args=(stop,), name="replica-supervisor")
     thread.start()
     return thread

@@ -32,6 +32,9 @@ from typing import Any
 import redis
 import urllib3
 
+from fast_manager import function_users
+from fast_manager.function_users import Isolation
+from fast_manager.model_store_fs import MODEL_STORE_DIR_ENV
 from fast_manager.replica_plan import ReplicaView, plan, restart_backoff_s
 from fast_manager.start_failures import StartFailureLog
 from fast_scheduler.cores import pick_cores
@@ -72,10 +75,16 @@ class ReplicaSupervisor:
     def __init__(self, client: redis.Redis, state_dir: Path, redis_url: str, *,
                  python: str = sys.executable, runtime_path: Path = DEFAULT_RUNTIME,
                  stop_grace_s: float = STOP_GRACE_S,
-                 deregister_delay_s: float = DEREGISTER_DELAY_S) -> None:
+                 deregister_delay_s: float = DEREGISTER_DELAY_S,
+                 sidecar_redis_url: str | None = None, isolation: Isolation | None = None,
+                 model_store_dir: Path | None = None) -> None:
         self._redis = client
         self._state_dir = Path(state_dir)
-        self._redis_url = redis_url
+        self._redis_url = sidecar_redis_url or redis_url
+        """What replicas are given: the sidecars' restricted Redis user, not the node agent's."""
+        self._isolation = isolation
+        """Function users (platform as root), or None: workers run as the platform's user."""
+        self._model_store_dir = Path(model_store_dir or self._state_dir / "models")
         self._python = python
         self._runtime = Path(runtime_path)
         self._stop_grace_s = stop_grace_s
@@ -297,6 +306,33 @@ class ReplicaSupervisor:
                     load[c] = load.get(c, 0) + 1
         return load
 
+    def _worker_files(self, fn: FunctionRecord, replica_id: str, device: dict[str, Any],
+                      image: dict[str, str]) -> dict[str, str]:
+        """The replica's variables naming what its worker reads, and, with function users, the
+        user it runs as (its files prepared in the functions area, ``fast_manager.function_users``)."""
+        runtime_dir = Path(image["template_dir"])
+        iso = self._isolation
+        if iso is None:
+            return {"FASTGSHARE_HANDLER_DIR": image["handler_dir"],
+                    "FASTGSHARE_RUNTIME": str(runtime_dir / "index.py"),
+                    "FASTGSHARE_SECRETS_DIR": str(self._write_secrets(fn, replica_id)),
+                    MODEL_STORE_DIR_ENV: str(self._model_store_dir)}
+        spec = fn.spec
+        gpu_mps = device.get("kind") == "gpu" and bool(device.get("mps_pipe_dir"))
+        uid = function_users.assign_uid(
+            self._redis, function_users.identity(spec.namespace, spec.name, gpu_mps), iso.uid_base)
+        function_users.prepare_area(iso)
+        values = {name: self._redis.hget(keys.secrets(spec.namespace), name)
+                  for name in spec.secrets}
+        dirs = function_users.prepare_replica(
+            iso, uid, replica_id, {k: v for k, v in values.items() if v is not None},
+            Path(image["handler_dir"]), runtime_dir)
+        return {"FASTGSHARE_HANDLER_DIR": str(dirs.handler_dir),
+                "FASTGSHARE_RUNTIME": str(dirs.template_dir / "index.py"),
+                "FASTGSHARE_SECRETS_DIR": str(dirs.secrets_dir),
+                MODEL_STORE_DIR_ENV: str(iso.models_dir),
+                "FASTGSHARE_RUN_AS": f"{uid}:{uid}", "HOME": str(dirs.home)}
+
     def _write_secrets(self, fn: FunctionRecord, replica_id: str) -> Path:
         spec = fn.spec
         d = self._state_dir / "run" / spec.namespace / spec.name / replica_id / "secrets"
@@ -332,16 +368,13 @@ class ReplicaSupervisor:
             "FASTGSHARE_REPLICA": replica_id,
             "FASTGSHARE_PORT": str(port),
             "FASTGSHARE_BIND": "127.0.0.1",
-            "FASTGSHARE_HANDLER_DIR": image["handler_dir"],
-            "FASTGSHARE_RUNTIME": str(Path(image["template_dir"]) / "index.py"),
             "FASTGSHARE_DEVICE": device_id,
             "FASTGSHARE_CPU_CORES": ",".join(map(str, cores)),
             "FASTGSHARE_SM_PCT": str(share.sm_pct),
             "FASTGSHARE_QUOTA_REQUEST": f"{share.quota_request_frac:g}",
             "FASTGSHARE_QUOTA_LIMIT": f"{share.quota_limit_frac:g}",
-            "FASTGSHARE_SECRETS_DIR": str(self._write_secrets(fn, replica_id)),
-            "FASTGSHARE_MODEL_STORE_DIR": str(self._state_dir / "models"),
             "REDIS_URL": self._redis_url,
+            **self._worker_files(fn, replica_id, device, image),
         })
         if share.mem_bytes is not None:
             env["FASTGSHARE_MEM_BYTES"] = str(share.mem_bytes)

@@ -40,8 +40,14 @@ _SIDECAR_ONLY = frozenset({
     "FASTGSHARE_QUEUE_TIMEOUT_S", "FASTGSHARE_EXEC_TIMEOUT_S", "FASTGSHARE_READY_TIMEOUT_S",
     "FASTGSHARE_MAX_BODY_BYTES", "FASTGSHARE_ARBITER", "FASTGSHARE_MEM_ENFORCE",
     "FASTGSHARE_ARBITER_WINDOW_S", "FASTGSHARE_ARBITER_MIN_TOKEN_MS", "FASTGSHARE_ARBITER_MAX_TOKEN_MS",
+    "FASTGSHARE_RUN_AS",
+    # Credentials: the sidecar's Redis user (in the URL) must never reach the function's code.
+    "REDIS_URL", "REDISCLI_AUTH", "FASTGSHARE_REDIS_PASSWORD", "FASTGSHARE_REDIS_USER",
+    "FASTGSHARE_SIDECAR_REDIS_URL",
+    "FASTGSHARE_PASSWORD", "FASTGSHARE_USER",
 })
-"""Variables that configure the sidecar itself and mean nothing to the worker."""
+"""Variables that configure the sidecar itself, or hold its credentials, and are kept from the
+worker (whose code is the function's, not the platform's)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,9 @@ class SidecarSettings:
     ``off``."""
     mps_pipe_dir: str | None = None
     """GPU only: the MPS control daemon's pipe directory."""
+    run_as: tuple[int, int] | None = None
+    """``FASTGSHARE_RUN_AS=uid:gid``: the unprivileged user and group the worker runs as (set by
+    the node agent when the platform runs as root); None: the sidecar's own user."""
     worker_port: int = 0
     """Port of the worker on loopback; 0 picks a free one at each (re)start."""
     queue_max: int = DEFAULT_QUEUE_MAX
@@ -182,6 +191,23 @@ def parse_cores(raw: str) -> tuple[int, ...]:
     return tuple(sorted(cores))
 
 
+def parse_run_as(raw: str) -> tuple[int, int] | None:
+    """``"2000000001:2000000001"`` -> (uid, gid); empty -> None. Root (0) is refused: a worker is
+    never given the platform's privileges by this variable."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    allowed = "uid:gid, two integers 1..4294967294"
+    uid_s, sep, gid_s = raw.partition(":")
+    try:
+        uid, gid = int(uid_s), int(gid_s if sep else uid_s)
+    except ValueError as e:
+        raise ValidationError("FASTGSHARE_RUN_AS", allowed, raw) from e
+    if not (0 < uid < 2**32 - 1 and 0 < gid < 2**32 - 1):
+        raise ValidationError("FASTGSHARE_RUN_AS", allowed, raw)
+    return uid, gid
+
+
 def _share(env: Mapping[str, str]) -> GpuShare:
     sm_pct = _int(env, "FASTGSHARE_SM_PCT", 100, 1, 100)
     limit = _float(env, "FASTGSHARE_QUOTA_LIMIT", 1.0, "a fraction 0 < limit <= 1", 0.0, 1.0)
@@ -220,6 +246,7 @@ def sidecar_settings_from_env(env: Mapping[str, str]) -> SidecarSettings:
         arbiter_min_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MIN_TOKEN_MS"),
         arbiter_max_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MAX_TOKEN_MS"),
         mps_pipe_dir=env.get("FASTGSHARE_MPS_PIPE_DIR") or None,
+        run_as=parse_run_as(env.get("FASTGSHARE_RUN_AS", "")),
         worker_port=_int(env, "FASTGSHARE_WORKER_PORT", 0, 0, 65535),
         queue_max=_int(env, "FASTGSHARE_QUEUE_MAX", DEFAULT_QUEUE_MAX, 0),
         queue_timeout_s=_float(env, "FASTGSHARE_QUEUE_TIMEOUT_S", DEFAULT_QUEUE_TIMEOUT_S,

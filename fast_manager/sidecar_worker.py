@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,8 @@ from fast_manager.memory import RSS_POLL_S, MemoryEnforcement, MemoryGuard, join
 from fast_manager.settings import SidecarSettings
 from fast_manager.sidecar_http import probe_ready
 from fast_manager.worker_env import worker_env
+from fast_manager.worker_sandbox import enter as enter_sandbox
+from fast_manager.worker_sandbox import exposures, needed_paths, traversable
 
 log = logging.getLogger("sidecar.worker")
 
@@ -90,9 +93,15 @@ def raise_own_priority(change: int) -> tuple[int | None, str]:
 
 
 def _child_setup(cores: tuple[int, ...], cgroup_procs: str | None,
-                 nice: int = 0, base_nice: int | None = None) -> Callable[[], None]:
+                 nice: int = 0, base_nice: int | None = None,
+                 run_as: tuple[int, int] | None = None,
+                 binds: tuple[tuple[str, str], ...] = ()) -> Callable[[], None]:
     """``nice``: the worker's niceness above the sidecar's; above ``base_nice`` instead when the
-    sidecar raised its own priority (the worker is put back where the sidecar started)."""
+    sidecar raised its own priority (the worker is put back where the sidecar started).
+    ``run_as``: (uid, gid) the worker drops to, after everything that needs the sidecar's
+    privileges (cgroup, priority) and before exec; a failure to drop fails the start.
+    ``binds``: folders the worker cannot enter as that user and the children it needs of them
+    (``fast_manager.worker_sandbox``)."""
     def setup() -> None:  # runs in the child between fork and exec: no locks, no logging
         if cgroup_procs:  # before exec, so the runtime and torch are charged to the limit
             join_cgroup(cgroup_procs)
@@ -104,7 +113,13 @@ def _child_setup(cores: tuple[int, ...], cgroup_procs: str | None,
         elif nice:
             with contextlib.suppress(OSError):
                 os.nice(nice)
+        if run_as is not None:  # supplementary groups first: they would keep root's groups
+            enter_sandbox(binds)
+            os.setgroups([])
+            os.setgid(run_as[1])
+            os.setuid(run_as[0])  # real, effective and saved: no way back
         # The worker must not outlive a SIGKILLed sidecar (it would hold its cores and memory).
+        # After the user change, which clears the parent-death signal.
         with contextlib.suppress(Exception):
             ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     return setup
@@ -130,6 +145,12 @@ class WorkerProcess:
         self.restarts = 0
         self.last_exit_code: int | None = None
         self.on_state_change: Callable[[bool], None] = lambda up: None
+        self._binds: tuple[tuple[str, str], ...] = ()
+        if settings.run_as is not None:
+            self._binds = exposures(needed_paths(settings.runtime), traversable)
+            if self._binds:
+                log.info("the worker (uid %d) reaches %s through a private mount namespace",
+                         settings.run_as[0], ", ".join(child for _, child in self._binds))
 
     @property
     def pid(self) -> int | None:
@@ -216,16 +237,23 @@ class WorkerProcess:
         env = worker_env(s, self._base_env)
         env["FASTGSHARE_WORKER_PORT"] = str(self.port)
         self.memory.worker_started()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(s.runtime), env=env, cwd=str(s.runtime.parent),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_child_setup(s.cpu_cores, self.memory.procs_file(), worker_nice(),
-                                    self._base_nice),
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(s.runtime), env=env, cwd=str(s.runtime.parent),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_child_setup(s.cpu_cores, self.memory.procs_file(), worker_nice(),
+                                        self._base_nice, s.run_as, self._binds),
+            )
+        except (OSError, subprocess.SubprocessError) as e:  # the restart loop retries, logged
+            log.error("worker did not start (%s)%s", e, (
+                f"; it runs as uid {s.run_as[0]} with {self._binds or 'no namespace'}"
+                if s.run_as else ""))
+            return None
         self._proc = proc
-        log.info("worker pid %d started on port %d, cores %s, device %s", proc.pid, self.port,
-                 list(s.cpu_cores) or "inherited", s.device)
+        log.info("worker pid %d started on port %d, cores %s, device %s, user %s", proc.pid,
+                 self.port, list(s.cpu_cores) or "inherited", s.device,
+                 f"{s.run_as[0]}:{s.run_as[1]}" if s.run_as else "the sidecar's")
         pump = asyncio.create_task(self._pump(proc))
         probe = asyncio.create_task(self._probe(proc))
         watch = (asyncio.create_task(self._watch_rss(proc))

@@ -92,6 +92,16 @@ def supervisor_wake() -> str:
     return f"{PREFIX}:local:wake"
 
 
+def function_uids() -> str:
+    """Hash: ``<namespace>/<name>`` (or a shared identity such as ``*gpu-mps``) -> the numeric
+    uid its workers run as when the platform runs as root; never reused (see ``uid_next``)."""
+    return f"{PREFIX}:local:uids"
+
+
+def uid_next() -> str:
+    """Integer: how many function uids have been handed out (the next is the base plus this)."""
+    return f"{PREFIX}:local:uid-next"
+
 
 def start_failures() -> str:
     """Hash: ``<namespace>/<name>`` -> JSON ``{generation, failures, reason, at_s}``: the replica

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from pathlib import Path
 import redis
 import requests
 
+from fast_manager.function_users import Isolation, isolation_from_env
+from fastgshare.redis_acl import PLATFORM_USER, ensure_passwords, write_acl_file
 from fastgshare.redis_server import EmbeddedRedis, RedisSupervisor, die_with_parent, free_port
 
 DEFAULT_USER = "admin"
@@ -32,6 +35,12 @@ DEFAULT_USER = "admin"
 START_TIMEOUT_S = 60.0
 """How long the provider may take to answer ``/healthz``."""
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TRUST_MODEL_NOTE = (
+    "not running as root: every function runs as this user and can read what this user can "
+    "(the state directory, the admin password, the Redis credentials). Single-user trust model: "
+    "deploy only functions you trust, or run the platform as root so each function gets a user "
+    "of its own (README, 'Who can read what')")
+"""Said at the start of a platform that cannot give functions users of their own."""
 
 log = logging.getLogger("fastgshare.platform")
 
@@ -66,12 +75,15 @@ def read_info(state_dir: Path) -> PlatformInfo:
 def ensure_credentials(secrets_dir: Path) -> tuple[str, str]:
     """Read the basic-auth credentials, creating them on first start (faas-provider convention)."""
     secrets_dir.mkdir(parents=True, exist_ok=True)
+    secrets_dir.chmod(0o700)
     user_file, pass_file = secrets_dir / "basic-auth-user", secrets_dir / "basic-auth-password"
     if not user_file.exists():
         user_file.write_text(DEFAULT_USER)
     if not pass_file.exists():
-        pass_file.write_text(secrets.token_urlsafe(18))
-        pass_file.chmod(0o600)
+        fd = os.open(pass_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(18))
+    pass_file.chmod(0o600)
     return user_file.read_text().strip(), pass_file.read_text().strip()
 
 
@@ -96,24 +108,40 @@ class Platform:
     _redis_supervisor: RedisSupervisor | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _redis_url: str = ""
+    _sidecar_redis_url: str = ""
+    """What replicas get: the sidecars' restricted Redis user (``fastgshare.redis_acl``)."""
     _password: str = ""
     info: PlatformInfo | None = None
+    isolation: Isolation | None = None
+    """Function users (the platform runs as root), or None (functions run as this user)."""
 
     def start(self) -> PlatformInfo:
         self.state_dir = Path(self.state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)  # secrets, Redis data and credentials: the platform's alone
+        self.isolation = isolation_from_env(os.environ, os.geteuid(), self.state_dir)
+        if self.isolation is None:
+            self.note(TRUST_MODEL_NOTE)
         if not self.port:
             self.port = free_port()
         redis_url = self.redis_url
-        if redis_url is None:
-            self._redis = EmbeddedRedis(self.state_dir / "redis").start()
+        self._sidecar_redis_url = os.environ.get("FASTGSHARE_SIDECAR_REDIS_URL") or redis_url or ""
+        if redis_url is None:  # ours: with ACL users, the default (passwordless) one off
+            passwords = ensure_passwords(self.state_dir / "secrets")
+            data = self.state_dir / "redis"
+            data.mkdir(mode=0o700, exist_ok=True)
+            self._redis = EmbeddedRedis(data, acl_file=write_acl_file(data / "users.acl", passwords),
+                                        username=PLATFORM_USER, password=passwords.platform).start()
             redis_url = self._redis.url
+            self._sidecar_redis_url = passwords.sidecar_url(redis_url)
             self._redis_supervisor = RedisSupervisor(self._redis, note=self.note).start()
         user, password = ensure_credentials(self.state_dir / "secrets")
         self._redis_url = redis_url
         try:
+            # Redis URLs carry credentials: by environment (the process's own), never argv
+            # (which anyone on the machine reads in /proc).
             self._spawn("node-agent", [sys.executable, "-m", "fast_manager.node_agent",
-                                       "--redis-url", redis_url, "--supervise-replicas"]
+                                       "--supervise-replicas"]
                         + (["--start-mps"] if self.start_mps else []))
             self._spawn_provider()
         except BaseException:
@@ -125,14 +153,16 @@ class Platform:
         try:
             if self.profiler:
                 self._spawn("profiler", [sys.executable, "-m", "fast_profiler", "watch",
-                                         "--redis-url", redis_url, "--gateway", url])
+                                         "--gateway", url])
             if self.scheduler:
                 self._spawn("scheduler", [sys.executable, "-m", "fast_scheduler",
-                                          "--redis-url", redis_url, "--gateway", url])
+                                          "--gateway", url])
         except BaseException:
             self.stop()
             raise
-        (self.state_dir / "platform.json").write_text(json.dumps(self.info.__dict__, indent=1))
+        fd = os.open(self.state_dir / "platform.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:  # the admin password and the platform's Redis user
+            out.write(json.dumps(self.info.__dict__, indent=1))
         return self.info
 
     def note(self, line: str) -> None:
@@ -156,11 +186,15 @@ class Platform:
         env = dict(os.environ)
         env.update({
             "REDIS_URL": self._redis_url,
+            "FASTGSHARE_SIDECAR_REDIS_URL": self._sidecar_redis_url,
             "FASTGSHARE_STATE_DIR": str(self.state_dir),
             "secret_mount_path": str(self.state_dir / "secrets"),
             "basic_auth": "true" if self.basic_auth else "false",
             "PYTHONUNBUFFERED": "1",
         })
+        if self.isolation is not None:  # the node agent's model store GC and its replicas agree
+            env.update({"FASTGSHARE_FUNCTIONS_DIR": str(self.isolation.area),
+                        "FASTGSHARE_MODEL_STORE_DIR": str(self.isolation.models_dir)})
         if self._password:  # the profiler and scheduler speak the provider API
             env.update({"FASTGSHARE_USER": DEFAULT_USER, "FASTGSHARE_PASSWORD": self._password})
         return env
@@ -230,6 +264,8 @@ class Platform:
                 client.close()
             except redis.RedisError:
                 pass
+        if self.isolation is not None:  # secrets' copies and homes; rebuilt at the next start
+            shutil.rmtree(self.isolation.area, ignore_errors=True)
         if self._redis_supervisor is not None:
             self._redis_supervisor.stop()
             self._redis_supervisor = None

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -62,10 +63,18 @@ class EmbeddedRedis:
     """0 picks a free port at start."""
     persist: bool = True
     """Append-only file plus snapshots; off only for throwaway test servers."""
+    acl_file: Path | None = None
+    """An ACL file (``fastgshare.redis_acl``); None: no users, anyone on loopback gets in."""
+    username: str | None = None
+    """With ``acl_file``: the user this object's ``url`` and its own checks authenticate as."""
+    password: str | None = None
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.username and self.password:
+            auth = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -79,6 +88,7 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         self.data_dir = Path(self.data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # the append-only file holds every secret and the desired state
         if not self.port:
             self.port = free_port()
         conf = [
@@ -92,14 +102,18 @@ class EmbeddedRedis:
             "appendfsync everysec",
             "daemonize no",
         ]
+        if self.acl_file is not None:
+            conf.append(f"aclfile {Path(self.acl_file).resolve()}")
         conf_path = self.data_dir / "valkey.conf"
         conf_path.write_text("\n".join(conf) + "\n")
+        conf_path.chmod(0o600)
         self._proc = subprocess.Popen(
             [server_binary(), str(conf_path)], cwd=self.data_dir,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2,
+                             username=self.username, password=self.password)
         while True:
             try:
                 client.ping()

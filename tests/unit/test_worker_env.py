@@ -102,3 +102,28 @@ def test_bad_settings_name_the_variable(env: dict[str, str], field: str) -> None
     with pytest.raises(ValidationError) as e:
         sidecar_settings_from_env(env)
     assert e.value.field == field
+
+
+def test_redis_url_and_credentials_never_reach_the_worker() -> None:
+    base = {**BASE, "REDIS_URL": "redis://fastgshare-sidecar:pw@127.0.0.1:1/0",
+            "FASTGSHARE_SIDECAR_REDIS_URL": "redis://u:pw@h/0", "FASTGSHARE_PASSWORD": "admin-pw",
+            "FASTGSHARE_USER": "admin", "FASTGSHARE_RUN_AS": "2000000001:2000000001",
+            "REDISCLI_AUTH": "pw"}
+    env = worker_env(SidecarSettings(redis_url=base["REDIS_URL"]), base)
+    assert not [k for k in env if "REDIS" in k or "PASSWORD" in k or k == "FASTGSHARE_RUN_AS"]
+    assert "pw" not in "".join(env.values())
+
+
+@pytest.mark.parametrize("raw, want", [
+    ("", None), ("2000000001:2000000001", (2000000001, 2000000001)), ("1000", (1000, 1000)),
+    (" 5:6 ", (5, 6)),
+])
+def test_run_as_parses_uid_and_gid(raw: str, want) -> None:
+    assert sidecar_settings_from_env({"FASTGSHARE_RUN_AS": raw}).run_as == want
+
+
+@pytest.mark.parametrize("raw", ["0:0", "0", "5:0", "x:1", "-1:5", "4294967295:1"])
+def test_run_as_refuses_root_and_nonsense(raw: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        sidecar_settings_from_env({"FASTGSHARE_RUN_AS": raw})
+    assert "FASTGSHARE_RUN_AS" in str(e.value)

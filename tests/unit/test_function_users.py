@@ -1,0 +1,71 @@
+"""Function users' pure parts: when they are on, where their files go, what the worker's mount
+namespace exposes, and the Redis ACL rules' shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fast_manager.function_users import (
+    DEFAULT_UID_BASE,
+    GPU_MPS_IDENTITY,
+    RUN_ROOT,
+    identity,
+    isolation_from_env,
+)
+from fast_manager.worker_sandbox import exposures
+from fastgshare.redis_acl import (
+    SIDECAR_COMMANDS,
+    RedisPasswords,
+    with_user,
+    without_credentials,
+)
+
+
+@pytest.mark.parametrize("env, euid, on", [
+    ({}, 0, True), ({}, 1000, False), ({"FASTGSHARE_FUNCTION_USERS": "off"}, 0, False),
+    ({"FASTGSHARE_FUNCTION_USERS": "on"}, 1000, False),
+])
+def test_function_users_are_on_exactly_when_root(env, euid, on) -> None:
+    assert (isolation_from_env(env, euid, Path("/s")) is not None) == on
+
+
+def test_the_functions_area_is_per_state_dir_unless_configured() -> None:
+    a, b = (isolation_from_env({}, 0, Path(p)) for p in ("/s1", "/s2"))
+    assert a and b and a.area != b.area and a.area.parent == RUN_ROOT
+    assert a.uid_base == DEFAULT_UID_BASE and a.user_dir(7) == a.area / "fn" / "7"
+    c = isolation_from_env({"FASTGSHARE_FUNCTIONS_DIR": "/x", "FASTGSHARE_FUNCTION_UID_BASE": "5"},
+                           0, Path("/s1"))
+    assert c and c.area == Path("/x") and c.uid_base == 5
+
+
+def test_mps_gpu_replicas_share_one_identity() -> None:
+    assert identity("ns", "f", gpu_mps=True) == identity("ns", "g", gpu_mps=True) == GPU_MPS_IDENTITY
+    assert identity("ns", "f", gpu_mps=False) != identity("ns", "g", gpu_mps=False)
+
+
+def test_exposures_bind_back_only_the_children_under_a_closed_folder() -> None:
+    closed = {Path("/root")}
+    paths = [Path("/root/.pyenv/versions/3.11/bin/python3.11"), Path("/root/.pyenv/versions/3.11"),
+             Path("/work/main/.venv"), Path("/root/venv/lib"), Path("/usr/lib/python3")]
+    assert exposures(paths, lambda p: p not in closed) == (
+        ("/root", "/root/.pyenv"), ("/root", "/root/venv"))
+    assert exposures(paths, lambda p: True) == ()
+
+
+def test_acl_file_turns_off_the_default_user_and_hides_passwords() -> None:
+    text = RedisPasswords("plat-pw", "side-pw").acl_file()
+    lines = {line.split()[1]: line for line in text.splitlines()}
+    assert lines["default"].split()[2] == "off" and "nopass" not in text
+    assert "plat-pw" not in text and "side-pw" not in text
+    sidecar = lines["fastgshare-sidecar"]
+    assert "-@all" in sidecar and "~*" not in sidecar and "+@all" not in sidecar
+    for forbidden in ("flushall", "config", "keys", "acl", "debug", "module", "shutdown"):
+        assert forbidden not in SIDECAR_COMMANDS
+
+
+def test_urls_carry_and_drop_credentials() -> None:
+    url = with_user("redis://old:x@127.0.0.1:6379/0", "u", "p/w")
+    assert url == "redis://u:p%2Fw@127.0.0.1:6379/0"
+    assert without_credentials(url) == "redis://127.0.0.1:6379/0"
