@@ -20,6 +20,7 @@ from fast_profiler import store
 from fastgshare import keys
 from fastgshare.cli import main as fastgshare_main
 from fastgshare.platform import Platform, PlatformInfo
+from fastgshare.redis_acl import without_credentials
 from tests.integration.platform_helpers import register_images
 from tests.waiting import wait_for
 
@@ -62,9 +63,16 @@ def _live(pid: str) -> bool:
 
 def sidecar_groups(redis_url: str, function: str) -> set[int]:
     """Process groups of this platform's sidecars of ``function`` (each replica is one group)."""
-    want = {f"REDIS_URL={redis_url}".encode(), f"FASTGSHARE_FUNCTION={function}".encode()}
+    # Sidecars speak to this Redis as their own ACL user: compare the address, not the user.
+    server = without_credentials(redis_url)
+    want = {f"FASTGSHARE_FUNCTION={function}".encode()}
+
+    def ours(env: list[bytes]) -> bool:
+        urls = [e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"REDIS_URL=")]
+        return want <= set(env) and any(without_credentials(u) == server for u in urls)
+
     return {os.getpgid(int(pid)) for pid in os.listdir("/proc")
-            if pid.isdigit() and want <= set(_environ(pid)) and _live(pid)}
+            if pid.isdigit() and ours(_environ(pid)) and _live(pid)}
 
 
 def live_in_groups(groups: set[int]) -> list[int]:
