@@ -2,20 +2,20 @@
 
 Counters live in the sidecar's own CollectorRegistry (never the global one: tests and embedders
 run several sidecars in one process). Percentiles for ``/_/stats`` come from a window of the
-most recent requests, so they follow the current load rather than the whole lifetime.
+most recent requests, so they follow the current load rather than the whole lifetime; they are the
+project's one percentile (``fastgshare.stats``).
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from fast_manager.settings import SidecarSettings
 from fast_manager.tokens import TokenMode
+from fastgshare.stats import percentile
 
 LATENCY_WINDOW = 2048
 """Requests kept for the ``/_/stats`` percentiles."""
@@ -24,14 +24,6 @@ _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 _WAIT_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0)
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100) of already sorted values; 0 when empty."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
-    return float(sorted_values[min(rank, len(sorted_values)) - 1])
 
 
 class ReplicaMetrics:
@@ -174,10 +166,10 @@ class ReplicaMetrics:
 
     def latency_ms(self) -> dict[str, float]:
         values = sorted(self._window)
-        return {f"p{q}": round(percentile(values, q), 3) for q in (50, 95, 99)}
+        return {f"p{q}": round(percentile(values, q, presorted=True, empty=0.0), 3) for q in (50, 95, 99)}
 
     def p50_s(self) -> float:
-        return percentile(sorted(self._window), 50) / 1000.0
+        return percentile(self._window, 50, empty=0.0) / 1000.0
 
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)
