@@ -8,12 +8,17 @@ setup(
     packages=find_packages(include=[
         "fastgshare*", "gateway_plugin*", "fast_manager*", "fast_profiler*", "fast_scheduler*", "bench*",
     ]),
-    package_data={"gateway_plugin": ["openapi.yaml"], "fast_manager": ["lua/*.lua"]},
+    package_data={"gateway_plugin": ["openapi.yaml"]},
     install_requires=[
         "torch==2.13.0",
         "flask>=3.0",
         "gunicorn>=22",
         "gevent>=24",
+        "uvicorn>=0.30",
+        "uvicorn-worker>=0.2",
+        "uvloop>=0.19",
+        "httptools>=0.6",
+        "a2wsgi>=1.10",
         "requests>=2.31",
         "urllib3>=2",
         "aiohttp>=3.9",

@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -556,7 +556,18 @@ def main() -> None:
     # Linux niceness is per thread: raised here, before any thread or child exists.
     base_nice, why = raise_own_priority(sidecar_nice())
     log.info("%s", why)
-    asyncio.run(serve(settings, os.environ, base_nice))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(settings, os.environ, base_nice))
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (its transports cost about half of asyncio's per
+    request on the invoke path), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 The worker is serial and local, so one connection carries every request, one at a time. A
 general client (aiohttp's) spent about 0.4 ms per request on this hop on a 2-core machine; this
 one writes the request in one piece and reads the answer with two awaits. It speaks only what the
-worker runtime sends: a status line, headers, and a Content-Length or chunked body.
+worker runtime sends (``fastgshare.http1`` reads it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+
+from fastgshare import http1
 
 _HEAD_LIMIT_BYTES = 256 * 1024
 """Largest status line + headers accepted from the worker."""
@@ -55,63 +57,17 @@ class WorkerClient:
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
             if len(body) > 65536:
                 await writer.drain()
-            status, out_headers, length, chunked, close = await _read_head(reader)
-            if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-                out_body = b""
-            elif chunked:
-                out_body = await _read_chunked(reader)
-            elif length is not None:
-                out_body = await reader.readexactly(length)
-            else:
-                out_body = await reader.read()
-                close = True
-            if close:
+            answer = await http1.read_head(reader)
+            out_body = await http1.read_body(reader, answer, method)
+            if answer.ends_connection(method):
                 self.close()
-            return status, out_headers, out_body
+            return answer.status, answer.headers, out_body
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
             self.close()
             raise WorkerHttpError(str(e) or type(e).__name__) from e
         except BaseException:  # cancelled or timed out mid-exchange: the link is out of step
             self.close()
             raise
-
-
-async def _read_head(
-    reader: asyncio.StreamReader,
-) -> tuple[int, list[tuple[str, str]], int | None, bool, bool]:
-    raw = await reader.readuntil(b"\r\n\r\n")
-    lines = raw[:-4].decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-        raise WorkerHttpError(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
-    status = int(parts[1])
-    headers: list[tuple[str, str]] = []
-    length: int | None = None
-    chunked = close = False
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        k, v = k.strip(), v.strip()
-        lk = k.lower()
-        if lk == "content-length":
-            length = int(v)
-        elif lk == "transfer-encoding":
-            chunked = "chunked" in v.lower()
-        elif lk == "connection":
-            close = "close" in v.lower()
-        headers.append((k, v))
-    return status, headers, length, chunked, close
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks = []
-    while True:
-        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return b"".join(chunks)
-        chunks.append(await reader.readexactly(size))
-        await reader.readline()
 
 
 async def probe_ready(port: int, timeout_s: float, host: str = "127.0.0.1") -> bool:

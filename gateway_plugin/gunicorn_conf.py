@@ -60,15 +60,15 @@ ProviderWorker.read_timeout_s = _number(_env, READ_TIMEOUT_ENV, "10", *READ_TIME
 
 
 def _worker_class(env: Mapping[str, str]) -> Any:
-    """``gevent`` (the default: ``ProviderGeventWorker``) or ``gthread`` (``ProviderWorker``), both
-    with the read timeout on client sockets.
+    """``uvicorn`` (the default: ``ProviderUvicornWorker``, invocations on an event loop),
+    ``gevent`` (``ProviderGeventWorker``) or ``gthread`` (``ProviderWorker``); all with the read
+    timeout on client requests.
 
-    Measured with ``bench.dataplane --quick`` on the 2-core VM (2026-12-04, the lean invoke path,
-    three rounds, BENCHMARKS.md): through provider + sidecar gevent's highest rate at p99 <= 10 ms
-    was never below gthread's (336/336, 1024/276, 1024/1024 rps) and its tail was lower at every
-    rate of the quietest round; at 100 rps the two cost the same within the machine's noise.
-    gthread stays selectable: it monkey-patches nothing."""
-    name = env.get(WORKER_CLASS_ENV, "gevent").strip().lower()
+    Measured with ``bench.dataplane`` on the 2-core VM (BENCHMARKS.md): gevent's highest rate
+    at p99 <= 10 ms was never below gthread's (2026-12-04, three rounds), and uvicorn's invoke
+    path on the loop, with no thread hand-off and no WSGI environ, added less latency than
+    either (2026-12-05). gevent and gthread stay selectable: they need no event-loop library."""
+    name = env.get(WORKER_CLASS_ENV, "uvicorn").strip().lower()
     if name == "gthread":
         return ProviderWorker
     if name == "gevent":
@@ -79,7 +79,17 @@ def _worker_class(env: Mapping[str, str]) -> Any:
                              "(pip install gevent, or choose gthread)") from e
         ProviderGeventWorker.read_timeout_s = ProviderWorker.read_timeout_s
         return ProviderGeventWorker
-    raise SystemExit(f"{WORKER_CLASS_ENV}={name!r}: must be one of gevent, gthread")
+    if name == "uvicorn":
+        try:
+            from gateway_plugin.gunicorn_uvicorn import ProviderUvicornWorker
+        except ImportError as e:
+            raise SystemExit(f"{WORKER_CLASS_ENV}=uvicorn: uvicorn, uvicorn-worker, uvloop, "
+                             "httptools or a2wsgi is not installed (pip install them, or choose "
+                             "gthread)") from e
+        ProviderUvicornWorker.read_timeout_s = ProviderWorker.read_timeout_s
+        ProviderUvicornWorker.wsgi_threads = threads
+        return ProviderUvicornWorker
+    raise SystemExit(f"{WORKER_CLASS_ENV}={name!r}: must be one of uvicorn, gevent, gthread")
 
 
 worker_class = _worker_class(_env)

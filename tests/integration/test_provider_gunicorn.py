@@ -26,7 +26,7 @@ AUTH = "Basic " + base64.b64encode(b"admin:pw").decode()
 READ_TIMEOUT_S = 1.0
 
 
-@pytest.fixture(scope="module", params=["gevent", "gthread"])
+@pytest.fixture(scope="module", params=["uvicorn", "gevent", "gthread"])
 def provider_port(request: pytest.FixtureRequest,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     secrets = tmp_path_factory.mktemp("secrets")
