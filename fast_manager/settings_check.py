@@ -68,7 +68,8 @@ def check_function_env(env_vars: Mapping[str, str]) -> None:
 
 
 def _bounded(given: Mapping[str, str], name: str, value: float, allowed: str, hi: float) -> None:
-    if name in given and not (math.isfinite(value) and value <= hi):
+    finite = isinstance(value, int) or math.isfinite(value)  # a huge int is finite, not a float
+    if name in given and not (finite and value <= hi):
         raise ValidationError(name, allowed, given[name])
 
 
