@@ -31,6 +31,7 @@ size; at a tenth of batch1's capacity, slo's p50 within 10 % of batch1's.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -45,6 +46,7 @@ import requests
 from bench import replicas as rp
 from bench.common import RESULTS, parser, write_json
 from fastgshare.redis_server import EmbeddedRedis
+from fastgshare.stats import percentile
 
 FIXED = (2, 4, 8, 16)
 
@@ -54,14 +56,6 @@ def configs(slo_ms: float) -> list[tuple[str, dict[str, str]]]:
     out += [(f"fixed{b}", {"FASTGSHARE_BATCH": str(b)}) for b in FIXED]
     out.append(("slo", {"FASTGSHARE_SLO_MS": f"{slo_ms:g}"}))
     return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("inf")
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(-(-q / 100 * len(s) // 1)) - 1))
-    return s[k]
 
 
 def poisson_step(url: str, rate_rps: float, duration_s: float, seed: int,
@@ -83,8 +77,9 @@ def poisson_step(url: str, rate_rps: float, duration_s: float, seed: int,
            for v, s in zip(out["latency_ms"], out["status"], strict=True)]
     return {"rate_rps": round(rate_rps, 2), "n": len(lat),
             "errors": sum(1 for s in out["status"] if s != 200),
-            "p50_ms": round(percentile(lat, 50), 2), "p99_ms": round(percentile(lat, 99), 2),
-            "send_lag_p99_ms": round(percentile(out["lag_ms"], 99), 2)}
+            "p50_ms": round(percentile(lat, 50, empty=math.inf), 2),
+            "p99_ms": round(percentile(lat, 99, empty=math.inf), 2),
+            "send_lag_p99_ms": round(percentile(out["lag_ms"], 99, empty=math.inf), 2)}
 
 
 def batch_sizes(url: str) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from fast_profiler.table import ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig
 from fast_scheduler.policies import AutoscaledPolicy, this_policy
 from fast_scheduler.simulator import FunctionSpec, SimResult, SimSettings, Trace, simulate
+from fastgshare.stats import percentile
 
 REPO = Path(__file__).resolve().parents[1]
 HANDLER = REPO / "tests" / "integration" / "handlers" / "paced"
@@ -90,14 +91,6 @@ def trace_from_sends(
     return Trace(f"calibrate-{name}", step_s, {NAME: counts}, {NAME: rates})
 
 
-def quantile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank quantile (as the profiler's); 0 for no values."""
-    if not values:
-        return 0.0
-    v = sorted(values)
-    return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
-
-
 @dataclass(frozen=True)
 class Request:
     sent_s: float
@@ -115,7 +108,7 @@ def real_summary(reqs: Sequence[Request], duration_s: float, slo_ms: float) -> d
     return {
         "requests": n,
         "throughput_rps": sum(1 for r in reqs if r.ok and r.done_s < duration_s) / duration_s,
-        "p99_ms": quantile(lat, 0.99),
+        "p99_ms": percentile(lat, 99, empty=0.0),
         "slo_attainment": sum(1 for x in lat if x <= slo_ms) / n if n else 1.0,
         "error_rate": sum(1 for r in reqs if not r.ok) / n if n else 0.0,
     }

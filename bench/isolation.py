@@ -46,6 +46,7 @@ from types import SimpleNamespace
 from bench import replicas as rp
 from fast_manager.arbiter import ArbiterParams, make_token_client
 from fastgshare.redis_server import EmbeddedRedis
+from fastgshare.stats import percentile
 
 HERE = Path(__file__).resolve().parent
 
@@ -325,7 +326,7 @@ def run_torch_case(url: str, case: Case, i: int, args: argparse.Namespace, param
                      "arbiter_charged_share": round(charged_s[k], 4),
                      "tokens": int(totals["tokens_total"][k]), "handovers_in": pushed,
                      "pickup_ms_mean": round(pickup_ms, 2),
-                     "requests": len(lat), "p99_ms": round(rp.percentile(lat, 99), 1),
+                     "requests": len(lat), "p99_ms": round(percentile(lat, 99), 1),
                      "errors": sum(1 for d in done if d.replica == k and d.status != 200)})
     return rows
 

@@ -23,6 +23,7 @@ from bench.common import parser, pss_bytes, register_image, wait_http, write_jso
 from fastgshare.platform import Platform
 from fastgshare.provider_client import ProviderClient
 from fastgshare.redis_server import free_port
+from fastgshare.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 NOOP = ROOT / "functions" / "noop"
@@ -86,14 +87,14 @@ def main() -> None:
     rows = [("worker (direct)", direct), ("sidecar", via_sidecar), ("provider + sidecar", via_provider)]
     print(f"\n{'path':<20} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for label, xs in rows:
-        print(f"{label:<20} {np.percentile(xs, 50):8.3f} {np.percentile(xs, 99):8.3f} {xs.mean():8.3f}")
+        print(f"{label:<20} {percentile(xs, 50):8.3f} {percentile(xs, 99):8.3f} {xs.mean():8.3f}")
     result = {
         "requests_per_path": n,
-        "paths": {label: {"p50_ms": float(np.percentile(xs, 50)), "p99_ms": float(np.percentile(xs, 99)),
+        "paths": {label: {"p50_ms": percentile(xs, 50), "p99_ms": percentile(xs, 99),
                           "mean_ms": float(xs.mean())} for label, xs in rows},
-        "p50_added_ms": float(np.percentile(via_provider, 50) - np.percentile(direct, 50)),
-        "p99_added_ms": float(np.percentile(via_provider, 99) - np.percentile(direct, 99)),
-        "sidecar_p50_added_ms": float(np.percentile(via_sidecar, 50) - np.percentile(direct, 50)),
+        "p50_added_ms": percentile(via_provider, 50) - percentile(direct, 50),
+        "p99_added_ms": percentile(via_provider, 99) - percentile(direct, 99),
+        "sidecar_p50_added_ms": percentile(via_sidecar, 50) - percentile(direct, 50),
         "sidecar_pss_bytes": sidecar_pss,
         "platform_sidecar_pss_bytes": platform_sidecar_pss,
     }

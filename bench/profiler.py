@@ -42,7 +42,8 @@ from fast_profiler.planner import Config, Source
 from fast_profiler.plot import plot_table
 from fast_profiler.queue_model import MIN_SAMPLES, model_rate, sojourn_quantile
 from fast_profiler.runner import Runner, RunSettings, as_function_source
-from fast_profiler.search import SearchSettings, quantile
+from fast_profiler.search import SearchSettings
+from fastgshare.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "function_templates" / "python3-torch"
@@ -86,7 +87,7 @@ def long_run(runner: Runner, cfg: Config, rate: float, seconds: float, slo_ms: f
     reads from that run's own requests (runs of ``BLOCK`` and independent draws)."""
     rec = runner.long_run(cfg, rate, seconds)
     lat = list(rec.latencies_ms) + [float("inf")] * rec.errors
-    p99 = quantile(lat, 0.99)
+    p99 = percentile(lat, 99, empty=0.0)
     late = sum(1 for x in lat if x > slo_ms) / max(1, len(lat))
     enough = len(rec.service_ms) >= MIN_SAMPLES
     own = sojourn_quantile(rate, rec.service_ms, rec.path_ms) if enough else None

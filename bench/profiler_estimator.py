@@ -32,12 +32,12 @@ from fast_profiler.search import (
     StepObservation,
     Verdict,
     next_rate,
-    quantile,
     record_step,
     start_search,
     step_severity,
     step_verdict,
 )
+from fastgshare.stats import percentile
 
 SLO_MS = 150.0
 SERVICE_MS, SERVICE_SD_MS, PATH_MS, PATH_EXP_MS = 15.0, 3.0, 8.0, 2.0
@@ -78,7 +78,7 @@ def true_rate(rng: np.random.Generator, n: int = 200_000) -> float:
         mid = (lo + hi) / 2
         q = Queue(rng)
         q.run(mid, 2000)
-        if quantile(q.run(mid, n), 0.99) <= SLO_MS:
+        if percentile(q.run(mid, n), 99) <= SLO_MS:
             lo = mid
         else:
             hi = mid
@@ -140,7 +140,7 @@ def _row(label: str, answers: list[float], secs: list[float], truth: float) -> d
             "median_vs_true": round(float(np.median(v)) / truth, 3),
             "cv": round(float(np.std(v) / np.mean(v)), 4),
             "p_pair_over_10pct": round(p, 3),
-            "p90_pair_error": round(float(np.percentile(pair, 90)), 4),
+            "p90_pair_error": round(percentile(pair, 90), 4),
             "p_any_of_2_over_10pct": round(1 - (1 - p) ** 2, 3)}
 
 

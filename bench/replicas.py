@@ -170,13 +170,6 @@ def busy_ms(replicas: list[Replica]) -> list[float]:
     return [float(r.stats()["busy_ms_total"]) for r in replicas]
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s))) - 1))]
-
-
 async def _stats(s: aiohttp.ClientSession, r: Replica) -> dict:
     async with s.get(f"{r.url}/_/stats") as resp:
         return await resp.json()

@@ -34,6 +34,7 @@ from typing import Any
 from bench import replicas as rp
 from bench.common import RESULTS, parser, write_json
 from fastgshare.redis_server import EmbeddedRedis
+from fastgshare.stats import percentile
 
 MODES = ("exclusive", "time_sharing", "spatio_temporal", "unmanaged")
 
@@ -114,14 +115,14 @@ def summarise(mode: str, rows: list[dict[str, Any]], solo: dict[str, dict[str, f
         bound = solo[fn]["bound_ms"]
         lat = r["latencies_ms"]
         good = sum(1 for v in lat if v <= bound) / r["wall_s"]
-        p99 = rp.percentile(lat, 99)
+        p99 = percentile(lat, 99)
         p99s.append(p99)
         # exclusive: each function has the device for ``share_of_time`` of the mix's time
         norm += share_of_time * r["rps"] / solo[fn]["rps"]
         good_norm += share_of_time * good / solo[fn]["rps"]
         per_fn[fn] = {"throughput_rps": round(share_of_time * r["rps"], 2),
                       "goodput_rps": round(share_of_time * good, 2),
-                      "p50_ms": round(rp.percentile(lat, 50), 2), "p99_ms": round(p99, 2),
+                      "p50_ms": round(percentile(lat, 50), 2), "p99_ms": round(p99, 2),
                       "p99_bound_ms": round(bound, 2), "errors": r["errors"],
                       "cores": r["cores"], "token_mode": r["token_mode"]}
     if gpu:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else:
                 raw[mode] = run(specs, Path(d) / mode, warm_s, measure_s)
     solo = {r["function"]: {"rps": r["rps"], "bound_ms": args.slo_factor *
-                            rp.percentile(r["latencies_ms"], 50)} for r in raw["exclusive"]}
+                            percentile(r["latencies_ms"], 50)} for r in raw["exclusive"]}
     modes = {m: summarise(m, raw[m], solo, gpu, ncores, 0.5 if m == "exclusive" else 1.0)
              for m in MODES}
     base = modes["time_sharing"]

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fast_profiler.search import SearchSettings, SearchState, answer_rate, quantile
+from fast_profiler.search import SearchSettings, SearchState, answer_rate
+from fastgshare.stats import percentile
 
 MIN_SAMPLES = 200
 """Fewer measured requests than this: no model answer (the search's stands)."""
@@ -92,7 +93,7 @@ def _quantile(rate_rps: float, s: np.ndarray, p: np.ndarray, e: np.ndarray, q: f
         w = c - np.minimum.accumulate(c)
         lat = w + s + p
     warm = len(lat) // 10
-    return float(np.quantile(lat[warm:], q, method="inverted_cdf"))
+    return percentile(lat[warm:], 100 * q)
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,8 @@ def final_answer(state: SearchState, steps: Sequence[tuple[float, bool]], severi
     modelled = (model_rate(service, path, slo_ms, settings.slo_quantile)
                 if model and (searched > 0 or full_quota) else None)
     if modelled is None or (not full_quota and modelled >= searched):
-        lat = (quantile(step_latencies_ms, 0.5), quantile(step_latencies_ms, 0.95),
-               quantile(step_latencies_ms, 0.99))
+        lat = (percentile(step_latencies_ms, 50, empty=0.0), percentile(step_latencies_ms, 95, empty=0.0),
+               percentile(step_latencies_ms, 99, empty=0.0))
         return Answer(searched, searched, modelled, lat)
     p50, p95, p99 = (sojourn_quantile(modelled, service, path, q) for q in (0.5, 0.95, settings.slo_quantile))
     return Answer(modelled, searched, modelled, (p50, p95, p99))

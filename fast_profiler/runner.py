@@ -48,7 +48,6 @@ from fast_profiler.search import (
     StepObservation,
     Verdict,
     counted_history,
-    quantile,
     replay,
     result_rate,
     step_severity,
@@ -59,6 +58,7 @@ from fast_profiler.shadow import shadow_labels, shadow_name
 from fast_profiler.table import ProfileTable
 from fastgshare.provider_client import ProviderError
 from fastgshare.resources import QUOTA_LIMIT, QUOTA_REQUEST, SCALE_MAX, SCALE_MIN, SLO_MS, SM_PARTITION
+from fastgshare.stats import percentile
 
 log = logging.getLogger("fast_profiler")
 _T = TypeVar("_T")
@@ -429,9 +429,10 @@ class Runner:
                 busy_frac = (b1 - b0) / 1000.0 / max(1e-9, rec.ended_s - rec.started_s)
                 step_busy = (b1 - b0) / (n1 - n0) if n1 - n0 >= 5 else None
                 passed = rec.verdict is Verdict.PASS
+                p99_ms = percentile(judged[0], 99, empty=0.0)
                 log.info("%s %s: %.1f rps %s in %.1f s (%d sent, p99 %.1f ms, busy %.2f, %.1f busy / %.1f "
                          "held ms per request, %.2f other cores)", self.src.name, cfg, rate,
-                         rec.verdict.value, rec.ended_s - rec.started_s, rec.sent, quantile(judged[0], 0.99),
+                         rec.verdict.value, rec.ended_s - rec.started_s, rec.sent, p99_ms,
                          busy_frac, step_busy or 0.0, (h1 - h0) / max(1, n1 - n0), foreign)
                 if (not passed and foreign > self.settings.max_foreign_cores
                         and foreign_reruns < self.settings.max_foreign_reruns
@@ -466,8 +467,8 @@ class Runner:
                 if not passed:
                     if lowest_fail is None or rate < lowest_fail[0].rate_rps:
                         lowest_fail = (rec, busy_frac)
-                    await self._recover(load, cfg, late=quantile(judged[0], s.slo_quantile) > self.src.slo_ms
-                                        or rec.errors > 0)
+                    late = percentile(judged[0], 100 * s.slo_quantile, empty=0.0) > self.src.slo_ms
+                    await self._recover(load, cfg, late=late or rec.errors > 0)
                 rate = search_next_rate(state, s)
         finally:
             await load.close()

@@ -45,6 +45,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from fastgshare.stats import percentile
+
 
 class Verdict(StrEnum):
     CONTINUE = "continue"
@@ -181,7 +183,8 @@ def step_severity(obs: StepObservation, slo_ms: float, settings: SearchSettings)
     """How close a step came to failing: the larger of its p99 (completed requests, and those still
     waiting at their age so far) over the SLO and, at a partial quota, its charged device time over
     the quota; a step that ran its course passes at or below 1."""
-    sev = quantile(list(obs.latencies_ms) + list(obs.waiting_ages_ms), settings.slo_quantile) / slo_ms
+    sev = percentile(list(obs.latencies_ms) + list(obs.waiting_ages_ms), 100 * settings.slo_quantile,
+                     empty=0.0) / slo_ms
     charged = obs.charged_ms_per_request
     if charged is not None and obs.quota_frac < 1.0:
         sev = max(sev, obs.rate_rps * charged / 1000.0 / obs.quota_frac)
@@ -331,12 +334,3 @@ def result_rate(state: SearchState) -> float:
     only_failed = [r for r, _ in state.history if votes(state.history, r)[0] == 0]
     below = min(only_failed, default=float("inf"))
     return max((r for r, ok in state.history if ok and r < below), default=0.0)
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank quantile (what 'p99 of N requests' means to a reader); 0 for no values."""
-    if not values:
-        return 0.0
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))
-    return float(s[k])

@@ -62,7 +62,8 @@ def run_demo(stack: Path, *, requests_per_function: int, port: int, state_dir: P
     from fastgshare.build import load_stack, register_stack
     from fastgshare.platform import Platform
     from fastgshare.provider_client import ProviderClient
-    from fastgshare.report import percentile_ms, replica_rows, table
+    from fastgshare.report import replica_rows, table
+    from fastgshare.stats import percentile
 
     state = Path(state_dir or tempfile.mkdtemp(prefix="fastgshare-demo-"))
     print(f"[1/4] starting the embedded platform (state: {state})", flush=True)
@@ -101,8 +102,8 @@ def run_demo(stack: Path, *, requests_per_function: int, port: int, state_dir: P
                          f"(cores {cores.get(name, '?')})",
                          f"{ann.get('fastgshare/gpu_quota_request', '1')}/"
                          f"{ann.get('fastgshare/gpu_quota_limit', '1')}",
-                         len(rs), len(ok), f"{percentile_ms(ok, 50):.1f}",
-                         f"{percentile_ms(ok, 99):.1f}"])
+                         len(rs), len(ok), f"{percentile(ok, 50) * 1000:.1f}",
+                         f"{percentile(ok, 99) * 1000:.1f}"])
         print(table(["function", "replicas", "device share", "quota req/lim", "requests", "ok",
                      "p50 ms", "p99 ms"], rows))
         print(f"\n{sum(len(r) for r in results.values())} requests in {wall_s:.1f} s")

@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
     from fastgshare.provider_client import ProviderClient
 
@@ -24,10 +22,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def percentile_ms(samples_s: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(samples_s) * 1000, q)) if samples_s else float("nan")
 
 
 def device_rows(redis_url: str) -> list[list[Any]]:

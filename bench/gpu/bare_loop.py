@@ -18,20 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from fastgshare.stats import percentile
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "function_templates" / "python3-torch"
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))] if s else float("nan")
 
 
 def rate_at_bound(per_batch: dict[int, dict[str, float]], bound_ms: float) -> tuple[int, float]:
@@ -77,8 +73,8 @@ def measure(fn: str, batches: tuple[int, ...], seconds: float) -> dict[int, dict
             once()
             times.append((time.perf_counter() - t0) * 1000.0)
         mean = sum(times) / len(times)
-        out[b] = {"n": len(times), "p50_ms": round(_percentile(times, 50), 3),
-                  "p99_ms": round(_percentile(times, 99), 3), "mean_ms": round(mean, 3),
+        out[b] = {"n": len(times), "p50_ms": round(percentile(times, 50), 3),
+                  "p99_ms": round(percentile(times, 99), 3), "mean_ms": round(mean, 3),
                   "items_per_s": round(1000.0 * b / mean, 1)}
         print(f"bare loop {fn} batch {b:3}: p50 {out[b]['p50_ms']:8.2f} ms  p99 "
               f"{out[b]['p99_ms']:8.2f} ms  {out[b]['items_per_s']:9.1f} items/s", flush=True)

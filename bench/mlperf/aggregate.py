@@ -15,14 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); 0 for no values."""
-    if not values:
-        return 0.0
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
-    return float(s[k])
+from fastgshare.stats import percentile
 
 
 @dataclass(frozen=True)
@@ -44,7 +37,7 @@ class FunctionRun:
 
     @property
     def p99_ms(self) -> float:
-        return percentile(self.latencies_ms, 99)
+        return percentile(self.latencies_ms, 99, empty=0.0)
 
 
 @dataclass(frozen=True)
@@ -77,7 +70,7 @@ def step_passes(runs: Sequence[FunctionRun], bounds_ms: Mapping[str, float],
         if n == 0:
             return False, f"{r.function}: no request completed"
         if late > (1.0 - settings.quantile / 100.0) * n + 1e-9:
-            q = percentile(r.latencies_ms, settings.quantile)
+            q = percentile(r.latencies_ms, settings.quantile, empty=0.0)
             return False, (f"{r.function}: p{settings.quantile:g} {q:.1f} ms > {bounds_ms[r.function]:.1f} "
                            f"ms ({late} of {n} late, {r.errors} errors)")
     skipped = [r for r in runs if r.skipped]
@@ -134,7 +127,7 @@ def summarise_mode(res: ModeResult, bounds_ms: Mapping[str, float], *,
     for r in res.runs:
         functions[r.function] = {
             "rate_rps": round(time_share * r.target_rps, 3), "served_rps": round(r.achieved_rps, 3),
-            "p50_ms": round(percentile(r.latencies_ms, 50), 2), "p99_ms": round(r.p99_ms, 2),
+            "p50_ms": round(percentile(r.latencies_ms, 50, empty=0.0), 2), "p99_ms": round(r.p99_ms, 2),
             "bound_ms": bounds_ms[r.function], "requests": len(r.latencies_ms), "errors": r.errors,
         }
     p99_rel = [r.p99_ms / bounds_ms[r.function] for r in res.runs if r.latencies_ms]

@@ -33,6 +33,7 @@ from bench.mlperf import lgen
 from bench.mlperf import modes as md
 from bench.mlperf import platform_io as pio
 from bench.mlperf import samples as smp
+from fastgshare.stats import percentile
 
 T0 = time.monotonic()
 
@@ -87,7 +88,7 @@ def platform(args: argparse.Namespace, *, scheduler: bool) -> Iterator[pio.Targe
 
 
 def _cdf(latencies: tuple[float, ...] | list[float], points: int = 101) -> list[float]:
-    return [round(agg.percentile(latencies, q), 2) for q in (i * 100 / (points - 1) for i in range(points))]
+    return [round(percentile(latencies, i * 100 / (points - 1), empty=0.0), 2) for i in range(points)]
 
 
 class ModeRunner:
@@ -130,8 +131,8 @@ class ModeRunner:
             notes.append((x, ok, why))
             say(f"  {mode}: load {x:.3f} (" + ", ".join(f"{f} {r:.2f} rps" for f, r in rates.items())
                 + f") -> {'PASS' if ok else 'fail'}: "
-                + ", ".join(f"{r.function} p50 {agg.percentile(r.latencies_ms, 50):.0f} p99 {r.p99_ms:.0f}"
-                            f"/{self.bounds[r.function]:.0f} ms" for r in run.runs)
+                + ", ".join(f"{r.function} p50 {percentile(r.latencies_ms, 50, empty=0.0):.0f} "
+                            f"p99 {r.p99_ms:.0f}/{self.bounds[r.function]:.0f} ms" for r in run.runs)
                 + f"; LoadGen {run.loadgen.get('result', '?')}" + (f"; {why}" if not ok else ""))
             if ok and (best is None or x > best[0]):
                 best = (x, run, util, sm_time)
@@ -146,9 +147,9 @@ class ModeRunner:
             try:
                 ss = pio.single_stream(self.t, d.service, 12 if self.args.quick else 40,
                                        sample=self.samples[d.function])
-                p50 = agg.percentile(ss, 50)
+                p50 = percentile(ss, 50, empty=0.0)
                 self.single[d.function] = {"p50_ms": round(p50, 2),
-                                           "p90_ms": round(agg.percentile(ss, 90), 2)}
+                                           "p90_ms": round(percentile(ss, 90, empty=0.0), 2)}
                 self.bounds[d.function], self.bound_source[d.function] = md.bound_ms(
                     d.function, gpu=self.gpu, single_stream_p50_ms=p50, cpu_slo_factor=self.args.slo_factor)
                 if p50 >= self.bounds[d.function]:
@@ -197,7 +198,7 @@ class ModeRunner:
                                        sample=self.samples[d.function])
             finally:
                 pio.remove_all(self.t, group)
-            p50 = agg.percentile(ss, 50)
+            p50 = percentile(ss, 50, empty=0.0)
             ratio = p50 / self.single[d.function]["p50_ms"]
             out[d.function] = {"p50_ms_start": self.single[d.function]["p50_ms"], "p50_ms_end": round(p50, 2),
                                "end_over_start": round(ratio, 3)}

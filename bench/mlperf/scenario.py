@@ -22,6 +22,7 @@ import requests
 
 from bench.mlperf import aggregate as agg
 from bench.mlperf import platform_io as pio
+from fastgshare.stats import percentile
 
 POLL_S = 1.0
 """How often replicas and device counters are read during a scenario."""
@@ -75,7 +76,8 @@ class ScenarioResult:
         return {
             "slo_ms": self.slo_ms, "requests": len(self.latencies_ms), "errors": errors,
             "slo_attainment": round(agg.slo_attainment(ok, errors, self.slo_ms), 4),
-            "p50_ms": round(agg.percentile(ok, 50), 2), "p99_ms": round(agg.percentile(ok, 99), 2),
+            "p50_ms": round(percentile(ok, 50, empty=0.0), 2),
+            "p99_ms": round(percentile(ok, 99, empty=0.0), 2),
             "mean_rate_rps": round(sum(self.rates_rps) / max(1, len(self.rates_rps)), 3),
             "peak_rate_rps": round(max(self.rates_rps, default=0.0), 3),
             "replicas_max": max(reps, default=0), "replicas_mean": round(sum(reps) / max(1, len(reps)), 3),
@@ -149,7 +151,7 @@ def run_trace(t: pio.Target, service: str, name: str, rates: Sequence[float], sl
                 done = [x for x in lat[:i] if math.isfinite(x)]
                 progress(f"{name} t={at:4.0f}s rate {rates[int(at)]:.2f} rps, replicas "
                          f"{p.get('available', '?')}/{p.get('replicas', '?')}, share {p.get('share', '?')}, "
-                         f"p99 so far {agg.percentile(done, 99):.0f} ms")
+                         f"p99 so far {percentile(done, 99, empty=0.0):.0f} ms")
                 next_report += 10.0
         pool.shutdown(wait=True)
     finally:

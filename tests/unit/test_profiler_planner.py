@@ -26,7 +26,6 @@ from fast_profiler.search import (
     counted_history,
     disturbed,
     next_rate,
-    quantile,
     record_step,
     replay,
     result_rate,
@@ -476,12 +475,6 @@ def test_search_gives_up_when_even_light_load_fails():
     assert st.pass_rps == 0.0 and st.steps <= SearchSettings().max_steps
 
 
-def test_quantile_nearest_rank():
-    assert quantile([], 0.99) == 0.0
-    assert quantile(list(range(1, 101)), 0.99) == 99
-    assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0
-
-
 # ---- other load on the node ------------------------------------------------------------------
 
 def _fake_proc(root, busy_ticks: int, idle_ticks: int, procs: dict[int, tuple[int, int]]):
@@ -543,9 +536,11 @@ def test_answer_rate_reads_the_bracket_where_severity_crosses_one(history, sever
 
 
 @pytest.mark.parametrize("obs, want", [
-    # p99 (nearest rank) over the SLO; requests still waiting count at their age
-    (StepObservation(100, 1.0, [10.0] * 98 + [40.0, 45.0]), 40.0 / 50.0),
-    (StepObservation(100, 1.0, [10.0] * 98, waiting_ages_ms=[75.0, 80.0]), 75.0 / 50.0),
+    # p99 (LoadGen's nearest rank: of 100, the slowest) over the SLO; requests still waiting count
+    # at their age
+    (StepObservation(100, 1.0, [10.0] * 98 + [40.0, 45.0]), 45.0 / 50.0),
+    (StepObservation(100, 1.0, [10.0] * 98, waiting_ages_ms=[75.0, 80.0]), 80.0 / 50.0),
+    (StepObservation(200, 1.0, [10.0] * 197 + [40.0, 45.0, 47.0]), 45.0 / 50.0),  # index 198
     # a partial quota: the charged time over the quota when it is the larger (7 x 40 ms / 0.2)
     (StepObservation(7, 5.0, [10.0] * 35, busy_ms_per_request=15.0, quota_frac=0.2,
                      held_ms_per_request=40.0), 7 * 40.0 / 1000.0 / 0.2),

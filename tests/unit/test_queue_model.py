@@ -78,7 +78,7 @@ def test_final_answer_keeps_the_search_when_the_model_is_higher_or_missing():
     s, p = _mm1(3000, mean_ms=2.0)  # a fast server: the model allows far more than was tried
     steps = [(40.0, True), (44.0, False)]
     ans = final_answer(_state(steps), steps, [0.5, 1.5], [(s.tolist(), p.tolist()), ([], [])],
-                       SearchSettings(), 100.0, [10.0] * 99 + [30.0])
+                       SearchSettings(), 100.0, [10.0] * 199 + [30.0])
     assert ans.rps == ans.searched == pytest.approx(42.0) and ans.modelled > ans.rps
     assert ans.latency_ms == (10.0, 10.0, 10.0)
     few = [(s[:10].tolist(), p[:10].tolist()), ([], [])]
