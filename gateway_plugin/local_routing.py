@@ -138,6 +138,8 @@ class RoutingTable:
                 log.warning("redis unavailable (%s): routing on the last table read", e)
             self._redis_down = True
             return
+        if self._redis_down:
+            log.warning("redis reachable again: routing from fresh tables")
         self._redis_down = False
         with self._lock:
             if new.ready is not old.ready:  # a replica whose record changed is tried again
