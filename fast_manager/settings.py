@@ -40,7 +40,7 @@ _SIDECAR_ONLY = frozenset({
     "FASTGSHARE_QUEUE_TIMEOUT_S", "FASTGSHARE_EXEC_TIMEOUT_S", "FASTGSHARE_READY_TIMEOUT_S",
     "FASTGSHARE_MAX_BODY_BYTES", "FASTGSHARE_ARBITER", "FASTGSHARE_MEM_ENFORCE",
     "FASTGSHARE_ARBITER_WINDOW_S", "FASTGSHARE_ARBITER_MIN_TOKEN_MS", "FASTGSHARE_ARBITER_MAX_TOKEN_MS",
-    "FASTGSHARE_RUN_AS",
+    "FASTGSHARE_RUN_AS", "FASTGSHARE_SIDECAR_UNDUMPABLE",
     # Credentials: the sidecar's Redis user (in the URL) must never reach the function's code.
     "REDIS_URL", "REDISCLI_AUTH", "FASTGSHARE_REDIS_PASSWORD", "FASTGSHARE_REDIS_USER",
     "FASTGSHARE_SIDECAR_REDIS_URL",
@@ -98,6 +98,11 @@ class SidecarSettings:
     ``off``."""
     mps_pipe_dir: str | None = None
     """GPU only: the MPS control daemon's pipe directory."""
+    undumpable: bool = False
+    """``FASTGSHARE_SIDECAR_UNDUMPABLE=on``: the sidecar makes itself non-dumpable, so a worker
+    running as the same user (a Kubernetes pod) can neither read its ``/proc`` environment (the
+    Redis credential) nor trace it. Off where the node agent must read sidecars' environments
+    as the same, unprivileged user (local mode without root)."""
     run_as: tuple[int, int] | None = None
     """``FASTGSHARE_RUN_AS=uid:gid``: the unprivileged user and group the worker runs as (set by
     the node agent when the platform runs as root); None: the sidecar's own user."""
@@ -247,6 +252,7 @@ def sidecar_settings_from_env(env: Mapping[str, str]) -> SidecarSettings:
         arbiter_max_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MAX_TOKEN_MS"),
         mps_pipe_dir=env.get("FASTGSHARE_MPS_PIPE_DIR") or None,
         run_as=parse_run_as(env.get("FASTGSHARE_RUN_AS", "")),
+        undumpable=_on_off(env, "FASTGSHARE_SIDECAR_UNDUMPABLE", False),
         worker_port=_int(env, "FASTGSHARE_WORKER_PORT", 0, 0, 65535),
         queue_max=_int(env, "FASTGSHARE_QUEUE_MAX", DEFAULT_QUEUE_MAX, 0),
         queue_timeout_s=_float(env, "FASTGSHARE_QUEUE_TIMEOUT_S", DEFAULT_QUEUE_TIMEOUT_S,

@@ -38,6 +38,7 @@ STABLE_AFTER_S = 60.0
 STOP_GRACE_S = 5.0
 """Time between SIGTERM and SIGKILL when the worker is stopped."""
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 DEFAULT_WORKER_NICE = 0
 """The worker's niceness above its sidecar's (see ``worker_nice``)."""
 
@@ -176,6 +177,8 @@ class WorkerProcess:
         return True
 
     def start(self) -> None:
+        if self._settings.undumpable:  # before the first worker exists (settings.undumpable)
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_DUMPABLE, 0)
         self._task = asyncio.create_task(self._supervise(), name="worker-supervisor")
 
     async def kill(self, reason: str) -> None:

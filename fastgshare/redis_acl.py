@@ -38,7 +38,7 @@ SIDECAR_CHANNELS = (keys.device_faults("*"),)
 """Pub/sub channels a sidecar may publish and subscribe to."""
 SIDECAR_COMMANDS = (
     # connection: redis-py's handshake and health checks
-    "ping", "hello", "select", "client|setinfo", "client|setname",
+    "ping", "hello", "select",  # (redis-py ignores a refused CLIENT SETINFO)
     # the arbiter's client (fast_manager.arbiter.client) and redis-py's Script
     "evalsha", "eval", "script|load", "script|exists", "hlen", "blpop",
     # what the arbiter's Lua calls (fast_manager.arbiter.lua), checked against the caller
@@ -133,3 +133,50 @@ def write_acl_file(path: Path, passwords: RedisPasswords) -> Path:
         out.write(passwords.acl_file())
     path.chmod(0o600)
     return path
+
+
+def kubernetes_secrets(passwords: RedisPasswords, *, namespace: str = "openfaas",
+                       functions_namespace: str = "openfaas-fn") -> list[dict[str, object]]:
+    """The Secrets ``deploy/kubernetes`` expects: the ACL file and the platform's password beside
+    Redis; the sidecars' password in the functions' namespace (mounted by no one else)."""
+    return [
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+         "metadata": {"name": "fastgshare-redis", "namespace": namespace},
+         "stringData": {"users.acl": passwords.acl_file(), "platform-password": passwords.platform}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+         "metadata": {"name": "fastgshare-redis-sidecar", "namespace": functions_namespace},
+         "stringData": {"password": passwords.sidecar}},
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kubernetes``: print the two Secrets (new random passwords) for ``kubectl apply -f -``;
+    ``compose DIR``: write ``DIR/redis-users.acl`` and print the passwords as ``.env`` lines."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m fastgshare.redis_acl",
+                                     description=main.__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("kubernetes")
+    k.add_argument("--namespace", default="openfaas")
+    k.add_argument("--functions-namespace", default="openfaas-fn")
+    c = sub.add_parser("compose")
+    c.add_argument("dir", type=Path)
+    args = parser.parse_args(argv)
+    pw = RedisPasswords(secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+    if args.cmd == "kubernetes":
+        items = kubernetes_secrets(pw, namespace=args.namespace,
+                                   functions_namespace=args.functions_namespace)
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=1))
+        return 0
+    args.dir.mkdir(parents=True, exist_ok=True)
+    acl = args.dir / "redis-users.acl"
+    acl.write_text(pw.acl_file())  # hashes only; the Redis container's user must read it
+    acl.chmod(0o644)
+    print(f"FASTGSHARE_REDIS_PASSWORD={pw.platform}\nFASTGSHARE_SIDECAR_REDIS_PASSWORD={pw.sidecar}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from fastgshare.redis_acl import SIDECAR_USER as SIDECAR_REDIS_USER
 from fastgshare.resources import GpuShare, ScaleBounds, merged_labels
 
 from .backend import FunctionSpec, LogLine, Placement, ReplicaConfig, ReplicaStatus, SecretValue
@@ -47,6 +48,22 @@ SECRETS_DIR = "/var/openfaas/secrets"
 CONTAINER_NAME = "function"
 
 
+FUNCTION_UID = 12000
+"""The python3-torch template's ``app`` user (function_templates/python3-torch/Dockerfile)."""
+REDIS_PASSWORD_VAR = "FASTGSHARE_REDIS_PASSWORD"
+"""The sidecar's Redis password, from ``PodSettings.redis_secret``; never passed to the worker."""
+
+
+def pod_redis_url(url: str, with_secret: bool) -> str:
+    """The sidecar's ``REDIS_URL``: the sidecar user with its password expanded by the kubelet
+    from ``REDIS_PASSWORD_VAR`` (defined before it in the container's env)."""
+    scheme, sep, rest = url.partition("://")
+    host = rest.rpartition("@")[2]
+    if not with_secret:
+        return f"{scheme}{sep}{host}"
+    return f"{scheme}{sep}{SIDECAR_REDIS_USER}:$({REDIS_PASSWORD_VAR})@{host}"
+
+
 @dataclass(frozen=True)
 class PodSettings:
     """What every function pod shares, set by the operator rather than per function."""
@@ -63,6 +80,12 @@ class PodSettings:
     """``runtimeClassName`` for GPU pods (e.g. ``nvidia``); empty uses the node's default runtime."""
     image_pull_policy: str = "IfNotPresent"
     """Pull policy of function containers."""
+    redis_secret: str = "fastgshare-redis-sidecar"
+    """Secret in the function namespace whose key ``password`` is the sidecars' Redis password
+    (``python -m fastgshare.redis_acl kubernetes``); empty: pods reach Redis unauthenticated."""
+    run_as_user: int = FUNCTION_UID
+    """Numeric uid (and gid) of function containers: ``runAsNonRoot`` can only be checked
+    against a number, and every pod on an MPS GPU must share one (MPS serves one user at a time)."""
 
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -147,7 +170,10 @@ def _env(spec: FunctionSpec, share: GpuShare, placement: Placement,
         "FASTGSHARE_QUOTA_REQUEST": f"{share.quota_request_frac:g}",
         "FASTGSHARE_QUOTA_LIMIT": f"{share.quota_limit_frac:g}",
         "FASTGSHARE_SECRETS_DIR": SECRETS_DIR,
-        "REDIS_URL": pod.redis_url,
+        "REDIS_URL": pod_redis_url(pod.redis_url, bool(pod.redis_secret)),
+        # The worker shares the sidecar's user here: the sidecar makes itself non-dumpable, so
+        # the worker cannot read its environment (the Redis password) from /proc.
+        "FASTGSHARE_SIDECAR_UNDUMPABLE": "on",
     }
     if share.mem_bytes is not None:
         ours["FASTGSHARE_MEM_BYTES"] = str(share.mem_bytes)
@@ -163,7 +189,10 @@ def _env(spec: FunctionSpec, share: GpuShare, placement: Placement,
         # The NVIDIA container runtime exposes exactly this GPU; no nvidia.com/gpu request, since
         # the device plugin would hand out whole GPUs, which is what sharing avoids.
         ours["NVIDIA_VISIBLE_DEVICES"] = placement.gpu_uuid
-    env = [e for e in env if e["name"] not in ours]
+    env = [e for e in env if e["name"] not in ours and e["name"] != REDIS_PASSWORD_VAR]
+    if pod.redis_secret:  # before REDIS_URL, which refers to it
+        env.append({"name": REDIS_PASSWORD_VAR, "valueFrom": {"secretKeyRef": {
+            "name": pod.redis_secret, "key": "password"}}})
     env += [{"name": k, "value": v} for k, v in ours.items()]
     # The replica id is the pod name, known only once the pod exists.
     env.append({"name": "FASTGSHARE_REPLICA",
@@ -225,11 +254,21 @@ def make_deployment(spec: FunctionSpec, *, replicas: int, pod: PodSettings,
             {"secret": {"name": s, "items": [{"key": s, "path": s}]}} for s in spec.secrets]}})
         container["volumeMounts"].append(
             {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True})
+    # The function's code is someone else's: no root, no new privileges, no capabilities, the
+    # runtime's default seccomp filter (the restricted Pod Security Standard).
+    container["securityContext"] = {"allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]}}
     if spec.read_only_root_filesystem:
-        container["securityContext"] = {"readOnlyRootFilesystem": True}
+        container["securityContext"]["readOnlyRootFilesystem"] = True
         volumes.append({"name": "tmp", "emptyDir": {}})
         container["volumeMounts"].append({"name": "tmp", "mountPath": "/tmp"})
-    pod_spec: dict[str, Any] = {"containers": [container], "enableServiceLinks": False}
+    pod_spec: dict[str, Any] = {
+        "containers": [container], "enableServiceLinks": False,
+        "automountServiceAccountToken": False,  # a function has no business with the API server
+        "securityContext": {"runAsNonRoot": True, "runAsUser": pod.run_as_user,
+                            "runAsGroup": pod.run_as_user,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+    }
     if placement.gpu_uuid:
         # MPS clients must share the IPC namespace and pipe directory of the control daemon.
         pod_spec["hostIPC"] = True

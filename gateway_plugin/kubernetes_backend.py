@@ -86,6 +86,8 @@ def kubernetes_settings_from_env(env: Mapping[str, str]) -> KubernetesSettings:
             mps_pipe_dir=env.get("FASTGSHARE_MPS_PIPE_DIR", p.mps_pipe_dir),
             runtime_class=env.get("FASTGSHARE_GPU_RUNTIME_CLASS", p.runtime_class),
             image_pull_policy=env.get("FASTGSHARE_IMAGE_PULL_POLICY", p.image_pull_policy),
+            redis_secret=env.get("FASTGSHARE_POD_REDIS_SECRET", p.redis_secret),
+            run_as_user=int(env.get("FASTGSHARE_POD_RUN_AS_USER", p.run_as_user)),
         ),
     )
 

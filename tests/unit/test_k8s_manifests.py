@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fastgshare.redis_acl import RedisPasswords, kubernetes_secrets
 from fastgshare.resources import GpuShare, ScaleBounds
 from gateway_plugin import k8s_specs as specs
 from gateway_plugin.backend import FunctionSpec, Placement, ReplicaConfig, SecretValue
@@ -51,6 +52,7 @@ def generated() -> list[tuple[str, dict[str, Any]]]:
          specs.make_deployment(FULL, replicas=2, pod=pod, config=config)),
         ("service", specs.make_service(FULL)),
         ("secret", specs.make_secret(SecretValue("db", "openfaas-fn", b"\x00\xffbytes"))),
+        *((f"redis acl {s['metadata']['name']}", s) for s in kubernetes_secrets(RedisPasswords("a", "b"))),
     ]
 
 
@@ -165,3 +167,47 @@ def test_every_provider_deployment_runs_the_shipped_gunicorn_settings() -> None:
         assert argv[:3] == conf, what
         assert argv[-1] == "gateway_plugin.wsgi:app", what
         assert not {"--threads", "--workers", "--timeout", "-w"} & set(argv), what
+
+
+@pytest.mark.parametrize("spec", [FULL, MINIMAL], ids=["full", "minimal"])
+def test_function_pods_run_restricted(spec: FunctionSpec) -> None:
+    pod = specs.make_deployment(spec, replicas=1, pod=specs.PodSettings())["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": specs.FUNCTION_UID,
+                                      "runAsGroup": specs.FUNCTION_UID,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["automountServiceAccountToken"] is False
+    ctx = pod["containers"][0]["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}
+    assert ctx.get("readOnlyRootFilesystem", False) is spec.read_only_root_filesystem
+
+
+def test_the_sidecar_alone_gets_the_redis_credential_from_a_secret() -> None:
+    pod = specs.PodSettings(redis_url="redis://someone:leaked@redis.openfaas:6379/0")
+    container = specs.make_deployment(FULL, replicas=1, pod=pod)["spec"]["template"]["spec"][
+        "containers"][0]
+    names = [e["name"] for e in container["env"]]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env[specs.REDIS_PASSWORD_VAR] == {"secretKeyRef": {
+        "name": "fastgshare-redis-sidecar", "key": "password"}}
+    # defined before the URL that refers to it (the kubelet expands in order); no old credentials
+    assert names.index(specs.REDIS_PASSWORD_VAR) < names.index("REDIS_URL")
+    assert env["REDIS_URL"] == (f"redis://fastgshare-sidecar:$({specs.REDIS_PASSWORD_VAR})"
+                                "@redis.openfaas:6379/0")
+    assert env["FASTGSHARE_SIDECAR_UNDUMPABLE"] == "on"
+    bare = specs.make_deployment(FULL, replicas=1, pod=specs.PodSettings(redis_secret=""))
+    bare_env = {e["name"]: e.get("value") for e in
+                bare["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert specs.REDIS_PASSWORD_VAR not in bare_env
+    assert bare_env["REDIS_URL"] == "redis://redis.openfaas:6379/0"
+
+
+def test_network_policies_guard_redis_and_the_provider() -> None:
+    docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all(
+        (MANIFESTS / "network-policies.yaml").read_text()) if d}
+    redis_from = docs["redis-clients"]["spec"]["ingress"][0]["from"]
+    assert redis_from[0]["podSelector"]["matchExpressions"][0]["values"] == [
+        "fastgshare-provider", "fastgshare-scheduler", "fastgshare-node-agent"]
+    provider_from = docs["provider-clients"]["spec"]["ingress"][0]["from"]
+    assert "gateway" in provider_from[0]["podSelector"]["matchExpressions"][0]["values"]
+    redis_yaml = (MANIFESTS / "redis.yaml").read_text()
+    assert "--aclfile" in redis_yaml and "fastgshare-redis" in redis_yaml
