@@ -27,6 +27,8 @@ STATS_TIMEOUT_S = 1.0
 TAIL_BYTES = 16 * 1024
 """How much of the end of a replica's log is searched for the reason."""
 _ERROR_LINE = re.compile(r"(Error|Exception|error:|refused|Killed|killed|MemoryError|bad sidecar)")
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z?\s+")
+"""The time the replica's log lines start with (``fast_manager.logline``): not part of the reason."""
 _NOISE = re.compile(r"(worker exited with code|restarting in|^\s*File \"|^\s*\^+\s*$|^Traceback)")
 
 
@@ -41,7 +43,7 @@ def failure_reason(log_path: Path, fallback: str) -> str:
             text = f.read().decode(errors="replace")
     except OSError:
         return fallback
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [_TIMESTAMP.sub("", ln.strip()) for ln in text.splitlines() if ln.strip()]
     for line in reversed(lines):
         if _ERROR_LINE.search(line) and not _NOISE.search(line):
             return line[-400:]
