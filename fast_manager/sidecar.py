@@ -52,17 +52,10 @@ from fast_manager.sidecar_worker import WorkerProcess, raise_own_priority, sidec
 from fast_manager.token_factory import make_token_client
 from fast_manager.tokens import Lease, TokenClient
 from fastgshare.errors import ValidationError
+from fastgshare.headers import BUSY_HEADER, HOLD_HEADER, WAIT_HEADER
 
 log = logging.getLogger("sidecar")
 
-BUSY_HEADER = "X-Fastgshare-Busy-Ms"
-"""Response header in which the worker reports the device time an execution used."""
-WAIT_HEADER = "X-Fastgshare-Wait-Ms"
-"""Response header: how long the request waited in the replica's queue (for the FIFO gate)."""
-HOLD_HEADER = "X-Fastgshare-Hold-Ms"
-"""Response header: how long it held the gate (token, forward, execution, token back): the time the
-replica's one server was taken by it. With the wait, a client splits its latency into queue, service
-and the path outside the replica (the profiler's queue model reads them)."""
 DRAIN_TIMEOUT_S = 30.0
 """On SIGTERM, how long the requests already taken may take to finish before the worker is stopped
 anyway (below ``gateway_plugin.local_replicas.STOP_GRACE_S``, after which the group is killed)."""

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from fast_manager.sidecar import HOLD_HEADER, WAIT_HEADER
 from fast_profiler.search import Verdict
+from fastgshare.headers import HOLD_HEADER, WAIT_HEADER
 
 CHECK_PERIOD_S = 0.1
 """How often a step's early-stopping rule is evaluated."""
