@@ -6,6 +6,7 @@ Kubernetes pod spec set them). Pure: the environment is passed in, nothing else 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,15 @@ DEFAULT_READY_TIMEOUT_S = 600.0
 """How long a starting worker may take to load before it is killed and started again."""
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 """Largest request body the sidecar accepts (images as base64 exceed aiohttp's 1 MiB default)."""
+
+MAX_TIMEOUT_S = 86_400.0
+"""Longest queue, execution or start timeout a sidecar accepts (a day; ``inf`` is refused)."""
+MAX_QUEUE = 100_000
+"""Most requests a sidecar may be told to queue."""
+MAX_BODY_BYTES = 2**32
+"""Largest request body a sidecar may be told to accept (4 GiB)."""
+MAX_ARBITER_S = 3600.0
+"""Longest arbiter window or token a sidecar accepts, in seconds."""
 
 MEM_ENFORCE_MODES = ("auto", "cgroup", "rss", "off")
 """Values of ``FASTGSHARE_MEM_ENFORCE``; the first is the default."""
@@ -147,15 +157,18 @@ def _float(env: Mapping[str, str], name: str, default: float, allowed: str,
         value = float(raw)
     except ValueError as e:
         raise ValidationError(name, allowed, raw) from e
-    if not value > lo_exclusive or (hi is not None and value > hi) or value != value:
+    if not value > lo_exclusive or (hi is not None and value > hi) or not math.isfinite(value):
         raise ValidationError(name, allowed, raw)
     return value
 
 
-def _opt_float(env: Mapping[str, str], name: str) -> float | None:
+def _opt_float(env: Mapping[str, str], name: str, hi: float) -> float | None:
     if not env.get(name, "").strip():
         return None
-    return _float(env, name, 0.0, "a number > 0", 0.0)
+    return _float(env, name, 0.0, f"a number > 0, at most {hi:g}", 0.0, hi)
+
+
+_TIMEOUT_ALLOWED = f"seconds, 0 < t <= {MAX_TIMEOUT_S:g}"
 
 
 def _on_off(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -247,21 +260,22 @@ def sidecar_settings_from_env(env: Mapping[str, str]) -> SidecarSettings:
         redis_url=env.get("REDIS_URL") or None,
         arbiter=_on_off(env, "FASTGSHARE_ARBITER", True),
         mem_enforce=_choice(env, "FASTGSHARE_MEM_ENFORCE", MEM_ENFORCE_MODES),
-        arbiter_window_s=_opt_float(env, "FASTGSHARE_ARBITER_WINDOW_S"),
-        arbiter_min_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MIN_TOKEN_MS"),
-        arbiter_max_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MAX_TOKEN_MS"),
+        arbiter_window_s=_opt_float(env, "FASTGSHARE_ARBITER_WINDOW_S", MAX_ARBITER_S),
+        arbiter_min_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MIN_TOKEN_MS", MAX_ARBITER_S * 1000),
+        arbiter_max_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MAX_TOKEN_MS", MAX_ARBITER_S * 1000),
         mps_pipe_dir=env.get("FASTGSHARE_MPS_PIPE_DIR") or None,
         run_as=parse_run_as(env.get("FASTGSHARE_RUN_AS", "")),
         undumpable=_on_off(env, "FASTGSHARE_SIDECAR_UNDUMPABLE", False),
         worker_port=_int(env, "FASTGSHARE_WORKER_PORT", 0, 0, 65535),
-        queue_max=_int(env, "FASTGSHARE_QUEUE_MAX", DEFAULT_QUEUE_MAX, 0),
+        queue_max=_int(env, "FASTGSHARE_QUEUE_MAX", DEFAULT_QUEUE_MAX, 0, MAX_QUEUE),
         queue_timeout_s=_float(env, "FASTGSHARE_QUEUE_TIMEOUT_S", DEFAULT_QUEUE_TIMEOUT_S,
-                               "seconds > 0", 0.0),
+                               _TIMEOUT_ALLOWED, 0.0, MAX_TIMEOUT_S),
         exec_timeout_s=_float(env, "FASTGSHARE_EXEC_TIMEOUT_S", DEFAULT_EXEC_TIMEOUT_S,
-                              "seconds > 0", 0.0),
+                              _TIMEOUT_ALLOWED, 0.0, MAX_TIMEOUT_S),
         ready_timeout_s=_float(env, "FASTGSHARE_READY_TIMEOUT_S", DEFAULT_READY_TIMEOUT_S,
-                               "seconds > 0", 0.0),
-        max_body_bytes=_int(env, "FASTGSHARE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1),
+                               _TIMEOUT_ALLOWED, 0.0, MAX_TIMEOUT_S),
+        max_body_bytes=_int(env, "FASTGSHARE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1,
+                            MAX_BODY_BYTES),
     )
 
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fast_manager.settings_check import MAX_QUEUE, MAX_TIMEOUT_S, check_function_env
+from fast_manager.settings import MAX_QUEUE, MAX_TIMEOUT_S
+from fast_manager.settings_check import check_function_env
 from fastgshare.errors import ValidationError
 from fastgshare.resources import (
     GPU_MEM,
