@@ -162,6 +162,7 @@ class FakeBackend:
     _logs: list[LogLine] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _closed: bool = False
+    _open_follows: int = 0
 
     # -- helpers for tests
     def add_log(self, namespace: str, name: str, instance: str, text: str,
@@ -290,16 +291,28 @@ class FakeBackend:
 
     def _follow(self, namespace: str, name: str, first: list[LogLine], seen: int,
                 follow: bool) -> Iterator[LogLine]:
-        yield from first
-        while follow:
+        with self._cond:
+            self._open_follows += 1
+        try:
+            yield from first
+            while follow:
+                with self._cond:
+                    if self._closed or (namespace, name) not in self._fns:
+                        return
+                    if len(self._logs) == seen and not self._cond.wait(self.follow_idle_s):
+                        return
+                    new = [ln for ln in self._logs[seen:]
+                           if (ln.namespace, ln.name) == (namespace, name)]
+                    seen = len(self._logs)
+                yield from new
+        finally:
             with self._cond:
-                if self._closed or (namespace, name) not in self._fns:
-                    return
-                if len(self._logs) == seen and not self._cond.wait(self.follow_idle_s):
-                    return
-                new = [ln for ln in self._logs[seen:] if (ln.namespace, ln.name) == (namespace, name)]
-                seen = len(self._logs)
-            yield from new
+                self._open_follows -= 1
+
+    def open_follows(self) -> int:
+        """Log streams begun and not yet closed (a stream whose client left must be closed)."""
+        with self._cond:
+            return self._open_follows
 
     def namespaces(self) -> list[str]:
         return list(self.allowed_namespaces)

@@ -33,9 +33,18 @@ def test_defaults(reload):
     assert c.threads == 128
     assert c.workers == conf.default_workers() >= 1
     assert c.worker_class.read_timeout_s == 10.0
+    from gateway_plugin.gunicorn_uvicorn import ProviderUvicornWorker
+
+    assert c.worker_class is ProviderUvicornWorker  # the event loop, with the read timeout
+    assert c.worker_class.wsgi_threads == 128  # the Flask side's pool
+
+
+def test_gevent_stays_selectable_with_the_read_timeout(reload):
     from gateway_plugin.gunicorn_gevent import ProviderGeventWorker
 
-    assert c.worker_class is ProviderGeventWorker  # gevent with the read timeout
+    c = reload(FASTGSHARE_PROVIDER_WORKER_CLASS="gevent", FASTGSHARE_PROVIDER_READ_TIMEOUT_S="4")
+    assert c.worker_class is ProviderGeventWorker
+    assert c.worker_class.read_timeout_s == 4.0
 
 
 def test_gthread_stays_selectable_with_the_read_timeout(reload):
@@ -62,7 +71,7 @@ def test_overrides(reload):
     ("FASTGSHARE_PROVIDER_WORKERS", "300", r"integer in \[1, 256\]"),
     ("FASTGSHARE_PROVIDER_READ_TIMEOUT_S", "0", r"number in \[0.1, 3600\]"),
     ("FASTGSHARE_PROVIDER_READ_TIMEOUT_S", "soon", r"number in \[0.1, 3600\]"),
-    ("FASTGSHARE_PROVIDER_WORKER_CLASS", "sync", r"one of gevent, gthread"),
+    ("FASTGSHARE_PROVIDER_WORKER_CLASS", "sync", r"one of uvicorn, gevent, gthread"),
 ])
 def test_out_of_range_is_refused_naming_the_variable_and_range(reload, variable, bad, pattern):
     with pytest.raises(SystemExit, match=f"{variable}=.*{pattern}"):
