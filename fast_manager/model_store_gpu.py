@@ -132,6 +132,8 @@ def serve(socket_path: Path, holder: GpuHolder, stop: threading.Event) -> None:
     socket_path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(socket_path))
+    # Function users (docs/security.md) connect too; what they may ask for is the shared store's.
+    socket_path.chmod(0o666)
     server.listen(64)
     server.settimeout(0.5)
     log.info("GPU model holder on %s (CUDA_VISIBLE_DEVICES=%s)", socket_path,

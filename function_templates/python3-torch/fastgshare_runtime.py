@@ -491,7 +491,13 @@ def _gpu_tensors(env: Mapping[str, str], path: Path) -> dict[str, torch.Tensor] 
     uuid = env.get("FASTGSHARE_DEVICE", "").partition(":")[2]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in uuid)
     sock_path = Path(env.get("FASTGSHARE_MODEL_GPU_SOCKET") or path.parent / f"gpu-{safe}.sock")
-    if not sock_path.exists():
+    try:
+        owner = sock_path.stat().st_uid
+    except OSError:
+        return None
+    if owner not in (0, os.geteuid()):  # what it sends is unpickled: only the node agent's
+        print(f"fastgshare: ignoring {sock_path}: owned by uid {owner}, not the node agent",
+              file=sys.stderr, flush=True)
         return None
     try:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -256,3 +256,19 @@ def test_usage_by_device_and_codec() -> None:
     assert usage_from_json(usage_to_json(u)) == u
     with pytest.raises(ValidationError, match="device model record"):
         usage_from_json(b"[1]")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the socket file another owner")
+def test_a_gpu_holder_socket_of_another_user_is_not_trusted(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """What the holder sends is unpickled: a socket planted in the shared store by another
+    function's user is ignored, never connected to."""
+    import socket
+
+    sock = tmp_path / "gpu-GPU-1.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as planted:
+        planted.bind(str(sock))
+        planted.listen(1)
+        os.chown(sock, 2_000_000_123, 2_000_000_123)
+        assert fr._gpu_tensors({"FASTGSHARE_DEVICE": "gpu:GPU-1"}, tmp_path / "m.safetensors") is None
+    assert "owned by uid 2000000123" in capsys.readouterr().err
