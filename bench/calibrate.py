@@ -41,7 +41,8 @@ from typing import Any
 
 from bench.common import RESULTS, parser, write_json
 from fast_profiler.table import ProfileTable
-from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig
+from fast_scheduler.autoscale import AutoscaleSettings
+from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.policies import AutoscaledPolicy, this_policy
 from fast_scheduler.simulator import FunctionSpec, SimResult, SimSettings, Trace, simulate
 from fastgshare.stats import percentile

@@ -27,15 +27,13 @@ from fast_scheduler.autoscale import (
     AutoscaleContext,
     AutoscaleSettings,
     AutoscaleState,
-    ChoiceSet,
-    candidate_points,
-    choice_set,
     decide_replicas,
     fast_scale_up,
     split_standby,
     with_standby,
 )
 from fast_scheduler.baselines import all_policies, lower_bound_choices, mps_equal
+from fast_scheduler.choices import ChoiceSet, candidate_points, choice_set
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyModel
 from fast_scheduler.lower_bound import GpuLowerBound
 from fast_scheduler.placement import (

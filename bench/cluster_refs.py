@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fast_scheduler.autoscale import AutoscaleSettings, plan_for_rate, split_standby
+from fast_scheduler.autoscale import AutoscaleSettings, split_standby
+from fast_scheduler.choices import plan_for_rate
 from fast_scheduler.placement import Snapshot
 from fast_scheduler.policies import this_policy
 from fast_scheduler.simulator import FunctionSpec

@@ -34,7 +34,6 @@ import requests
 
 from bench.common import RESULTS, parser, platform_with_function, write_json
 from fast_profiler import store
-from fast_profiler.cli import QUICK_SEARCH, summary
 from fast_profiler.gateway import Gateway
 from fast_profiler.interference import CpuMonitor
 from fast_profiler.jobs import profile_and_store
@@ -42,7 +41,8 @@ from fast_profiler.planner import Config, Source
 from fast_profiler.plot import plot_table
 from fast_profiler.queue_model import MIN_SAMPLES, model_rate, sojourn_quantile
 from fast_profiler.runner import Runner, RunSettings, as_function_source
-from fast_profiler.search import SearchSettings
+from fast_profiler.search import QUICK_SEARCH, SearchSettings
+from fast_profiler.table import summary
 from fastgshare.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent

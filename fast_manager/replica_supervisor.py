@@ -37,8 +37,8 @@ from fast_manager.function_users import Isolation
 from fast_manager.model_store_fs import MODEL_STORE_DIR_ENV
 from fast_manager.replica_plan import ReplicaView, plan, restart_backoff_s
 from fast_manager.start_failures import StartFailureLog
-from fast_scheduler.cores import pick_cores
 from fastgshare import keys
+from fastgshare.cores import pick_cores
 from fastgshare.redis_server import free_port
 from fastgshare.resources import GpuShare
 from gateway_plugin import local_state

@@ -11,6 +11,8 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import redis
@@ -31,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("profile", help="same as `fastgshare profile`", add_help=False)
     args, rest = p.parse_known_args(argv)
     if args.cmd == "profile":
-        from fast_profiler.cli import profile_main
-
-        return profile_main(rest)
+        # The command above the profiler (fastgshare.profile_cli): run it as a program, so the
+        # profiler never imports the CLI.
+        return subprocess.call([sys.executable, "-m", "fastgshare.cli", "profile", *rest])
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     if not args.redis_url:

@@ -155,6 +155,12 @@ class StepObservation:
         return max(known) if known else None
 
 
+QUICK_SEARCH = SearchSettings(min_duration_s=1.0, min_requests=80, max_duration_s=3.0, rel_tol=0.08,
+                              max_steps=5, confirm_fails=1)
+"""``--quick``: shorter steps and a looser bracket (a coarse table in about half the time); every
+failure counts (5 steps leave no room to rerun one)."""
+
+
 def step_verdict(obs: StepObservation, slo_ms: float, settings: SearchSettings) -> Verdict:
     """Early-stopping decision for one rate step (see the module docstring)."""
     budget_frac = 1.0 - settings.slo_quantile

@@ -384,3 +384,19 @@ def device_type_of(device: Mapping[str, object]) -> str:
     if device.get("kind") == "gpu":
         return str(device.get("name") or "gpu")
     return f"cpu-{len(list(device.get('cores') or [])) or 1}c"  # type: ignore[call-overload]
+
+
+def summary(table: ProfileTable) -> str:
+    """The table as text: throughput per quota (rows) x SM share (columns), inferred points starred."""
+    lines = [f"{table.function} on {table.device_type} (* = inferred)",
+             "quota \\ sm%  " + " ".join(f"{s:>8d}" for s in table.sm_grid)]
+    for b in table.batches:
+        if len(table.batches) > 1:
+            lines.append(f"batch {b}")
+        for q in table.quota_grid:
+            cells = []
+            for s in table.sm_grid:
+                p = table.point(s, q, b)
+                cells.append(f"{p.throughput_rps:7.1f}{' ' if p.measured else '*'}")
+            lines.append(f"{q:>11g}  " + " ".join(cells))
+    return "\n".join(lines)

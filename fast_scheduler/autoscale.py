@@ -22,54 +22,13 @@ from dataclasses import dataclass, replace
 
 from fast_profiler.table import ProfileTable
 from fast_scheduler.choices import (
-    STANDBY_MAX_REQUEST,
-    STANDBY_REQUEST,
-    TILE_SM_PCT,
     ChoiceSet,
-    ConfigChoice,
     ReplicaConfig,
-    candidate_points,
-    capacity_at_slo,
     choice_set,
-    config_choices,
-    curve_of,
-    footprint_of,
     is_standby,
-    p99_at_rate_ms,
     plan_for_rate,
-    room_points,
-    tiled_area,
 )
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyModel
-
-__all__ = [  # the configuration vocabulary (``choices``) is used through this module too
-    "AutoscaleContext",
-    "AutoscaleSettings",
-    "AutoscaleState",
-    "candidate_points",
-    "capacity_at_slo",
-    "choice_set",
-    "ChoiceSet",
-    "config_choices",
-    "ConfigChoice",
-    "curve_of",
-    "decide_replicas",
-    "Decision",
-    "fast_scale_up",
-    "footprint_of",
-    "is_standby",
-    "p99_at_rate_ms",
-    "plan_for_rate",
-    "ReplicaConfig",
-    "room_points",
-    "split_standby",
-    "STANDBY_MAX_REQUEST",
-    "STANDBY_REQUEST",
-    "standby_set",
-    "TILE_SM_PCT",
-    "tiled_area",
-    "with_standby",
-]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from rectpack import MaxRectsBaf, PackingMode, newPacker
 
 from fast_profiler.table import ProfilePoint
-from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig
+from fast_scheduler.autoscale import AutoscaleSettings
+from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.placement import Device, ReplicaRequest, Snapshot, fits_memory
 from fast_scheduler.policies import AutoscaledPolicy, restricted
 from fast_scheduler.simulator import FunctionSpec
@@ -227,7 +228,7 @@ def lower_bound_choices(spec: FunctionSpec, settings: AutoscaleSettings) -> list
     shares this project's policy and MPS-equal use, and the ``1 - STANDBY_REQUEST`` quotas this
     policy plans with beside a standby), capacity at the SLO without a utilisation cap, under the
     same latency model (``lower_bound`` says why that set suffices)."""
-    from fast_scheduler.autoscale import candidate_points, config_choices, room_points
+    from fast_scheduler.choices import candidate_points, config_choices, room_points
 
     loose = AutoscaleSettings(max_utilisation=1.0, device_mem_bytes=settings.device_mem_bytes,
                               latency=settings.latency)

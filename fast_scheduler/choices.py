@@ -13,13 +13,26 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from fast_profiler.table import ProfilePoint, ProfileTable
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyCurve, LatencyModel
 
-if TYPE_CHECKING:
-    from fast_scheduler.autoscale import AutoscaleSettings
+
+class ChoiceSettings(Protocol):
+    """What the configuration vocabulary reads of a policy's settings (``autoscale.AutoscaleSettings``
+    is one): declared here, so this lower module never imports the policy above it."""
+
+    @property
+    def device_mem_bytes(self) -> int: ...
+    @property
+    def latency(self) -> LatencyModel: ...
+    @property
+    def max_utilisation(self) -> float: ...
+    @property
+    def limit_over_request(self) -> float: ...
+    @property
+    def quota_tiling(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -224,7 +237,7 @@ def tiled_area(cfg: ReplicaConfig, quota_tiling: bool = False) -> float:
 def config_choices(
     table: ProfileTable,
     slo_ms: float,
-    settings: AutoscaleSettings,
+    settings: ChoiceSettings,
     points: Iterable[ProfilePoint] | None = None,
 ) -> tuple[ConfigChoice, ...]:
     """Every config (the table's grid, or ``points``) that can meet the SLO at some rate, most
@@ -252,7 +265,7 @@ def config_choices(
 def choice_set(
     table: ProfileTable,
     slo_ms: float,
-    settings: AutoscaleSettings,
+    settings: ChoiceSettings,
     points: Iterable[ProfilePoint] | None = None,
     tag: str = "",
     lookup_points: Iterable[ProfilePoint] | None = None,

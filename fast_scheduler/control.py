@@ -23,17 +23,19 @@ from fast_scheduler.autoscale import (
     AutoscaleContext,
     AutoscaleSettings,
     AutoscaleState,
-    ChoiceSet,
     Decision,
+    decide_replicas,
+    fast_scale_up,
+    split_standby,
+    with_standby,
+)
+from fast_scheduler.choices import (
+    ChoiceSet,
     ReplicaConfig,
     candidate_points,
     choice_set,
-    decide_replicas,
-    fast_scale_up,
     is_standby,
     room_points,
-    split_standby,
-    with_standby,
 )
 from fast_scheduler.placement import (  # the refusal memory: re-exported, loop.py and repack.py use it
     STANDBY_RETRY_S,

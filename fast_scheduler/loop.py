@@ -25,7 +25,8 @@ from fast_manager.model_store import ModelUsage
 from fast_manager.model_store_redis import read_device_models
 from fast_manager.node_agent import read_devices
 from fast_profiler.table import ProfileTable, device_type_of
-from fast_scheduler.autoscale import AutoscaleSettings, Decision, ReplicaConfig, _describe
+from fast_scheduler.autoscale import AutoscaleSettings, Decision, _describe
+from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.control import (
     STANDBY_RETRY_S,
     Action,

@@ -50,7 +50,7 @@ from collections.abc import Mapping, Sequence
 import highspy
 import numpy as np
 
-from fast_scheduler.autoscale import ConfigChoice
+from fast_scheduler.choices import ConfigChoice
 
 
 class GpuLowerBound:

@@ -22,18 +22,20 @@ from fast_scheduler.autoscale import (
     AutoscaleContext,
     AutoscaleSettings,
     AutoscaleState,
+    Decision,
+    decide_replicas,
+    fast_scale_up,
+    split_standby,
+    with_standby,
+)
+from fast_scheduler.choices import (
     ChoiceSet,
     ConfigChoice,
-    Decision,
     ReplicaConfig,
     candidate_points,
     choice_set,
     config_choices,
-    decide_replicas,
-    fast_scale_up,
     is_standby,
-    split_standby,
-    with_standby,
 )
 from fast_scheduler.placement import (
     DEFAULT_FILTERS,

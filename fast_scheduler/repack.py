@@ -33,7 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from fast_profiler.table import ProfileTable
-from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig
+from fast_scheduler.autoscale import AutoscaleSettings
+from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.control import (
     STANDBY_RETRY_S,
     Action,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from fast_profiler.table import ProfileTable
-from fast_scheduler.autoscale import ReplicaConfig
+from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyCurve, LatencyModel
 from fast_scheduler.placement import Device, ReplicaRequest, Snapshot
 

@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["profile"]:  # its own parser: fast_profiler.cli
-        from fast_profiler.cli import profile_main
+    if argv[:1] == ["profile"]:  # its own parser: fastgshare.profile_cli
+        from fastgshare.profile_cli import profile_main
 
         return int(profile_main(argv[1:]))
     if argv[:1] == ["bench"]:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from bench.common import platform_with_function
 from fast_profiler import store
-from fast_profiler.cli import QUICK_SEARCH, summary
 from fast_profiler.gateway import Gateway
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.plot import plot_table
 from fast_profiler.runner import RunSettings, grid_for_device
-from fast_profiler.table import device_type_of
+from fast_profiler.search import QUICK_SEARCH
+from fast_profiler.table import device_type_of, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "function_templates" / "python3-torch"

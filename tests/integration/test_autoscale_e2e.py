@@ -27,7 +27,7 @@ from bench.calibrate import ramp_rate as rate_at  # the one ramp, shared with th
 from fast_manager.node_agent import read_devices
 from fast_profiler import store
 from fast_profiler.table import ProfilePoint, ProfileTable, device_type_of
-from fast_scheduler.autoscale import ReplicaConfig, is_standby
+from fast_scheduler.choices import ReplicaConfig, is_standby
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
 from fastgshare.resources import parse_share

@@ -17,11 +17,10 @@ import redis
 import requests
 
 from fast_profiler import store
-from fast_profiler.cli import summary
 from fast_profiler.gateway import Gateway
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.planner import GridSpec
-from fast_profiler.table import device_type_of
+from fast_profiler.table import device_type_of, summary
 from fastgshare.platform import PlatformInfo
 from tests.integration.platform_helpers import FAST_PROFILE, start_platform
 

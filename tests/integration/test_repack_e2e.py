@@ -25,7 +25,8 @@ from fast_manager.devices import DeviceInfo, DeviceKind
 from fast_manager.node_agent import register
 from fast_profiler import store
 from fast_profiler.table import ProfilePoint, ProfileTable, device_type_of
-from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig
+from fast_scheduler.autoscale import AutoscaleSettings
+from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.control import config_id
 from fast_scheduler.loop import LoopSettings, SchedulerLoop
 from fastgshare import keys

@@ -6,14 +6,8 @@ from collections import Counter
 import pytest
 
 from fast_profiler.table import ProfilePoint, synthetic_table
-from fast_scheduler.autoscale import (
-    AutoscaleContext,
-    AutoscaleSettings,
-    capacity_at_slo,
-    choice_set,
-    decide_replicas,
-    p99_at_rate_ms,
-)
+from fast_scheduler.autoscale import AutoscaleContext, AutoscaleSettings, decide_replicas
+from fast_scheduler.choices import capacity_at_slo, choice_set, p99_at_rate_ms
 from fast_scheduler.latency import LatencyCurve, LatencyModel
 
 TABLE = synthetic_table("resnet50", saturation_sm_pct=24, full_rps=74.9)
@@ -175,16 +169,13 @@ def test_jump_gain_extrapolates_a_step_inside_the_tick():
 
 # ---- the fast scale-up path and warm standby ------------------------------------------------
 
-from fast_scheduler.autoscale import (  # noqa: E402
+from fast_scheduler.autoscale import fast_scale_up, split_standby, standby_set, with_standby  # noqa: E402
+from fast_scheduler.choices import (  # noqa: E402
     STANDBY_REQUEST,
     ReplicaConfig,
     candidate_points,
     config_choices,
-    fast_scale_up,
     is_standby,
-    split_standby,
-    standby_set,
-    with_standby,
 )
 
 

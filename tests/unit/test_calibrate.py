@@ -21,7 +21,8 @@ from bench.calibrate import (
     trace_from_sends,
 )
 from fast_profiler.table import ProfilePoint, ProfileTable
-from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig
+from fast_scheduler.autoscale import AutoscaleSettings
+from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.simulator import FunctionSpec, latency_quantile_ms, simulate
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from bench.cluster import tables
 from fast_profiler.table import ProfilePoint, ProfileTable
-from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig, is_standby
+from fast_scheduler.autoscale import AutoscaleSettings
+from fast_scheduler.choices import ReplicaConfig, is_standby
 from fast_scheduler.control import (
     DeviceView,
     FunctionMemory,

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from fast_profiler.table import ProfilePoint, ProfileTable
-from fast_scheduler.autoscale import AutoscaleSettings, ReplicaConfig
+from fast_scheduler.autoscale import AutoscaleSettings
+from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.control import DeviceView, FunctionMemory, FunctionView, RunningReplica, config_id
 from fast_scheduler.loop import decision_record, repack_record
 from fast_scheduler.repack import (

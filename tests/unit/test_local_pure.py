@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fast_scheduler.cores import pick_cores
+from fastgshare.cores import pick_cores
 from fastgshare.errors import ValidationError
 from fastgshare.resources import GpuShare, ScaleBounds
 from fastgshare.stack import parse_stack

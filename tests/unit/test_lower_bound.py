@@ -4,8 +4,9 @@ import pytest
 
 from bench.cluster import tables
 from fast_profiler.table import ProfilePoint
-from fast_scheduler.autoscale import AutoscaleSettings, candidate_points, config_choices
+from fast_scheduler.autoscale import AutoscaleSettings
 from fast_scheduler.baselines import lower_bound_choices
+from fast_scheduler.choices import candidate_points, config_choices
 from fast_scheduler.lower_bound import GpuLowerBound
 from fast_scheduler.simulator import FunctionSpec
 

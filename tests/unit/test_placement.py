@@ -186,7 +186,7 @@ def test_carried_candidates_match_a_fresh_snapshot():
 
 # ---- standby replicas ------------------------------------------------------------------------
 
-from fast_scheduler.autoscale import STANDBY_REQUEST  # noqa: E402
+from fast_scheduler.choices import STANDBY_REQUEST  # noqa: E402
 from fast_scheduler.placement import (  # noqa: E402
     DEFAULT_FILTERS,
     beside_holders,

@@ -98,7 +98,7 @@ def test_lp_bound_below_every_policy():
     (0.2, 0.2, 10.0, 0.2),  # one replica; neither resource padded up to the other
 ])
 def test_lp_bound_is_the_larger_resource_not_both(area, mem, rate, want):
-    from fast_scheduler.autoscale import ConfigChoice, ReplicaConfig
+    from fast_scheduler.choices import ConfigChoice, ReplicaConfig
 
     c = ConfigChoice(ReplicaConfig(int(area * 100), 1.0, 1.0), 10.0, 10.0, 50.0, max(area, mem))
     lb = GpuLowerBound({"f": [c]}, {"f": mem}, {"f": 1})
@@ -107,8 +107,8 @@ def test_lp_bound_is_the_larger_resource_not_both(area, mem, rate, want):
 
 # ---- the fast scale-up path and standby replicas borrowing idle time -------------------------
 
-from fast_scheduler.autoscale import STANDBY_REQUEST, ReplicaConfig  # noqa: E402
 from fast_scheduler.baselines import FastGShareOriginal  # noqa: E402
+from fast_scheduler.choices import STANDBY_REQUEST, ReplicaConfig  # noqa: E402
 from fast_scheduler.latency import DEFAULT_MODEL  # noqa: E402
 from fast_scheduler.placement import (  # noqa: E402
     DEFAULT_FILTERS,

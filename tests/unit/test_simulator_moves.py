@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from fast_profiler.table import synthetic_table
-from fast_scheduler.autoscale import ReplicaConfig
+from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.placement import Rejection, Snapshot, place
 from fast_scheduler.simulator import FunctionSpec, SimSettings, Trace, simulate
 

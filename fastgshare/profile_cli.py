@@ -23,15 +23,12 @@ from fast_profiler.gateway import Gateway
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.planner import GridSpec
 from fast_profiler.runner import Progress, RunSettings, grid_for_device
-from fast_profiler.search import SearchSettings
+from fast_profiler.search import QUICK_SEARCH
 from fast_profiler.store import ProfileState
-from fast_profiler.table import ProfileTable, device_type_of
+from fast_profiler.table import device_type_of, summary
 
 DEFAULT_STATE_DIR = Path(os.environ.get("FASTGSHARE_STATE_DIR", ".fastgshare"))
-QUICK_SEARCH = SearchSettings(min_duration_s=1.0, min_requests=80, max_duration_s=3.0, rel_tol=0.08,
-                              max_steps=5, confirm_fails=1)
-"""``--quick``: shorter steps and a looser bracket (a coarse table in about half the time); every
-failure counts (5 steps leave no room to rerun one)."""
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,21 +94,6 @@ def _follow(gw: Gateway, ns: str, name: str, timeout_s: float) -> str:
     finally:
         bar.close()
     return "timeout"
-
-
-def summary(table: ProfileTable) -> str:
-    lines = [f"{table.function} on {table.device_type} (* = inferred)",
-             "quota \\ sm%  " + " ".join(f"{s:>8d}" for s in table.sm_grid)]
-    for b in table.batches:
-        if len(table.batches) > 1:
-            lines.append(f"batch {b}")
-        for q in table.quota_grid:
-            cells = []
-            for s in table.sm_grid:
-                p = table.point(s, q, b)
-                cells.append(f"{p.throughput_rps:7.1f}{' ' if p.measured else '*'}")
-            lines.append(f"{q:>11g}  " + " ".join(cells))
-    return "\n".join(lines)
 
 
 def profile_main(argv: list[str] | None = None) -> int:
