@@ -133,11 +133,6 @@ def make_specs(
     return specs, rates
 
 
-def lower_bound_series(specs: list[FunctionSpec], trace: Any, settings: SimSettings, every: int) -> list[int]:
-    """The bound in whole GPUs per step (``lower_bound_values``' first half)."""
-    return lower_bound_values(specs, trace, settings, every)[0]
-
-
 def lower_bound_values(
     specs: list[FunctionSpec], trace: Any, settings: SimSettings, every: int, window_steps: int = 0
 ) -> tuple[list[int], list[float], list[int]]:

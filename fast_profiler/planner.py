@@ -164,13 +164,6 @@ def spatial_classes(spec: GridSpec) -> tuple[SpatialClass, ...]:
     return tuple(SpatialClass(m[0], tuple(m), c) for c, m in sorted(by_cores.items()))
 
 
-def class_of(spec: GridSpec, sm_pct: int) -> SpatialClass:
-    for c in spatial_classes(spec):
-        if sm_pct in c.members:
-            return c
-    raise ValidationError("sm_pct", f"one of {spec.sm_grid}", sm_pct)
-
-
 def _key(c: Config) -> Config:
     return Config(int(c.sm_pct), round(float(c.quota_frac), 6), int(c.batch))
 

@@ -57,8 +57,3 @@ def parse_stack(doc: dict[str, Any], base_dir: Path) -> list[StackFunction]:
         handler = (base_dir / str(fn["handler"])).resolve()
         out.append(StackFunction(name, str(fn.get("lang", "")), handler, str(fn["image"]), body))
     return out
-
-
-def gateway_of(doc: dict[str, Any]) -> str | None:
-    provider = doc.get("provider") or {}
-    return provider.get("gateway") if isinstance(provider, dict) else None
