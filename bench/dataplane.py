@@ -2,6 +2,7 @@
 provider + sidecar, beside a trivial one-process aiohttp server (what Python does on this machine).
 
     python -m bench.dataplane [--quick] [--json PATH] [--provider-workers 1,4,16]
+                              [--provider-classes uvicorn,gevent]
 
 Load: Poisson arrivals from ``bench.openloop`` in its own process(es), each request sent at its
 arrival time whether or not earlier ones returned (the generator's own lateness is reported as
@@ -12,10 +13,13 @@ request not answered 200) or fails three rates in a row; a step passes when its 
 A p99 need not rise with the rate: below ~100 rps every request of a replica pays two arbiter
 calls that a faster stream shares (the token's linger), so a path can fail at 50 rps and pass at
 500. Reported per path: the highest
-passing rate; at a fixed low rate (``--probe-rps``) the p50/p99 of the reference, the worker
-alone, the sidecar and provider + sidecar, and what provider + sidecar add to the worker alone;
+passing rate; at a fixed low rate (``--probe-rps``, ``--probe-rounds`` rounds interleaved over the
+paths, the round of median p50 kept) the p50/p99 of the reference, the worker alone, the sidecar
+and provider + sidecar, and what provider + sidecar add to the worker alone;
 CPU seconds per request of each process (reference server, provider, sidecar, worker, Redis, the
-generator), read from ``/proc/<pid>/stat`` before and after each step. Table on stdout, JSON (default
+generator), read from ``/proc/<pid>/stat`` before and after each step. ``--provider-classes`` and
+``--provider-workers`` compare provider configurations in one run: each is a platform of its own,
+all up at once, their probes and ramp steps interleaved. Table on stdout, JSON (default
 ``bench/results/dataplane.json``), PNG beside it (latency vs offered rate).
 
 Targets (issue 16, 2-core VM): provider + sidecar add <= 1.0 ms p50 and <= 3 ms p99 to a no-op;
@@ -42,6 +46,8 @@ NOOP = ROOT / "functions" / "noop"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROVIDER_WORKERS_ENV = "FASTGSHARE_PROVIDER_WORKERS"
 """The provider's gunicorn worker count, where the provider reads one (``--provider-workers``)."""
+WORKER_CLASS_ENV = "FASTGSHARE_PROVIDER_WORKER_CLASS"
+"""The provider's gunicorn worker class (``--provider-classes``)."""
 
 
 @dataclass
@@ -210,25 +216,31 @@ def serve_reference(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=1024)
 
 
-def start_platform(state_dir: Path, provider_workers: int | None) -> tuple[Any, Any]:
-    """The embedded platform with the no-op deployed (one replica); (Platform, PlatformInfo)."""
+def start_platform(state_dir: Path, provider_workers: int | None,
+                   worker_class: str | None = None) -> tuple[Any, Any]:
+    """The embedded platform with the no-op deployed (one replica); (Platform, PlatformInfo).
+    ``provider_workers`` / ``worker_class``: the provider's gunicorn workers and worker class
+    (None: the platform's defaults)."""
     import redis
     import requests
 
     from fastgshare.platform import Platform
 
-    old = os.environ.get(PROVIDER_WORKERS_ENV)
-    if provider_workers is not None:
-        os.environ[PROVIDER_WORKERS_ENV] = str(provider_workers)
+    wanted = {PROVIDER_WORKERS_ENV: None if provider_workers is None else str(provider_workers),
+              WORKER_CLASS_ENV: worker_class}
+    old = {k: os.environ.get(k) for k in wanted}
+    for k, v in wanted.items():
+        if v is not None:
+            os.environ[k] = v
     try:
         platform = Platform(state_dir, port=0)
         info = platform.start()
     finally:
-        if provider_workers is not None:
-            if old is None:
-                os.environ.pop(PROVIDER_WORKERS_ENV, None)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
             else:
-                os.environ[PROVIDER_WORKERS_ENV] = old
+                os.environ[k] = v
     try:
         register_image(redis.Redis.from_url(info.redis_url), "bench/noop", NOOP)
         resp = requests.post(f"{info.url}/system/functions", auth=info.auth, timeout=30,
@@ -282,6 +294,35 @@ def plot(ramps: dict[str, list[dict[str, Any]]], bound_ms: float, path: Path) ->
     plt.close(fig)
 
 
+@dataclass
+class _Stack:
+    """One running platform under test and the processes of each of its roles."""
+
+    label: str
+    platform: Any
+    urls: dict[str, str]
+    roles: dict[str, list[int]]
+
+
+def _start_stack(label: str, state_dir: Path, workers: int | None, worker_class: str | None,
+                 ref_pid: int) -> _Stack:
+    print(f"{label}: starting the platform, deploying the no-op ...", flush=True)
+    platform, info = start_platform(state_dir, workers, worker_class)
+    sport, wport = replica_endpoints(info.redis_url)
+    pport = int(info.url.rsplit(":", 1)[1])
+    rport = int(info.redis_url.rsplit(":", 1)[1].split("/")[0])
+    roles = {"reference": [ref_pid], "provider": pids_listening(pport),
+             "sidecar": pids_listening(sport), "worker": pids_listening(wport),
+             "redis": pids_listening(rport)}
+    urls = {"worker": f"http://127.0.0.1:{wport}/", "sidecar": f"http://127.0.0.1:{sport}/",
+            "provider": f"{info.url}/function/noop"}
+    return _Stack(label, platform, urls, roles)
+
+
+def _median_step(steps: list[Step]) -> Step:
+    return sorted(steps, key=lambda s: s.p50_ms)[len(steps) // 2]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter steps, coarser ramp")
@@ -289,6 +330,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--p99-bound-ms", type=float, default=10.0)
     ap.add_argument("--probe-rps", type=float, default=100.0,
                     help="the fixed low rate at which added latency and CPU per request are read")
+    ap.add_argument("--probe-rounds", type=int, default=None,
+                    help="probe rounds, interleaved over the paths; the median p50's round is "
+                         "reported (default 3; quick 2)")
     ap.add_argument("--start-rps", type=float, default=20.0)
     ap.add_argument("--max-rps", type=float, default=40000.0)
     ap.add_argument("--factor", type=float, default=None, help="rate growth per step (1.3; quick 1.6)")
@@ -296,7 +340,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--gen-procs", type=int, default=max(1, (os.cpu_count() or 1) // 4),
                     help="generator processes (default: a quarter of the cores, at least 1)")
     ap.add_argument("--provider-workers", default=None,
-                    help=f"comma-separated provider worker counts to ramp through ({PROVIDER_WORKERS_ENV})")
+                    help=f"comma-separated provider worker counts ({PROVIDER_WORKERS_ENV})")
+    ap.add_argument("--provider-classes", default=None,
+                    help=f"comma-separated provider worker classes, e.g. uvicorn,gevent "
+                         f"({WORKER_CLASS_ENV}); every class x worker count is a platform of "
+                         "its own, all up at once so that their steps interleave")
     ap.add_argument("--paths", default="reference,sidecar,provider",
                     help="which ramps to run (reference, sidecar, provider)")
     ap.add_argument("--reference-server", type=int, default=None, help=argparse.SUPPRESS)
@@ -306,10 +354,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     args.factor = args.factor or (1.6 if args.quick else 1.3)
     args.step_s = args.step_s or (1.5 if args.quick else 5.0)
+    rounds = args.probe_rounds or (2 if args.quick else 3)
     probe_s = 3.0 if args.quick else 6.0
     paths = args.paths.split(",")
-    workers_list = ([int(w) for w in args.provider_workers.split(",")]
-                    if args.provider_workers else [None])
+    workers_list: list[int | None] = ([int(w) for w in args.provider_workers.split(",")]
+                                      if args.provider_workers else [None])
+    classes: list[str | None] = (args.provider_classes.split(",") if args.provider_classes
+                                 else [None])
+    combos = [(c, w) for c in classes for w in workers_list]
     from fastgshare.redis_server import free_port
 
     load_before = os.getloadavg()
@@ -319,59 +371,68 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ref_port = free_port()
     ref = subprocess.Popen([sys.executable, "-m", "bench.dataplane", "--reference-server", str(ref_port)],
                            cwd=ROOT)
-    platform = None
+    stacks: list[_Stack] = []
     probes: dict[str, Step] = {}
     ramps: dict[str, list[Step]] = {}
     try:
         ref_url = f"http://127.0.0.1:{ref_port}/"
         wait_http(ref_url, timeout_s=60)
         with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as tmp:
-            for w_i, workers in enumerate(workers_list):
-                suffix = "" if workers is None else f" x{workers}"
-                print(f"platform{suffix}: starting, deploying the no-op ...", flush=True)
-                platform, info = start_platform(Path(tmp) / f"p{w_i}", workers)
-                sport, wport = replica_endpoints(info.redis_url)
-                pport = int(info.url.rsplit(":", 1)[1])
-                rport = int(info.redis_url.rsplit(":", 1)[1].split("/")[0])
-                roles = {"reference": [ref.pid], "provider": pids_listening(pport),
-                         "sidecar": pids_listening(sport), "worker": pids_listening(wport),
-                         "redis": pids_listening(rport)}
-                result.setdefault("processes", {})[f"platform{suffix}"] = roles
-                urls = {"reference": ref_url, "worker": f"http://127.0.0.1:{wport}/",
-                        "sidecar": f"http://127.0.0.1:{sport}/",
-                        "provider": f"{info.url}/function/noop"}
-                if w_i == 0:
-                    print(f"probe at {args.probe_rps:g} rps, {probe_s:g} s per path", flush=True)
-                    for name in ("reference", "worker", "sidecar", "provider"):
-                        run_step(name, urls[name], args.probe_rps, 1.0, roles, 1, 999,
-                                 args.p99_bound_ms)  # warm-up: connections, code paths
-                        probes[name] = run_step(name, urls[name], args.probe_rps, probe_s, roles, 1,
-                                                1000, args.p99_bound_ms)
-                        p = probes[name]
-                        print(f"  {name:<10} p50 {p.p50_ms:6.3f}  p99 {p.p99_ms:6.3f} ms  "
-                              f"cpu ms/req {p.cpu_ms_per_request}", flush=True)
-                targets = {(name if name != "provider" or workers is None
-                            else f"provider x{workers}"): urls[name]
-                           for name in paths if name in urls and not (name == "reference" and w_i)}
-                print(f"ramp: {', '.join(targets)} (interleaved)", flush=True)
-                ramps |= ramp(targets, roles, args)
-                platform.stop()
-                platform = None
+            for i, (cls, workers) in enumerate(combos):
+                label = "".join([f" {cls}" if cls and len(classes) > 1 else "",
+                                 f" x{workers}" if workers is not None else ""]).strip()
+                stacks.append(_start_stack(label, Path(tmp) / f"p{i}", workers, cls, ref.pid))
+            result["processes"] = {st.label or "platform": st.roles for st in stacks}
+
+            def name_of(path: str, st: _Stack) -> str:
+                return f"{path} {st.label}".strip() if len(stacks) > 1 else path
+
+            targets = [("reference", ref_url, stacks[0].roles)] + [
+                (name_of(path, st), st.urls[path], st.roles)
+                for path in ("worker", "sidecar", "provider") for st in stacks]
+            print(f"probe at {args.probe_rps:g} rps, {probe_s:g} s per path, {rounds} rounds",
+                  flush=True)
+            for name, url, roles in targets:  # warm-up: connections, code paths
+                run_step(name, url, args.probe_rps, 1.0, roles, 1, 999, args.p99_bound_ms)
+            rounds_of: dict[str, list[Step]] = {name: [] for name, _, _ in targets}
+            for r in range(rounds):
+                for name, url, roles in (targets if r % 2 == 0 else targets[::-1]):
+                    p = run_step(name, url, args.probe_rps, probe_s, roles, 1, 1000 + r,
+                                 args.p99_bound_ms)
+                    rounds_of[name].append(p)
+                    print(f"  {name:<22} p50 {p.p50_ms:6.3f}  p99 {p.p99_ms:6.3f} ms  "
+                          f"cpu ms/req {p.cpu_ms_per_request}", flush=True)
+            probes = {name: _median_step(steps) for name, steps in rounds_of.items()}
+            ramp_targets = {}
+            ramp_roles = {}
+            for path in paths:
+                for st in (stacks if path == "provider" else stacks[:1]):
+                    name = "reference" if path == "reference" else name_of(path, st)
+                    ramp_targets[name] = ref_url if path == "reference" else st.urls[path]
+                    ramp_roles[name] = st.roles
+            print(f"ramp: {', '.join(ramp_targets)} (interleaved)", flush=True)
+            ramps = ramp(ramp_targets, ramp_roles, args)
     finally:
-        if platform is not None:
-            platform.stop()
+        for st in stacks:
+            st.platform.stop()
         ref.terminate()
         ref.wait(10)
-    w, sc, pv = probes["worker"], probes["sidecar"], probes["provider"]
+    added: dict[str, dict[str, float]] = {}
+    for st in stacks:
+        w, sc, pv = (probes[name_of(p, st)] for p in ("worker", "sidecar", "provider"))
+        added[st.label or "provider"] = {
+            "provider_sidecar_p50": round(pv.p50_ms - w.p50_ms, 3),
+            "provider_sidecar_p99": round(pv.p99_ms - w.p99_ms, 3),
+            "sidecar_p50": round(sc.p50_ms - w.p50_ms, 3),
+            "sidecar_p99": round(sc.p99_ms - w.p99_ms, 3)}
     result |= {
         "machine": machine() | {"load_average_before_after": [round(x, 2) for x in
                                                               load_before + os.getloadavg()]},
         "p99_bound_ms": args.p99_bound_ms,
         "probe": {k: asdict(v) for k, v in probes.items()},
-        "added_ms": {"provider_sidecar_p50": round(pv.p50_ms - w.p50_ms, 3),
-                     "provider_sidecar_p99": round(pv.p99_ms - w.p99_ms, 3),
-                     "sidecar_p50": round(sc.p50_ms - w.p50_ms, 3),
-                     "sidecar_p99": round(sc.p99_ms - w.p99_ms, 3)},
+        "probe_rounds": {k: [asdict(s) for s in v] for k, v in rounds_of.items()},
+        "added_ms": next(iter(added.values())),
+        "added_ms_by_provider": added,
         "sustained_rps": {k: round(sustained_rps(v), 1) for k, v in ramps.items()},
         "ramps": {k: [asdict(s) for s in v] for k, v in ramps.items()},
         "runtime_s": round(time.monotonic() - t_start, 1),
@@ -389,19 +450,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def print_table(r: dict[str, Any]) -> None:
     print(f"\nload average before/after {r['machine']['load_average_before_after']}")
-    print(f"\nat {r['settings']['probe_rps']:g} rps (open loop):")
-    print(f"{'path':<12} {'p50 ms':>8} {'p99 ms':>8}   CPU ms per request")
+    print(f"\nat {r['settings']['probe_rps']:g} rps (open loop; the median round of "
+          f"{len(next(iter(r['probe_rounds'].values())))}):")
+    print(f"{'path':<24} {'p50 ms':>8} {'p99 ms':>8}   CPU ms per request")
     for name, p in r["probe"].items():
         cpu = "  ".join(f"{k} {v:.3f}" for k, v in p["cpu_ms_per_request"].items() if v > 0.0005)
-        print(f"{name:<12} {p['p50_ms']:8.3f} {p['p99_ms']:8.3f}   {cpu}")
-    a = r["added_ms"]
-    print(f"provider + sidecar add {a['provider_sidecar_p50']:.3f} ms p50, "
-          f"{a['provider_sidecar_p99']:.3f} ms p99 to the worker alone (targets 1.0 / 3 ms); "
-          f"the sidecar alone {a['sidecar_p50']:.3f} / {a['sidecar_p99']:.3f} ms")
+        print(f"{name:<24} {p['p50_ms']:8.3f} {p['p99_ms']:8.3f}   {cpu}")
+    for label, a in r["added_ms_by_provider"].items():
+        print(f"{label}: provider + sidecar add {a['provider_sidecar_p50']:.3f} ms p50, "
+              f"{a['provider_sidecar_p99']:.3f} ms p99 to the worker alone (targets 1.0 / 3 ms); "
+              f"the sidecar alone {a['sidecar_p50']:.3f} / {a['sidecar_p99']:.3f} ms")
     print(f"\nhighest rate with p99 <= {r['p99_bound_ms']:g} ms (and every request 200):")
     for name, rps in r["sustained_rps"].items():
         rel = r["sustained_vs_reference"].get(name)
-        print(f"  {name:<18} {rps:8.0f} rps" + (f"   {rel:.3f} x reference" if rel else ""))
+        print(f"  {name:<24} {rps:8.0f} rps" + (f"   {rel:.3f} x reference" if rel else ""))
 
 
 if __name__ == "__main__":
