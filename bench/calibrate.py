@@ -8,7 +8,7 @@ are played
 
 - on the real platform (provider -> sidecar -> worker, arbiter on), counting latency from each
   request's intended send time, and
-- in ``fast_scheduler.simulator`` with the table just profiled, the arrivals of each 1 s step being
+- in ``fast_scheduler.evaluation.simulator`` with the table just profiled, the arrivals of each 1 s step being
   exactly the real schedule's,
 
 for (1) each measured configuration at a fixed replica count and rates 0.5 / 0.8 / 1.2 x the table's
@@ -43,8 +43,8 @@ from bench.common import RESULTS, parser, write_json
 from fast_profiler.table import ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings
 from fast_scheduler.choices import ReplicaConfig
-from fast_scheduler.policies import AutoscaledPolicy, this_policy
-from fast_scheduler.simulator import FunctionSpec, SimResult, SimSettings, Trace, simulate
+from fast_scheduler.evaluation.policies import AutoscaledPolicy, this_policy
+from fast_scheduler.evaluation.simulator import FunctionSpec, SimResult, SimSettings, Trace, simulate
 from fastgshare.stats import percentile
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,10 +32,19 @@ from fast_scheduler.autoscale import (
     split_standby,
     with_standby,
 )
-from fast_scheduler.baselines import all_policies, lower_bound_choices, mps_equal
 from fast_scheduler.choices import ChoiceSet, candidate_points, choice_set
+from fast_scheduler.evaluation.baselines import all_policies, lower_bound_choices, mps_equal
+from fast_scheduler.evaluation.lower_bound import GpuLowerBound
+from fast_scheduler.evaluation.policies import this_policy
+from fast_scheduler.evaluation.simulator import FunctionSpec, SimSettings, simulate
+from fast_scheduler.evaluation.traces import (
+    azure_like_trace,
+    bursty_trace,
+    load_orcbench_clusters,
+    orcbench_models_dir,
+    poisson_trace,
+)
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyModel
-from fast_scheduler.lower_bound import GpuLowerBound
 from fast_scheduler.placement import (
     DEFAULT_FILTERS,
     Device,
@@ -45,15 +54,6 @@ from fast_scheduler.placement import (
     beside_holders,
     place,
     standby_room,
-)
-from fast_scheduler.policies import this_policy
-from fast_scheduler.simulator import FunctionSpec, SimSettings, simulate
-from fast_scheduler.traces import (
-    azure_like_trace,
-    bursty_trace,
-    load_orcbench_clusters,
-    orcbench_models_dir,
-    poisson_trace,
 )
 
 MIB = 2**20

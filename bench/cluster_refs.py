@@ -8,9 +8,9 @@ from typing import Any
 
 from fast_scheduler.autoscale import AutoscaleSettings, split_standby
 from fast_scheduler.choices import plan_for_rate
+from fast_scheduler.evaluation.policies import this_policy
+from fast_scheduler.evaluation.simulator import FunctionSpec
 from fast_scheduler.placement import Snapshot
-from fast_scheduler.policies import this_policy
-from fast_scheduler.simulator import FunctionSpec
 
 
 class GapProbe:

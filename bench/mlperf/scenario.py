@@ -2,7 +2,7 @@
 scheduler on; what it reports is SLO attainment, replicas over time and the device share used.
 
 Traces: a ramp (the original's 30 -> 110 -> 20 RPS over about 3 minutes, scaled to what this
-device serves) and an Azure-Functions-like trace (``fast_scheduler.traces.azure_like_trace`` over
+device serves) and an Azure-Functions-like trace (``fast_scheduler.evaluation.traces.azure_like_trace`` over
 ``orcbench``'s arrival models). The scheduler is whatever ``python -m fast_scheduler`` is; if it
 is not running, the run still happens (replicas stay as deployed) and the result says so.
 """
@@ -36,7 +36,7 @@ def ramp_trace(peak_rps: float, duration_s: float) -> list[float]:
 
 def azure_trace(mean_rps: float, duration_s: float, seed: int = 0, bin_s: float = 10.0) -> list[float]:
     """Per-second rates from an Azure-like shape (orcbench models), mean ``mean_rps``."""
-    from fast_scheduler.traces import azure_like_trace, load_orcbench_clusters
+    from fast_scheduler.evaluation.traces import azure_like_trace, load_orcbench_clusters
 
     tr = azure_like_trace({"f": mean_rps}, duration_s, load_orcbench_clusters(), seed=seed,
                           step_s=1.0, bin_s=bin_s)

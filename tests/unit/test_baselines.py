@@ -6,9 +6,15 @@ import pytest
 
 from fast_profiler.table import synthetic_table
 from fast_scheduler.autoscale import split_standby
-from fast_scheduler.baselines import FastGShareOriginal, exclusive, maxrects_fits, mps_equal, time_sharing
+from fast_scheduler.evaluation.baselines import (
+    FastGShareOriginal,
+    exclusive,
+    maxrects_fits,
+    mps_equal,
+    time_sharing,
+)
+from fast_scheduler.evaluation.simulator import FunctionSpec, SimSettings, empty_cluster
 from fast_scheduler.placement import ReplicaRequest, Snapshot
-from fast_scheduler.simulator import FunctionSpec, SimSettings, empty_cluster
 
 TABLE = synthetic_table("resnet50", saturation_sm_pct=24, full_rps=74.9)
 SPECS = [FunctionSpec("f", "resnet50", TABLE, 69.0)]

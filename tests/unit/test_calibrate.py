@@ -23,7 +23,7 @@ from bench.calibrate import (
 from fast_profiler.table import ProfilePoint, ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings
 from fast_scheduler.choices import ReplicaConfig
-from fast_scheduler.simulator import FunctionSpec, latency_quantile_ms, simulate
+from fast_scheduler.evaluation.simulator import FunctionSpec, latency_quantile_ms, simulate
 
 
 def table() -> ProfileTable:

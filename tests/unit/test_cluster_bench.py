@@ -3,8 +3,8 @@
 import pytest
 
 from bench.cluster import _synthetic_tables, as_profiled, reaction_window_share
+from fast_scheduler.evaluation.simulator import Trace
 from fast_scheduler.latency import LatencyCurve, LatencyModel
-from fast_scheduler.simulator import Trace
 
 
 def test_profiled_view_serves_at_the_synthetic_rate_again():
@@ -32,9 +32,9 @@ def test_reaction_window_share(rates, window_s, want):
 
 def test_gap_probe_splits_this_policys_gpus():
     from bench.cluster import GapProbe, lower_bound_values, make_specs
-    from fast_scheduler.policies import this_policy
-    from fast_scheduler.simulator import SimSettings, simulate
-    from fast_scheduler.traces import poisson_trace
+    from fast_scheduler.evaluation.policies import this_policy
+    from fast_scheduler.evaluation.simulator import SimSettings, simulate
+    from fast_scheduler.evaluation.traces import poisson_trace
 
     specs, rates = make_specs(4, 1, 20.0, 60.0)
     settings = SimSettings(gpus=32)
@@ -54,8 +54,8 @@ def test_foresight_reference_serves_a_step_the_reactive_policy_is_late_for():
     """The perfect-foresight reference starts replicas a reaction window before a step up, so it
     serves the step on time, where this (reactive) policy is late for part of it."""
     from bench.cluster import Foresight, make_specs
-    from fast_scheduler.policies import this_policy
-    from fast_scheduler.simulator import SimSettings, simulate
+    from fast_scheduler.evaluation.policies import this_policy
+    from fast_scheduler.evaluation.simulator import SimSettings, simulate
 
     specs, rates = make_specs(1, 1, 40.0, 40.0)
     name = specs[0].name

@@ -5,10 +5,10 @@ import pytest
 from bench.cluster import tables
 from fast_profiler.table import ProfilePoint
 from fast_scheduler.autoscale import AutoscaleSettings
-from fast_scheduler.baselines import lower_bound_choices
 from fast_scheduler.choices import candidate_points, config_choices
-from fast_scheduler.lower_bound import GpuLowerBound
-from fast_scheduler.simulator import FunctionSpec
+from fast_scheduler.evaluation.baselines import lower_bound_choices
+from fast_scheduler.evaluation.lower_bound import GpuLowerBound
+from fast_scheduler.evaluation.simulator import FunctionSpec
 
 LOOSE = AutoscaleSettings(max_utilisation=1.0)
 

@@ -4,11 +4,11 @@ import pytest
 
 from fast_profiler.table import synthetic_table
 from fast_scheduler.autoscale import AutoscaleSettings
-from fast_scheduler.baselines import all_policies, lower_bound_choices
-from fast_scheduler.lower_bound import GpuLowerBound
-from fast_scheduler.policies import this_policy
-from fast_scheduler.simulator import FunctionSpec, SimSettings, simulate
-from fast_scheduler.traces import (
+from fast_scheduler.evaluation.baselines import all_policies, lower_bound_choices
+from fast_scheduler.evaluation.lower_bound import GpuLowerBound
+from fast_scheduler.evaluation.policies import this_policy
+from fast_scheduler.evaluation.simulator import FunctionSpec, SimSettings, simulate
+from fast_scheduler.evaluation.traces import (
     azure_like_trace,
     bursty_trace,
     load_orcbench_clusters,
@@ -107,8 +107,9 @@ def test_lp_bound_is_the_larger_resource_not_both(area, mem, rate, want):
 
 # ---- the fast scale-up path and standby replicas borrowing idle time -------------------------
 
-from fast_scheduler.baselines import FastGShareOriginal  # noqa: E402
 from fast_scheduler.choices import STANDBY_REQUEST, ReplicaConfig  # noqa: E402
+from fast_scheduler.evaluation.baselines import FastGShareOriginal  # noqa: E402
+from fast_scheduler.evaluation.simulator import Trace  # noqa: E402
 from fast_scheduler.latency import DEFAULT_MODEL  # noqa: E402
 from fast_scheduler.placement import (  # noqa: E402
     DEFAULT_FILTERS,
@@ -117,7 +118,6 @@ from fast_scheduler.placement import (  # noqa: E402
     evict_lone_standby,
     place,
 )
-from fast_scheduler.simulator import Trace  # noqa: E402
 
 
 def step_trace(name, before, after, at_s, total_s):

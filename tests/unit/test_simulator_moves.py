@@ -7,8 +7,8 @@ import pytest
 
 from fast_profiler.table import synthetic_table
 from fast_scheduler.choices import ReplicaConfig
+from fast_scheduler.evaluation.simulator import FunctionSpec, SimSettings, Trace, simulate
 from fast_scheduler.placement import Rejection, Snapshot, place
-from fast_scheduler.simulator import FunctionSpec, SimSettings, Trace, simulate
 
 R = synthetic_table("resnet50", saturation_sm_pct=24, full_rps=74.9, weight_bytes=98 * 2**20)
 SPEC = FunctionSpec("f", "resnet50", R, 69.0)

@@ -37,6 +37,7 @@ from fast_scheduler.choices import (
     config_choices,
     is_standby,
 )
+from fast_scheduler.evaluation.simulator import FunctionSpec
 from fast_scheduler.placement import (
     DEFAULT_FILTERS,
     DEFAULT_SCORES,
@@ -55,7 +56,6 @@ from fast_scheduler.placement import (
     place_standby,
     plan_repack,
 )
-from fast_scheduler.simulator import FunctionSpec
 
 ChoiceFilter = Callable[[FunctionSpec, AutoscaleSettings], tuple[ConfigChoice, ...]]
 

@@ -27,9 +27,9 @@ from rectpack import MaxRectsBaf, PackingMode, newPacker
 from fast_profiler.table import ProfilePoint
 from fast_scheduler.autoscale import AutoscaleSettings
 from fast_scheduler.choices import ReplicaConfig
+from fast_scheduler.evaluation.policies import AutoscaledPolicy, restricted
+from fast_scheduler.evaluation.simulator import FunctionSpec
 from fast_scheduler.placement import Device, ReplicaRequest, Snapshot, fits_memory
-from fast_scheduler.policies import AutoscaledPolicy, restricted
-from fast_scheduler.simulator import FunctionSpec
 
 QUOTA_UNITS = 1000
 """Width of a GPU bin in the original's packing: quota x 1000."""
@@ -212,7 +212,7 @@ def all_policies(
     specs: Sequence[FunctionSpec], settings: AutoscaleSettings | None = None, control_interval_s: float = 5.0
 ) -> list:
     """Every baseline and this project's policy, in report order."""
-    from fast_scheduler.policies import this_policy
+    from fast_scheduler.evaluation.policies import this_policy
 
     return [
         exclusive(specs, settings),

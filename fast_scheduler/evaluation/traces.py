@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fast_scheduler.simulator import Trace
+from fast_scheduler.evaluation.simulator import Trace
 
 
 @dataclass(frozen=True)
