@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 from fastgshare import keys
+from fastgshare.resources import GPU_MEM
 from gateway_plugin import local_state
 from gateway_plugin.backend import (
     DEFAULT_NAMESPACE,
@@ -97,6 +98,23 @@ class LocalBackend:
         missing = [s for s in spec.secrets if s not in have]
         if missing:
             raise Invalid(f"secrets {missing} not found in namespace {spec.namespace!r}")
+        self._check_memory_fits(spec)
+
+    def _check_memory_fits(self, spec: FunctionSpec) -> None:
+        """A memory limit larger than any device here holds would never be met: refused now
+        (when the node agent has registered its devices) rather than accepted."""
+        mem_bytes = spec.share.mem_bytes
+        if mem_bytes is None:
+            return
+        largest = 0
+        for raw in self._redis.hvals(keys.devices()):
+            try:
+                largest = max(largest, int(json.loads(raw).get("mem_bytes", 0)))
+            except (ValueError, TypeError, AttributeError):
+                continue
+        if largest and mem_bytes > largest:
+            raise Invalid(f"{GPU_MEM}: ({mem_bytes} bytes) is more than the largest device on this "
+                          f"machine holds: allowed 1..{largest} bytes")
 
     def _image(self, image: str) -> dict[str, str] | None:
         return local_state.read_image(self._redis, image)

@@ -157,3 +157,12 @@ def test_a_function_whose_starts_fail_is_refused_at_once_with_the_reason(platfor
         assert json.loads(api.get(f"{url}/system/functions").text) == []
     finally:
         client.close()
+
+
+def test_a_memory_limit_no_device_here_holds_is_refused(platform, api):
+    _, info = platform
+    body = {"service": "huge", "image": IMAGE, "annotations": {"fastgshare/gpu_mem": "16Ti"}}
+    resp = api.post(f"{info.url}/system/functions", json=body)
+    assert resp.status_code == 400 and resp.text.startswith("fastgshare/gpu_mem"), resp.text
+    assert "largest device" in resp.text
+    assert api.get(f"{info.url}/system/function/huge").status_code == 404
