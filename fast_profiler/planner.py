@@ -96,6 +96,12 @@ class GridSpec:
         object.__setattr__(self, "quota_anchors", anchors)
 
     @property
+    def anchors(self) -> tuple[float, ...]:
+        """``quota_anchors`` as resolved at construction (never None after it)."""
+        assert self.quota_anchors is not None
+        return self.quota_anchors
+
+    @property
     def points_total(self) -> int:
         return len(self.sm_grid) * len(self.quota_grid) * len(self.batches)
 
@@ -198,11 +204,11 @@ def planned_configs(spec: GridSpec, measured: Mapping[Config, Measurement]) -> t
             if sat is None or i <= sat:
                 out.append(Config(c.sm_pct, q_full, b))
         for c in growing:
-            out.extend(Config(c.sm_pct, q, b) for q in spec.quota_anchors if q != q_full)
+            out.extend(Config(c.sm_pct, q, b) for q in spec.anchors if q != q_full)
         if sat is not None:
             # The first saturated class at the other quota anchors as well: a partial quota limits
             # device time, where a faster request may still gain (see ``_saturated_column``).
-            out.extend(Config(classes[sat].sm_pct, q, b) for q in spec.quota_anchors if q != q_full)
+            out.extend(Config(classes[sat].sm_pct, q, b) for q in spec.anchors if q != q_full)
     return tuple(out)
 
 
@@ -232,7 +238,7 @@ def _column(spec: GridSpec, cls: SpatialClass, batch: int, measured: Mapping[Con
             infer: Callable[[Config, Anchors, Anchors], FilledPoint]) -> dict[float, FilledPoint]:
     """Every quota of one class: its measured points as measured, the others from ``infer(config,
     anchors below, anchors above)``. The class must be measured at least at full quota."""
-    anchors = [(q, m) for q in spec.quota_anchors
+    anchors = [(q, m) for q in spec.anchors
                if (m := measured.get(_key(Config(cls.sm_pct, q, batch)))) is not None]
     if not anchors:
         raise ValidationError("measurements", f"at least the full-quota point of sm {cls.sm_pct}",

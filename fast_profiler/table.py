@@ -189,7 +189,7 @@ class ProfileTable:
         q0, q1, tq = _bracket(quotas, float(quota_frac))
         on_grid = any(abs(sm_pct - s) < 1e-9 for s in sms) and any(abs(quota_frac - q) < 1e-9 for q in quotas)
         if ts == 0.0 and tq == 0.0 and on_grid:
-            p = self.point(s0, q0, batch)
+            p = self.point(int(s0), q0, batch)
             return Estimate(
                 p.throughput_rps,
                 p.latency_p50_ms,
@@ -199,7 +199,7 @@ class ProfileTable:
                 "measured" if p.measured else "filled in by the profiler",
             )
         if ts == 0.0 and tq == 0.0:
-            p = self.point(s0, q0, batch)
+            p = self.point(int(s0), q0, batch)
             return Estimate(
                 p.throughput_rps,
                 p.latency_p50_ms,
@@ -209,7 +209,7 @@ class ProfileTable:
                 f"held from the grid's edge (sm {s0}, quota {q0:g})",
             )
         corners = [
-            (self.point(s, q, batch), w)
+            (self.point(int(s), q, batch), w)
             for s, q, w in (
                 (s0, q0, (1 - ts) * (1 - tq)),
                 (s1, q0, ts * (1 - tq)),
@@ -219,7 +219,7 @@ class ProfileTable:
         ]
 
         def mix(attr: str) -> float:
-            return sum(getattr(p, attr) * w for p, w in corners)
+            return float(sum(getattr(p, attr) * w for p, w in corners))
 
         return Estimate(
             mix("throughput_rps"),

@@ -224,9 +224,9 @@ def snapshot_of(functions: Sequence[FunctionView], devices: Sequence[DeviceView]
             if d in placed:
                 placed[d].append(_request(f, f.base_config, f"{f.name}/base/{i}", devs[d]))
     out = []
-    for d in devices:
-        dev = Device(d.device_id, d.node, d.mem_bytes or 2**62, stored_models=d.stored_models)
-        for req in placed[d.device_id]:
+    for view in devices:
+        dev = Device(view.device_id, view.node, view.mem_bytes or 2**62, stored_models=view.stored_models)
+        for req in placed[view.device_id]:
             dev = dev.with_replica(req) or _force(dev, req)
         out.append(dev)
     return Snapshot(tuple(out))

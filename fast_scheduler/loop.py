@@ -28,7 +28,6 @@ from fast_profiler.table import ProfileTable, device_type_of
 from fast_scheduler.autoscale import AutoscaleSettings, Decision, _describe
 from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.control import (
-    STANDBY_RETRY_S,
     Action,
     DeviceView,
     FunctionMemory,
@@ -36,6 +35,7 @@ from fast_scheduler.control import (
     RunningReplica,
     TickResult,
 )
+from fast_scheduler.placement import STANDBY_RETRY_S
 from fast_scheduler.repack import MoveEvent, RepackSettings, RepackState, plan_tick_repacking
 from fastgshare import keys
 from fastgshare.errors import ValidationError

@@ -508,7 +508,9 @@ def plan_repack(snapshot: Snapshot, max_moves: int = 64, pinned: frozenset[str] 
     evacuated but still take replicas (the live loop's: a device with a replica that cannot move,
     such as a base replica the provider placed, which is often the emptiest one).
     """
-    snap, moves, freed = snapshot, [], []
+    snap = snapshot
+    moves: list[Move] = []
+    freed: list[str] = []
     tried: set[str] = set(pinned)
     while wasted_devices(snap) > 0 and len(moves) < max_moves:
         used = sorted(

@@ -36,7 +36,6 @@ from fast_profiler.table import ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings
 from fast_scheduler.choices import ReplicaConfig
 from fast_scheduler.control import (
-    STANDBY_RETRY_S,
     Action,
     DeviceView,
     FunctionMemory,
@@ -46,7 +45,7 @@ from fast_scheduler.control import (
     config_id,
     plan_tick,
 )
-from fast_scheduler.placement import Rejection, Snapshot, place, plan_repack
+from fast_scheduler.placement import STANDBY_RETRY_S, Rejection, Snapshot, place, plan_repack
 
 
 @dataclass(frozen=True)
