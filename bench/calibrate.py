@@ -42,9 +42,9 @@ from typing import Any
 from bench.common import RESULTS, parser, write_json
 from fast_profiler.table import ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings
-from fast_scheduler.choices import ReplicaConfig
+from fast_scheduler.choices import ShareConfig
 from fast_scheduler.evaluation.policies import AutoscaledPolicy, this_policy
-from fast_scheduler.evaluation.simulator import FunctionSpec, SimResult, SimSettings, Trace, simulate
+from fast_scheduler.evaluation.simulator import SimFunction, SimResult, SimSettings, Trace, simulate
 from fastgshare.stats import percentile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ def ramp_rate(t_s: float) -> float:
 class FixedPolicy(AutoscaledPolicy):
     """Always the same replicas (a configuration measured at a fixed replica count)."""
 
-    fixed: tuple[ReplicaConfig, ...] = ()
+    fixed: tuple[ShareConfig, ...] = ()
 
     def desired(self, now_s, observed_rps, current):  # type: ignore[no-untyped-def, override]
         self.ticks += 1
@@ -328,8 +328,8 @@ RAMP = {"interval_s": 1.0, "scale_down_delay_s": 5.0, "horizon_s": 8.0, "seed": 
 
 def sim_fixed(table: ProfileTable, sm: int, quota: float, rate: float, sends: Sequence[float],
               dur: float) -> dict[str, float]:
-    spec = FunctionSpec(NAME, NAME, table, SLO_MS, 1, 1)
-    pol = FixedPolicy("fixed", [spec], AutoscaleSettings(), fixed=(ReplicaConfig(sm, quota, quota, 1),))
+    spec = SimFunction(NAME, NAME, table, SLO_MS, 1, 1)
+    pol = FixedPolicy("fixed", [spec], AutoscaleSettings(), fixed=(ShareConfig(sm, quota, quota, 1),))
     sim = simulate([spec], trace_from_sends("fixed", sends, dur, lambda t: rate, STEP_S, 30), pol,
                    sim_settings(0.0, 1.0))
     return sim_summary(sim, dur, SLO_MS)
@@ -337,7 +337,7 @@ def sim_fixed(table: ProfileTable, sm: int, quota: float, rate: float, sends: Se
 
 def ramp_row(table: ProfileTable, sends: Sequence[float], dur: float, cold_start_s: float,
              r_sum: dict[str, float], real_series: list[int]) -> dict[str, Any]:
-    spec = FunctionSpec(NAME, NAME, table, SLO_MS, 1, 4)
+    spec = SimFunction(NAME, NAME, table, SLO_MS, 1, 4)
     pol = this_policy([spec], AutoscaleSettings(scale_down_delay_s=RAMP["scale_down_delay_s"],
                                                 horizon_s=RAMP["horizon_s"]))
     sim = simulate([spec], trace_from_sends("ramp", sends, dur, ramp_rate, STEP_S, 30), pol,

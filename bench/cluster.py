@@ -36,7 +36,7 @@ from fast_scheduler.choices import ChoiceSet, candidate_points, choice_set
 from fast_scheduler.evaluation.baselines import all_policies, lower_bound_choices, mps_equal
 from fast_scheduler.evaluation.lower_bound import GpuLowerBound
 from fast_scheduler.evaluation.policies import this_policy
-from fast_scheduler.evaluation.simulator import FunctionSpec, SimSettings, simulate
+from fast_scheduler.evaluation.simulator import SimFunction, SimSettings, simulate
 from fast_scheduler.evaluation.traces import (
     azure_like_trace,
     bursty_trace,
@@ -119,7 +119,7 @@ def _synthetic_tables() -> dict[str, Any]:
 
 def make_specs(
     n: int, seed: int, lo_rps: float, hi_rps: float
-) -> tuple[list[FunctionSpec], dict[str, float]]:
+) -> tuple[list[SimFunction], dict[str, float]]:
     rng = np.random.default_rng(seed)
     tabs = tables()
     models = list(tabs)
@@ -128,13 +128,13 @@ def make_specs(
         m = models[i % len(models)]
         t, slo = tabs[m]
         name = f"{m}-{i:02d}"
-        specs.append(FunctionSpec(name, m, t, slo, min_replicas=1, max_replicas=1000))
+        specs.append(SimFunction(name, m, t, slo, min_replicas=1, max_replicas=1000))
         rates[name] = float(math.exp(rng.uniform(math.log(lo_rps), math.log(hi_rps))))
     return specs, rates
 
 
 def lower_bound_values(
-    specs: list[FunctionSpec], trace: Any, settings: SimSettings, every: int, window_steps: int = 0
+    specs: list[SimFunction], trace: Any, settings: SimSettings, every: int, window_steps: int = 0
 ) -> tuple[list[int], list[float], list[int]]:
     """Per step, evaluated every ``every`` steps on the trace's true rate: the bound in whole GPUs
     (the LP's ceiling: devices are whole), the LP's fractional value, and (``window_steps`` > 0)
@@ -246,7 +246,7 @@ def decision_time(n_functions: int, n_gpus: int) -> dict[str, float]:
     }
 
 
-def _requests(s: FunctionSpec, new: Counter, tag: str) -> list[ReplicaRequest]:
+def _requests(s: SimFunction, new: Counter, tag: str) -> list[ReplicaRequest]:
     return [
         ReplicaRequest(f"{s.name}#{tag}.{j}.{i}", s.name, s.model, c.sm_pct, c.quota_request_frac,
                        s.table.mem_bytes, s.table.weight_bytes, c.quota_limit_frac, c.batch)

@@ -9,7 +9,7 @@ from typing import Any
 from fast_scheduler.autoscale import AutoscaleSettings, split_standby
 from fast_scheduler.choices import plan_for_rate
 from fast_scheduler.evaluation.policies import this_policy
-from fast_scheduler.evaluation.simulator import FunctionSpec
+from fast_scheduler.evaluation.simulator import SimFunction
 from fast_scheduler.placement import Snapshot
 
 
@@ -17,7 +17,7 @@ class GapProbe:
     """Wraps an ``AutoscaledPolicy`` in a simulation and records, each tick, its decisions and the
     snapshot after placement and re-pack: what ``decomposition`` splits the gap to the bound into."""
 
-    def __init__(self, policy: Any, specs: list[FunctionSpec], skip_s: float = 60.0) -> None:
+    def __init__(self, policy: Any, specs: list[SimFunction], skip_s: float = 60.0) -> None:
         self.policy, self.specs, self.skip_s = policy, specs, skip_s
         self.name = policy.name
         self.ticks: list[tuple[float, dict[str, float], dict[str, tuple], Snapshot | None]] = []
@@ -89,7 +89,7 @@ class Foresight:
     is what the machinery costs when the forecast is perfect; the gap from it to ``this`` is what
     not knowing the future costs."""
 
-    def __init__(self, specs: list[FunctionSpec], trace: Any, ahead_steps: int, delay_s: float,
+    def __init__(self, specs: list[SimFunction], trace: Any, ahead_steps: int, delay_s: float,
                  mem_bytes: int) -> None:
         st = AutoscaleSettings(device_mem_bytes=mem_bytes, burst_k=0.0, volatility_k=0.0,
                                standby_frac=0.0, scale_down_delay_s=delay_s,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from fast_profiler.table import ProfileTable
 from fast_scheduler.choices import (
     ChoiceSet,
-    ReplicaConfig,
+    ShareConfig,
     choice_set,
     is_standby,
     plan_for_rate,
@@ -108,8 +108,8 @@ class AutoscaleSettings:
 
 
 def split_standby(
-    replicas: Sequence[ReplicaConfig],
-) -> tuple[tuple[ReplicaConfig, ...], tuple[ReplicaConfig, ...]]:
+    replicas: Sequence[ShareConfig],
+) -> tuple[tuple[ShareConfig, ...], tuple[ShareConfig, ...]]:
     """(planned replicas, standby replicas) of a set (standby ones last, as ``with_standby`` puts
     them: then the planned part is a slice)."""
     k = len(replicas)
@@ -123,7 +123,7 @@ def split_standby(
 
 def standby_set(
     cs: ChoiceSet, target_rps: float, room: int, settings: AutoscaleSettings
-) -> tuple[ReplicaConfig, ...]:
+) -> tuple[ShareConfig, ...]:
     """The standby replicas for a function planned for ``target_rps``: the most efficient config's
     SM share and batch at ``STANDBY_REQUEST`` quota with limit 1, as many as cover
     ``standby_frac`` x the target at that config's capacity (each serves it only while borrowing a
@@ -161,10 +161,10 @@ class AutoscaleContext:
     observed_rps: float
     table: ProfileTable
     slo_ms: float
-    current: tuple[ReplicaConfig, ...] = ()
+    current: tuple[ShareConfig, ...] = ()
     min_replicas: int = 1
     max_replicas: int = 20
-    fixed: tuple[ReplicaConfig, ...] = ()
+    fixed: tuple[ShareConfig, ...] = ()
     """Replicas that run whatever is decided (a platform's minimum it will not scale below); part
     of ``current``, their capacity counts and every decision keeps them."""
 
@@ -192,7 +192,7 @@ class Decision:
     """The replica set to run and why."""
 
     function: str
-    replicas: tuple[ReplicaConfig, ...]
+    replicas: tuple[ShareConfig, ...]
     reason: str
     target_rps: float
     capacity_rps: float
@@ -275,7 +275,7 @@ def decide_replicas(
     cur_fp, cur_cap, _ = cs.totals(ctx.current)
 
     def done(
-        replicas: tuple[ReplicaConfig, ...],
+        replicas: tuple[ShareConfig, ...],
         reason: str,
         feasible: bool = True,
         low_since: float | None = None,
@@ -436,9 +436,9 @@ def fast_scale_up(
 
 
 def _trim(
-    current: tuple[ReplicaConfig, ...], fixed: tuple[ReplicaConfig, ...], cs: ChoiceSet, keep_rps: float,
+    current: tuple[ShareConfig, ...], fixed: tuple[ShareConfig, ...], cs: ChoiceSet, keep_rps: float,
     lo: int,
-) -> tuple[ReplicaConfig, ...]:
+) -> tuple[ShareConfig, ...]:
     """``current`` without the replicas it can spare while still serving ``keep_rps``: least
     efficient (footprint per capacity) first, never the fixed ones, never below ``lo``. Removing is
     free (no cold start), unlike a re-plan that swaps configs."""
@@ -448,7 +448,7 @@ def _trim(
     rest = list(current)
     spare = Counter(current) - Counter(fixed)
 
-    def cost(c: ReplicaConfig) -> float:
+    def cost(c: ShareConfig) -> float:
         ch = cs.by_config.get(c)
         return ch.footprint / ch.capacity_rps if ch is not None and ch.capacity_rps > 0 else math.inf
 
@@ -462,7 +462,7 @@ def _trim(
     return tuple(rest)
 
 
-def _describe(replicas: Sequence[ReplicaConfig]) -> str:
+def _describe(replicas: Sequence[ShareConfig]) -> str:
     if not replicas:
         return "no replicas"
     parts = [

@@ -1,6 +1,6 @@
 """A function's replica configurations under its SLO, read from its profile table. Pure.
 
-``ReplicaConfig`` is what one replica runs with; ``config_choices`` / ``choice_set`` turn a profile
+``ShareConfig`` is what one replica runs with; ``config_choices`` / ``choice_set`` turn a profile
 table and an SLO into the configs a policy may choose, each with its capacity at the SLO (the
 highest rate whose p99 stays under it, through ``latency.LatencyCurve``) and its footprint on a
 device, most efficient first; ``plan_for_rate`` is the least-footprint set covering a rate. The
@@ -36,7 +36,7 @@ class ChoiceSettings(Protocol):
 
 
 @dataclass(frozen=True)
-class ReplicaConfig:
+class ShareConfig:
     """What one replica runs with."""
 
     sm_pct: int
@@ -72,7 +72,7 @@ def is_standby_quota(request_frac: float, limit_frac: float) -> bool:
     return request_frac <= STANDBY_MAX_REQUEST + 1e-12 and limit_frac > request_frac
 
 
-def is_standby(cfg: ReplicaConfig) -> bool:
+def is_standby(cfg: ShareConfig) -> bool:
     """A standby replica (``is_standby_quota`` of its quotas)."""
     return is_standby_quota(cfg.quota_request_frac, cfg.quota_limit_frac)
 
@@ -81,7 +81,7 @@ def is_standby(cfg: ReplicaConfig) -> bool:
 class ConfigChoice:
     """A config with what the table predicts for it under a given SLO."""
 
-    config: ReplicaConfig
+    config: ShareConfig
     throughput_rps: float
     capacity_rps: float
     """Highest rate at which its p99 stays under the SLO (and under ``max_utilisation``)."""
@@ -112,7 +112,7 @@ class ChoiceSet:
         # ``lookup``: configs not planned with but whose capacity counts when they run (a base
         # replica at full quota while new ones leave a standby's token free).
         self.by_config = {c.config: c for c in lookup} | {c.config: c for c in self.choices}
-        self._standby: ReplicaConfig | None = None
+        self._standby: ShareConfig | None = None
         self.cheapest = min(self.choices, key=lambda c: (c.footprint, -c.capacity_rps), default=None)
         by_cap = sorted(self.choices, key=lambda c: c.capacity_rps)
         self._caps = [c.capacity_rps for c in by_cap]
@@ -127,12 +127,12 @@ class ChoiceSet:
     def __bool__(self) -> bool:
         return bool(self.choices)
 
-    def standby_config(self) -> ReplicaConfig:
+    def standby_config(self) -> ShareConfig:
         """The standby replica of this set: the most efficient config's SM share and batch at
         ``STANDBY_REQUEST`` quota, limit 1 (one object, so sets of them compare by identity)."""
         if self._standby is None:
             best = self.choices[0].config
-            self._standby = ReplicaConfig(best.sm_pct, STANDBY_REQUEST, 1.0, best.batch)
+            self._standby = ShareConfig(best.sm_pct, STANDBY_REQUEST, 1.0, best.batch)
         return self._standby
 
     def smallest_covering(self, rate_rps: float) -> ConfigChoice | None:
@@ -140,7 +140,7 @@ class ChoiceSet:
         i = bisect.bisect_left(self._caps, rate_rps - 1e-12)
         return self._best_from[i] if i < len(self._best_from) else None
 
-    def totals(self, configs: Sequence[ReplicaConfig]) -> tuple[float, float, float]:
+    def totals(self, configs: Sequence[ShareConfig]) -> tuple[float, float, float]:
         """(footprint, capacity at SLO, throughput) of a set; unknown configs add their area only."""
         fp = cap = thr = 0.0
         get = self.by_config.get
@@ -220,7 +220,7 @@ def room_points(table: ProfileTable, pts: Iterable[ProfilePoint]) -> list[Profil
     return out
 
 
-def tiled_area(cfg: ReplicaConfig, quota_tiling: bool = False) -> float:
+def tiled_area(cfg: ShareConfig, quota_tiling: bool = False) -> float:
     """The share of a device a replica takes once packed: SM strips of its height fit ``100 // sm``
     times (a 24 % strip costs a quarter, like 25 %, since the 4 % left over fits nothing of its
     kind), and its quota of that strip. The planning footprint; placement checks the real rule.
@@ -253,7 +253,7 @@ def config_choices(
         limit = min(1.0, p.quota_frac * settings.limit_over_request)
         if p.quota_frac >= 1.0 - STANDBY_MAX_REQUEST - 1e-9:  # room for a standby's token: lend it back
             limit = 1.0
-        cfg = ReplicaConfig(p.sm_pct, p.quota_frac, limit, p.batch)
+        cfg = ShareConfig(p.sm_pct, p.quota_frac, limit, p.batch)
         out.append(
             ConfigChoice(cfg, p.throughput_rps, cap, p.latency_p99_ms,
                          max(tiled_area(cfg, settings.quota_tiling), mem_frac), curve)
@@ -307,7 +307,7 @@ def plan_for_rate(
 
 
 def footprint_of(
-    configs: Sequence[ReplicaConfig], choices: ChoiceSet | Sequence[ConfigChoice]
+    configs: Sequence[ShareConfig], choices: ChoiceSet | Sequence[ConfigChoice]
 ) -> tuple[float, float]:
     """(footprint, capacity at SLO) of a set of configs; configs not in ``choices`` count 0 capacity."""
     cs = choices if isinstance(choices, ChoiceSet) else ChoiceSet(choices)

@@ -31,7 +31,7 @@ from fast_scheduler.autoscale import (
 )
 from fast_scheduler.choices import (
     ChoiceSet,
-    ReplicaConfig,
+    ShareConfig,
     candidate_points,
     choice_set,
     is_standby,
@@ -40,7 +40,7 @@ from fast_scheduler.choices import (
 from fast_scheduler.placement import (  # the refusal memory: re-exported, loop.py and repack.py use it
     STANDBY_RETRY_S,
     Device,
-    Placement,
+    Placed,
     RefusedStandby,
     Rejection,
     ReplicaRequest,
@@ -67,7 +67,7 @@ class DeviceView:
 @dataclass(frozen=True)
 class RunningReplica:
     device_id: str
-    config: ReplicaConfig
+    config: ShareConfig
     config_id: str
     ready: bool
 
@@ -82,10 +82,10 @@ class FunctionView:
     min_replicas: int
     max_replicas: int
     invocation_count: float
-    base_config: ReplicaConfig
+    base_config: ShareConfig
     base_replicas: int
     """Desired size of the base group."""
-    groups: Mapping[str, tuple[ReplicaConfig, int, str]] = field(default_factory=dict)
+    groups: Mapping[str, tuple[ShareConfig, int, str]] = field(default_factory=dict)
     """The scheduler's groups now: config id -> (config, desired replicas, device id)."""
     running: tuple[RunningReplica, ...] = ()
     model: str = ""
@@ -96,7 +96,7 @@ class FunctionView:
 @dataclass(frozen=True)
 class GroupSpec:
     config_id: str
-    config: ReplicaConfig
+    config: ShareConfig
     replicas: int
     device_id: str
     node: str
@@ -147,7 +147,7 @@ class TickResult:
     (what ``repack`` plans moves over)."""
 
 
-def config_id(cfg: ReplicaConfig, device_index: int) -> str:
+def config_id(cfg: ShareConfig, device_index: int) -> str:
     """A DNS label of at most 20 characters naming (config, device): ``s50q60l100b1-d0``; a quota
     that is not a whole percent is in permille with a ``p`` (a standby's ``q5p``, its neighbours'
     ``q995p``)."""
@@ -238,7 +238,7 @@ def _force(dev: Device, req: ReplicaRequest) -> Device:
                   dev.stored_models)
 
 
-def _request(f: FunctionView, cfg: ReplicaConfig, rid: str, dev: DeviceView) -> ReplicaRequest:
+def _request(f: FunctionView, cfg: ShareConfig, rid: str, dev: DeviceView) -> ReplicaRequest:
     return ReplicaRequest(
         rid, f.name, f.model or f.name, effective_sm_pct(cfg.sm_pct, dev), cfg.quota_request_frac,
         f.mem_bytes, f.weight_bytes, cfg.quota_limit_frac, cfg.batch,
@@ -339,7 +339,7 @@ def plan_tick(
             d, mem.state = decide_replicas(replace(ctx, max_replicas=f.max_replicas), mem.state, settings)
             d = with_standby(d, mem.state, f.max_replicas, settings)
         want = Counter(d.replicas)
-        have_groups: Counter[ReplicaConfig] = Counter()
+        have_groups: Counter[ShareConfig] = Counter()
         for cfg, n, _dev in f.groups.values():
             have_groups[cfg] += n
         # Base replicas: the fixed minimum, plus running extras whose config the decision wants.
@@ -373,7 +373,7 @@ def plan_tick(
                     continue
                 any_dev = next(iter(devs.values()))
                 req = _request(f, cfg, f"{f.name}/new/{cfg}/{i}", any_dev)
-                p: Placement | Rejection | None
+                p: Placed | Rejection | None
                 if sb:  # only beside planned replicas, where the most SM-time is idle; refusals kept
                     p, n_scanned = place_standby(req, snap, mem.refused, now_s, standby_retry_s)
                     scans += n_scanned

@@ -26,7 +26,7 @@ from fast_manager.model_store_redis import read_device_models
 from fast_manager.node_agent import read_devices
 from fast_profiler.table import ProfileTable, device_type_of
 from fast_scheduler.autoscale import AutoscaleSettings, Decision, _describe
-from fast_scheduler.choices import ReplicaConfig
+from fast_scheduler.choices import ShareConfig
 from fast_scheduler.control import (
     Action,
     DeviceView,
@@ -82,9 +82,9 @@ def as_device_view(d: DeviceInfo, stored: Mapping[str, ModelUsage] | None = None
     return DeviceView(d.device_id, d.node, d.mem_bytes, d.is_gpu, len(d.cores), uuid, models)
 
 
-def _config(share: Mapping[str, str], batch: int = 1) -> ReplicaConfig:
+def _config(share: Mapping[str, str], batch: int = 1) -> ShareConfig:
     g = parse_share({str(k): str(v) for k, v in share.items()})
-    return ReplicaConfig(g.sm_pct, g.quota_request_frac, g.quota_limit_frac, max(1, int(batch)))
+    return ShareConfig(g.sm_pct, g.quota_request_frac, g.quota_limit_frac, max(1, int(batch)))
 
 
 def demand_count(fn: Mapping[str, Any]) -> float:
@@ -101,12 +101,12 @@ def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> F
     merged = {**dict(fn.get("labels") or {}), **dict(fn.get("annotations") or {})}
     slo = merged.get(SLO_MS)
     base = _config(merged)
-    groups: dict[str, tuple[ReplicaConfig, int, str]] = {}
+    groups: dict[str, tuple[ShareConfig, int, str]] = {}
     running: list[RunningReplica] = []
     total = int(fn.get("replicas", 0) or 0)
     if reps:
         total = int(reps.get("replicas", total) or 0)
-        by_id: dict[str, ReplicaConfig] = {}
+        by_id: dict[str, ShareConfig] = {}
         for c in reps.get("configurations") or []:
             cfg = _config(c.get("share") or {}, c.get("batch") or 1)
             by_id[c["configId"]] = cfg
@@ -150,7 +150,7 @@ def decision_record(d: Decision, f: FunctionView | None, now_s: float, observed_
     """The JSON written to ``keys.scheduler_decisions()`` (documented in docs/scheduler.md); ``path``
     says which pass decided: ``"tick"`` or ``"fast"`` (a fast scale-up sub-tick); ``repack``: the
     function's re-pack moves this pass changed or has in flight (``repack_record``)."""
-    counts: dict[ReplicaConfig, int] = {}
+    counts: dict[ShareConfig, int] = {}
     for r in d.replicas:
         counts[r] = counts.get(r, 0) + 1
     util = d.predicted_utilisation

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from fast_scheduler.choices import STANDBY_MAX_REQUEST, ReplicaConfig, is_standby_quota
+from fast_scheduler.choices import STANDBY_MAX_REQUEST, ShareConfig, is_standby_quota
 
 EPS = 1e-9
 
@@ -44,8 +44,8 @@ class ReplicaRequest:
         return self.sm_pct / 100 * self.quota_request_frac
 
     @property
-    def config(self) -> ReplicaConfig:
-        return ReplicaConfig(self.sm_pct, self.quota_request_frac, self.quota_limit_frac, self.batch)
+    def config(self) -> ShareConfig:
+        return ShareConfig(self.sm_pct, self.quota_request_frac, self.quota_limit_frac, self.batch)
 
     @property
     def standby(self) -> bool:
@@ -218,7 +218,7 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
-class Placement:
+class Placed:
     device_id: str
     node: str
     score: float
@@ -331,11 +331,11 @@ def place(
     filters: Sequence[Filter] = DEFAULT_FILTERS,
     scores: Sequence[tuple[Score, float]] = DEFAULT_SCORES,
     refusers: list[int] | None = None,
-) -> Placement | Rejection:
+) -> Placed | Rejection:
     """The best device for ``req``: every filter passes, highest weighted score, ties to the lowest id.
     ``refusers``: the indices of the devices that refuse it are appended there."""
     reasons: dict[str, int] = {}
-    best: Placement | None = None
+    best: Placed | None = None
     devices = snapshot.devices
     for i in snapshot.candidates:  # used devices, and the first empty device of each kind
         dev = devices[i]
@@ -354,7 +354,7 @@ def place(
         parts = {s.__name__: s(req, dev, after) for s, _ in scores}
         total = sum(parts[s.__name__] * w for s, w in scores)
         if best is None or total > best.score + EPS:
-            best = Placement(dev.device_id, dev.node, total, parts, after)
+            best = Placed(dev.device_id, dev.node, total, parts, after)
     return best if best is not None else Rejection(req.replica_id, reasons)
 
 
@@ -421,7 +421,7 @@ def place_standby(
     now_s: float,
     retry_s: float = STANDBY_RETRY_S,
     filters: Sequence[Filter] = STANDBY_FILTERS,
-) -> tuple[Placement | None, int]:
+) -> tuple[Placed | None, int]:
     """Place a standby ``req`` beside planned replicas, remembering in ``refused`` (updated in place)
     the devices that refused it, so that they are not scanned for it again while they are unchanged.
 

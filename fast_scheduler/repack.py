@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 
 from fast_profiler.table import ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings
-from fast_scheduler.choices import ReplicaConfig
+from fast_scheduler.choices import ShareConfig
 from fast_scheduler.control import (
     Action,
     DeviceView,
@@ -65,7 +65,7 @@ class LiveMove:
     """``namespace/name``."""
     name: str
     namespace: str
-    config: ReplicaConfig
+    config: ShareConfig
     from_group: str
     from_device: str
     to_group: str
@@ -122,7 +122,7 @@ def hide_moves(
             continue
         groups = dict(f.groups)
         running = list(f.running)
-        hold: dict[str, tuple[ReplicaConfig, int, str]] = {}
+        hold: dict[str, tuple[ShareConfig, int, str]] = {}
         for m in mine:
             g = groups.get(m.to_group)
             if g is None or g[1] <= 0:
@@ -145,7 +145,7 @@ def hide_moves(
     return views, held
 
 
-def group_specs(groups: Mapping[str, tuple[ReplicaConfig, int, str]],
+def group_specs(groups: Mapping[str, tuple[ShareConfig, int, str]],
                 devices: Mapping[str, DeviceView]) -> tuple[GroupSpec, ...]:
     out = []
     for gid, (cfg, n, dev_id) in sorted(groups.items()):

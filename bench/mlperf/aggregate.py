@@ -41,7 +41,7 @@ class FunctionRun:
 
 
 @dataclass(frozen=True)
-class SearchSettings:
+class LoadSearchSettings:
     """How hard to look for one mode's highest sustained load."""
 
     start: float
@@ -62,7 +62,7 @@ def late_budget(n: int, quantile: float = 99.0) -> float:
 
 
 def step_passes(runs: Sequence[FunctionRun], bounds_ms: Mapping[str, float],
-                settings: SearchSettings) -> tuple[bool, str]:
+                settings: LoadSearchSettings) -> tuple[bool, str]:
     """Whether one run meets every function's bound; the reason names the first failure."""
     for r in runs:
         n = len(r.latencies_ms) + r.errors
@@ -80,7 +80,7 @@ def step_passes(runs: Sequence[FunctionRun], bounds_ms: Mapping[str, float],
     return True, "every function within its bound"
 
 
-def next_load(history: Sequence[tuple[float, bool]], settings: SearchSettings) -> float | None:
+def next_load(history: Sequence[tuple[float, bool]], settings: LoadSearchSettings) -> float | None:
     """The next load to run, or None when the bracket is tight enough or the step budget is spent."""
     if not history:
         return settings.start

@@ -119,7 +119,7 @@ class ModeRunner:
         time.sleep(0.5)
         return run, (busy if self.gpu else util), sm_time
 
-    def _search(self, mode: str, group: list[md.Deployment], settings: agg.SearchSettings, rates_of):
+    def _search(self, mode: str, group: list[md.Deployment], settings: agg.LoadSearchSettings, rates_of):
         history: list[tuple[float, bool]] = []
         notes: list[tuple[float, bool, str]] = []
         best = None
@@ -165,7 +165,7 @@ class ModeRunner:
                                   slo_ms=self.bounds)[0]
                 pio.deploy_all(self.t, group)
                 pio.single_stream(self.t, d.service, 1, warm=2, sample=self.samples[d.function])
-                settings = agg.SearchSettings(start=0.5 * cap, max_steps=self.args.max_steps + 2,
+                settings = agg.LoadSearchSettings(start=0.5 * cap, max_steps=self.args.max_steps + 2,
                                               min_load=0.02 * cap, max_load=4 * cap)
                 best, note = self._search("exclusive", group, settings, lambda x, f=d.function: {f: x})
                 if best is None:
@@ -224,7 +224,7 @@ class ModeRunner:
                     "not applied through MPS (the workers still use CUDA)")
             for d in group:  # warm: first requests allocate
                 pio.single_stream(self.t, d.service, 1, warm=2, sample=self.samples[d.function])
-            settings = agg.SearchSettings(start=0.8, grow=1.3, max_steps=self.args.max_steps,
+            settings = agg.LoadSearchSettings(start=0.8, grow=1.3, max_steps=self.args.max_steps,
                                           min_load=0.05, max_load=4.0 * len(self.fns))
             best, notes = self._search(mode.value, group, settings,
                                        lambda x: md.mix_rates(x, self.solo_rps))

@@ -26,9 +26,9 @@ from rectpack import MaxRectsBaf, PackingMode, newPacker
 
 from fast_profiler.table import ProfilePoint
 from fast_scheduler.autoscale import AutoscaleSettings
-from fast_scheduler.choices import ReplicaConfig
+from fast_scheduler.choices import ShareConfig
 from fast_scheduler.evaluation.policies import AutoscaledPolicy, restricted
-from fast_scheduler.evaluation.simulator import FunctionSpec
+from fast_scheduler.evaluation.simulator import SimFunction
 from fast_scheduler.placement import Device, ReplicaRequest, Snapshot, fits_memory
 
 QUOTA_UNITS = 1000
@@ -43,7 +43,7 @@ MPS_SLOTS = 4
 """Replicas per GPU under MPS-equal: each gets 100 / MPS_SLOTS % of the SMs."""
 
 
-def _point(spec: FunctionSpec, sm_pct: int, quota_frac: float, batch: int) -> ProfilePoint:
+def _point(spec: SimFunction, sm_pct: int, quota_frac: float, batch: int) -> ProfilePoint:
     e = spec.table.estimate(sm_pct, quota_frac, batch)
     return ProfilePoint(
         sm_pct,
@@ -61,7 +61,7 @@ def only_empty(req: ReplicaRequest, dev: Device) -> str | None:
     return "exclusive: device in use" if dev.replicas else None
 
 
-def exclusive(specs: Sequence[FunctionSpec], settings: AutoscaleSettings | None = None) -> AutoscaledPolicy:
+def exclusive(specs: Sequence[SimFunction], settings: AutoscaleSettings | None = None) -> AutoscaledPolicy:
     pts = restricted(lambda s: [_point(s, 100, 1.0, b) for b in s.table.batches])
     return AutoscaledPolicy(
         "exclusive", specs, settings or AutoscaleSettings(), pts, filters=(fits_memory, only_empty)
@@ -69,13 +69,13 @@ def exclusive(specs: Sequence[FunctionSpec], settings: AutoscaleSettings | None 
 
 
 def time_sharing(
-    specs: Sequence[FunctionSpec], settings: AutoscaleSettings | None = None
+    specs: Sequence[SimFunction], settings: AutoscaleSettings | None = None
 ) -> AutoscaledPolicy:
     pts = restricted(lambda s: [_point(s, 100, q, b) for b in s.table.batches for q in s.table.quota_grid])
     return AutoscaledPolicy("time_sharing", specs, settings or AutoscaleSettings(), pts)
 
 
-def mps_equal(specs: Sequence[FunctionSpec], settings: AutoscaleSettings | None = None) -> AutoscaledPolicy:
+def mps_equal(specs: Sequence[SimFunction], settings: AutoscaleSettings | None = None) -> AutoscaledPolicy:
     sm = 100 // MPS_SLOTS
     pts = restricted(lambda s: [_point(s, sm, 1.0, b) for b in s.table.batches])
     return AutoscaledPolicy("mps_equal", specs, settings or AutoscaleSettings(), pts)
@@ -106,7 +106,7 @@ class _OrigFn:
 
 @dataclass
 class FastGShareOriginal:
-    specs: Sequence[FunctionSpec]
+    specs: Sequence[SimFunction]
     control_interval_s: float = 5.0
     trend_multiplier: float = ORIGINAL_TREND_MULTIPLIER
     name: str = "fastgshare_original"
@@ -115,14 +115,14 @@ class FastGShareOriginal:
     dropped_checks: int = 0
     """Packings where MaxRects dropped a rectangle (the replica was then refused, never lost)."""
 
-    def _configs(self, spec: FunctionSpec) -> list[tuple[ReplicaConfig, float]]:
+    def _configs(self, spec: SimFunction) -> list[tuple[ShareConfig, float]]:
         out = []
         for p in spec.table.grid():
             if p.batch == 1 and p.latency_p99_ms < spec.slo_ms and p.throughput_rps > 0:
-                out.append((ReplicaConfig(p.sm_pct, p.quota_frac, p.quota_frac, 1), p.throughput_rps))
+                out.append((ShareConfig(p.sm_pct, p.quota_frac, p.quota_frac, 1), p.throughput_rps))
         return out
 
-    def _fill(self, configs: list[tuple[ReplicaConfig, float]], rps: float) -> list[ReplicaConfig]:
+    def _fill(self, configs: list[tuple[ShareConfig, float]], rps: float) -> list[ShareConfig]:
         if rps <= 0 or not configs:
             return []
         best = max(configs, key=lambda c: (c[1] / c[0].area, c[1]))
@@ -138,8 +138,8 @@ class FastGShareOriginal:
         self,
         now_s: float,
         observed_rps: Mapping[str, float],
-        current: Mapping[str, tuple[ReplicaConfig, ...]],
-    ) -> dict[str, tuple[ReplicaConfig, ...]]:
+        current: Mapping[str, tuple[ShareConfig, ...]],
+    ) -> dict[str, tuple[ShareConfig, ...]]:
         per = max(1, round(10 / self.control_interval_s))
         out = {}
         for s in self.specs:
@@ -209,7 +209,7 @@ class FastGShareOriginal:
 
 
 def all_policies(
-    specs: Sequence[FunctionSpec], settings: AutoscaleSettings | None = None, control_interval_s: float = 5.0
+    specs: Sequence[SimFunction], settings: AutoscaleSettings | None = None, control_interval_s: float = 5.0
 ) -> list:
     """Every baseline and this project's policy, in report order."""
     from fast_scheduler.evaluation.policies import this_policy
@@ -223,7 +223,7 @@ def all_policies(
     ]
 
 
-def lower_bound_choices(spec: FunctionSpec, settings: AutoscaleSettings) -> list:
+def lower_bound_choices(spec: SimFunction, settings: AutoscaleSettings) -> list:
     """Configs for the LP bound: every config any policy here plans with (the grid, the tiling SM
     shares this project's policy and MPS-equal use, and the ``1 - STANDBY_REQUEST`` quotas this
     policy plans with beside a standby), capacity at the SLO without a utilisation cap, under the

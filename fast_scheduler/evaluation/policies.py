@@ -31,20 +31,20 @@ from fast_scheduler.autoscale import (
 from fast_scheduler.choices import (
     ChoiceSet,
     ConfigChoice,
-    ReplicaConfig,
+    ShareConfig,
     candidate_points,
     choice_set,
     config_choices,
     is_standby,
 )
-from fast_scheduler.evaluation.simulator import FunctionSpec
+from fast_scheduler.evaluation.simulator import SimFunction
 from fast_scheduler.placement import (
     DEFAULT_FILTERS,
     DEFAULT_SCORES,
     STANDBY_RETRY_S,
     STANDBY_SCORES,
     Filter,
-    Placement,
+    Placed,
     RefusedStandby,
     Rejection,
     ReplicaRequest,
@@ -57,13 +57,13 @@ from fast_scheduler.placement import (
     plan_repack,
 )
 
-ChoiceFilter = Callable[[FunctionSpec, AutoscaleSettings], tuple[ConfigChoice, ...]]
+ChoiceFilter = Callable[[SimFunction, AutoscaleSettings], tuple[ConfigChoice, ...]]
 
 
 @dataclass
 class AutoscaledPolicy:
     name: str
-    specs: Sequence[FunctionSpec]
+    specs: Sequence[SimFunction]
     settings: AutoscaleSettings = field(default_factory=AutoscaleSettings)
     choices: ChoiceFilter | None = None
     """Restricts the configs (a baseline's sharing mode); None: the whole table."""
@@ -108,8 +108,8 @@ class AutoscaledPolicy:
         self,
         now_s: float,
         observed_rps: Mapping[str, float],
-        current: Mapping[str, tuple[ReplicaConfig, ...]],
-    ) -> dict[str, tuple[ReplicaConfig, ...]]:
+        current: Mapping[str, tuple[ShareConfig, ...]],
+    ) -> dict[str, tuple[ShareConfig, ...]]:
         self.ticks += 1
         self.now_s = now_s
         out = {}
@@ -136,9 +136,9 @@ class AutoscaledPolicy:
         self,
         now_s: float,
         observed_rps: Mapping[str, float],
-        current: Mapping[str, tuple[ReplicaConfig, ...]],
+        current: Mapping[str, tuple[ShareConfig, ...]],
         window_s: float,
-    ) -> dict[str, tuple[ReplicaConfig, ...]]:
+    ) -> dict[str, tuple[ShareConfig, ...]]:
         """The fast scale-up path between ticks (``fast_scale_up``): only the functions whose rate
         over the last ``window_s`` exceeds their replicas' capacity, with their new replica sets."""
         self.now_s = now_s
@@ -166,7 +166,7 @@ class AutoscaledPolicy:
         if self.refused:  # expired refusals would be scanned in full anyway
             self.refused = {k: v for k, v in self.refused.items() if now - v.at_s < retry_s}
         for r in sorted(adds, key=lambda r: (-r.area, r.replica_id)):
-            p: Placement | Rejection | None
+            p: Placed | Rejection | None
             if not is_standby(r.config):
                 p = place(r, snapshot, self.filters, self.scores)
             else:
@@ -193,7 +193,7 @@ class AutoscaledPolicy:
         return plan.snapshot, len(plan.moves)
 
 
-def this_policy(specs: Sequence[FunctionSpec], settings: AutoscaleSettings | None = None) -> AutoscaledPolicy:
+def this_policy(specs: Sequence[SimFunction], settings: AutoscaleSettings | None = None) -> AutoscaledPolicy:
     """This project's policy: every (SM, quota, batch) config of the table and the tiling SM shares
     (``candidate_points``, as the live loop offers them), band admission, packing + affinity, re-pack."""
     st = settings or AutoscaleSettings()
@@ -205,10 +205,10 @@ def this_policy(specs: Sequence[FunctionSpec], settings: AutoscaleSettings | Non
     )
 
 
-def restricted(points_of: Callable[[FunctionSpec], list]) -> ChoiceFilter:
+def restricted(points_of: Callable[[SimFunction], list]) -> ChoiceFilter:
     """A choice filter that offers only ``points_of(spec)`` (ProfilePoints, grid or interpolated)."""
 
-    def choose(spec: FunctionSpec, settings: AutoscaleSettings) -> tuple[ConfigChoice, ...]:
+    def choose(spec: SimFunction, settings: AutoscaleSettings) -> tuple[ConfigChoice, ...]:
         return config_choices(spec.table, spec.slo_ms, settings, points_of(spec))
 
     return choose

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from fast_profiler.table import ProfileTable
-from fast_scheduler.choices import ReplicaConfig
+from fast_scheduler.choices import ShareConfig
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyCurve, LatencyModel
 from fast_scheduler.placement import Device, ReplicaRequest, Snapshot
 
 
 @dataclass(frozen=True)
-class FunctionSpec:
+class SimFunction:
     name: str
     model: str
     table: ProfileTable
@@ -92,8 +92,8 @@ class Policy(Protocol):
         self,
         now_s: float,
         observed_rps: Mapping[str, float],
-        current: Mapping[str, tuple[ReplicaConfig, ...]],
-    ) -> Mapping[str, tuple[ReplicaConfig, ...]]:
+        current: Mapping[str, tuple[ShareConfig, ...]],
+    ) -> Mapping[str, tuple[ShareConfig, ...]]:
         """The replica set each function should run."""
         ...
 
@@ -179,7 +179,7 @@ def _weighted(values: Sequence[float], weights: Sequence[int]) -> float:
 @dataclass
 class _Replica:
     req: ReplicaRequest
-    config: ReplicaConfig
+    config: ShareConfig
     device_id: str
     ready_s: float
     curve: LatencyCurve
@@ -205,7 +205,7 @@ def empty_cluster(settings: SimSettings) -> Snapshot:
 
 
 def simulate(
-    specs: Sequence[FunctionSpec], trace: Trace, policy: Policy, settings: SimSettings | None = None
+    specs: Sequence[SimFunction], trace: Trace, policy: Policy, settings: SimSettings | None = None
 ) -> SimResult:
     """Run ``policy`` over ``trace``; deterministic given its inputs (the trace carries the randomness)."""
     cfg = settings or SimSettings()
@@ -228,8 +228,8 @@ def simulate(
     since_fast = dict.fromkeys(by_name, 0.0)
     last_fast_s: float | None = None
 
-    def change(now: float, k: int, want: Mapping[str, tuple[ReplicaConfig, ...]],
-               current: Mapping[str, tuple[ReplicaConfig, ...]], repack: bool) -> None:
+    def change(now: float, k: int, want: Mapping[str, tuple[ShareConfig, ...]],
+               current: Mapping[str, tuple[ShareConfig, ...]], repack: bool) -> None:
         """Apply the wanted replica sets (functions absent from ``want`` keep theirs)."""
         nonlocal snap, serial, draining
         adds: list[ReplicaRequest] = []

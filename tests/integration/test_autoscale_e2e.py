@@ -27,7 +27,7 @@ from bench.calibrate import ramp_rate as rate_at  # the one ramp, shared with th
 from fast_manager.node_agent import read_devices
 from fast_profiler import store
 from fast_profiler.table import ProfilePoint, ProfileTable, device_type_of
-from fast_scheduler.choices import ReplicaConfig, is_standby
+from fast_scheduler.choices import ShareConfig, is_standby
 from fastgshare import keys
 from fastgshare.platform import Platform, PlatformInfo
 from fastgshare.resources import parse_share
@@ -67,7 +67,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platfor
 
 def _standby_share(share: dict[str, str]) -> bool:
     g = parse_share({str(k): str(v) for k, v in share.items()})
-    return is_standby(ReplicaConfig(g.sm_pct, g.quota_request_frac, g.quota_limit_frac))
+    return is_standby(ShareConfig(g.sm_pct, g.quota_request_frac, g.quota_limit_frac))
 
 
 def replicas_of(api: requests.Session, url: str, name: str = "paced") -> tuple[int, int, int]:

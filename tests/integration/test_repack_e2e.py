@@ -26,7 +26,7 @@ from fast_manager.node_agent import register
 from fast_profiler import store
 from fast_profiler.table import ProfilePoint, ProfileTable, device_type_of
 from fast_scheduler.autoscale import AutoscaleSettings
-from fast_scheduler.choices import ReplicaConfig
+from fast_scheduler.choices import ShareConfig
 from fast_scheduler.control import config_id
 from fast_scheduler.loop import LoopSettings, SchedulerLoop
 from fastgshare import keys
@@ -40,7 +40,7 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "function_templates" / "python3
 IMAGE = "test/paced:latest"
 GPUS = [DeviceInfo(f"gpu:GPU-fake-repack-{i}", DeviceKind.GPU, "local", "stand-in GPU", i, 16 * 2**30)
         for i in range(2)]
-CFG = ReplicaConfig(50, 1.0, 1.0, 1)
+CFG = ShareConfig(50, 1.0, 1.0, 1)
 RATE_RPS = 5.0
 
 pytestmark = pytest.mark.slow

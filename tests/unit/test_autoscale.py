@@ -172,7 +172,7 @@ def test_jump_gain_extrapolates_a_step_inside_the_tick():
 from fast_scheduler.autoscale import fast_scale_up, split_standby, standby_set, with_standby  # noqa: E402
 from fast_scheduler.choices import (  # noqa: E402
     STANDBY_REQUEST,
-    ReplicaConfig,
+    ShareConfig,
     candidate_points,
     config_choices,
     is_standby,
@@ -242,15 +242,15 @@ def test_fast_path_then_tick_holds_and_scales_down_only_after_the_delay():
 @pytest.mark.parametrize(
     ("cfg", "standby"),
     [
-        (ReplicaConfig(12, STANDBY_REQUEST, 1.0, 2), True),
-        (ReplicaConfig(12, 0.05, 0.05, 2), False),  # no limit above its request: cannot borrow
-        (ReplicaConfig(12, 0.2, 1.0, 2), False),
-        (ReplicaConfig(25, 1.0, 1.0, 1), False),
+        (ShareConfig(12, STANDBY_REQUEST, 1.0, 2), True),
+        (ShareConfig(12, 0.05, 0.05, 2), False),  # no limit above its request: cannot borrow
+        (ShareConfig(12, 0.2, 1.0, 2), False),
+        (ShareConfig(25, 1.0, 1.0, 1), False),
     ],
 )
 def test_is_standby(cfg, standby):
     assert is_standby(cfg) == standby
-    planned, sb = split_standby((cfg, ReplicaConfig(25, 1.0, 1.0, 1)))
+    planned, sb = split_standby((cfg, ShareConfig(25, 1.0, 1.0, 1)))
     assert (len(sb) == 1) == standby and len(planned) + len(sb) == 2
 
 
@@ -305,6 +305,6 @@ def test_standby_room_points_leave_a_token_and_borrow_it_back():
 def test_quota_tiling_footprint(sm, quota, plain, tiled):
     from fast_scheduler.choices import tiled_area
 
-    cfg = ReplicaConfig(sm, quota, 1.0)
+    cfg = ShareConfig(sm, quota, 1.0)
     assert tiled_area(cfg) == pytest.approx(plain)
     assert tiled_area(cfg, quota_tiling=True) == pytest.approx(tiled)

@@ -13,11 +13,11 @@ from fast_scheduler.evaluation.baselines import (
     mps_equal,
     time_sharing,
 )
-from fast_scheduler.evaluation.simulator import FunctionSpec, SimSettings, empty_cluster
+from fast_scheduler.evaluation.simulator import SimFunction, SimSettings, empty_cluster
 from fast_scheduler.placement import ReplicaRequest, Snapshot
 
 TABLE = synthetic_table("resnet50", saturation_sm_pct=24, full_rps=74.9)
-SPECS = [FunctionSpec("f", "resnet50", TABLE, 69.0)]
+SPECS = [SimFunction("f", "resnet50", TABLE, 69.0)]
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,8 @@ from bench.calibrate import (
 )
 from fast_profiler.table import ProfilePoint, ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings
-from fast_scheduler.choices import ReplicaConfig
-from fast_scheduler.evaluation.simulator import FunctionSpec, latency_quantile_ms, simulate
+from fast_scheduler.choices import ShareConfig
+from fast_scheduler.evaluation.simulator import SimFunction, latency_quantile_ms, simulate
 
 
 def table() -> ProfileTable:
@@ -83,8 +83,8 @@ def test_latency_quantile_of_a_mixture() -> None:
 
 def test_simulated_fixed_replica_light_and_overloaded() -> None:
     t = table()
-    spec = FunctionSpec(NAME, NAME, t, 250.0, 1, 1)
-    conf = ReplicaConfig(50, 1.0, 1.0, 1)
+    spec = SimFunction(NAME, NAME, t, 250.0, 1, 1)
+    conf = ShareConfig(50, 1.0, 1.0, 1)
 
     def run(rate: float) -> dict[str, float]:
         sends = poisson_schedule(lambda _: rate, 20.0, 5)

@@ -10,7 +10,7 @@ import pytest
 from bench.cluster import tables
 from fast_profiler.table import ProfilePoint, ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings
-from fast_scheduler.choices import ReplicaConfig, is_standby
+from fast_scheduler.choices import ShareConfig, is_standby
 from fast_scheduler.control import (
     DeviceView,
     FunctionMemory,
@@ -39,7 +39,7 @@ TABLE = ProfileTable(
     "f", "cpu-4c",
     tuple(ProfilePoint(sm, 1.0, 1, 10.0 * min(sm, 50) / 25, 50.0, 60.0, 70.0) for sm in (6, 25, 50, 75, 100)),
 )
-BASE = ReplicaConfig(25, 1.0, 1.0, 1)
+BASE = ShareConfig(25, 1.0, 1.0, 1)
 SET = AutoscaleSettings(scale_down_delay_s=0, headroom_frac=0.0, volatility_k=0.0)
 
 
@@ -80,7 +80,7 @@ def test_first_sight_then_scale_up_into_a_group_on_a_device():
 
 def test_scale_down_drops_groups_and_keeps_min_base():
     mem: dict[str, FunctionMemory] = {}
-    cfg = ReplicaConfig(50, 1.0, 1.0, 1)
+    cfg = ShareConfig(50, 1.0, 1.0, 1)
     gid = config_id(cfg, 0)
     running = [RunningReplica("cpu:0", BASE, "", True), RunningReplica("cpu:0", cfg, gid, True)]
     tick(mem, 0.0, view(0, groups={gid: (cfg, 1, "cpu:0")}, running=running))
@@ -110,9 +110,9 @@ def test_scale_to_zero_with_min_zero():
 
 
 @pytest.mark.parametrize("cfg, index", [
-    (ReplicaConfig(100, 0.35, 1.0, 16), 12),
-    (ReplicaConfig(100, 0.995, 1.0, 8), 999),  # a standby's neighbour: permille
-    (ReplicaConfig(12, 0.005, 1.0, 2), 3),  # a standby
+    (ShareConfig(100, 0.35, 1.0, 16), 12),
+    (ShareConfig(100, 0.995, 1.0, 8), 999),  # a standby's neighbour: permille
+    (ShareConfig(12, 0.005, 1.0, 2), 3),  # a standby
 ])
 def test_config_id_is_a_short_dns_label(cfg, index):
     cid = config_id(cfg, index)
@@ -120,7 +120,7 @@ def test_config_id_is_a_short_dns_label(cfg, index):
 
 
 def test_config_ids_of_standby_and_room_configs_are_distinct():
-    ids = {config_id(ReplicaConfig(12, q, 1.0, 2), 0) for q in (0.005, 0.01, 0.995, 0.99, 1.0)}
+    ids = {config_id(ShareConfig(12, q, 1.0, 2), 0) for q in (0.005, 0.01, 0.995, 0.99, 1.0)}
     assert len(ids) == 5
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from fast_profiler.table import ProfilePoint, ProfileTable
 from fast_scheduler.autoscale import AutoscaleSettings
-from fast_scheduler.choices import ReplicaConfig
+from fast_scheduler.choices import ShareConfig
 from fast_scheduler.control import DeviceView, FunctionMemory, FunctionView, RunningReplica, config_id
 from fast_scheduler.loop import decision_record, repack_record
 from fast_scheduler.repack import (
@@ -27,9 +27,9 @@ TABLE = ProfileTable("f", "gpu-x", tuple(ProfilePoint(sm, q, 1, 40.0 * sm / 100 
                                          for sm in (25, 50, 100) for q in (0.5, 1.0)))
 TABLES = {"openfaas-fn/f": TABLE}
 SET = AutoscaleSettings(scale_down_delay_s=1e9, headroom_frac=0.0, volatility_k=0.0, standby_frac=0.0)
-CFG = ReplicaConfig(25, 0.5, 0.5, 1)  # what 15 rps gets: 3 of them (5 rps each)
+CFG = ShareConfig(25, 0.5, 0.5, 1)  # what 15 rps gets: 3 of them (5 rps each)
 G0, G1 = config_id(CFG, 0), config_id(CFG, 1)
-BASE = ReplicaConfig(25, 1.0, 1.0, 1)
+BASE = ShareConfig(25, 1.0, 1.0, 1)
 RPS = 15.0
 
 

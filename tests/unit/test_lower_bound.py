@@ -8,7 +8,7 @@ from fast_scheduler.autoscale import AutoscaleSettings
 from fast_scheduler.choices import candidate_points, config_choices
 from fast_scheduler.evaluation.baselines import lower_bound_choices
 from fast_scheduler.evaluation.lower_bound import GpuLowerBound
-from fast_scheduler.evaluation.simulator import FunctionSpec
+from fast_scheduler.evaluation.simulator import SimFunction
 
 LOOSE = AutoscaleSettings(max_utilisation=1.0)
 
@@ -28,13 +28,13 @@ def test_columns_hold_the_best_capacity_per_sm_time_of_any_interpolated_config(m
                 e = table.estimate(sm, q, b)
                 dense.append(ProfilePoint(sm, q, b, e.throughput_rps, e.latency_p50_ms, e.latency_p95_ms,
                                           e.latency_p99_ms, False))
-    cols = lower_bound_choices(FunctionSpec("f", model, table, slo), LOOSE)
+    cols = lower_bound_choices(SimFunction("f", model, table, slo), LOOSE)
     assert _ratio(cols) <= _ratio(config_choices(table, slo, LOOSE, dense)) + 1e-12
 
 
 def test_columns_include_the_planned_quota_beside_a_standby_without_lowering_the_bound():
     table, slo = tables()["resnet50"]
-    spec = FunctionSpec("f", "resnet50", table, slo)
+    spec = SimFunction("f", "resnet50", table, slo)
     with_room = lower_bound_choices(spec, LOOSE)
     assert any(abs(c.config.quota_request_frac - 0.995) < 1e-9 for c in with_room)
     plain = list(config_choices(table, slo, LOOSE, candidate_points(table)))

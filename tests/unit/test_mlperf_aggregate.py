@@ -16,7 +16,7 @@ def run(fn: str, lat: list[float], errors: int = 0, skipped: int = 0, rate: floa
     return agg.FunctionRun(fn, rate, tuple(lat), errors, skipped, 10.0)
 
 
-S = agg.SearchSettings(start=1.0)
+S = agg.LoadSearchSettings(start=1.0)
 
 
 def test_step_passes_per_function_bound():
@@ -40,7 +40,7 @@ def test_late_budget_grows_with_count():
     assert agg.late_budget(10000) > agg.late_budget(100)
 
 
-def drive(true_capacity: float, settings: agg.SearchSettings) -> tuple[float, list[tuple[float, bool]]]:
+def drive(true_capacity: float, settings: agg.LoadSearchSettings) -> tuple[float, list[tuple[float, bool]]]:
     history: list[tuple[float, bool]] = []
     while (x := agg.next_load(history, settings)) is not None:
         history.append((x, x <= true_capacity))
@@ -49,7 +49,7 @@ def drive(true_capacity: float, settings: agg.SearchSettings) -> tuple[float, li
 
 @pytest.mark.parametrize("capacity", [0.3, 0.9, 1.0, 1.7, 3.0])
 def test_search_brackets_the_capacity(capacity):
-    s = agg.SearchSettings(start=0.8, grow=1.3, rel_tol=0.05, max_steps=20, min_load=0.01)
+    s = agg.LoadSearchSettings(start=0.8, grow=1.3, rel_tol=0.05, max_steps=20, min_load=0.01)
     best, history = drive(capacity, s)
     assert best <= capacity
     assert best >= capacity / (1.05 * 1.0001)
@@ -57,9 +57,9 @@ def test_search_brackets_the_capacity(capacity):
 
 
 def test_search_respects_step_budget_and_floor():
-    best, history = drive(1.2, agg.SearchSettings(start=0.8, max_steps=3))
+    best, history = drive(1.2, agg.LoadSearchSettings(start=0.8, max_steps=3))
     assert len(history) == 3 and best == pytest.approx(0.8 * 1.4)
-    best, history = drive(0.0, agg.SearchSettings(start=1.0, min_load=0.1, max_steps=50))
+    best, history = drive(0.0, agg.LoadSearchSettings(start=1.0, min_load=0.1, max_steps=50))
     assert best == 0.0 and all(not ok for _, ok in history)
     assert min(x for x, _ in history) >= 0.1
 

@@ -6,7 +6,7 @@ import pytest
 
 from fast_scheduler.placement import (
     Device,
-    Placement,
+    Placed,
     Rejection,
     ReplicaRequest,
     Snapshot,
@@ -51,10 +51,10 @@ def test_admission(existing, new, fits):
     s = snap(1)
     for i, (sm, q) in enumerate(existing):
         p = place(req(i, sm, q), s)
-        assert isinstance(p, Placement)
+        assert isinstance(p, Placed)
         s = s.with_device(p.device)
     p = place(req(99, *new), s)
-    assert isinstance(p, Placement) is fits
+    assert isinstance(p, Placed) is fits
     if not fits:
         assert isinstance(p, Rejection) and p.reasons and "no device admits r99" in p.message
 
@@ -63,7 +63,7 @@ def test_memory_filter_and_model_sharing():
     s = snap(1, mem=4 * GIB - 1)
     for i in range(3):  # 1.5 GiB each, 1 GiB of it shared weights: 1.5 + 0.5 + 0.5
         p = place(req(i, 10, 0.2, mem=3 * GIB // 2, weight=GIB), s)
-        assert isinstance(p, Placement)
+        assert isinstance(p, Placed)
         s = s.with_device(p.device)
     assert s.devices[0].mem_used_bytes == 5 * GIB // 2
     p = place(req(9, 10, 0.2, model="other", mem=3 * GIB // 2, weight=GIB), s)
@@ -75,7 +75,7 @@ def test_prefers_fuller_device_and_same_model():
     s = s.with_device(s.devices[1].with_replica(req(1, 30, 1.0, model="a")))
     s = s.with_device(s.devices[2].with_replica(req(2, 30, 1.0, model="b")))
     p = place(req(3, 20, 1.0, model="b"), s)
-    assert isinstance(p, Placement) and p.device_id == "gpu2"
+    assert isinstance(p, Placed) and p.device_id == "gpu2"
 
 
 def test_never_over_commits_random():
@@ -92,7 +92,7 @@ def test_never_over_commits_random():
             ),
             s,
         )
-        if isinstance(p, Placement):
+        if isinstance(p, Placed):
             s = s.with_device(p.device)
         if i % 5 == 0 and any(d.replicas for d in s.devices):  # remove one now and then
             d = rng.choice([d for d in s.devices if d.replicas])
@@ -131,7 +131,7 @@ def test_affinity_to_models_in_the_device_store(stored, model, want):
         d = Device(f"gpu{i}", "n0", 16 * GIB, stored_models=stored.get(f"gpu{i}", ()))
         devs.append(d.with_replica(ReplicaRequest(f"x{i}", "g", "x", 50, 1.0, GIB)))
     p = place(req(9, 25, 1.0, model=model, mem=3 * GIB, weight=2 * GIB), Snapshot(tuple(devs)))
-    assert isinstance(p, Placement) and p.device_id == want
+    assert isinstance(p, Placed) and p.device_id == want
     if model in dict(stored.get(want, ())):
         assert p.scores["model_affinity"] == 100.0
         # Its weights are already there (counted once): only its activations are new memory.
@@ -143,7 +143,7 @@ def test_stored_weights_count_once_and_make_room():
     # one of another model does not.
     dev = Device("gpu0", "n0", 4 * GIB, stored_models=(("m", 2 * GIB),))
     s = Snapshot((dev,))
-    assert isinstance(place(req(1, 50, 1.0, model="m", mem=3 * GIB, weight=2 * GIB), s), Placement)
+    assert isinstance(place(req(1, 50, 1.0, model="m", mem=3 * GIB, weight=2 * GIB), s), Placed)
     r = place(req(2, 50, 1.0, model="o", mem=3 * GIB, weight=2 * GIB), s)
     assert isinstance(r, Rejection) and "memory" in r.reasons
 
@@ -174,7 +174,7 @@ def test_carried_candidates_match_a_fresh_snapshot():
         if rng.random() < 0.8:
             p = place(req(i, rng.choice([6, 12, 25, 50]), rng.choice([0.2, 0.5, 1.0]),
                           model=rng.choice("mn"), mem=GIB, weight=GIB // 2), s)
-            if isinstance(p, Placement):
+            if isinstance(p, Placed):
                 s = s.with_device(p.device)
         else:
             used = [d for d in s.devices if d.replicas]
@@ -223,7 +223,7 @@ def test_standby_goes_only_beside_planned_replicas_within_the_rule(holders, fits
         dev = on(dev, standby(90 + i) if h == "standby" else req(i, *h))
     s = standby(0)
     got = place(s, Snapshot((dev,)), (*DEFAULT_FILTERS, beside_holders), ((standby_room, 1.0),))
-    assert isinstance(got, Placement) == fits
+    assert isinstance(got, Placed) == fits
     if fits:
         feasible(got.device)
 
@@ -233,11 +233,11 @@ def test_standby_prefers_idle_devices_and_spreads_a_function():
     idle = on(Device("gpu1", "n0", 16 * GIB), req(9, 25, 1 - STANDBY_REQUEST))
     f = (*DEFAULT_FILTERS, beside_holders)
     p = place(standby(0), Snapshot((busy, idle)), f, ((standby_room, 1.0),))
-    assert isinstance(p, Placement) and p.device_id == "gpu1"
+    assert isinstance(p, Placed) and p.device_id == "gpu1"
     # With three of its standbys on the idle device, the next one goes to the other.
     idle = on(idle, standby(1), standby(2), standby(3))
     p = place(standby(4), Snapshot((busy, idle)), f, ((standby_room, 1.0),))
-    assert isinstance(p, Placement) and p.device_id == "gpu0"
+    assert isinstance(p, Placed) and p.device_id == "gpu0"
 
 
 def test_evict_lone_standby_frees_the_device():

@@ -7,7 +7,7 @@ from fast_scheduler.autoscale import AutoscaleSettings
 from fast_scheduler.evaluation.baselines import all_policies, lower_bound_choices
 from fast_scheduler.evaluation.lower_bound import GpuLowerBound
 from fast_scheduler.evaluation.policies import this_policy
-from fast_scheduler.evaluation.simulator import FunctionSpec, SimSettings, simulate
+from fast_scheduler.evaluation.simulator import SimFunction, SimSettings, simulate
 from fast_scheduler.evaluation.traces import (
     azure_like_trace,
     bursty_trace,
@@ -21,7 +21,7 @@ B = synthetic_table(
     "bert", saturation_sm_pct=50, full_rps=30.0, mem_bytes=1800 * 2**20, weight_bytes=420 * 2**20
 )
 SPECS = [
-    FunctionSpec(f"f{i}", m, t, slo)
+    SimFunction(f"f{i}", m, t, slo)
     for i, (m, t, slo) in enumerate([("resnet50", R, 69.0), ("bert", B, 130.0)] * 3)
 ]
 RATES = {s.name: 20.0 + 15 * i for i, s in enumerate(SPECS)}
@@ -98,16 +98,16 @@ def test_lp_bound_below_every_policy():
     (0.2, 0.2, 10.0, 0.2),  # one replica; neither resource padded up to the other
 ])
 def test_lp_bound_is_the_larger_resource_not_both(area, mem, rate, want):
-    from fast_scheduler.choices import ConfigChoice, ReplicaConfig
+    from fast_scheduler.choices import ConfigChoice, ShareConfig
 
-    c = ConfigChoice(ReplicaConfig(int(area * 100), 1.0, 1.0), 10.0, 10.0, 50.0, max(area, mem))
+    c = ConfigChoice(ShareConfig(int(area * 100), 1.0, 1.0), 10.0, 10.0, 50.0, max(area, mem))
     lb = GpuLowerBound({"f": [c]}, {"f": mem}, {"f": 1})
     assert lb.gpus({"f": rate}) == pytest.approx(want)
 
 
 # ---- the fast scale-up path and standby replicas borrowing idle time -------------------------
 
-from fast_scheduler.choices import STANDBY_REQUEST, ReplicaConfig  # noqa: E402
+from fast_scheduler.choices import STANDBY_REQUEST, ShareConfig  # noqa: E402
 from fast_scheduler.evaluation.baselines import FastGShareOriginal  # noqa: E402
 from fast_scheduler.evaluation.simulator import Trace  # noqa: E402
 from fast_scheduler.latency import DEFAULT_MODEL  # noqa: E402
@@ -125,7 +125,7 @@ def step_trace(name, before, after, at_s, total_s):
     return Trace("step", 1.0, {name: [round(r) for r in rates]}, {name: rates})
 
 
-STEP_SPEC = [FunctionSpec("r", "resnet50", R, 69.0)]
+STEP_SPEC = [SimFunction("r", "resnet50", R, 69.0)]
 
 
 @pytest.mark.parametrize("fast_s, better", [(1.0, True), (0.0, False), (5.0, False)])
@@ -178,9 +178,9 @@ class Fixed:
         return evict_lone_standby(snapshot), 0
 
 
-ROOM = ReplicaConfig(25, 1 - STANDBY_REQUEST, 1.0, 1)
-SB = ReplicaConfig(25, STANDBY_REQUEST, 1.0, 1)
-TWO = [FunctionSpec("a", "resnet50", R, 1000.0), FunctionSpec("b", "resnet50", R, 1000.0)]
+ROOM = ShareConfig(25, 1 - STANDBY_REQUEST, 1.0, 1)
+SB = ShareConfig(25, STANDBY_REQUEST, 1.0, 1)
+TWO = [SimFunction("a", "resnet50", R, 1000.0), SimFunction("b", "resnet50", R, 1000.0)]
 
 
 @pytest.mark.parametrize(

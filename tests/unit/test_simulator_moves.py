@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from fast_profiler.table import synthetic_table
-from fast_scheduler.choices import ReplicaConfig
-from fast_scheduler.evaluation.simulator import FunctionSpec, SimSettings, Trace, simulate
+from fast_scheduler.choices import ShareConfig
+from fast_scheduler.evaluation.simulator import SimFunction, SimSettings, Trace, simulate
 from fast_scheduler.placement import Rejection, Snapshot, place
 
 R = synthetic_table("resnet50", saturation_sm_pct=24, full_rps=74.9, weight_bytes=98 * 2**20)
-SPEC = FunctionSpec("f", "resnet50", R, 69.0)
-CONF = ReplicaConfig(24, 1.0, 1.0, 1)
+SPEC = SimFunction("f", "resnet50", R, 69.0)
+CONF = ShareConfig(24, 1.0, 1.0, 1)
 
 
 @dataclass
