@@ -21,6 +21,7 @@ from fastgshare.redis_acl import SIDECAR_USER as SIDECAR_REDIS_USER
 from fastgshare.resources import GpuShare, ScaleBounds, merged_labels
 
 from .backend import FunctionSpec, LogLine, Placement, ReplicaConfig, ReplicaStatus, SecretValue
+from .errors import FunctionCannotStart
 
 FUNCTION_LABEL = "faas_function"
 """Label OpenFaaS (faas-netes) puts on a function's Deployment, pods and Service."""
@@ -415,6 +416,46 @@ def as_replica_status(pod: Mapping[str, Any]) -> ReplicaStatus:
         sm_pct=sm_pct,
         restarts=restarts,
     )
+
+
+START_FAILURES_TO_REFUSE = 3
+"""A pod whose container restarted this often without becoming ready counts as unable to start
+(as ``gateway_plugin.local_state.START_FAILURES_TO_REFUSE`` in local mode)."""
+NEVER_STARTS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                          "CreateContainerConfigError", "CreateContainerError"})
+"""Waiting reasons of a container that waiting alone does not cure."""
+
+
+def cannot_start_reason(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why none of a function's pods can become ready (each unready, each with a container that
+    restarted ``START_FAILURES_TO_REFUSE`` times or waits for a reason in ``NEVER_STARTS``), with
+    the container's last error; None while some pod may still come up."""
+    first = None
+    for pod in pods:
+        if _pod_ready(pod):
+            return None
+        found = None
+        for c in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (c.get("state") or {}).get("waiting") or {}
+            last = (c.get("lastState") or {}).get("terminated") or {}
+            restarts = int(c.get("restartCount") or 0)
+            if restarts >= START_FAILURES_TO_REFUSE or waiting.get("reason") in NEVER_STARTS:
+                detail = (last.get("message") or waiting.get("message") or last.get("reason")
+                          or waiting.get("reason") or "no reason given")
+                found = (f"pod {(pod.get('metadata') or {}).get('name', '?')}: "
+                         f"{waiting.get('reason') or 'not ready'} after {restarts} restarts: "
+                         f"{str(detail)[-400:]}")
+        if found is None:
+            return None
+        first = first or found
+    return first
+
+
+def check_can_start(namespace: str, name: str, pods: Sequence[Mapping[str, Any]]) -> None:
+    """FunctionCannotStart (503 at once, with the reason) when none of ``pods`` can start."""
+    reason = cannot_start_reason(pods)
+    if reason is not None:
+        raise FunctionCannotStart(f"function {namespace}/{name} cannot start: {reason}")
 
 
 def ready_addresses(slices: Sequence[Mapping[str, Any]]) -> list[str]:

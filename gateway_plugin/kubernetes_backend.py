@@ -445,7 +445,7 @@ class KubernetesBackend:
 
     def wait_ready(self, namespace: str, name: str, timeout_s: float) -> bool:
         """Lists now and then (the slow path: no replica was ready); False early once the
-        function is scaled to zero."""
+        function is scaled to zero; FunctionCannotStart once none of its pods can start."""
         deadline_s = self._monotonic() + timeout_s
         while True:
             self._endpoints.refresh(namespace)
@@ -454,6 +454,7 @@ class KubernetesBackend:
             base = self._base(namespace, name)
             if not (base.get("spec") or {}).get("replicas"):
                 return False
+            specs.check_can_start(namespace, name, self._pods(namespace, name))  # else 503 now
             if self._monotonic() >= deadline_s:
                 return False
             self._sleep(_WAIT_POLL_S)
