@@ -324,7 +324,7 @@ def decide_replicas(
     def note() -> str:  # built only when a decision says it (most ticks hold)
         return (
             f"target {target:.1f} rps (rate {obs:.1f}, level {level:.1f}, trend {trend:+.2f}/s, "
-            f"error {err:.1f}, peak {peak:.1f}); {_describe(replicas)}"
+            f"error {err:.1f}, peak {peak:.1f}); {describe_replicas(replicas)}"
         )
 
     if not feasible:
@@ -429,7 +429,7 @@ def fast_scale_up(
     d = Decision(
         ctx.function, replicas,
         f"fast scale up by {len(add)}: rate {obs:.1f} rps over {window_s:g} s > capacity {cap:.1f} "
-        f"+ {cfg.jump_sigmas:g} sigma ({noise:.1f}); target {target:.1f}; {_describe(replicas)}",
+        f"+ {cfg.jump_sigmas:g} sigma ({noise:.1f}); target {target:.1f}; {describe_replicas(replicas)}",
         target, new_cap, target / thr if thr > 0 else math.inf, p99, ok, True,
     )
     return d, replace(st, low_since_s=None)
@@ -462,7 +462,7 @@ def _trim(
     return tuple(rest)
 
 
-def _describe(replicas: Sequence[ShareConfig]) -> str:
+def describe_replicas(replicas: Sequence[ShareConfig]) -> str:
     if not replicas:
         return "no replicas"
     parts = [

@@ -25,7 +25,7 @@ from fast_manager.model_store import ModelUsage
 from fast_manager.model_store_redis import read_device_models
 from fast_manager.node_agent import read_devices
 from fast_profiler.table import ProfileTable, device_type_of
-from fast_scheduler.autoscale import AutoscaleSettings, Decision, _describe
+from fast_scheduler.autoscale import AutoscaleSettings, Decision, describe_replicas
 from fast_scheduler.choices import ShareConfig
 from fast_scheduler.control import (
     Action,
@@ -159,7 +159,7 @@ def decision_record(d: Decision, f: FunctionView | None, now_s: float, observed_
         "configs": [{"smPct": c.sm_pct, "quotaRequest": c.quota_request_frac,
                      "quotaLimit": c.quota_limit_frac, "batch": c.batch, "count": n}
                     for c, n in counts.items()],
-        "summary": _describe(d.replicas), "reason": d.reason, "feasible": d.feasible,
+        "summary": describe_replicas(d.replicas), "reason": d.reason, "feasible": d.feasible,
         "changed": d.changed, "target_rps": round(d.target_rps, 3),
         "observed_rps": None if observed_rps is None else round(observed_rps, 3),
         "capacity_rps": round(d.capacity_rps, 3),
@@ -275,7 +275,7 @@ class SchedulerLoop:
             pipe.hset(keys.scheduler_decisions(), key, rec)
             if d.changed or self._last_reason.get(key, "").split(":")[0] != d.reason.split(":")[0]:
                 log.info("%s [%s]: %s -> %s | predicted utilisation %.2f, p99 %.1f ms", key, path, d.reason,
-                         _describe(d.replicas), d.predicted_utilisation, d.predicted_p99_ms)
+                         describe_replicas(d.replicas), d.predicted_utilisation, d.predicted_p99_ms)
             self._last_reason[key] = d.reason
         for key, why in result.notes.items():
             if self._last_reason.get(key) != why:
