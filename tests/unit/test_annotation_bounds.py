@@ -19,6 +19,7 @@ from fastgshare.resources import (
     MAX_MEM_BYTES,
     MAX_SCALE_LIMIT,
     MAX_SLO_MS,
+    MODEL,
     QUOTA_LIMIT,
     QUOTA_REQUEST,
     SCALE_MAX,
@@ -40,7 +41,7 @@ NUMBERS = st.one_of(
 SUFFIXES = st.sampled_from(["", "K", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m",
                             "k", "b", "B", "iB", "µ", "Mi ", "GiB", "e5", "E400"])
 VALUES = st.one_of(st.builds(lambda n, u: n + u, NUMBERS, SUFFIXES), st.text(max_size=80))
-SHARE_KEYS = [SM_PARTITION, QUOTA_REQUEST, QUOTA_LIMIT, GPU_MEM, SLO_MS]
+SHARE_KEYS = [SM_PARTITION, QUOTA_REQUEST, QUOTA_LIMIT, GPU_MEM, SLO_MS, MODEL]
 
 
 @settings(max_examples=400, deadline=None)
@@ -55,6 +56,7 @@ def test_a_share_value_is_in_range_or_refused_naming_its_key(key: str, raw: str)
     assert 0 < share.quota_request_frac <= share.quota_limit_frac <= 1
     assert share.mem_bytes is None or 1 <= share.mem_bytes <= MAX_MEM_BYTES
     assert share.slo_ms is None or (math.isfinite(share.slo_ms) and 0 < share.slo_ms <= MAX_SLO_MS)
+    assert share.model is None or (0 < len(share.model) <= 253 and share.model.isprintable())
 
 
 @settings(max_examples=300, deadline=None)
