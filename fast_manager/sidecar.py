@@ -2,7 +2,8 @@
 
 It starts the worker with the replica's share applied (``sidecar_worker``), queues requests in
 arrival order, takes a device-time token before each execution and returns it with the busy time
-the worker measured, and reports per-replica metrics. Routes (all registered in ``create_app``):
+the worker measured, and reports per-replica metrics. Served by ``fast_manager.sidecar_server``
+(a lean HTTP/1.1 server on uvloop); routes (all in ``route``):
 
     GET /_/health    200 once the worker has loaded, 503 before and while it restarts
     GET /_/metrics   Prometheus text (own registry)
@@ -38,7 +39,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import disable_created_metrics
 
@@ -48,6 +48,7 @@ from fast_manager.memory import MemoryEnforcement, MemoryGuard
 from fast_manager.settings import SidecarSettings, sidecar_settings_from_env
 from fast_manager.sidecar_http import WorkerClient, WorkerHttpError
 from fast_manager.sidecar_metrics import ReplicaMetrics
+from fast_manager.sidecar_server import LeanServer, Request, Response
 from fast_manager.sidecar_worker import WorkerProcess, raise_own_priority, sidecar_nice
 from fast_manager.token_factory import make_token_client
 from fast_manager.tokens import Lease, TokenClient
@@ -139,9 +140,9 @@ class _SharedLease:
     closed: bool = False
 
 
-def _text(status: int, message: str, retry_after_s: int | None = None) -> web.Response:
+def _text(status: int, message: str, retry_after_s: int | None = None) -> Response:
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
-    return web.Response(status=status, text=message + "\n", headers=headers)
+    return Response(status, headers=headers, text=message + "\n")
 
 
 class Sidecar:
@@ -189,21 +190,21 @@ class Sidecar:
 
     # ---- routes ---------------------------------------------------------------------------
 
-    async def health(self, request: web.Request) -> web.Response:
+    async def health(self, request: Request) -> Response:
         if self.worker.ready:
-            return web.Response(text="OK")
+            return Response(text="OK")
         return _text(503, "worker is not ready (loading or restarting)", retry_after_s=1)
 
-    async def prometheus(self, request: web.Request) -> web.Response:
+    async def prometheus(self, request: Request) -> Response:
         self.metrics.token_mode(self.tokens.mode)
         self.metrics.memory(self.worker.memory.mode.value, self.worker.memory.limit_bytes,
                             self.worker.memory.breaches)
-        return web.Response(body=self.metrics.prometheus_text(),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return Response(body=self.metrics.prometheus_text(),
+                        content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def stats(self, request: web.Request) -> web.Response:
+    async def stats(self, request: Request) -> Response:
         m, w, s = self.metrics, self.worker, self.settings
-        return web.json_response({
+        return Response.json({
             "function": s.function, "namespace": s.namespace, "replica": s.replica,
             "device": s.device, "cores": list(s.cpu_cores),
             "requests": m.requests, "errors": m.errors, "rejected": m.rejected,
@@ -228,7 +229,7 @@ class Sidecar:
                          **m.batch_summary()},
         })
 
-    async def invoke(self, request: web.Request) -> web.StreamResponse:
+    async def invoke(self, request: Request) -> Response:
         t0 = time.monotonic()
         gate = _GateTimes()
         try:
@@ -246,7 +247,7 @@ class Sidecar:
 
     # ---- the request path ------------------------------------------------------------------
 
-    async def _invoke(self, request: web.Request, t0: float, gate: _GateTimes) -> web.Response:
+    async def _invoke(self, request: Request, t0: float, gate: _GateTimes) -> Response:
         s = self.settings
         if self._gate.busy and self._gate.waiting >= s.queue_max:
             retry_s = max(1, math.ceil((self._gate.waiting + 1) * self.metrics.p50_s()))
@@ -286,8 +287,8 @@ class Sidecar:
             gate.left = time.monotonic()
             self._gate.leave()
 
-    async def _invoke_batched(self, request: web.Request, body: bytes, t0: float,
-                              deadline: float) -> web.Response:
+    async def _invoke_batched(self, request: Request, body: bytes, t0: float,
+                              deadline: float) -> Response:
         """Inside the gate, batch > 1: lead a new shared token or ride on the open one."""
         shared = self._shared
         # Everything in flight rides on one token (the next batch forms while one runs).
@@ -336,7 +337,7 @@ class Sidecar:
                     except Exception:  # a lost release expires with the lease; the answer goes out
                         log.exception("token release failed")
 
-    async def _execute(self, request: web.Request, body: bytes, lease: Lease) -> web.Response:
+    async def _execute(self, request: Request, body: bytes, lease: Lease) -> Response:
         busy_ms: float | None = None
         t0 = time.monotonic()
         try:
@@ -350,8 +351,8 @@ class Sidecar:
             except Exception:  # a lost release expires with the lease; the answer still goes out
                 log.exception("token release failed")
 
-    async def _forward(self, request: web.Request,
-                       body: bytes) -> tuple[web.Response, float | None]:
+    async def _forward(self, request: Request,
+                       body: bytes) -> tuple[Response, float | None]:
         """Forward to the worker; an execution cut short by a device fault elsewhere runs again
         (once) when the worker is back; one that faulted itself is answered 500."""
         for attempt in (1, 2):
@@ -399,8 +400,8 @@ class Sidecar:
             f"({fault.get('reason')}): every MPS client of the GPU restarts so that its MPS server "
             "recovers")
 
-    async def _forward_once(self, request: web.Request, body: bytes,
-                            epoch: int) -> tuple[web.Response, float | None, str | None]:
+    async def _forward_once(self, request: Request, body: bytes,
+                            epoch: int) -> tuple[Response, float | None, str | None]:
         """One try: (response, busy_ms, fault); fault is None, the worker's fault text, or ""
         for a request cut short by a restart for a device fault."""
         s = self.settings
@@ -436,7 +437,7 @@ class Sidecar:
         busy_ms = _busy_ms(out_headers.get(BUSY_HEADER))
         self.metrics.batched(out_headers.get("X-Fastgshare-Batch"))
         fault = out_headers.pop(FAULT_HEADER, None)
-        return web.Response(status=status, body=out_body, headers=out_headers), busy_ms, fault
+        return Response(status, out_body, out_headers), busy_ms, fault
 
 
 def _busy_ms(raw: str | None) -> float | None:
@@ -470,19 +471,22 @@ def batch_size(env: Mapping[str, str]) -> int:
     return b if b > 1 else 1
 
 
-def create_app(sidecar: Sidecar) -> web.Application:
-    """Every sidecar route, in one place."""
-    app = web.Application(client_max_size=sidecar.settings.max_body_bytes)
-    app.router.add_get("/_/health", sidecar.health)
-    app.router.add_get("/_/metrics", sidecar.prometheus)
-    app.router.add_get("/_/stats", sidecar.stats)
-    app.router.add_route("*", "/{tail:.*}", sidecar.invoke)
-    return app
+async def route(sidecar: Sidecar, request: Request) -> Response:
+    """Every sidecar route, in one place: ``GET``/``HEAD`` of ``/_/health``, ``/_/metrics`` and
+    ``/_/stats``; anything else is an invocation."""
+    if request.method in ("GET", "HEAD"):
+        if request.path == "/_/health":
+            return await sidecar.health(request)
+        if request.path == "/_/metrics":
+            return await sidecar.prometheus(request)
+        if request.path == "/_/stats":
+            return await sidecar.stats(request)
+    return await sidecar.invoke(request)
 
 
 async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
                         tokens: TokenClient | None = None, worker_base_nice: int | None = None
-                        ) -> tuple[Sidecar, web.AppRunner, int]:
+                        ) -> tuple[Sidecar, LeanServer, int]:
     """Start the worker and the HTTP server; returns the port actually bound.
     ``worker_base_nice``: the niceness the worker starts from when this process raised its own
     priority (``raise_own_priority``)."""
@@ -496,12 +500,9 @@ async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
                       batch=batch_size(env))
     sidecar.faults = FaultChannel(settings.redis_url, settings.device, settings.replica,
                                   sidecar.on_neighbour_fault)
-    runner = web.AppRunner(create_app(sidecar), access_log=None, handle_signals=False,
-                           shutdown_timeout=DRAIN_TIMEOUT_S)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.bind, settings.port, backlog=1024)
-    await site.start()
-    port = runner.addresses[0][1]
+    server = LeanServer(lambda request: route(sidecar, request),
+                        max_body_bytes=settings.max_body_bytes)
+    port = await server.start(settings.bind, settings.port, backlog=1024)
     await sidecar.start()
     # Everything made so far lives as long as the process: keep it out of every collection (a
     # full one walked it all; the request path allocates little that is cyclic).
@@ -511,22 +512,21 @@ async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
              settings.bind, port, settings.device, settings.queue_max, sidecar.batch,
              tokens.mode.value)
     log.info("%s", memory.describe())
-    return sidecar, runner, port
+    return sidecar, server, port
 
 
-async def stop_sidecar(sidecar: Sidecar, runner: web.AppRunner) -> None:
+async def stop_sidecar(sidecar: Sidecar, server: LeanServer) -> None:
     """Drain, then stop the worker: stop listening, let every request already taken (running or
     queued) finish, for ``DRAIN_TIMEOUT_S`` at most, and only then stop the worker (one SIGTERM:
     the sidecar alone is signalled by whoever stops the replica, so the worker is still there
     for what is queued)."""
-    await runner.shutdown()
-    await runner.cleanup()
+    await server.shutdown(DRAIN_TIMEOUT_S)
     await sidecar.close()
 
 
 async def serve(settings: SidecarSettings, env: Mapping[str, str],
                 worker_base_nice: int | None = None) -> None:
-    sidecar, runner, _ = await start_sidecar(settings, env, worker_base_nice=worker_base_nice)
+    sidecar, server, _ = await start_sidecar(settings, env, worker_base_nice=worker_base_nice)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -534,7 +534,7 @@ async def serve(settings: SidecarSettings, env: Mapping[str, str],
     await stop.wait()
     log.info("stopping: draining (%d in flight, %d queued), then the worker",
              sidecar._inflight, sidecar._gate.waiting)
-    await stop_sidecar(sidecar, runner)
+    await stop_sidecar(sidecar, server)
     log.info("stopped")
 
 
