@@ -28,7 +28,13 @@ import requests
 
 from fast_manager.function_users import Isolation, isolation_from_env
 from fastgshare.redis_acl import PLATFORM_USER, ensure_passwords, write_acl_file
-from fastgshare.redis_server import EmbeddedRedis, RedisSupervisor, die_with_parent, free_port
+from fastgshare.redis_server import (
+    RESTART_BACKOFF_S,
+    EmbeddedRedis,
+    RedisSupervisor,
+    die_with_parent,
+    free_port,
+)
 
 DEFAULT_USER = "admin"
 """Basic-auth user written to ``STATE/secrets/basic-auth-user`` on first start."""
@@ -104,6 +110,8 @@ class Platform:
     """Run the scheduler's control loop (``python -m fast_scheduler``)."""
     start_mps: bool = False
     """Let the node agent start the MPS control daemon on GPU nodes where none is running."""
+    redis_restart_backoff_s: tuple[float, ...] = RESTART_BACKOFF_S
+    """Delays before restarting a dead embedded Redis, the last repeating (tests widen them)."""
     _redis: EmbeddedRedis | None = None
     _redis_supervisor: RedisSupervisor | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -134,7 +142,8 @@ class Platform:
                                         username=PLATFORM_USER, password=passwords.platform).start()
             redis_url = self._redis.url
             self._sidecar_redis_url = passwords.sidecar_url(redis_url)
-            self._redis_supervisor = RedisSupervisor(self._redis, note=self.note).start()
+            self._redis_supervisor = RedisSupervisor(
+                self._redis, note=self.note, backoff_s=self.redis_restart_backoff_s).start()
         user, password = ensure_credentials(self.state_dir / "secrets")
         self._redis_url = redis_url
         try:

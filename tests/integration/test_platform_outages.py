@@ -19,7 +19,7 @@ import requests
 
 from fastgshare.platform import Platform, PlatformInfo
 from gateway_plugin import local_state
-from tests.integration.platform_helpers import register_images, start_platform
+from tests.integration.platform_helpers import register_images
 from tests.waiting import wait_for
 
 HANDLER = Path(__file__).parent / "handlers" / "linear"
@@ -35,10 +35,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platfor
     (broken / "handler.py").write_text(
         "def load():\n    raise RuntimeError('weights file missing: /models/w.bin')\n\n"
         "def handle(event, context):\n    return 'never'\n")
-    p, info = start_platform(tmp_path_factory.mktemp("platform"), {IMAGE: HANDLER})
-    register_images(info.redis_url, {BROKEN_IMAGE: broken})
-    yield p, info
-    p.stop()
+    # A Redis that dies is restarted after 3 s here: a window wide enough to look at the outage.
+    p = Platform(tmp_path_factory.mktemp("platform"), port=0, redis_restart_backoff_s=(3.0,))
+    info = p.start()
+    try:
+        register_images(info.redis_url, {IMAGE: HANDLER, BROKEN_IMAGE: broken})
+        yield p, info
+    finally:
+        p.stop()
 
 
 @pytest.fixture
@@ -86,7 +90,6 @@ def test_redis_killed_under_load_is_restarted_and_the_control_plane_answers_503_
     loader = threading.Thread(target=load)
     loader.start()
     try:
-        p._redis_supervisor.backoff_s = (3.0,)  # a window wide enough to look at the outage
         old_pid = p.redis_pid
         time.sleep(0.3)
         os.kill(old_pid, signal.SIGKILL)
