@@ -16,15 +16,16 @@ the textbook nearest rank ``ceil(p/100 * n)``, where it is whole it is one rank 
   request had, and its nine methods disagree).
 
 A percentile of no samples is undefined: callers say what they want then (``empty``), NaN unless
-they do.
+they do. numpy arrays are taken as they are (partitioned, not sorted), but numpy is not imported
+here: the sidecar imports this module and must stay small.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
-
-import numpy as np
+from typing import Any
 
 
 def percentile_index(n: int, pct: float) -> int:
@@ -35,7 +36,7 @@ def percentile_index(n: int, pct: float) -> int:
     return min(n - 1, math.floor(round(pct * n / 100.0, 9)))
 
 
-def percentile(values: Sequence[float] | np.ndarray, pct: float, *, empty: float = math.nan,
+def percentile(values: Sequence[float] | Any, pct: float, *, empty: float = math.nan,
                presorted: bool = False) -> float:
     """The nearest-rank ``pct`` percentile (0..100) of ``values``; ``empty`` when there are none.
     ``presorted``: the values are sorted ascending already (no copy is made)."""
@@ -45,6 +46,7 @@ def percentile(values: Sequence[float] | np.ndarray, pct: float, *, empty: float
     k = percentile_index(n, pct)
     if presorted:
         return float(values[k])
-    if isinstance(values, np.ndarray):
+    np = sys.modules.get("numpy")  # never imported here: the sidecar imports this and not numpy
+    if np is not None and isinstance(values, np.ndarray):
         return float(np.partition(values, k)[k])
     return float(sorted(values)[k])

@@ -107,3 +107,27 @@ def test_the_images_install_the_lock_with_hashes(dockerfile, lock):
     assert re.search(rf"COPY [^ ]*{re.escape(lock)}", runs), f"{dockerfile} does not copy {lock} in"
     assert re.search(rf"pip install [^&]*--require-hashes[^&]*-r {re.escape(lock)}", runs), \
         f"{dockerfile} does not install {lock} with --require-hashes"
+
+
+def test_the_function_image_has_every_package_the_sidecar_imports():
+    """The template's requirements.txt (what its image installs beside torch) names every
+    distribution that ``python -m fast_manager.sidecar`` imports: a fresh process imports the
+    sidecar and lists the third-party modules it loaded."""
+    import subprocess
+
+    code = ("import sys, fast_manager.sidecar\n"
+            "own = {'fast_manager', 'fastgshare'}\n"
+            "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)"
+            " - own)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.split()
+    dists = importlib.metadata.packages_distributions()
+    imported = {canonicalize_name(d) for m in out if not m.startswith("_")  # .pth hooks, finders
+                for d in dists.get(m, ())}
+    text = (ROOT / "function_templates" / "python3-torch" / "requirements.txt").read_text()
+    listed = {canonicalize_name(Requirement(line).name) for line in text.splitlines()
+              if line.strip() and not line.startswith("#")}
+    assert imported, out
+    missing = imported - listed - {"fastgshare"}
+    assert not missing, f"the sidecar imports {sorted(missing)}, which the function image lacks"
+    assert "torch" not in imported and "numpy" not in imported
