@@ -23,6 +23,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
@@ -112,13 +114,18 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2,
+        # A read timeout, and no retries of its own (redis-py's default retries a timed-out read
+        # 3 times with backoff): something else listening on the port must not hold the start.
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5,
+                             retry=Retry(NoBackoff(), 0),
                              username=self.username, password=self.password)
         while True:
             try:
                 client.ping()
+                if self._proc.poll() is not None:  # another server answered on our port
+                    raise redis.ConnectionError(f"port {self.port} is taken by another server")
                 break
-            except redis.ConnectionError as e:
+            except (redis.ConnectionError, redis.TimeoutError) as e:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
                     log = (self.data_dir / "valkey.log")
                     tail = log.read_text()[-2000:] if log.exists() else ""
