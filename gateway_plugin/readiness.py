@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gateway_plugin.backend import Backend
 from gateway_plugin.errors import STATE_STORE_RETRY_AFTER_S, ProviderError, StateStoreUnavailable
@@ -50,8 +52,10 @@ class Readiness:
     def __init__(self, backend: Backend, redis_url: str | None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._backend = backend
+        # No retries of the client's own: a probe answers within PROBE_TIMEOUT_S.
         self._redis = (redis.Redis.from_url(redis_url, socket_timeout=PROBE_TIMEOUT_S,
-                                            socket_connect_timeout=PROBE_TIMEOUT_S)
+                                            socket_connect_timeout=PROBE_TIMEOUT_S,
+                                            retry=Retry(NoBackoff(), 0))
                        if redis_url else None)
         self._clock = clock
         self._lock = threading.Lock()
