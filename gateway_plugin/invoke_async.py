@@ -107,6 +107,11 @@ class AsyncInvoker:
         self._read_timeout_s = read_timeout_s
         self._pools: dict[str, _Pool] = {}
         self._resolve_inline = bool(getattr(backend, "resolve_never_blocks", False))
+        """The backend's ``resolve`` only reads memory (local): called on the loop."""
+        self._try_resolve: Callable[[str, str], str | None] | None = getattr(
+            backend, "try_resolve", None)
+        """Else a lookup that never blocks, where the backend has one (Kubernetes: its endpoint
+        table); ``resolve`` in a thread when it finds nothing."""
 
     # ---- the request --------------------------------------------------------------------
 
@@ -211,6 +216,10 @@ class AsyncInvoker:
                 return self._backend.resolve(namespace, name)
             except NoReplicaReady:
                 pass
+        elif self._try_resolve is not None:
+            url = self._try_resolve(namespace, name)
+            if url is not None:
+                return url
         # Scale from zero and wait, or a backend whose resolve may do I/O: off the loop.
         return await asyncio.to_thread(self._invoker.pick_replica, namespace, name)
 

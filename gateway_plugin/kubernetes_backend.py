@@ -425,16 +425,27 @@ class KubernetesBackend:
     def resolve(self, namespace: str, name: str) -> str:
         """A ready endpoint, round robin, from the background table (the first call in a
         namespace lists it once)."""
-        key = (namespace, name)
-        urls = self._endpoints.urls(namespace, name)
-        if urls is None:
+        url = self.try_resolve(namespace, name)
+        if url is not None:
+            return url
+        if self._endpoints.urls(namespace, name) is None:
             self._endpoints.refresh(namespace)
-            urls = self._endpoints.urls(namespace, name) or []
+            url = self.try_resolve(namespace, name)
+            if url is not None:
+                return url
+        self._base(namespace, name)  # NotFound when the function does not exist
+        raise NoReplicaReady(f"function {namespace}/{name} has no ready replica")
+
+    def try_resolve(self, namespace: str, name: str) -> str | None:
+        """``resolve`` from the background table alone, with no API call: None when it has no
+        ready endpoint of the function (the event-loop invoke path then calls ``resolve`` in a
+        thread)."""
+        urls = self._endpoints.urls(namespace, name)
         if not urls:
-            self._base(namespace, name)  # NotFound when the function does not exist
-            raise NoReplicaReady(f"function {namespace}/{name} has no ready replica")
+            return None
         # Round robin: the sidecars queue and meter device time themselves, and the provider
         # cannot see their queues without a round trip per request.
+        key = (namespace, name)
         with self._lock:
             turn = self._turn.get(key, 0)
             self._turn[key] = turn + 1

@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from fastgshare.resources import GpuShare
 from gateway_plugin.app import create_app
 from gateway_plugin.asgi import provider_asgi
 from gateway_plugin.backend import FunctionSpec
@@ -277,3 +278,50 @@ def test_a_followed_log_ends_when_its_client_leaves(front: Front) -> None:
         time.sleep(0.05)
     assert front.backend.open_follows() == 0
     assert threading.active_count() <= before + 8  # the pool's threads at most, none stuck
+
+
+def test_the_kubernetes_backend_behind_the_loop(monkeypatch: pytest.MonkeyPatch,
+                                                echo: EchoServer) -> None:
+    """The Kubernetes backend (kmock for the API server) under the ASGI front: the first
+    invocation, before its namespace was listed, resolves in a thread; later ones from the
+    endpoint table on the loop (``try_resolve``), at the address the EndpointSlice gives."""
+    import kmock._internal.parsing as kmock_parsing
+    from kubernetes import client
+
+    from gateway_plugin.kubernetes_backend import KubernetesSettings, make_kubernetes_backend
+    from tests.integration.kube_helpers import FakeApiServer, _parse_path_with_namespaces
+    from tests.integration.test_kubernetes_backend import NS, make_spec
+
+    monkeypatch.setattr(kmock_parsing, "parse_path",
+                        _parse_path_with_namespaces(kmock_parsing.parse_path))
+    fake = FakeApiServer().start()
+    cfg = client.Configuration()
+    cfg.host = fake.url
+    api = client.ApiClient(cfg)
+    backend = make_kubernetes_backend(KubernetesSettings(api_url=fake.url, request_timeout_s=5))
+    try:
+        backend.deploy(make_spec(name="echo", annotations={}, share=GpuShare(), limits={},
+                                 requests={}))
+        client.DiscoveryV1Api(api).create_namespaced_endpoint_slice(NS, {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "echo-abcde", "namespace": NS,
+                         "labels": {"kubernetes.io/service-name": "echo"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+            "ports": [{"name": "http", "port": int(echo.url.rsplit(":", 1)[1]),
+                       "protocol": "TCP"}],
+        })
+        assert backend.try_resolve(NS, "echo") is None  # not listed yet: no API call made here
+        for front in serve_front(backend, ProviderSettings(basic_auth=False)):  # type: ignore[arg-type]
+            conn = front.conn()
+            for i in range(3):
+                conn.request("POST", "/function/echo/k8s", body=f"req {i}".encode())
+                resp = conn.getresponse()
+                seen = json.loads(resp.read())
+                assert resp.status == 200 and seen["path"] == "/k8s"
+                assert base64.b64decode(seen["body_b64"]) == f"req {i}".encode()
+        assert backend.try_resolve(NS, "echo") == echo.url  # the table the loop reads
+    finally:
+        backend.close()
+        api.close()
+        fake.stop()
