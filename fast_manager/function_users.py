@@ -2,7 +2,9 @@
 
 A function's code is someone else's: when the platform runs as root, each function's workers run
 under a numeric uid of their own (no ``/etc/passwd`` entry needed), handed out once per function
-on its first start and kept in Redis (``keys.function_uids``), never reused. The sidecar stays
+on its first start from one registry for the whole machine (``UID_REGISTRY``: two platforms on
+one machine, each with its own Redis, must not hand out the same uid), never reused, and
+recorded in the platform's Redis (``keys.function_uids``) for status and tests. The sidecar stays
 the platform's (it holds the Redis credential) and drops the worker to that uid between fork and
 exec (``fast_manager.sidecar_worker``).
 
@@ -26,7 +28,9 @@ other (docs/security.md). Must not run in a sidecar: the node agent (root) calls
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -41,6 +45,8 @@ from fastgshare import keys
 
 RUN_ROOT = Path("/run/fastgshare")
 """Where the functions area of a state directory goes when ``FASTGSHARE_FUNCTIONS_DIR`` is unset."""
+UID_REGISTRY = RUN_ROOT / "uids.json"
+"""The machine's function uids: ``{"next": n, "uids": {"<area>:<identity>": uid}}`` (root, 0600)."""
 DEFAULT_UID_BASE = 2_000_000_000
 """Function uids are this plus 1, 2, ... (``FASTGSHARE_FUNCTION_UID_BASE``): far above the ranges
 distributions give to users and to container user namespaces (``/etc/subuid``)."""
@@ -92,18 +98,38 @@ def _taken_by_system(uid: int) -> bool:
     return True
 
 
-def assign_uid(client: redis.Redis, ident: str, uid_base: int) -> int:
-    """The uid of ``ident``, handed out on first use (atomic across node agents sharing Redis)."""
-    found = client.hget(keys.function_uids(), ident)
-    if found is not None:
-        return int(found)
-    while True:
-        uid = uid_base + int(client.incr(keys.uid_next()))
-        if _taken_by_system(uid):
-            continue
-        if client.hsetnx(keys.function_uids(), ident, uid):
-            return uid
-        return int(client.hget(keys.function_uids(), ident) or uid)  # another agent was first
+def assign_uid(iso: Isolation, ident: str, registry: Path = UID_REGISTRY) -> int:
+    """The uid of ``ident`` in the functions area ``iso.area``, handed out on first use from the
+    machine's registry (under ``flock``: node agents of several platforms may ask at once).
+    Entries of areas that are gone (their platform stopped) are dropped; their uids are not
+    handed out again (the counter only grows)."""
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    key = f"{iso.area}:{ident}"
+    fd = os.open(registry, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        raw = f.read()
+        data = json.loads(raw) if raw.strip() else {}
+        uids: dict[str, int] = {k: int(v) for k, v in data.get("uids", {}).items()
+                                if k == key or Path(k.rpartition(":")[0]).exists()}
+        if key not in uids:
+            n = int(data.get("next", 0))
+            while True:
+                n += 1
+                if not _taken_by_system(iso.uid_base + n):
+                    break
+            uids[key] = iso.uid_base + n
+            data["next"] = n
+        data["uids"] = uids
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(data, indent=1))
+        return uids[key]
+
+
+def record_uid(client: redis.Redis, ident: str, uid: int) -> None:
+    """Note in the platform's Redis which uid a function's workers run as."""
+    client.hset(keys.function_uids(), ident, uid)
 
 
 def prepare_area(iso: Isolation) -> None:

@@ -319,9 +319,10 @@ class ReplicaSupervisor:
                     MODEL_STORE_DIR_ENV: str(self._model_store_dir)}
         spec = fn.spec
         gpu_mps = device.get("kind") == "gpu" and bool(device.get("mps_pipe_dir"))
-        uid = function_users.assign_uid(
-            self._redis, function_users.identity(spec.namespace, spec.name, gpu_mps), iso.uid_base)
         function_users.prepare_area(iso)
+        ident = function_users.identity(spec.namespace, spec.name, gpu_mps)
+        uid = function_users.assign_uid(iso, ident)
+        function_users.record_uid(self._redis, ident, uid)
         values = {name: self._redis.hget(keys.secrets(spec.namespace), name)
                   for name in spec.secrets}
         dirs = function_users.prepare_replica(

@@ -94,13 +94,9 @@ def supervisor_wake() -> str:
 
 def function_uids() -> str:
     """Hash: ``<namespace>/<name>`` (or a shared identity such as ``*gpu-mps``) -> the numeric
-    uid its workers run as when the platform runs as root; never reused (see ``uid_next``)."""
+    uid its workers run as when the platform runs as root (handed out machine-wide by
+    ``fast_manager.function_users.assign_uid``; recorded here for status and tests)."""
     return f"{PREFIX}:local:uids"
-
-
-def uid_next() -> str:
-    """Integer: how many function uids have been handed out (the next is the base plus this)."""
-    return f"{PREFIX}:local:uid-next"
 
 
 def start_failures() -> str:

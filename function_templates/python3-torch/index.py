@@ -44,6 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # its siblings, also when imported
 import fastgshare_batch_policy as policy  # noqa: E402
 from fastgshare_batcher import Batcher  # noqa: E402
+from fastgshare_peers import peer_allowed  # noqa: E402
 
 BUSY_HEADER = "X-Fastgshare-Busy-Ms"
 BATCH_HEADER = "X-Fastgshare-Batch"
@@ -378,6 +379,13 @@ def make_request_handler(runtime: Runtime) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class WorkerServer(ThreadingHTTPServer):
+    """Answers its sidecar only (``fastgshare_peers``): not another local user's process."""
+
+    def verify_request(self, request, client_address) -> bool:
+        return peer_allowed(client_address, self.server_address)
+
+
 def main() -> None:
     handler_dir = os.getenv("FASTGSHARE_HANDLER_DIR") or str(Path(__file__).parent / "function")
     port = int(os.getenv("FASTGSHARE_WORKER_PORT", "5000") or 5000)
@@ -389,7 +397,7 @@ def main() -> None:
     module = import_handler(handler_dir)
     apply_share_to_torch()  # after the handler's imports (torch), before load() does real work
     runtime = Runtime(module, Context(), batch_settings())
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_request_handler(runtime))
+    server = WorkerServer(("127.0.0.1", port), make_request_handler(runtime))
     server.daemon_threads = True
     server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Serve /_/ready (503) while loading, so the sidecar can tell "loading" from "dead".

@@ -61,6 +61,15 @@ def _replica(client: redis.Redis, name: str) -> dict:
     return ready[0] if ready else {}
 
 
+def _listening_port(uid: int) -> int:
+    """The TCP port a process of ``uid`` listens on (its worker's), from the kernel's table."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and int(f[7]) == uid:
+            return int(f[1].split(":")[1], 16)
+    raise AssertionError(f"no listening socket of uid {uid}")
+
+
 def test_a_hostile_function_gets_nothing_beyond_its_own_secrets(platform) -> None:
     p, info = platform
     api = requests.Session()
@@ -101,6 +110,8 @@ def test_a_hostile_function_gets_nothing_beyond_its_own_secrets(platform) -> Non
         "redis_port": int(info.redis_url.rsplit(":", 1)[1].split("/")[0]),
         "signal": {"victim worker": victim_worker, "victim sidecar": victim["pid"],
                    "own sidecar": hostile["pid"], "node agent": node_agent, "redis": redis_pid},
+        # the victim's worker, around its sidecar (its sidecar's own port is open, as OpenFaaS's)
+        "http": {"victim worker": _listening_port(victim_uid)},
         "write": {"victim home": str(victim_dir / "home" / "x"),
                   "state dir": str(state / "owned")},
     }

@@ -11,6 +11,8 @@ from fast_manager.function_users import (
     DEFAULT_UID_BASE,
     GPU_MPS_IDENTITY,
     RUN_ROOT,
+    Isolation,
+    assign_uid,
     identity,
     isolation_from_env,
 )
@@ -69,3 +71,15 @@ def test_urls_carry_and_drop_credentials() -> None:
     url = with_user("redis://old:x@127.0.0.1:6379/0", "u", "p/w")
     assert url == "redis://u:p%2Fw@127.0.0.1:6379/0"
     assert without_credentials(url) == "redis://127.0.0.1:6379/0"
+
+
+def test_uids_are_unique_on_the_machine_stable_and_never_reused(tmp_path: Path) -> None:
+    reg = tmp_path / "uids.json"
+    a, b = Isolation(tmp_path / "a", 100), Isolation(tmp_path / "b", 100)
+    a.area.mkdir()
+    b.area.mkdir()
+    ua, ub = assign_uid(a, "ns/f", reg), assign_uid(b, "ns/f", reg)  # two platforms, one name
+    assert len({ua, ub}) == 2 and assign_uid(a, "ns/f", reg) == ua
+    b.area.rmdir()  # b's platform stopped: its entry goes, its uid is not handed out again
+    assert assign_uid(a, "ns/g", reg) not in (ua, ub)
+    assert reg.stat().st_mode & 0o777 == 0o600

@@ -28,6 +28,13 @@ def _redis_ping(url):
         client.close()
 
 
+def _http_get(port):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_/ready", timeout=5) as resp:
+        return f"HTTP {resp.status}"
+
+
 def _attempt(what):
     try:
         return {"ok": True, "got": str(what())[:300]}
@@ -53,6 +60,8 @@ def handle(event, context):
             report[f"redis:${name}"] = _attempt(lambda n=name: _redis_ping(os.environ[n]))
     for label, pid in t.get("signal", {}).items():
         report[f"signal:{label}"] = _attempt(lambda p=pid: os.kill(int(p), signal.SIGKILL))
+    for label, port in t.get("http", {}).items():
+        report[f"http:{label}"] = _attempt(lambda p=port: _http_get(p))
     for label, path in t.get("write", {}).items():
         report[f"write:{label}"] = _attempt(lambda p=path: Path(p).write_text("owned"))
     return {"statusCode": 200, "body": json.dumps(report),
