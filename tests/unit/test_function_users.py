@@ -83,3 +83,21 @@ def test_uids_are_unique_on_the_machine_stable_and_never_reused(tmp_path: Path) 
     b.area.rmdir()  # b's platform stopped: its entry goes, its uid is not handed out again
     assert assign_uid(a, "ns/g", reg) not in (ua, ub)
     assert reg.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_worker_knows_who_is_on_the_other_end(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "function_templates" / "python3-torch"))
+    from fastgshare_peers import _hex_endpoint, peer_uid
+
+    assert _hex_endpoint("127.0.0.1", 5000) == "0100007F:1388"
+    table = tmp_path / "tcp"
+    table.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+        "   0: 0100007F:1388 00000000:0000 0A 00000000:00000000 00:00000000 00000000  2000000001\n"
+        "   1: 0100007F:D431 0100007F:1388 01 00000000:00000000 00:00000000 00000000  2000000002\n"
+        "   2: 0100007F:1388 0100007F:D431 01 00000000:00000000 00:00000000 00000000  2000000001\n")
+    server = ("127.0.0.1", 5000)
+    assert peer_uid(("127.0.0.1", 0xD431), server, (str(table),)) == 2000000002
+    assert peer_uid(("127.0.0.1", 1), server, (str(table),)) is None
