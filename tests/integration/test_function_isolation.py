@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from fast_manager.function_users import isolation_from_env
 from fastgshare import keys
@@ -26,6 +28,8 @@ from fastgshare.platform import Platform, PlatformInfo
 from tests.integration.platform_helpers import start_platform
 from tests.waiting import wait_for
 
+NO_RETRY = Retry(NoBackoff(), 0)
+"""A refused AUTH is a ConnectionError to redis-py, which would retry with backoff."""
 HANDLERS = Path(__file__).parent / "handlers"
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -145,5 +149,5 @@ def test_redis_refuses_an_unauthenticated_client(platform) -> None:
     _, info = platform
     port = int(info.redis_url.rsplit(":", 1)[1].split("/")[0])
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port, socket_connect_timeout=2).ping()
+        redis.Redis(port=port, socket_connect_timeout=2, retry=NO_RETRY).ping()
     assert "@" in info.redis_url  # the platform's own clients authenticate

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from fast_manager.arbiter import make_token_client, model
 from fast_manager.device_faults import FaultChannel
@@ -17,6 +19,8 @@ from fastgshare import keys
 from fastgshare.redis_acl import PLATFORM_USER, SIDECAR_USER, ensure_passwords, write_acl_file
 from fastgshare.redis_server import EmbeddedRedis
 
+NO_RETRY = Retry(NoBackoff(), 0)
+"""A refused AUTH is a ConnectionError to redis-py, which would retry with backoff."""
 PARAMS = model.ArbiterParams(window_us=1_000_000, bucket_us=20_000, min_token_us=10_000,
                              max_token_us=50_000, lease_grace_us=200_000)
 
@@ -36,13 +40,13 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedd
 
 def test_unauthenticated_and_wrong_password_clients_are_refused(acl_redis) -> None:
     srv, sidecar_url = acl_redis
-    anon = redis.Redis(port=srv.port)
+    anon = redis.Redis(port=srv.port, retry=NO_RETRY)
     with pytest.raises(redis.AuthenticationError):
         anon.ping()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=srv.port, username=SIDECAR_USER, password="guess").ping()
+        redis.Redis(port=srv.port, username=SIDECAR_USER, password="guess", retry=NO_RETRY).ping()
     with pytest.raises(redis.AuthenticationError):  # the default user has no nopass
-        redis.Redis(port=srv.port, username="default", password="").ping()
+        redis.Redis(port=srv.port, username="default", password="", retry=NO_RETRY).ping()
     assert redis.Redis.from_url(srv.url).ping()
     assert redis.Redis.from_url(sidecar_url).ping()
 
