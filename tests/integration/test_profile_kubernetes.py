@@ -1,16 +1,17 @@
-"""Profiling on the Kubernetes backend, end to end: the profiler drives the provider (the real app
-over real HTTP) through ``fastgshare.provider_client``; the provider runs the Kubernetes backend
-against kmock; real sidecars and workers stand in for the pods.
+"""Profiling and autoscaling on the Kubernetes backend, end to end: the profiler and the scheduler's
+loop drive the provider (the real app over real HTTP) through ``fastgshare.provider_client``; the
+provider runs the Kubernetes backend against kmock; real sidecars and workers stand in for the pods.
 
 kmock runs no controllers, so ``Kubelet`` below plays the Deployment controller, the kubelet and the
 EndpointSlice controller, as ``test_kubernetes_backend.play_controllers`` does, but with live
-processes: each revision of a Deployment's pod template gets one pod, a real ``fast_manager.sidecar``
-started with the environment the backend wrote into the template (only this machine's addresses and
-paths swapped in) on its own loopback address (``127.0.0.N``, as pods have their own IPs), and,
-once its health check answers, the Pod, the EndpointSlice and the Deployment status a cluster
-would show. So the shadow deployment per configuration, readiness, the replica addresses (the
-EndpointSlice's, through ``/system/fastgshare/replicas``) and the table all flow through the backend;
-nothing reads a backend key or guesses an address.
+processes: each revision of a Deployment's pod template gets its replicas as pods, each a real
+``fast_manager.sidecar`` started with the environment the backend wrote into the template (only
+this machine's addresses and paths swapped in, and the cores a CPU manager would give its share)
+on its own loopback address (``127.0.0.N``, as pods have their own IPs), and, once its health
+check answers, the Pod, the EndpointSlice and the Deployment status a cluster would show. So the
+shadow deployment per configuration, readiness, the replica addresses (the EndpointSlice's,
+through ``/system/fastgshare/replicas``), the table, and the scheduler's added replicas all flow
+through the backend; nothing reads a backend key or guesses an address.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,11 @@ from fast_profiler.gateway import Gateway
 from fast_profiler.jobs import profile_and_store
 from fast_profiler.planner import GridSpec
 from fast_profiler.store import ProfileState
-from fast_profiler.table import device_type_of
+from fast_profiler.table import ProfilePoint, ProfileTable, device_type_of
+from fast_scheduler.autoscale import AutoscaleSettings
+from fast_scheduler.loop import LoopSettings, SchedulerLoop
+from fastgshare import keys
+from fastgshare.cores import pick_cores
 from fastgshare.provider_client import ProviderClient
 from fastgshare.redis_server import EmbeddedRedis, free_port
 from gateway_plugin import k8s_specs as specs
@@ -67,6 +74,7 @@ class Pod:
     """The pod template it runs (JSON), to see a new revision."""
     ip: str
     port: int
+    cores: tuple[int, ...]
     proc: subprocess.Popen[bytes]
     published: bool = False
 
@@ -78,7 +86,8 @@ class Kubelet:
     api: client.ApiClient
     redis_url: str
     log_dir: Path
-    pods: dict[str, Pod] = field(default_factory=dict)
+    pods: dict[str, list[Pod]] = field(default_factory=dict)
+    """A Deployment's pods, by its name."""
     started: list[Pod] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -93,8 +102,9 @@ class Kubelet:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
-        for pod in list(self.pods.values()):
-            self._kill(pod)
+        for pods in list(self.pods.values()):
+            for pod in pods:
+                self._kill(pod)
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
@@ -111,16 +121,20 @@ class Kubelet:
             name = dep["metadata"]["name"]
             live.add(name)
             template = json.dumps(dep["spec"]["template"], sort_keys=True)
-            pod = self.pods.get(name)
-            if pod is not None and (pod.template != template or not dep["spec"].get("replicas")):
+            want = int(dep["spec"].get("replicas") or 0)
+            pods = self.pods.setdefault(name, [])
+            for pod in [p for p in pods if p.template != template]:
                 self._delete(pod)
-                pod = None
-            if pod is None and dep["spec"].get("replicas"):
-                pod = self._create(name, dep, template)
-            if pod is not None and not pod.published and self._healthy(pod):
-                self._publish(pod, dep)
+            for pod in pods[want:]:
+                self._delete(pod)
+            while len(pods) < want:
+                self._create(name, dep, template)
+            for pod in pods:
+                if not pod.published and self._healthy(pod):
+                    self._publish(pod, dep)
         for name in set(self.pods) - live:
-            self._delete(self.pods[name])
+            for pod in list(self.pods[name]):
+                self._delete(pod)
 
     def _create(self, deployment: str, dep: dict[str, Any], template: str) -> Pod:
         n = len(self.started) + 2
@@ -128,22 +142,23 @@ class Kubelet:
         container = dep["spec"]["template"]["spec"]["containers"][0]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FASTGSHARE_")}
         env.update({e["name"]: e["value"] for e in container.get("env") or [] if "value" in e})
-        sm_pct = int(env.get("FASTGSHARE_SM_PCT", "100"))
-        cores = sorted(os.sched_getaffinity(0))
+        # What a CPU manager would give a pod with this share: that many whole cores, the least
+        # used first.
+        load = Counter(c for pods in self.pods.values() for p in pods for c in p.cores)
+        cores = pick_cores(sorted(os.sched_getaffinity(0)), int(env.get("FASTGSHARE_SM_PCT", "100")), load)
         secrets = self.log_dir / name / "secrets"
         secrets.mkdir(parents=True)
         env.update({  # this machine's addresses and paths for the image's
             "FASTGSHARE_REPLICA": name, "FASTGSHARE_BIND": ip, "FASTGSHARE_PORT": str(port),
             "FASTGSHARE_HANDLER_DIR": str(HANDLER), "FASTGSHARE_SECRETS_DIR": str(secrets),
-            # What a CPU manager would give a pod with this share: that many whole cores.
-            "FASTGSHARE_CPU_CORES": ",".join(map(str, cores[:max(1, round(len(cores) * sm_pct / 100))])),
+            "FASTGSHARE_CPU_CORES": ",".join(map(str, cores)),
         })
         command = [sys.executable if c == "python" else c for c in container["command"]]
         with open(self.log_dir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-        pod = Pod(name, deployment, template, ip, port, proc)
-        self.pods[deployment] = pod
+        pod = Pod(name, deployment, template, ip, port, cores, proc)
+        self.pods[deployment].append(pod)
         self.started.append(pod)
         return pod
 
@@ -172,10 +187,11 @@ class Kubelet:
             "endpoints": [{"addresses": [pod.ip], "conditions": {"ready": True}}],
             "ports": [{"name": "http", "port": pod.port, "protocol": "TCP"}],
         })
-        self._available(pod.deployment, 1)
         pod.published = True
+        self._available(pod.deployment)
 
-    def _available(self, deployment: str, n: int) -> None:
+    def _available(self, deployment: str) -> None:
+        n = sum(1 for p in self.pods.get(deployment, []) if p.published)
         try:
             client.AppsV1Api(self.api).patch_namespaced_deployment_status(
                 deployment, NS, {"status": {"availableReplicas": n}}, _content_type=MERGE)
@@ -184,11 +200,11 @@ class Kubelet:
                 raise
 
     def _delete(self, pod: Pod) -> None:
-        del self.pods[pod.deployment]
+        self.pods[pod.deployment].remove(pod)
         if pod.published:
             client.CoreV1Api(self.api).delete_namespaced_pod(pod.name, NS)
             client.DiscoveryV1Api(self.api).delete_namespaced_endpoint_slice(pod.name, NS)
-            self._available(pod.deployment, 0)
+            self._available(pod.deployment)
         self._kill(pod)
 
     @staticmethod
@@ -271,3 +287,60 @@ def test_profile_on_the_kubernetes_backend(cluster: tuple[str, str, Kubelet]) ->
         time.sleep(0.2)
     assert all(p.proc.poll() is not None for p in shadows)
     rds.close()
+
+
+def test_autoscale_on_the_kubernetes_backend(cluster: tuple[str, str, Kubelet]) -> None:
+    """The scheduler's loop, as ``python -m fast_scheduler`` runs it, on the same provider: from a
+    profile table and the demand the provider counted, it adds replicas through the provider, the
+    backend makes them Deployments, and the requests reach every new pod at its EndpointSlice
+    address. Time is the loop's clock, stepped by the test between bursts of real requests."""
+    url, redis_url, kubelet = cluster
+    provider = ProviderClient(url)
+    provider.deploy({"service": "mm", "image": "registry.local/mm:1",
+                     "annotations": {"fastgshare/slo_ms": "250", "fastgshare/gpu_sm_partition": "50"},
+                     "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "4"}})
+    rds = redis.Redis.from_url(redis_url)
+    device_type = device_type_of(Gateway(url, None, rds).device())
+    # One config (half the cores, full quota) credited with 10 rps: 15 rps needs a second replica,
+    # which fits on the node's other half (the base replica has one half).
+    store.save(rds, ProfileTable("mm", device_type, (ProfilePoint(50, 1.0, 1, 10.0, 50.0, 55.0, 60.0),),
+                                 mem_bytes=200 * 2**20))
+    wait_until(lambda: len([r for r in provider.replicas_of("mm") if r.url]) == 1, 120, "the base pod")
+
+    now = [1000.0]
+    loop = SchedulerLoop(provider, rds, LoopSettings(
+        namespace=NS, autoscale=AutoscaleSettings(standby_frac=0.0, scale_down_delay_s=1e6,
+                                                  idle_to_zero_s=1e6)), clock=lambda: now[0])
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(4):
+            loop.tick()
+            codes = list(pool.map(lambda _: provider.invoke("mm", b"{}", timeout_s=60).status_code,
+                                  range(15)))
+            assert codes == [200] * 15
+            now[0] += 1.0  # 15 requests in the loop's second: 15 rps
+        loop.tick()
+    decision = json.loads(rds.hget(keys.scheduler_decisions(), f"{NS}/mm") or b"{}")
+    assert decision.get("replicas") == 2 and decision.get("feasible"), decision
+
+    # The added replicas run as pods at their own EndpointSlice addresses, and serve.
+    wait_until(lambda: len([r for r in provider.replicas_of("mm") if r.url]) >= 2, 180,
+               "the replicas the scheduler added")
+    ready = [r for r in provider.replicas_of("mm") if r.url]
+    assert len({r.url for r in ready}) == len(ready)
+    assert all(r.url.startswith("http://127.0.0.") for r in ready)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: provider.invoke("mm", b"{}", timeout_s=60).status_code, range(40)))
+    assert codes == [200] * 40
+    served = [requests.get(f"{r.url}/_/stats", timeout=5).json()["requests"] for r in ready]
+    assert all(n > 0 for n in served), served
+    assert not kubelet.errors, kubelet.errors
+    rds.close()
+
+
+def wait_until(pred: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
