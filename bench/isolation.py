@@ -34,17 +34,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 from bench import replicas as rp
 from fast_manager.arbiter import ArbiterParams, make_token_client
+from fastgshare.redis_acl import PLATFORM_USER, ensure_passwords, write_acl_file
 from fastgshare.redis_server import EmbeddedRedis
 from fastgshare.stats import percentile
 
@@ -418,6 +421,18 @@ def arbiter_latency_cost(url: str, args: argparse.Namespace, handler: Path, log_
             "added_mean_ms": round(mean["on"] - mean["off"], 3), "requests_each": n}
 
 
+
+@contextlib.contextmanager
+def acl_redis(root: Path) -> Iterator[SimpleNamespace]:
+    """Redis as a platform's replicas meet it (docs/security.md): ACL users, the default user off;
+    everything here (replicas, token clients, usage reads) speaks as the restricted sidecar user."""
+    pw = ensure_passwords(root / "secrets")
+    data = root / "redis"
+    data.mkdir()
+    with EmbeddedRedis(data, persist=False, acl_file=write_acl_file(data / "users.acl", pw),
+                       username=PLATFORM_USER, password=pw.platform) as srv:
+        yield SimpleNamespace(url=pw.sidecar_url(f"redis://127.0.0.1:{srv.port}/0"))
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 s window instead of the default")
@@ -457,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rows: list[dict[str, object]] = []
     t_start = time.perf_counter()
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d) / "redis", persist=False) as server:
+    with tempfile.TemporaryDirectory() as d, acl_redis(Path(d)) as server:
         if args.executor == "sleep":
             for i in (i for i in picked if i < len(CASES)):
                 rows += asyncio.run(run_case(server.url, CASES[i], f"bench-{i}", params,

@@ -215,6 +215,7 @@ def prepare_replica(iso: Isolation, uid: int, replica_id: str, secrets: Mapping[
                       _readable_copy(Path(template_dir), user_dir))
 
 
-def remove_replica_secrets(iso: Isolation, uid: int, replica_id: str) -> None:
-    """Delete a stopped replica's copy of its secrets."""
-    shutil.rmtree(iso.user_dir(uid) / "secrets" / replica_id, ignore_errors=True)
+def remove_replica_secrets(iso: Isolation, replica_id: str) -> None:
+    """Delete a stopped replica's copy of its secrets (replica ids are unique on the node)."""
+    for folder in (iso.area / "fn").glob(f"*/secrets/{replica_id}"):
+        shutil.rmtree(folder, ignore_errors=True)

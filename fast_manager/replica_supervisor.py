@@ -35,6 +35,7 @@ import urllib3
 from fast_manager import function_users
 from fast_manager.function_users import Isolation
 from fast_manager.model_store_fs import MODEL_STORE_DIR_ENV
+from fast_manager.replica_control import BatchControl, control_key, control_token
 from fast_manager.replica_plan import ReplicaView, plan, restart_backoff_s
 from fast_manager.start_failures import StartFailureLog
 from fastgshare import keys
@@ -97,6 +98,8 @@ class ReplicaSupervisor:
         self._http = urllib3.PoolManager(num_pools=64, maxsize=2, retries=False)
         self._start_failures = StartFailureLog(
             client, self._http, lambda ns, name, rid: self._log_dir(ns, name) / f"{rid}.log")
+        self._control_key = control_key(self._state_dir)
+        self._batches = BatchControl(self._http, self._control_key, self._batch_applied)
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -199,6 +202,11 @@ class ReplicaSupervisor:
                     self._start_failures.reset(ref)
             if not ready and rep.generation == fn.generation:
                 self._start_failures.check_worker(ref, fn.generation, rep.replica_id, rep.url)
+        for rep in reps:  # a group's batch changed in place: the running replicas take it
+            config = fn.configs.get(rep.config_id)
+            if (config is not None and rep.ready and not rep.draining
+                    and rep.generation == fn.generation):
+                self._batches.want(rep, config.batch)
         groups = fn.groups()
         decision = plan({cid: n for cid, (_, n, _) in groups.items()}, fn.generation,
                         [ReplicaView(r.replica_id, r.generation, r.config_id, r.ready,
@@ -217,6 +225,13 @@ class ReplicaSupervisor:
                                                 f"could not start a replica: {e}")
                     self._next_start_s[ref] = now_s + restart_backoff_s(99)
                     break
+
+    def _batch_applied(self, rep: Replica, batch: int) -> None:
+        rep.batch = batch
+        try:
+            local_state.write_replica(self._redis, rep)
+        except redis.RedisError:
+            pass  # the record catches up at its next write
 
     # ---- stopping --------------------------------------------------------------------------
 
@@ -237,6 +252,8 @@ class ReplicaSupervisor:
         log.info("stopping replica %s (pid %d): it drains, then stops its worker",
                  rep.replica_id, rep.pid)
         stop_process_group(rep.pid, rep.proc, self._stop_grace_s)
+        if self._isolation is not None:  # its copy of the function's secrets
+            function_users.remove_replica_secrets(self._isolation, rep.replica_id)
         try:
             local_state.delete_replica(self._redis, rep)
         except redis.RedisError:
@@ -391,6 +408,7 @@ class ReplicaSupervisor:
         config = fn.configs.get(config_id)
         if config is not None and config.batch > 1:  # the scheduler's batch for this group
             env["FASTGSHARE_BATCH"] = str(config.batch)
+        env["FASTGSHARE_CONTROL_TOKEN"] = control_token(self._control_key, replica_id)
         log_dir = self._log_dir(spec.namespace, spec.name)
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / f"{replica_id}.log", "ab") as out:
@@ -401,7 +419,8 @@ class ReplicaSupervisor:
             )
         rep = Replica(replica_id, spec.namespace, spec.name, fn.generation, proc.pid, port,
                       device_id, cores, share.sm_pct, time.time(), config_id=config_id,
-                      weight=max(1, round(share.sm_pct * share.quota_limit_frac)), proc=proc)
+                      weight=max(1, round(share.sm_pct * share.quota_limit_frac)), proc=proc,
+                      batch=config.batch if config is not None else 0)
         local_state.write_replica(self._redis, rep)
         log.info("started replica %s pid %d port %d cores %s", replica_id, proc.pid, port, cores)
         return rep

@@ -101,3 +101,29 @@ def test_a_worker_knows_who_is_on_the_other_end(tmp_path: Path) -> None:
     server = ("127.0.0.1", 5000)
     assert peer_uid(("127.0.0.1", 0xD431), server, (str(table),)) == 2000000002
     assert peer_uid(("127.0.0.1", 1), server, (str(table),)) is None
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="chown needs root")
+def test_a_replicas_files_are_its_users_alone(tmp_path: Path) -> None:
+    import os
+
+    from fast_manager.function_users import prepare_area, prepare_replica, remove_replica_secrets
+
+    iso = Isolation(tmp_path / "area")
+    prepare_area(iso)
+    closed = tmp_path / "state"  # an upload under the state directory: others cannot enter
+    (closed / "h").mkdir(parents=True)
+    (closed / "h" / "handler.py").write_text("x = 1\n")
+    closed.chmod(0o700)
+    dirs = prepare_replica(iso, 2_000_000_555, "f-1", {"key": b"v"}, closed / "h",
+                           Path(__file__).parent)
+    st = os.stat(iso.user_dir(2_000_000_555))
+    assert (st.st_uid, st.st_mode & 0o777) == (2_000_000_555, 0o700)
+    secret = os.stat(dirs.secrets_dir / "key")
+    assert (secret.st_uid, secret.st_mode & 0o777) == (2_000_000_555, 0o400)
+    assert dirs.handler_dir != closed / "h" and (dirs.handler_dir / "handler.py").read_text() == "x = 1\n"
+    assert os.stat(dirs.handler_dir / "handler.py").st_mode & 0o004
+    assert dirs.template_dir == Path(__file__).parent  # readable where it is: used in place
+    assert os.stat(iso.models_dir).st_mode & 0o7777 == 0o1777
+    remove_replica_secrets(iso, "f-1")
+    assert not dirs.secrets_dir.exists()
