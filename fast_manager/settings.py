@@ -50,7 +50,7 @@ _SIDECAR_ONLY = frozenset({
     "FASTGSHARE_QUEUE_TIMEOUT_S", "FASTGSHARE_EXEC_TIMEOUT_S", "FASTGSHARE_READY_TIMEOUT_S",
     "FASTGSHARE_MAX_BODY_BYTES", "FASTGSHARE_ARBITER", "FASTGSHARE_MEM_ENFORCE",
     "FASTGSHARE_ARBITER_WINDOW_S", "FASTGSHARE_ARBITER_MIN_TOKEN_MS", "FASTGSHARE_ARBITER_MAX_TOKEN_MS",
-    "FASTGSHARE_RUN_AS", "FASTGSHARE_SIDECAR_UNDUMPABLE",
+    "FASTGSHARE_RUN_AS", "FASTGSHARE_SIDECAR_UNDUMPABLE", "FASTGSHARE_CONTROL_TOKEN",
     # Credentials: the sidecar's Redis user (in the URL) must never reach the function's code.
     "REDIS_URL", "REDISCLI_AUTH", "FASTGSHARE_REDIS_PASSWORD", "FASTGSHARE_REDIS_USER",
     "FASTGSHARE_SIDECAR_REDIS_URL",
@@ -128,6 +128,10 @@ class SidecarSettings:
     """Longest worker load (import + ``load()``); then it is killed and restarted."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """Largest request body accepted; larger gets 413."""
+
+    control_token: str = ""
+    """Who may change this replica's batch at run time (``PUT /_/batch``, header
+    ``X-Fastgshare-Control``): the node agent, which derived it; empty: nobody."""
 
     @property
     def is_gpu(self) -> bool:
@@ -266,6 +270,7 @@ def sidecar_settings_from_env(env: Mapping[str, str]) -> SidecarSettings:
         mps_pipe_dir=env.get("FASTGSHARE_MPS_PIPE_DIR") or None,
         run_as=parse_run_as(env.get("FASTGSHARE_RUN_AS", "")),
         undumpable=_on_off(env, "FASTGSHARE_SIDECAR_UNDUMPABLE", False),
+        control_token=env.get("FASTGSHARE_CONTROL_TOKEN", "").strip(),
         worker_port=_int(env, "FASTGSHARE_WORKER_PORT", 0, 0, 65535),
         queue_max=_int(env, "FASTGSHARE_QUEUE_MAX", DEFAULT_QUEUE_MAX, 0, MAX_QUEUE),
         queue_timeout_s=_float(env, "FASTGSHARE_QUEUE_TIMEOUT_S", DEFAULT_QUEUE_TIMEOUT_S,

@@ -29,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
+import json
 import logging
 import math
 import os
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ from fast_manager.device_faults import FAULT_HEADER, FaultChannel, is_collateral
 from fast_manager.logline import setup_logging
 from fast_manager.memory import MemoryEnforcement, MemoryGuard
 from fast_manager.settings import SidecarSettings, sidecar_settings_from_env
+from fast_manager.sidecar_gate import FifoGate
 from fast_manager.sidecar_http import WorkerClient, WorkerHttpError
 from fast_manager.sidecar_metrics import ReplicaMetrics
 from fast_manager.sidecar_server import LeanServer, Request, Response
@@ -57,6 +59,10 @@ from fastgshare.headers import BUSY_HEADER, HOLD_HEADER, WAIT_HEADER
 
 log = logging.getLogger("sidecar")
 
+CONTROL_HEADER = "X-Fastgshare-Control"
+"""Request header carrying the replica's control token (``PUT /_/batch``)."""
+MAX_BATCH = 1024
+"""Largest batch a run-time change may set."""
 DRAIN_TIMEOUT_S = 30.0
 """On SIGTERM, how long the requests already taken may take to finish before the worker is stopped
 anyway (below ``gateway_plugin.local_replicas.STOP_GRACE_S``, after which the group is killed)."""
@@ -73,58 +79,6 @@ class _GateTimes:
     entered: float | None = None
     left: float | None = None
 
-
-
-class FifoGate:
-    """Up to ``capacity`` holders at a time (1 unless batching), waiters served strictly in arrival
-    order, each with its own deadline.
-
-    Hand-rolled rather than ``asyncio.wait_for(lock.acquire())``: that pattern can acquire the
-    lock and still raise TimeoutError in Python 3.11, leaking it and stalling the replica.
-    """
-
-    def __init__(self, capacity: int = 1) -> None:
-        self._capacity = max(1, capacity)
-        self._holders = 0
-        self._waiters: deque[asyncio.Future[bool]] = deque()
-
-    @property
-    def busy(self) -> bool:
-        return self._holders >= self._capacity
-
-    @property
-    def waiting(self) -> int:
-        return sum(1 for f in self._waiters if not f.done())
-
-    async def enter(self, timeout_s: float) -> bool:
-        if not self.busy and not self.waiting:
-            self._holders += 1
-            return True
-        if timeout_s <= 0:
-            return False
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bool] = loop.create_future()
-        self._waiters.append(fut)
-        timer = loop.call_later(timeout_s, lambda: fut.done() or fut.set_result(False))
-        try:
-            granted = await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.result():
-                self.leave()  # handed to us just as we were cancelled: pass it on
-            raise
-        finally:
-            timer.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(fut)
-        return granted
-
-    def leave(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(True)  # handed over: the holder count stays
-                return
-        self._holders -= 1
 
 
 @dataclass
@@ -228,6 +182,43 @@ class Sidecar:
             "batching": {"max_batch": self.batch, "inflight_bound": self.inflight_max,
                          **m.batch_summary()},
         })
+
+    async def set_batch(self, request: Request) -> Response:
+        """``PUT /_/batch`` ``{"maxBatch": B}``: the worker's largest batch, changed at run time
+        (the scheduler's first lever of a burst). Only with this replica's control token (the
+        node agent's; ``X-Fastgshare-Control``): 403 otherwise, 404 where there is none. The
+        gate admits 2 x B at once from now on, and the worker is told (409 when its handler
+        cannot batch: nothing changes then)."""
+        token = self.settings.control_token
+        if not token:
+            return _text(404, "this replica takes no run-time changes (no control token)")
+        if not hmac.compare_digest(request.headers.get(CONTROL_HEADER, ""), token):
+            return _text(403, f"{CONTROL_HEADER}: not this replica's control token")
+        try:
+            value = json.loads(request.body or b"null")
+            batch = value["maxBatch"] if isinstance(value, dict) else None
+        except ValueError:
+            batch = None
+        if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
+            return _text(400, f"maxBatch: must be an integer in [1, {MAX_BATCH}]")
+        client = WorkerClient()
+        try:
+            async with asyncio.timeout(5.0):
+                status, _, body = await client.request(
+                    self.worker.port, "PUT", "/_/batching",
+                    [("Content-Type", "application/json")],
+                    json.dumps({"max_batch": batch}).encode())
+        except (WorkerHttpError, TimeoutError) as e:
+            return _text(503, f"the worker did not take the new batch ({e}); retry")
+        finally:
+            client.close()
+        if status != 200:
+            return Response(status, body, {"Content-Type": "text/plain; charset=utf-8"})
+        old, self.batch = self.batch, batch
+        self.inflight_max = worker_inflight_max(batch)
+        self._gate.resize(self.inflight_max)
+        log.info("batch %d -> %d (in flight at most %d)", old, batch, self.inflight_max)
+        return Response.json({"maxBatch": self.batch, "inflightBound": self.inflight_max})
 
     async def invoke(self, request: Request) -> Response:
         t0 = time.monotonic()
@@ -473,7 +464,10 @@ def batch_size(env: Mapping[str, str]) -> int:
 
 async def route(sidecar: Sidecar, request: Request) -> Response:
     """Every sidecar route, in one place: ``GET``/``HEAD`` of ``/_/health``, ``/_/metrics`` and
-    ``/_/stats``; anything else is an invocation."""
+    ``/_/stats``, ``PUT /_/batch`` (the node agent's, with its token); anything else is an
+    invocation."""
+    if request.method == "PUT" and request.path == "/_/batch":
+        return await sidecar.set_batch(request)
     if request.method in ("GET", "HEAD"):
         if request.path == "/_/health":
             return await sidecar.health(request)

@@ -52,6 +52,9 @@ class Replica:
     """Its sidecar answered the last health probe."""
     draining: bool = False
     """Chosen to stop: out of the routing table, finishing what it holds."""
+    batch: int = 0
+    """The worker's largest batch as the node agent last set it (its group's, at start or
+    changed at run time through the sidecar); 0: as the function's environment says."""
 
     @property
     def url(self) -> str:
@@ -63,7 +66,7 @@ class Replica:
             "port": self.port, "device_id": self.device_id, "cores": list(self.cores),
             "sm_pct": self.sm_pct, "started_at_s": self.started_at_s, "restarts": self.restarts,
             "config_id": self.config_id, "weight": self.weight, "ready": self.ready,
-            "draining": self.draining,
+            "draining": self.draining, "batch": self.batch,
         })
 
 

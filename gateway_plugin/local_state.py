@@ -92,7 +92,8 @@ def replica_from_json(raw: bytes | str) -> Replica:
                    int(r["generation"]), int(r["pid"]), int(r["port"]), r["device_id"],
                    tuple(r["cores"]), int(r["sm_pct"]), float(r["started_at_s"]),
                    int(r.get("restarts", 0)), r.get("config_id", ""), int(r.get("weight", 100)),
-                   ready=bool(r.get("ready", False)), draining=bool(r.get("draining", False)))
+                   ready=bool(r.get("ready", False)), draining=bool(r.get("draining", False)),
+                   batch=int(r.get("batch", 0)))
 
 
 # ---- reading ---------------------------------------------------------------------------------
