@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,6 +71,17 @@ class EndpointsTable:
         table = by_service(self._list(namespace))
         with self._lock:
             self._tables[namespace] = table
+
+    def replicas_at(self, namespace: str, name: str,
+                    replicas: Iterable[ReplicaStatus]) -> tuple[ReplicaStatus, ...]:
+        """The replicas (pods) of a Service, each at the address its ready endpoint gives (what the
+        invoke path routes to); the namespace is listed again when a ready pod is missing."""
+        reps = list(replicas)
+        found = at_endpoints(reps, self.urls(namespace, name) or [])
+        if any(r.url and not f.url for r, f in zip(reps, found, strict=True)):
+            self.refresh(namespace)
+            found = at_endpoints(reps, self.urls(namespace, name) or [])
+        return found
 
     def evict(self, namespace: str, name: str, url: str) -> None:
         """The proxy could not connect to ``url``: out of the table until the next listing."""

@@ -39,7 +39,7 @@ from .backend import (
     SecretValue,
 )
 from .errors import BackendFailure, Conflict, Invalid, NoReplicaReady, NotFound, ProviderError
-from .k8s_endpoints import SERVICE_NAME_LABEL, EndpointsTable, at_endpoints
+from .k8s_endpoints import SERVICE_NAME_LABEL, EndpointsTable
 
 log = logging.getLogger(__name__)
 
@@ -370,8 +370,9 @@ class KubernetesBackend:
         status = "ready" if available else ("starting" if desired else "idle")
         return FunctionState(
             spec=spec, replicas=desired, available_replicas=available,
-            created_at=created or _EPOCH,
-            replica_status=self._replica_status(spec.namespace, spec.name, pods), status=status,
+            created_at=created or _EPOCH, status=status,
+            replica_status=self._endpoints.replicas_at(spec.namespace, spec.name,
+                                                       map(specs.as_replica_status, pods)),
             configs=tuple(c for d in deps if (c := self._config_of(d)) is not None))
 
     def list(self, namespace: str) -> list[FunctionState]:
@@ -402,18 +403,8 @@ class KubernetesBackend:
 
     def replicas(self, namespace: str, name: str) -> tuple[ReplicaStatus, ...]:
         """The function's pods as replicas (a cheaper ``status`` for the scheduler)."""
-        return self._replica_status(namespace, name, self._pods(namespace, name))
-
-    def _replica_status(self, namespace: str, name: str,
-                        pods: Sequence[Mapping[str, Any]]) -> tuple[ReplicaStatus, ...]:
-        """Pods as replicas, each at the address its ready endpoint gives (what ``resolve`` routes
-        to); the slices are listed again when a ready pod is missing from the table."""
-        reps = [specs.as_replica_status(p) for p in pods]
-        found = at_endpoints(reps, self._endpoints.urls(namespace, name) or [])
-        if any(r.url and not f.url for r, f in zip(reps, found, strict=True)):
-            self._endpoints.refresh(namespace)
-            found = at_endpoints(reps, self._endpoints.urls(namespace, name) or [])
-        return found
+        return self._endpoints.replicas_at(namespace, name,
+                                           map(specs.as_replica_status, self._pods(namespace, name)))
 
     # -- invocation ---------------------------------------------------------------------------
 
