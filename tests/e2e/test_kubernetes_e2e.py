@@ -52,7 +52,8 @@ def namespace() -> Iterator[str]:
 @pytest.fixture
 def backend(namespace: str) -> Iterator[KubernetesBackend]:
     b = make_kubernetes_backend(KubernetesSettings(
-        kubeconfig=KUBECONFIG, pod=PodSettings(sidecar_command=COMMAND)))
+        # No Redis in the throw-away namespace: no sidecar Secret to take its password from.
+        kubeconfig=KUBECONFIG, pod=PodSettings(sidecar_command=COMMAND, redis_secret="")))
     yield b
     b.close()
 
