@@ -464,8 +464,8 @@ def batch_size(env: Mapping[str, str]) -> int:
 
 async def route(sidecar: Sidecar, request: Request) -> Response:
     """Every sidecar route, in one place: ``GET``/``HEAD`` of ``/_/health``, ``/_/metrics`` and
-    ``/_/stats``, ``PUT /_/batch`` (the node agent's, with its token); anything else is an
-    invocation."""
+    ``/_/stats``, ``PUT /_/batch`` (the node agent's, with its token); any other ``/_/`` path is
+    404 (the worker's control routes are the sidecar's alone); anything else is an invocation."""
     if request.method == "PUT" and request.path == "/_/batch":
         return await sidecar.set_batch(request)
     if request.method in ("GET", "HEAD"):
@@ -475,6 +475,8 @@ async def route(sidecar: Sidecar, request: Request) -> Response:
             return await sidecar.prometheus(request)
         if request.path == "/_/stats":
             return await sidecar.stats(request)
+    if request.path.startswith("/_/"):  # the worker's own routes (/_/batching) are not for callers
+        return _text(404, f"{request.path}: reserved for the platform")
     return await sidecar.invoke(request)
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import fastgshare_batch_policy as policy
@@ -59,6 +60,16 @@ class Batcher:
         """Batches run, by size."""
         if start:
             threading.Thread(target=self._loop, name="batcher", daemon=True).start()
+
+    def resize(self, max_batch: int) -> None:
+        """A new B_max at run time (the node agent's, through the sidecar): a raise takes effect
+        at once (the cap jumps to it: the first lever of a burst, no additive climb), a cut as
+        soon as the running batch ends."""
+        with self._cond:
+            self.settings = replace(self.settings, max_batch=max(1, max_batch))
+            self.state = replace(self.state, cap=max(1, max_batch) if max_batch > self.state.cap
+                                 else min(self.state.cap, max(1, max_batch)))
+            self._cond.notify_all()
 
     def put(self, event: Any) -> Pending:
         with self._cond:

@@ -297,9 +297,30 @@ class Runtime:
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.settings = settings or policy.BatchSettings()
-        self.batcher = (Batcher(lambda events: run_batch(module, context, events), self.settings)
-                        if self.settings.max_batch > 1
+        self.batcher = (self._new_batcher(self.settings) if self.settings.max_batch > 1
                         and callable(getattr(module, "handle_batch", None)) else None)
+
+    def _new_batcher(self, settings: policy.BatchSettings) -> Batcher:
+        def run(events):  # one execution at a time, batched or not (the batch may start mid-run)
+            with self.lock:
+                return run_batch(self.module, self.context, events)
+        return Batcher(run, settings)
+
+    def set_max_batch(self, size: int) -> tuple[int, dict]:
+        """B_max changed at run time (``PUT /_/batching``, from the sidecar): (status, state).
+        409 when the handler cannot batch (no ``handle_batch``) and ``size`` asks for it."""
+        if not callable(getattr(self.module, "handle_batch", None)):
+            if size > 1:
+                return 409, {"error": "the handler has no handle_batch: it serves one request "
+                                      "at a time"}
+            return 200, self.batching()
+        self.settings = policy.BatchSettings(**{**self.settings.__dict__, "max_batch": size})
+        if self.batcher is None:
+            if size > 1:
+                self.batcher = self._new_batcher(self.settings)
+        else:
+            self.batcher.resize(size)
+        return 200, self.batching()
 
     def execute(self, method: str, target: str, headers: dict[str, str],
                 body: bytes) -> tuple[int, dict[str, str], bytes, float, int]:
@@ -358,8 +379,16 @@ def make_request_handler(runtime: Runtime) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             body = self._body()
             if self.path == "/_/batching":
-                self._send(200, {"Content-Type": "application/json"},
-                           json.dumps(runtime.batching()).encode())
+                status, state = 200, runtime.batching()
+                if self.command == "PUT":
+                    try:
+                        size = json.loads(body or b"null")["max_batch"]
+                        ok = isinstance(size, int) and not isinstance(size, bool) and size >= 1
+                    except (ValueError, TypeError, KeyError):
+                        ok = False
+                    status, state = (runtime.set_max_batch(size) if ok else
+                                     (400, {"error": "max_batch: an integer >= 1"}))
+                self._send(status, {"Content-Type": "application/json"}, json.dumps(state).encode())
                 return
             if self.path == "/_/ready":
                 ok = runtime.ready.is_set()
@@ -380,10 +409,19 @@ def make_request_handler(runtime: Runtime) -> type[BaseHTTPRequestHandler]:
 
 
 class WorkerServer(ThreadingHTTPServer):
-    """Answers its sidecar only (``fastgshare_peers``): not another local user's process."""
+    """Answers its sidecar only (``fastgshare_peers``): not another local user's process.
 
-    def verify_request(self, request, client_address) -> bool:
-        return peer_allowed(client_address, self.server_address)
+    The check reads the kernel's whole socket table (10-30 ms on a busy machine), so it runs in
+    the connection's own thread, not in the accept loop (``verify_request``), where eight
+    connections opened at once (a batch's worth) queued behind each other, overflowed the listen
+    backlog and were retried by their clients a second later; the backlog is larger for the same
+    reason."""
+
+    request_queue_size = 128
+
+    def finish_request(self, request, client_address) -> None:
+        if peer_allowed(client_address, self.server_address):
+            super().finish_request(request, client_address)
 
 
 def main() -> None:

@@ -385,3 +385,82 @@ def test_bert_batch_equals_single() -> None:
 def test_minilm_batch_equals_single() -> None:
     _check_batch_equals_single("minilm", [b'{"text": "hi"}', b"{}", b'{"texts": ["a b c", "hello there"]}',
                                           b'{"text": 3}'])
+
+
+@pytest.mark.slow
+def test_a_running_replicas_batch_is_raised_at_run_time_by_its_control_token(tmp_path: Path) -> None:
+    """``PUT /_/batch`` (the node agent's, with the replica's token): a replica started at batch 1
+    serves a burst one at a time, then, with no restart, in batches; the worker's own route is
+    not reachable through the sidecar, and a wrong token or value changes nothing."""
+    fn = tmp_path / "fn"
+    fn.mkdir()
+    (fn / "handler.py").write_text(textwrap.dedent(BATCH_HANDLER))
+    env = dict(os.environ, FASTGSHARE_PORT="0", FASTGSHARE_HANDLER_DIR=str(fn),
+               FASTGSHARE_BATCH_DELAY_MS="20", FASTGSHARE_CONTROL_TOKEN="tok-1")
+    env.pop("FASTGSHARE_BATCH", None)
+    settings = sidecar_settings_from_env(env)
+    out: dict = {}
+
+    async def main() -> None:
+        sidecar, server, port = await start_sidecar(settings, env, tokens=CountingTokens())
+        try:
+            assert await sidecar.worker.wait_ready(30)
+            url = f"http://127.0.0.1:{port}"
+
+            def burst() -> list[int]:
+                with ThreadPoolExecutor(6) as pool:
+                    answers = list(pool.map(lambda i: requests.post(
+                        f"{url}/", json={"x": i}, timeout=20), range(6)))
+                assert all(r.status_code == 200 for r in answers)
+                return [int(r.headers.get("X-Fastgshare-Batch", "1")) for r in answers]
+
+            def put(body: object, token: str | None) -> requests.Response:
+                headers = {"X-Fastgshare-Control": token} if token is not None else {}
+                return requests.put(f"{url}/_/batch", json=body, headers=headers, timeout=10)
+
+            out["before"] = await asyncio.to_thread(burst)
+            out["refused"] = [(await asyncio.to_thread(put, {"maxBatch": 4}, t)).status_code
+                              for t in (None, "tok-2")]
+            out["bad"] = [(await asyncio.to_thread(put, b, "tok-1")).status_code
+                          for b in ({"maxBatch": 0}, {"maxBatch": "4"}, {"maxBatch": True}, [4])]
+            out["worker_route"] = (await asyncio.to_thread(
+                lambda: requests.put(f"{url}/_/batching", json={"max_batch": 8}, timeout=10)
+            )).status_code
+            out["set"] = await asyncio.to_thread(lambda: put({"maxBatch": 4}, "tok-1").json())
+            out["pid"] = sidecar.worker.pid
+            out["after"] = await asyncio.to_thread(burst)
+            out["pid_after"] = sidecar.worker.pid
+            out["stats"] = await asyncio.to_thread(
+                lambda: requests.get(f"{url}/_/stats", timeout=5).json())
+        finally:
+            await stop_sidecar(sidecar, server)
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()))
+    thread.start()
+    thread.join(120)
+    assert out["before"] == [1] * 6  # batch 1: one at a time
+    assert out["refused"] == [403, 403]
+    assert out["bad"] == [400, 400, 400, 400]
+    assert out["worker_route"] == 404
+    assert out["set"] == {"maxBatch": 4, "inflightBound": 8}
+    assert max(out["after"]) >= 3 and all(s <= 4 for s in out["after"])
+    assert out["pid_after"] == out["pid"]  # the same worker process: no restart
+    assert out["stats"]["batching"]["max_batch"] == 4
+
+
+def test_the_worker_takes_a_new_batch_at_run_time(tmp_path: Path) -> None:
+    """``Runtime.set_max_batch``: a handler that can batch starts batching (or stops); one that
+    cannot is refused with 409 and keeps serving one at a time."""
+    batching = SimpleNamespace(handle=lambda e, c: {"n": 1},
+                               handle_batch=lambda es, c: [{"n": len(es)} for _ in es])
+    rt = index.Runtime(batching, index.Context(), policy.BatchSettings(max_batch=1))
+    assert rt.batcher is None
+    status, state = rt.set_max_batch(8)
+    assert status == 200 and rt.batcher is not None and state["max_batch"] == 8
+    assert rt.set_max_batch(2)[0] == 200 and rt.batcher.settings.max_batch == 2
+    assert rt.batcher.state.cap <= 2
+    single = SimpleNamespace(handle=lambda e, c: {"n": 1})
+    rt = index.Runtime(single, index.Context(), policy.BatchSettings(max_batch=1))
+    status, state = rt.set_max_batch(4)
+    assert status == 409 and "handle_batch" in state["error"] and rt.batcher is None
+    assert rt.set_max_batch(1)[0] == 200
