@@ -16,11 +16,13 @@ import math
 import time
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.cluster_refs import Foresight, GapProbe
+from bench.cluster_seeds import load_tables, print_seeds, seed_summary, worst_seed
 from bench.common import RESULTS, parser, write_json
 from fast_profiler.table import ProfilePoint, ProfileTable, synthetic_table
 from fast_scheduler.autoscale import (
@@ -55,6 +57,7 @@ from fast_scheduler.placement import (
     place,
     standby_room,
 )
+from fast_scheduler.seasonal import SeasonalForecaster
 
 MIB = 2**20
 ORDER = ["exclusive", "time_sharing", "mps_equal", "fastgshare_original", "this"]
@@ -118,10 +121,12 @@ def _synthetic_tables() -> dict[str, Any]:
 
 
 def make_specs(
-    n: int, seed: int, lo_rps: float, hi_rps: float
+    n: int, seed: int, lo_rps: float, hi_rps: float, tabs: dict[str, Any] | None = None
 ) -> tuple[list[SimFunction], dict[str, float]]:
+    """``n`` functions over the tables (``tables()``, or ``tabs``: name -> (table, SLO ms)) in turn,
+    each with a mean rate drawn log-uniform in [lo, hi] from ``seed``."""
     rng = np.random.default_rng(seed)
-    tabs = tables()
+    tabs = tabs or tables()
     models = list(tabs)
     specs, rates = [], {}
     for i in range(n):
@@ -275,24 +280,92 @@ def _place_all(snap: Snapshot, reqs: list[ReplicaRequest]) -> tuple[Snapshot, in
 
 def main(argv: list[str] | None = None) -> None:
     ap = parser("cluster", __doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=1,
-                    help="workload seed: the functions' rates and the three traces (seeded 10 x SEED + 1, 2, "
-                         "3); default 1, the recorded run (another seed's default --json is "
-                         "bench/results/cluster_seedN.json, so that the recorded run stays)")
+    ap.add_argument("--seeds", default="1,2,3",
+                    help="workload seeds, comma-separated (default 1,2,3): each seeds the functions' rates "
+                         "and its three traces (10 x SEED + 1, 2, 3); the first gets the full report "
+                         "(sweeps, mechanisms, gap), every one the policies; the worst seed per trace "
+                         "is printed and in the JSON (worst_seed)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="one seed only (as before; its default --json is bench/results/cluster_seedN.json "
+                         "unless N is 1)")
+    ap.add_argument("--tables", type=Path, default=None,
+                    help="a folder of profile tables as the GPU script writes them (*.json, e.g. "
+                         "bench/results/gpu/profiles): the functions use these instead of the synthetic "
+                         "ones, each with the SLO its profile was taken at")
+    ap.add_argument("--cold-start-s", type=float, default=SimSettings.cold_start_s,
+                    help="start-to-ready of a replica in the simulator (default %(default)s s; feed the "
+                         "measured one, bench.replica_start)")
+    ap.add_argument("--no-seasonal", action="store_true", help="this policy without its seasonal forecaster")
     args = ap.parse_args(argv)
-    if args.seed != 1 and args.json == RESULTS / "cluster.json":
+    seeds = [args.seed] if args.seed is not None else [int(x) for x in args.seeds.split(",") if x]
+    if args.seed not in (None, 1) and args.json == RESULTS / "cluster.json":
         args.json = RESULTS / f"cluster_seed{args.seed}.json"
     if args.quick:
         n_fn, duration_s, lo, hi, gpus, dt_fns = 20, 180.0, 5.0, 60.0, 192, 2000
     else:
         n_fn, duration_s, lo, hi, gpus, dt_fns = 24, 1200.0, 40.0, 300.0, 512, 10000
-    settings = SimSettings(gpus=gpus)
-    specs, rates = make_specs(n_fn, args.seed, lo, hi)
+    settings = SimSettings(gpus=gpus, cold_start_s=args.cold_start_s)
+    tabs = load_tables(args.tables) if args.tables else None
+    result: dict[str, Any] = {
+        "synthetic_tables": tabs is None,
+        "tables": str(args.tables) if args.tables else "synthetic",
+        "cold_start_s": settings.cold_start_s,
+        "seasonal": not args.no_seasonal,
+        "seed": seeds[0],
+        "seeds": seeds,
+        "functions": n_fn,
+        "duration_s": duration_s,
+        "gpus_available": gpus,
+        "traces": {},
+        "by_seed": {},
+    }
+    series: dict[str, dict[str, list[int]]] = {}
+    for si, seed in enumerate(seeds):
+        print(f"\n===== seed {seed} =====")
+        specs, rates = make_specs(n_fn, seed, lo, hi, tabs)
+        entries = run_seed(specs, rates, seed, duration_s, settings, series if si == 0 else None,
+                           full=si == 0, seasonal=not args.no_seasonal)
+        if si == 0:
+            result["traces"] = entries
+        result["by_seed"][str(seed)] = {t: seed_summary(e) for t, e in entries.items()}
+    result["worst_seed"] = worst_seed(result["by_seed"])
+
+    # Top-level keys of issue 5, taken from the Azure-like trace.
+    az = result["traces"].get("azure") or result["traces"]["bursty"]
+    result["headline_trace"] = az is result["traces"].get("azure") and "azure" or "bursty"
+    result["lower_bound_gpus"] = az["lower_bound_gpus"]
+    result["lower_bound_gpus_lp"] = az["lower_bound_gpus_lp"]
+    result["policies"] = {
+        k: {m: az["policies"][k][m] for m in ("gpus_mean", "gpus_peak", "slo_attainment")} for k in ORDER
+    }
+    print(f"\ndecision time: {dt_fns} functions on {dt_fns // 10} GPUs ...")
+    # The machine is shared: the best of 3 runs is the tick's cost, the others say how noisy it was.
+    runs = [decision_time(dt_fns, dt_fns // 10) for _ in range(3)]
+    dt = min(runs, key=lambda r: r["decision_time_s"])
+    result["decision"] = {**dt, "runs_wall_s": [r["decision_time_s"] for r in runs],
+                          "runs_cpu_s": [r["decision_cpu_s"] for r in runs]}
+    result["decision_time_s"] = dt["decision_time_s"]
+    print(f"  {dt['decision_time_s']:.2f} s best of 3 ({dt['decide_s']:.2f} s deciding, {dt['placed']} "
+          f"placements; wall {', '.join(f'{r:.2f}' for r in result['decision']['runs_wall_s'])} s, "
+          f"CPU {', '.join(f'{r:.2f}' for r in result['decision']['runs_cpu_s'])} s); "
+          f"fast sub-tick {dt['fast_subtick_s']:.3f} s ({dt['fast_placed']} placed)")
+
+    print_table(result)
+    print_seeds(result)
+    plot(series, args.json.with_suffix(".png"), result)
+    write_json(args.json, result)
+
+
+def run_seed(specs: list[SimFunction], rates: dict[str, float], seed: int, duration_s: float,
+             settings: SimSettings, series: dict[str, dict[str, list[int]]] | None, full: bool,
+             seasonal: bool = True) -> dict[str, Any]:
+    """Every policy on the seed's traces; with ``full``, this policy's mechanisms, the ``burst_k``
+    sweep and the perfect-foresight references too. Returns the traces' entries."""
     print(
-        f"{n_fn} functions, {duration_s:.0f} s, {gpus} GPUs available; "
+        f"{len(specs)} functions, {duration_s:.0f} s, {settings.gpus} GPUs available; "
         f"mean demand {sum(rates.values()):.0f} rps"
     )
-    s10 = 10 * args.seed
+    s10 = 10 * seed
     traces = [poisson_trace(rates, duration_s, seed=s10 + 1), bursty_trace(rates, duration_s, seed=s10 + 2)]
     if orcbench_models_dir() is None:
         print("SKIPPED the Azure-like trace: orcbench is not installed "
@@ -300,15 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         traces.append(azure_like_trace(rates, duration_s, load_orcbench_clusters(), seed=s10 + 3))
     every = max(1, round(settings.control_interval_s / settings.step_s))
-    result: dict[str, Any] = {
-        "synthetic_tables": True,
-        "seed": args.seed,
-        "functions": n_fn,
-        "duration_s": duration_s,
-        "gpus_available": gpus,
-        "traces": {},
-    }
-    series: dict[str, dict[str, list[int]]] = {}
+    out: dict[str, Any] = {}
     for tr in traces:
         t0 = time.perf_counter()
         fast_steps = max(1, round((settings.fast_interval_s + settings.cold_start_s) / settings.step_s))
@@ -335,8 +400,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  arrivals within {window_s:.0f} s of a rate step up: "
               f"{100 * entry['reaction_window_share']:.1f} % (within {fast_window_s:.0f} s: "
               f"{100 * entry['fast_reaction_window_share']:.1f} %)")
-        series[tr.name] = {"lower_bound": lbs}
+        if series is not None:
+            series[tr.name] = {"lower_bound": lbs}
         for pol in all_policies(specs, AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)):
+            if pol.name == "this" and seasonal:
+                pol.seasonal = SeasonalForecaster()
             t0 = time.perf_counter()
             probe = GapProbe(pol, specs) if pol.name == "this" else None
             res = simulate(specs, tr, probe or pol, settings)
@@ -350,13 +418,25 @@ def main(argv: list[str] | None = None) -> None:
             if hasattr(pol, "dropped_checks"):
                 s["maxrects_refusals"] = pol.dropped_checks
             entry["policies"][pol.name] = s
-            series[tr.name][pol.name] = res.gpus
+            if series is not None:
+                series[tr.name][pol.name] = res.gpus
             print(
                 f"  {pol.name:20s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
                 f"SLO {100 * s['slo_attainment']:6.2f} %  util {s['device_utilisation']:.2f}  "
                 f"({s['wall_s']:.1f} s)"
             )
         base = AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)
+        ahead_steps = round((settings.control_interval_s + settings.cold_start_s) / settings.step_s) + 1
+        fs = Foresight(specs, tr, ahead_steps, 0.0, settings.device_mem_bytes)
+        s = simulate(specs, tr, fs, replace(settings, fast_interval_s=0.0)).summary()
+        entry["foresight_gpus"] = s["gpus_mean"]
+        entry["foresight_slo_attainment"] = s["slo_attainment"]
+        print(f"  {'foresight (reference)':26s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
+              f"SLO {100 * s['slo_attainment']:6.2f} %")
+        _ratios(entry, lb_mean)
+        out[tr.name] = entry
+        if not full:
+            continue
         entry["burst_sweep"] = {}
         for name, make in (("this", this_policy), ("mps_equal", mps_equal)):
             pts = entry["burst_sweep"][name] = []
@@ -385,46 +465,27 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {'this ' + label:20s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
                   f"SLO {100 * s['slo_attainment']:6.2f} %  ({time.perf_counter() - t0:.1f} s)")
             entry["mechanisms"][label] = _mechanism(s, lb_mean)
-        ahead_steps = round((settings.control_interval_s + settings.cold_start_s) / settings.step_s) + 1
-        for label, delay in (("foresight", 0.0), ("foresight_30s_delay", base.scale_down_delay_s)):
+        entry["mechanisms"]["foresight"] = _mechanism(
+            {"gpus_mean": entry["foresight_gpus"], "gpus_peak": 0, "slo_attainment":
+             entry["foresight_slo_attainment"], "slo_attainment_min_function": math.nan}, lb_mean)
+        for label, delay in (("foresight_30s_delay", base.scale_down_delay_s),):
             t0 = time.perf_counter()
             fs = Foresight(specs, tr, ahead_steps, delay, settings.device_mem_bytes)
             s = simulate(specs, tr, fs, replace(settings, fast_interval_s=0.0)).summary()
             print(f"  {label:26s} GPUs mean {s['gpus_mean']:7.1f} peak {s['gpus_peak']:4d}  "
                   f"SLO {100 * s['slo_attainment']:6.2f} %  ({time.perf_counter() - t0:.1f} s)")
             entry["mechanisms"][label] = _mechanism(s, lb_mean)
-        entry["foresight_gpus"] = entry["mechanisms"]["foresight"]["gpus_mean"]
         entry["mechanisms"]["fast_path_and_standby"] = _mechanism(entry["policies"]["this"], lb_mean)
-        orig = entry["policies"]["fastgshare_original"]["gpus_mean"]
-        for s in entry["policies"].values():
-            s["gpus_vs_original"] = s["gpus_mean"] / orig if orig else math.nan
-            s["gpus_vs_lower_bound"] = s["gpus_mean"] / lb_mean if lb_mean else math.nan
-        result["traces"][tr.name] = entry
+    return out
 
-    # Top-level keys of issue 5, taken from the Azure-like trace.
-    az = result["traces"].get("azure") or result["traces"]["bursty"]
-    result["headline_trace"] = az is result["traces"].get("azure") and "azure" or "bursty"
-    result["lower_bound_gpus"] = az["lower_bound_gpus"]
-    result["lower_bound_gpus_lp"] = az["lower_bound_gpus_lp"]
-    result["policies"] = {
-        k: {m: az["policies"][k][m] for m in ("gpus_mean", "gpus_peak", "slo_attainment")} for k in ORDER
-    }
-    print(f"\ndecision time: {dt_fns} functions on {dt_fns // 10} GPUs ...")
-    # The machine is shared: the best of 3 runs is the tick's cost, the others say how noisy it was.
-    runs = [decision_time(dt_fns, dt_fns // 10) for _ in range(3)]
-    dt = min(runs, key=lambda r: r["decision_time_s"])
-    result["decision"] = {**dt, "runs_wall_s": [r["decision_time_s"] for r in runs],
-                          "runs_cpu_s": [r["decision_cpu_s"] for r in runs]}
-    result["decision_time_s"] = dt["decision_time_s"]
-    print(f"  {dt['decision_time_s']:.2f} s best of 3 ({dt['decide_s']:.2f} s deciding, {dt['placed']} "
-          f"placements; wall {', '.join(f'{r:.2f}' for r in result['decision']['runs_wall_s'])} s, "
-          f"CPU {', '.join(f'{r:.2f}' for r in result['decision']['runs_cpu_s'])} s); "
-          f"fast sub-tick {dt['fast_subtick_s']:.3f} s ({dt['fast_placed']} placed)")
 
-    print_table(result)
-    plot(series, args.json.with_suffix(".png"), result)
-    write_json(args.json, result)
-
+def _ratios(entry: dict[str, Any], lb_mean: float) -> None:
+    orig = entry["policies"]["fastgshare_original"]["gpus_mean"]
+    fs = entry.get("foresight_gpus") or math.nan
+    for s in entry["policies"].values():
+        s["gpus_vs_original"] = s["gpus_mean"] / orig if orig else math.nan
+        s["gpus_vs_lower_bound"] = s["gpus_mean"] / lb_mean if lb_mean else math.nan
+        s["gpus_vs_foresight"] = s["gpus_mean"] / fs
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"\n{'trace':8s} {'policy':26s} GPUs mean  peak   SLO %    util   SM occ  rps/GPU  vs orig  vs LB")

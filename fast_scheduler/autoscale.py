@@ -101,6 +101,10 @@ class AutoscaleSettings:
     quota_tiling: bool = True
     """Plan with footprints tiled in quota as well as SM share (``choices.tiled_area``): a partial
     quota costs the share of its strip that copies of it can fill, not its quota."""
+    batch_lever: bool = True
+    """On a step, the fast path raises the batch limit of the running replicas (``burst_batch``,
+    ``Decision.batch_limits``) at once, besides starting replicas: a larger batch serves more per
+    second with no cold start; the limit goes back once the new replicas are ready."""
     limit_over_request: float = 1.0
     """Quota limit as a multiple of the request (capped at 1): >1 lets the arbiter lend idle time."""
     latency: LatencyModel = DEFAULT_MODEL
@@ -167,6 +171,11 @@ class AutoscaleContext:
     fixed: tuple[ShareConfig, ...] = ()
     """Replicas that run whatever is decided (a platform's minimum it will not scale below); part
     of ``current``, their capacity counts and every decision keeps them."""
+    predicted_rps: float | None = None
+    """A seasonal forecast (``seasonal.SeasonalForecaster.ahead``): the highest rate expected
+    before what is started now can serve. None: no period found, the reactive policy alone. Given,
+    the target is at least it (pre-scaling ahead of a predicted step) and burst headroom is off
+    (the forecast, not a memory of past steps, says when the next one comes)."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,10 @@ class Decision:
     predicted_p99_ms: float
     feasible: bool = True
     changed: bool = False
+    batch_limits: tuple[tuple[ShareConfig, int], ...] = ()
+    """Running configs whose replicas' batch limit is raised now (config, batch): the first lever
+    of a burst (``burst_batch``); the live loop sends it as the group's ``batch``, the simulator
+    serves them at it until the function's new replicas are ready. Empty: configured batches."""
 
 
 # ---- the policy -----------------------------------------------------------------------------
@@ -262,10 +275,13 @@ def decide_replicas(
         peak = held + max(0.0, st.peak_rps - held) * math.exp(-dt / max(cfg.burst_memory_s, 1e-9))
     gap = peak - forecast
     stepped = gap > cfg.jump_sigmas * noise
-    burst = cfg.burst_k * (gap - noise) if cfg.burst_k > 0 and stepped else 0.0
+    seasonal = ctx.predicted_rps is not None
+    burst = cfg.burst_k * (gap - noise) if cfg.burst_k > 0 and stepped and not seasonal else 0.0
     target = (
         forecast * (1 + cfg.headroom_frac) + cfg.volatility_k * excess + burst if forecast > 0 else 0.0
     )
+    if seasonal:  # pre-scale for the step the season predicts
+        target = max(target, (ctx.predicted_rps or 0.0) * (1 + cfg.headroom_frac))
     if burst > 0 and cfg.burst_round_up and cs.choices:
         unit = cs.choices[0].capacity_rps
         target = math.ceil(target / unit - 1e-9) * unit
@@ -426,13 +442,50 @@ def fast_scale_up(
         c = cs.by_config.get(r)
         if c is not None and new_cap > 0:
             p99 = max(p99, c.p99_at(target * c.capacity_rps / new_cap))
+    raised = batch_raise(ctx, cfg.latency) if cfg.batch_lever else ()
+    lever = "; batch raised: " + ", ".join(f"b{c.batch}->b{b}" for c, b in raised) if raised else ""
     d = Decision(
         ctx.function, replicas,
         f"fast scale up by {len(add)}: rate {obs:.1f} rps over {window_s:g} s > capacity {cap:.1f} "
-        f"+ {cfg.jump_sigmas:g} sigma ({noise:.1f}); target {target:.1f}; {describe_replicas(replicas)}",
-        target, new_cap, target / thr if thr > 0 else math.inf, p99, ok, True,
+        f"+ {cfg.jump_sigmas:g} sigma ({noise:.1f}); target {target:.1f}; {describe_replicas(replicas)}"
+        f"{lever}",
+        target, new_cap, target / thr if thr > 0 else math.inf, p99, ok, True, raised,
     )
     return d, replace(st, low_since_s=None)
+
+
+def burst_batch(table: ProfileTable, cfg: ShareConfig, slo_ms: float,
+                latency: LatencyModel = DEFAULT_MODEL) -> int:
+    """The batch limit a running replica of ``cfg`` is raised to on a step: the table's largest
+    batch whose service rate at the replica's share is above its own batch's and whose light-load
+    p99 is still under the SLO (it can serve within it); ``cfg.batch`` when none is. A batcher
+    that forms batches by deadline uses the larger limit only while requests queue."""
+    if is_standby(cfg):
+        return cfg.batch
+    base = table.estimate(cfg.sm_pct, cfg.quota_request_frac, cfg.batch)
+    base_mu = base.throughput_rps
+    best = cfg.batch
+    for b in table.batches:
+        if b <= cfg.batch:
+            continue
+        p = table.estimate(cfg.sm_pct, cfg.quota_request_frac, b)
+        light = p.latency_p50_ms + latency.service_spread_share * (max(p.latency_p99_ms, p.latency_p50_ms)
+                                                                  - p.latency_p50_ms)
+        if p.throughput_rps > base_mu and light <= slo_ms:
+            best = b
+    return best
+
+
+def batch_raise(ctx: AutoscaleContext, latency: LatencyModel = DEFAULT_MODEL,
+                ) -> tuple[tuple[ShareConfig, int], ...]:
+    """(config, raised batch) for each distinct running config of ``ctx.current`` that
+    ``burst_batch`` raises."""
+    out = []
+    for c in dict.fromkeys(ctx.current):
+        b = burst_batch(ctx.table, c, ctx.slo_ms, latency)
+        if b > c.batch:
+            out.append((c, b))
+    return tuple(out)
 
 
 def _trim(

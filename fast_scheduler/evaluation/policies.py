@@ -56,6 +56,7 @@ from fast_scheduler.placement import (
     place_standby,
     plan_repack,
 )
+from fast_scheduler.seasonal import SeasonalForecaster
 
 ChoiceFilter = Callable[[SimFunction, AutoscaleSettings], tuple[ConfigChoice, ...]]
 
@@ -76,7 +77,16 @@ class AutoscaledPolicy:
     standby_retry_s: float = STANDBY_RETRY_S
     """The devices that refused a standby request are scanned for it again after this long even when
     unchanged (``place_standby``); 0: no memory, every standby request scanned over every device."""
+    seasonal: SeasonalForecaster | None = None
+    """Learns each function's period from the rates it observes and pre-scales ahead of a predicted
+    step (``AutoscaleContext.predicted_rps``); None: reactive only."""
+    seasonal_ahead_s: float = 11.0
+    """How far ahead the seasonal forecast looks: a tick plus a cold start (what a replica started
+    now serves)."""
     states: dict[str, AutoscaleState] = field(default_factory=dict)
+    batch_limits: dict[str, dict[ShareConfig, int]] = field(default_factory=dict)
+    """Batch raises of the last fast sub-tick, per function, until ``take_batch_limits``."""
+    last_tick_s: float | None = None
     decisions: dict[str, Decision] = field(default_factory=dict)
     ticks: int = 0
     now_s: float = 0.0
@@ -111,10 +121,15 @@ class AutoscaledPolicy:
         current: Mapping[str, tuple[ShareConfig, ...]],
     ) -> dict[str, tuple[ShareConfig, ...]]:
         self.ticks += 1
-        self.now_s = now_s
+        span_s = now_s - self.last_tick_s if self.last_tick_s is not None else 0.0
+        self.now_s, self.last_tick_s = now_s, now_s
         out = {}
         for s in self.specs:
             planned, _standby = split_standby(current.get(s.name, ()))
+            predicted = None
+            if self.seasonal is not None:
+                self.seasonal.observe(s.name, now_s, observed_rps.get(s.name, 0.0), span_s)
+                predicted = self.seasonal.ahead(s.name, now_s, self.seasonal_ahead_s)
             ctx = AutoscaleContext(
                 s.name,
                 now_s,
@@ -124,6 +139,7 @@ class AutoscaledPolicy:
                 planned,
                 s.min_replicas,
                 s.max_replicas,
+                predicted_rps=predicted,
             )
             d, st = decide_replicas(ctx, self.states.get(s.name), self.settings)
             d = with_standby(d, st, s.max_replicas, self.settings)
@@ -155,6 +171,13 @@ class AutoscaledPolicy:
                 self.states[s.name] = st
                 self.decisions[s.name] = d
                 out[s.name] = d.replicas + standby
+                if d.batch_limits:
+                    self.batch_limits[s.name] = dict(d.batch_limits)
+        return out
+
+    def take_batch_limits(self) -> dict[str, dict[ShareConfig, int]]:
+        """The batch raises decided since the last call (the simulator applies them at once)."""
+        out, self.batch_limits = self.batch_limits, {}
         return out
 
     def apply(
@@ -193,7 +216,8 @@ class AutoscaledPolicy:
         return plan.snapshot, len(plan.moves)
 
 
-def this_policy(specs: Sequence[SimFunction], settings: AutoscaleSettings | None = None) -> AutoscaledPolicy:
+def this_policy(specs: Sequence[SimFunction], settings: AutoscaleSettings | None = None,
+                seasonal: SeasonalForecaster | None = None) -> AutoscaledPolicy:
     """This project's policy: every (SM, quota, batch) config of the table and the tiling SM shares
     (``candidate_points``, as the live loop offers them), band admission, packing + affinity, re-pack."""
     st = settings or AutoscaleSettings()
@@ -201,7 +225,7 @@ def this_policy(specs: Sequence[SimFunction], settings: AutoscaleSettings | None
     return AutoscaledPolicy(
         "this", specs, st, restricted(lambda s: candidate_points(s.table, room)),
         lookup=restricted(lambda s: candidate_points(s.table)) if room else None,
-        repack_every_ticks=6,
+        repack_every_ticks=6, seasonal=seasonal,
     )
 
 

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from fast_profiler.table import ProfileTable
 from fast_scheduler.choices import ShareConfig
+from fast_scheduler.evaluation.serving import fresh_ok_fraction, fresh_terms, latency_quantile_ms
 from fast_scheduler.latency import DEFAULT_MODEL, LatencyCurve, LatencyModel
 from fast_scheduler.placement import Device, ReplicaRequest, Snapshot
 
@@ -65,6 +66,10 @@ class SimSettings:
     borrow_idle: bool = True
     """Replicas whose quota limit is above their request serve past it, up to the limit, on the
     device's idle SM-time (what the arbiter lends); False: every replica at its request."""
+    batch_lever: bool = True
+    """Apply the batch raises a policy asks for (``take_batch_limits``): the running replicas serve
+    at a batch up to the raised limit (the one that serves their share of the rate best, from the
+    table's point at that batch) until their function has no replica starting."""
     record_latency: bool = False
     """Keep per-step served counts and latency terms per function (calibration; costs memory)."""
     latency: LatencyModel = DEFAULT_MODEL
@@ -113,6 +118,9 @@ class FunctionResult:
     arrived: float = 0.0
     served: float = 0.0
     within_slo: float = 0.0
+    area_s: float = 0.0
+    """SM-time its replicas were guaranteed (sum of sm x quota request), integrated over time, in
+    device-seconds (starting, standby and draining replicas included)."""
     served_by_step: list[float] = field(default_factory=list)
     late_by_step: list[float] = field(default_factory=list)
     """Requests served over the SLO, per step (only with ``SimSettings.record_latency``)."""
@@ -188,6 +196,10 @@ class _Replica:
     """Service rate at its quota limit (what it serves when the arbiter lends it idle time)."""
     rate_scale: float = 1.0
     """Its guaranteed rate as a share of ``curve``'s (a standby: its request over its limit)."""
+    batch_limit: int = 0
+    """A raised batch limit (``SimSettings.batch_lever``); 0: its configured batch."""
+    batch_curves: tuple[LatencyCurve, ...] = ()
+    """Its curves at each batch from its own up to ``batch_limit`` (its own first)."""
 
     @property
     def throughput_rps(self) -> float:
@@ -224,6 +236,28 @@ def simulate(
     every = max(1, round(cfg.control_interval_s / dt))
 
     fast_every = round(cfg.fast_interval_s / dt) if cfg.fast_interval_s > 0 else 0
+    take_raises = getattr(policy, "take_batch_limits", None) if cfg.batch_lever else None
+    raised: set[str] = set()
+    fn_area = dict.fromkeys(by_name, 0.0)
+
+    def raise_batches(now: float) -> None:
+        """The policy's batch raises, onto the function's ready replicas of each raised config."""
+        for n, limits in take_raises().items() if take_raises is not None else ():
+            tab = by_name[n].table
+            for r in replicas.values():
+                b = limits.get(r.config, 0)
+                if r.req.function != n or b <= r.config.batch or r.ready_s > now or r.rate_scale != 1.0:
+                    continue
+                if not r.batch_curves:
+                    r.batch_curves = (r.curve,)
+                for bb in tab.batches:
+                    if r.batch_curves[0].rate_rps and bb > max(r.batch_limit, r.config.batch) and bb <= b:
+                        p = tab.estimate(r.config.sm_pct, r.config.quota_request_frac, bb)
+                        r.batch_curves += (LatencyCurve.from_point(
+                            p.throughput_rps, p.latency_p50_ms, p.latency_p99_ms, cfg.latency),)
+                r.batch_limit = max(r.batch_limit, b)
+                raised.add(n)
+
     fast = getattr(policy, "fast", None) if 0 < fast_every < every else None
     since_fast = dict.fromkeys(by_name, 0.0)
     last_fast_s: float | None = None
@@ -356,6 +390,7 @@ def simulate(
             current = {n: tuple(r.config for r in replicas.values() if r.req.function == n) for n in by_name}
             want = policy.desired(now, observed, current)
             change(now, k, {n: want.get(n, current[n]) for n in by_name}, current, True)
+            raise_batches(now)
         elif fast is not None and k % fast_every == 0 and last_fast_s is not None:
             # The fast scale-up path: a sub-tick reads the counters since the last reading.
             span = now - last_fast_s
@@ -365,6 +400,7 @@ def simulate(
             want = fast(now, observed, current, span)
             if want:
                 change(now, k, dict(want), current, False)
+                raise_batches(now)
                 ticked = True
         if ticked or draining:
             draining = [r for r in draining if r.stop_s > now]
@@ -374,6 +410,13 @@ def simulate(
             used_ids = sorted(
                 {d.device_id for d in snap.devices if d.replicas} | {r.device_id for r in draining}
             )
+            fn_area = {n: sum(r.config.area for r in rs) for n, rs in fn_reps.items()}
+        for n in list(raised):  # lowered once the function's new replicas are ready
+            if all(r.ready_s <= now for r in fn_reps[n]):
+                raised.discard(n)
+                for r in fn_reps[n]:
+                    if r.batch_curves:
+                        r.curve, r.batch_limit, r.batch_curves = r.batch_curves[0], 0, ()
 
         util_by_dev: dict[str, list[float]] = {}
         # Pass 1: arrivals, each function's ready replicas and demand; the SM-time its replicas use
@@ -387,6 +430,7 @@ def simulate(
             since_tick[n] += a
             since_fast[n] += a
             res.functions[n].arrived += a
+            res.functions[n].area_s += fn_area[n] * dt
             q = queues[n]
             if a > 0:
                 q.append([now, a])
@@ -394,6 +438,9 @@ def simulate(
             step_ready[n] = ready
             if not ready or not q:
                 continue
+            if n in raised:
+                _pick_batches(ready, trace.rates_rps[n][k] if k < len(trace.rates_rps[n]) else a / dt,
+                              sum(c[1] for c in q) / dt, by_name[n].slo_ms)
             g = sum(r.throughput_rps for r in ready) * dt
             demand = sum(c[1] for c in q)
             busy = min(1.0, demand / g) if g > 0 else 0.0
@@ -435,7 +482,7 @@ def simulate(
                 u[0] += quota * share
                 u[1] += r.config.sm_pct / 100 * quota * share
             servers = [(rate, r.curve) for r, rate in zip(ready, rates, strict=True)]
-            fresh_ok = _fresh_ok_fraction(servers, lam, mu, spec.slo_ms) if ready else 0.0
+            fresh_ok = fresh_ok_fraction(servers, lam, mu, spec.slo_ms) if ready else 0.0
             served_before, ok_before = fr.served, fr.within_slo
             full = budget
             while q and budget > 1e-9:
@@ -449,7 +496,7 @@ def simulate(
                 if t_arr >= now:
                     fr.within_slo += take * fresh_ok
                     if cfg.record_latency:
-                        fr.latency_terms.extend(_fresh_terms(servers, take, lam, mu))
+                        fr.latency_terms.extend(fresh_terms(servers, take, lam, mu))
                 else:
                     c = min((r.curve for r in ready), key=lambda c: c.light_p99_ms)
                     if wait_ms + c.light_p99_ms <= spec.slo_ms:
@@ -480,60 +527,24 @@ def simulate(
     return res
 
 
-def _fresh_ok_fraction(servers: Sequence[tuple[float, LatencyCurve]], lam: float, mu: float,
-                       slo_ms: float) -> float:
-    """Share of requests served in their arrival step within the SLO; a server is (its service rate
-    this step, its curve), receiving its share of ``lam`` in proportion to its rate (the proxy)."""
-    if lam <= 0:
-        return 1.0
-    if lam >= mu:
-        return 0.0
-    ok = 0.0
-    for thr, curve in servers:
-        w = thr / mu
-        # A replica borrowing idle time serves faster: its curve, at the same utilisation.
-        lam_i = lam * w * curve.service_rps / thr
-        ok += w * (1 - curve.late_fraction(lam_i, slo_ms))
-    return ok
-
-
-def _fresh_terms(
-    servers: Sequence[tuple[float, LatencyCurve]], count: float, lam: float, mu: float
-) -> list[tuple[float, float, float, float]]:
-    """Latency terms of ``count`` requests served in their arrival step, split over ``servers``."""
-    out = []
-    for thr, curve in servers:
-        w = thr / mu
-        lam_i = lam * w * curve.service_rps / thr
-        p99 = curve.p99_at(lam_i)
-        if math.isinf(p99):  # overloaded at this rate: no stationary tail; a step's wait
-            out.append((count * w, curve.light_p99_ms + 1000 * count / max(lam, 1e-9) / 2, 0.0, 0.0))
+def _pick_batches(ready: Sequence[_Replica], lam: float, queued_rps: float, slo_ms: float) -> None:
+    """Each ready replica with a raised batch limit serves this step at the batch (its own up to the
+    limit) that keeps most of its share of ``lam`` within the SLO; with a backlog past what its own
+    batch drains (``queued_rps``), or when every batch is late, at the fastest one (a deadline
+    batcher forms large batches only while requests queue)."""
+    mu = sum(r.batch_curves[0].service_rps if r.batch_curves else r.curve.service_rps for r in ready)
+    if mu <= 0:
+        return
+    for r in ready:
+        if not r.batch_curves:
             continue
-        base, decay = curve.tail(p99)
-        out.append((count * w, base, 0.5, decay))
-    return out
-
-
-def latency_quantile_ms(terms: Sequence[tuple[float, float, float, float]], q: float = 0.99) -> float:
-    """The ``q`` quantile of the latency mixture ``terms`` (see ``FunctionResult.latency_terms``)."""
-    total = sum(t[0] for t in terms)
-    if total <= 0:
-        return 0.0
-    allowed = (1 - q) * total
-
-    def above(x: float) -> float:
-        n = 0.0
-        for cnt, base, rho, decay in terms:
-            if x < base:
-                n += cnt
-            elif rho > 0:
-                n += cnt * min(1.0, rho * math.exp(-decay * (x - base)))
-        return n
-
-    lo, hi = 0.0, max(t[1] for t in terms)
-    while above(hi) > allowed:
-        hi = hi * 2 + 1
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if above(mid) > allowed else (lo, mid)
-    return hi
+        base = r.batch_curves[0]
+        w = base.service_rps / mu
+        best, best_ok = base, -1.0
+        for c in r.batch_curves:
+            ok = 1.0 - c.late_fraction(lam * w, slo_ms)
+            if ok > best_ok + 1e-12:
+                best, best_ok = c, ok
+        if best_ok <= 0 or queued_rps * w > base.service_rps:
+            best = max(r.batch_curves, key=lambda c: c.service_rps)
+        r.curve = best

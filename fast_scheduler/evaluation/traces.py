@@ -156,3 +156,44 @@ def azure_like_trace(
         per_step = np.repeat(shape, int(round(bin_s / step_s)))[:n]
         rates[f] = mean * per_step
     return _trace("azure", step_s, rates, seed)
+
+
+TIMER_PERIODS_S = (60.0, 90.0, 120.0, 180.0, 300.0)
+"""Periods of the timer-driven functions of ``timer_trace`` (Azure timer triggers are minutes apart)."""
+
+
+def timer_trace(
+    mean_rps: Mapping[str, float],
+    duration_s: float,
+    seed: int = 0,
+    step_s: float = 1.0,
+    timer_share: float = 0.5,
+    burst_factor: float = 8.0,
+) -> Trace:
+    """Azure's other shape: timer-triggered functions. A ``timer_share`` of the functions (every
+    other one, so both kinds get each table) is periodic: a low base rate, and every period (one of
+    ``TIMER_PERIODS_S``, at a random phase) a burst of 10-40 s at ``burst_factor`` x the base; the
+    rest switch between calm and bursts at random (as ``bursty_trace``, no ramp), with no period to
+    find. Each function's time-averaged rate is ``mean_rps``. Deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    n = int(duration_s / step_s)
+    t = np.arange(n) * step_s
+    rates = {}
+    every = max(1, round(1 / timer_share)) if timer_share > 0 else 0
+    for i, (f, mean) in enumerate(mean_rps.items()):
+        if every and i % every == 0:
+            period = float(rng.choice(TIMER_PERIODS_S))
+            burst_s = float(rng.integers(1, 5)) * 10.0
+            phase = rng.random() * period
+            on = ((t + phase) % period) < burst_s
+        else:
+            on = np.zeros(n, dtype=bool)
+            k, burst = 0, bool(rng.random() < 0.2)
+            while k < n:
+                length = max(1, int(rng.exponential(30.0 if burst else 120.0) / step_s))
+                on[k:k + length] = burst
+                k += length
+                burst = not burst
+        shape = np.where(on, burst_factor, 1.0)
+        rates[f] = mean * shape / shape.mean()
+    return _trace("timer", step_s, rates, seed)
