@@ -174,6 +174,9 @@ step "isolation on $DEVICE" 140 90 \
   $PY -m bench.gpu.main isolation --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
 step "sharing modes on $DEVICE" 120 60 \
   $PY -m bench.gpu.main sharing --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
+# Issue 18: start-to-ready of a stored model's replica by phase, with a CUDA context under MPS
+step "replica start-to-ready by phase (ResNet-50, stored model)" 90 40 \
+  $PY -m bench.replica_start --quick --models resnet50 --json "$RES/replica_start.json"
 if [[ $DRY == 0 ]]; then
   # 6 points each: a measured point takes 10-20 s on an H200 (2026-11-28: 12 points did not fit 100 s);
   # with these limits the MLPerf step gets what is left (usually nothing: it is last in priority)
