@@ -30,7 +30,7 @@ from flask import Flask
 from gateway_plugin import types
 from gateway_plugin.app import EXTENSION_KEY
 from gateway_plugin.errors import ClientGone, PayloadTooLarge, RequestTimeout
-from gateway_plugin.invoke_async import AsyncInvoker, Receive, Scope, Send, send_error
+from gateway_plugin.invoke_async import AsyncInvoker, Receive, Scope, Send, read_body, send_error
 from gateway_plugin.proxy import INVOKE_METHODS
 
 log = logging.getLogger(__name__)
@@ -100,31 +100,7 @@ class _WSGIBridge(WSGIMiddleware):
             watcher.cancel()
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        for k, v in scope["headers"]:
-            if k == b"content-length" and v.isdigit() and int(v) > self._max_body_bytes:
-                raise _too_large(self._max_body_bytes)
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            try:
-                async with asyncio.timeout(self._read_timeout_s):
-                    message = await receive()
-            except TimeoutError:
-                raise RequestTimeout("the request body stopped arriving (read timeout)") from None
-            if message["type"] == "http.disconnect":
-                raise ClientGone("the client closed the connection in the middle of the body")
-            part = message.get("body", b"")
-            if part:
-                total += len(part)
-                if total > self._max_body_bytes:
-                    raise _too_large(self._max_body_bytes)
-                parts.append(part)
-            if not message.get("more_body", False):
-                return b"".join(parts)
-
-
-def _too_large(max_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"request body is larger than the {max_bytes} bytes allowed here")
+        return await read_body(scope, receive, self._max_body_bytes, self._read_timeout_s)
 
 
 class ProviderASGI:

@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 from fastgshare import http1
 from gateway_plugin.app import error_response
@@ -177,36 +178,18 @@ class AsyncInvoker:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("latin-1")
         path = raw_path.decode("latin-1")
         prefix = f"/function/{ref}"
-        path = path[len(prefix):] if path.startswith(prefix) else "/"
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+        else:  # the client escaped part of the ref: take the decoded rest, escaped again
+            path = quote(scope["path"].split("/", 3)[3] if scope["path"].count("/") >= 3 else "")
         if not path.startswith("/"):
             path = "/" + path
         query: bytes = scope.get("query_string") or b""
         return f"{path}?{query.decode('latin-1')}" if query else path
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        max_bytes = self._settings.max_invoke_body_bytes
-        for k, v in scope["headers"]:
-            if k == b"content-length" and v.isdigit() and int(v) > max_bytes:
-                raise PayloadTooLarge(f"request body is larger than the {max_bytes} bytes allowed here")
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            try:
-                async with asyncio.timeout(self._read_timeout_s):
-                    message = await receive()
-            except TimeoutError:
-                raise RequestTimeout("the request body stopped arriving (read timeout)") from None
-            if message["type"] == "http.disconnect":
-                raise ClientGone("the client closed the connection in the middle of the body")
-            part = message.get("body", b"")
-            if part:
-                total += len(part)
-                if total > max_bytes:
-                    raise PayloadTooLarge(f"request body is larger than the {max_bytes} bytes "
-                                          "allowed here")
-                parts.append(part)
-            if not message.get("more_body", False):
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+        return await read_body(scope, receive, self._settings.max_invoke_body_bytes,
+                               self._read_timeout_s)
 
     # ---- replicas and connections -------------------------------------------------------
 
@@ -386,6 +369,34 @@ class AsyncInvoker:
             for _, writer in pool.idle:
                 writer.close()
             pool.idle.clear()
+
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int, read_timeout_s: float) -> bytes:
+    """A request's whole body from the server: 413 (``PayloadTooLarge``) past ``max_bytes``, by
+    its Content-Length at once or as it arrives; 408 (``RequestTimeout``) when nothing arrives for
+    ``read_timeout_s``; ``ClientGone`` when the client leaves first."""
+    for k, v in scope["headers"]:
+        if k == b"content-length" and v.isdigit() and int(v) > max_bytes:
+            raise PayloadTooLarge(f"request body is larger than the {max_bytes} bytes allowed here")
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            async with asyncio.timeout(read_timeout_s):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout("the request body stopped arriving (read timeout)") from None
+        if message["type"] == "http.disconnect":
+            raise ClientGone("the client closed the connection in the middle of the body")
+        part = message.get("body", b"")
+        if part:
+            total += len(part)
+            if total > max_bytes:
+                raise PayloadTooLarge(f"request body is larger than the {max_bytes} bytes "
+                                      "allowed here")
+            parts.append(part)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def send_error(send: Send, err: Exception, *, close: bool = False) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -129,6 +130,49 @@ class EchoServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ClosingReplica:
+    """A replica that answers one request per connection (``ok``) and then closes it: after
+    ``idle_close_s`` (its keep-alive timeout), or at once with ``Connection: close`` (None)."""
+
+    def __init__(self, idle_close_s: float | None) -> None:
+        self.idle_close_s = idle_close_s
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                part = conn.recv(65536)
+                if not part:
+                    return
+                data += part
+            close = self.idle_close_s is None
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+                         + (b"Connection: close\r\n" if close else b"") + b"\r\nok")
+            if not close:
+                time.sleep(self.idle_close_s or 0.0)
+
+    def close(self) -> None:
+        self._stop = True
+        self._listener.close()
 
 
 # ---- the backend ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from gateway_plugin.app import create_app
 from gateway_plugin.asgi import provider_asgi
 from gateway_plugin.backend import FunctionSpec
 from gateway_plugin.settings import ProviderSettings
-from tests.fakes import EchoServer, FakeBackend
+from tests.fakes import ClosingReplica, EchoServer, FakeBackend
 
 READ_TIMEOUT_S = 0.5
 
@@ -132,47 +132,9 @@ def test_large_and_chunked_answers_are_streamed_intact(front: Front, path: str) 
         assert resp.status == 200 and resp.read() == want
 
 
-class _ClosingReplica:
-    """One answer per connection, then closes it: after ``idle_close_s`` or at once with
-    ``Connection: close``."""
-
-    def __init__(self, idle_close_s: float | None) -> None:
-        self.idle_close_s = idle_close_s
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                part = conn.recv(65536)
-                if not part:
-                    return
-                data += part
-            close = self.idle_close_s is None
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
-                         + (b"Connection: close\r\n" if close else b"") + b"\r\nok")
-            if not close:
-                time.sleep(self.idle_close_s or 0.0)
-
-
 @pytest.mark.parametrize("idle_close_s", [0.05, None], ids=["idle-close", "connection-close"])
 def test_a_connection_the_replica_closed_is_not_reused(idle_close_s: float | None) -> None:
-    replica = _ClosingReplica(idle_close_s)
+    replica = ClosingReplica(idle_close_s)
     backend = FakeBackend(replica_url=replica.url)
     backend.deploy(FunctionSpec("echo", "echo"))
     for front in serve_front(backend, ProviderSettings(basic_auth=False)):
