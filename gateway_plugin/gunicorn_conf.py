@@ -81,12 +81,16 @@ def _worker_class(env: Mapping[str, str]) -> Any:
         return ProviderGeventWorker
     if name == "uvicorn":
         try:
-            from gateway_plugin.gunicorn_uvicorn import ProviderUvicornWorker
+            from gateway_plugin.gunicorn_uvicorn import (
+                HeaderDeadlineProtocol,
+                ProviderUvicornWorker,
+            )
         except ImportError as e:
             raise SystemExit(f"{WORKER_CLASS_ENV}=uvicorn: uvicorn, uvicorn-worker, uvloop, "
                              "httptools or a2wsgi is not installed (pip install them, or choose "
                              "gthread)") from e
         ProviderUvicornWorker.read_timeout_s = ProviderWorker.read_timeout_s
+        HeaderDeadlineProtocol.header_timeout_s = ProviderWorker.read_timeout_s
         ProviderUvicornWorker.wsgi_threads = threads
         return ProviderUvicornWorker
     raise SystemExit(f"{WORKER_CLASS_ENV}={name!r}: must be one of uvicorn, gevent, gthread")

@@ -136,3 +136,26 @@ def test_an_idle_kept_alive_connection_outlives_the_read_timeout(provider_port: 
     assert (resp.status, json.loads(resp.read())["body_b64"]) == (200, "YWdhaW4=")
     assert conn.sock is sock  # the same connection, not a reconnect
     conn.close()
+
+
+def test_a_client_that_drips_its_headers_is_cut_off(provider_port: int, request: pytest.FixtureRequest) -> None:
+    """uvicorn (the default): the head of a request must be complete within the read timeout of
+    its first byte, and a connection that sends nothing is closed as well; the gevent and gthread
+    workers bound each read instead."""
+    import socket
+
+    if "uvicorn" not in request.node.callspec.id:
+        pytest.skip("the deadline on a request's head is the uvicorn worker's")
+    with socket.create_connection(("127.0.0.1", provider_port), timeout=10) as drip, \
+            socket.create_connection(("127.0.0.1", provider_port), timeout=10) as mute:
+        t0 = time.monotonic()
+        drip.sendall(b"GET /healthz HTTP/1.1\r\n")
+        for _ in range(int(READ_TIMEOUT_S * 4) + 2):  # a byte every quarter of the timeout
+            time.sleep(READ_TIMEOUT_S / 4)
+            try:
+                drip.sendall(b"X")
+            except OSError:
+                break
+        assert drip.recv(4096) == b""  # closed, without an answer
+        assert mute.recv(4096) == b""
+        assert time.monotonic() - t0 < READ_TIMEOUT_S * 3 + 2
