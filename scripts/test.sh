@@ -14,5 +14,7 @@ echo "[test] ruff"
 ruff check .
 echo "[test] import-linter"
 lint-imports
+echo "[test] mypy (strict: the pure cores and the provider client, pyproject.toml)"
+mypy
 echo "[test] pytest"
 python -m pytest -p no:cacheprovider "$@"

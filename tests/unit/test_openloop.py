@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.dataplane import Step, _pct, sustained_rps
+from bench.dataplane import Step, sustained_rps
 from bench.openloop import _complete, poisson_times
 
 
@@ -46,10 +46,3 @@ def test_sustained_is_the_highest_passing_rate_even_past_a_failure() -> None:
     steps = [_step(20, True), _step(26, False), _step(34, True), _step(44, False)]
     assert sustained_rps(steps) == 34
     assert sustained_rps([_step(20, False)]) == 0.0
-
-
-def test_nearest_rank_percentile() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert _pct(values, 50) == 50.0
-    assert _pct(values, 99) == 99.0
-    assert _pct([], 99) == float("inf")
