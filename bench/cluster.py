@@ -31,6 +31,7 @@ from fast_scheduler.autoscale import (
     AutoscaleState,
     decide_replicas,
     fast_scale_up,
+    for_start_time,
     split_standby,
     with_standby,
 )
@@ -402,7 +403,9 @@ def run_seed(specs: list[SimFunction], rates: dict[str, float], seed: int, durat
               f"{100 * entry['fast_reaction_window_share']:.1f} %)")
         if series is not None:
             series[tr.name] = {"lower_bound": lbs}
-        for pol in all_policies(specs, AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)):
+        base = for_start_time(settings.cold_start_s,
+                              AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes))
+        for pol in all_policies(specs, base):
             if pol.name == "this" and seasonal:
                 pol.seasonal = SeasonalForecaster()
             t0 = time.perf_counter()
@@ -425,7 +428,6 @@ def run_seed(specs: list[SimFunction], rates: dict[str, float], seed: int, durat
                 f"SLO {100 * s['slo_attainment']:6.2f} %  util {s['device_utilisation']:.2f}  "
                 f"({s['wall_s']:.1f} s)"
             )
-        base = AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes)
         ahead_steps = round((settings.control_interval_s + settings.cold_start_s) / settings.step_s) + 1
         fs = Foresight(specs, tr, ahead_steps, 0.0, settings.device_mem_bytes)
         s = simulate(specs, tr, fs, replace(settings, fast_interval_s=0.0)).summary()
@@ -468,7 +470,7 @@ def run_seed(specs: list[SimFunction], rates: dict[str, float], seed: int, durat
         entry["mechanisms"]["foresight"] = _mechanism(
             {"gpus_mean": entry["foresight_gpus"], "gpus_peak": 0, "slo_attainment":
              entry["foresight_slo_attainment"], "slo_attainment_min_function": math.nan}, lb_mean)
-        for label, delay in (("foresight_30s_delay", base.scale_down_delay_s),):
+        for label, delay in ((f"foresight_{base.scale_down_delay_s:g}s_delay", base.scale_down_delay_s),):
             t0 = time.perf_counter()
             fs = Foresight(specs, tr, ahead_steps, delay, settings.device_mem_bytes)
             s = simulate(specs, tr, fs, replace(settings, fast_interval_s=0.0)).summary()

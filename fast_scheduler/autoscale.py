@@ -111,6 +111,24 @@ class AutoscaleSettings:
     """The latency curve through each table point (shared with the simulator)."""
 
 
+START_TUNED: tuple[tuple[float, float, float, float], ...] = ((1.0, 10.0, 0.1, 0.75), (5.0, 30.0, 0.35, 1.5))
+"""(replica start-to-ready s, ``scale_down_delay_s``, ``burst_k``, ``standby_frac``) tuned on the
+cluster bench (three seeds, docs/scheduler.md) at two start times; ``for_start_time`` interpolates.
+What each guards against is a step served by what ran before it for a sub-tick plus a start: the
+shorter the start, the less capacity held between bursts and the sooner spare replicas go."""
+
+
+def for_start_time(start_s: float, base: AutoscaleSettings | None = None) -> AutoscaleSettings:
+    """``base`` with its burst settings for replicas that start in ``start_s`` (``START_TUNED``,
+    linear between its points, clamped outside them)."""
+    st = base or AutoscaleSettings()
+    (s0, *a), (s1, *b) = START_TUNED[0], START_TUNED[-1]
+    w = min(1.0, max(0.0, (start_s - s0) / (s1 - s0)))
+    delay, burst_k, standby = (x + w * (y - x) for x, y in zip(a, b, strict=True))
+    return replace(st, scale_down_delay_s=delay, burst_k=burst_k, standby_frac=standby,
+                   calm_scale_down_delay_s=min(delay, st.calm_scale_down_delay_s))
+
+
 def split_standby(
     replicas: Sequence[ShareConfig],
 ) -> tuple[tuple[ShareConfig, ...], tuple[ShareConfig, ...]]:

@@ -154,10 +154,12 @@ def decision_record(d: Decision, f: FunctionView | None, now_s: float, observed_
     for r in d.replicas:
         counts[r] = counts.get(r, 0) + 1
     util = d.predicted_utilisation
+    raised = dict(d.batch_limits)  # the batch lever: a step's raise of what runs (fast path)
     return json.dumps({
         "function": d.function, "at_s": round(now_s, 3), "path": path, "replicas": len(d.replicas),
         "configs": [{"smPct": c.sm_pct, "quotaRequest": c.quota_request_frac,
-                     "quotaLimit": c.quota_limit_frac, "batch": c.batch, "count": n}
+                     "quotaLimit": c.quota_limit_frac, "batch": c.batch,
+                     "batchLimit": raised.get(c, c.batch), "count": n}
                     for c, n in counts.items()],
         "summary": describe_replicas(d.replicas), "reason": d.reason, "feasible": d.feasible,
         "changed": d.changed, "target_rps": round(d.target_rps, 3),

@@ -143,6 +143,9 @@ class SeasonalForecaster:
 
     settings: SeasonalSettings = field(default_factory=SeasonalSettings)
     _hist: dict[str, _History] = field(default_factory=dict)
+    found: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Per function, when a period was first found and its length in bins (what the evaluation
+    reports: which functions the forecaster acted on)."""
 
     @property
     def _size(self) -> int:
@@ -199,6 +202,7 @@ class SeasonalForecaster:
                           st.min_cycles)
         if p is not None and backtest_error(x, p.bins) <= st.max_backtest_error:
             h.period = p
+            self.found.setdefault(function, (now_s, p.bins))
         return h.period
 
     def ahead(self, function: str, now_s: float, ahead_s: float) -> float | None:

@@ -87,3 +87,20 @@ def test_batch_lever_changes_nothing_on_steady_load(lever):
     pol = this_policy(spec, replace(NO_STANDBY, batch_lever=lever))
     s = simulate(spec, tr, pol, SimSettings(gpus=8, batch_lever=lever)).summary()
     assert s["slo_attainment"] > 0.99
+
+
+def test_decision_record_carries_each_groups_batch_limit():
+    import json
+
+    from fast_scheduler.loop import decision_record
+
+    ctx = AutoscaleContext("f", 0.0, 30.0, TABLE, SLO)
+    d, st = decide_replicas(ctx, None, NO_STANDBY)
+    fd, _ = fast_scale_up(AutoscaleContext("f", 6.0, 90.0, TABLE, SLO, d.replicas), st, 1.0, NO_STANDBY)
+    assert fd is not None
+    rec = json.loads(decision_record(fd, None, 6.0, 90.0, "fast"))
+    raised = dict(fd.batch_limits)
+    for c in rec["configs"]:
+        cfg = ShareConfig(c["smPct"], c["quotaRequest"], c["quotaLimit"], c["batch"])
+        assert c["batchLimit"] == raised.get(cfg, cfg.batch)
+    assert any(c["batchLimit"] > c["batch"] for c in rec["configs"])

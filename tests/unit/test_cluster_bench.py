@@ -73,3 +73,31 @@ def test_foresight_reference_serves_a_step_the_reactive_policy_is_late_for():
     assert late_share(fs) < 0.02
     assert late_share(re) > 5 * late_share(fs)
     assert fs.functions[name].slo_attainment > re.functions[name].slo_attainment
+
+
+def test_worst_seed_is_the_lowest_slo_and_checks_the_targets():
+    from bench.cluster_seeds import worst_seed
+
+    def entry(this_gpus, slo, fs, base_gpus):
+        pol = {"gpus_mean": this_gpus, "slo_attainment": slo, "slo_attainment_min_function": slo - 0.01}
+        return {"lower_bound_gpus": 1.0, "foresight_gpus": fs, "policies": {
+            "this": pol, "mps_equal": {**pol, "gpus_mean": base_gpus}}}
+
+    by_seed = {"1": {"bursty": entry(11.0, 0.992, 10.0, 12.0)},
+               "2": {"bursty": entry(12.0, 0.985, 10.0, 13.0)},
+               "3": {"bursty": entry(11.4, 0.995, 10.0, 11.0)}}
+    w = worst_seed(by_seed)["bursty"]
+    assert w["seed"] == 2 and w["slo_attainment"] == 0.985 and not w["meets_slo"]
+    assert w["gpus_vs_foresight"] == pytest.approx(1.2) and w["worst_gpus_vs_foresight"] == pytest.approx(1.2)
+    assert not w["meets_gpus"] and not w["fewer_gpus_than_every_baseline_every_seed"]  # seed 3
+
+
+def test_policy_settings_follow_the_replica_start_time():
+    from fast_scheduler.autoscale import START_TUNED, for_start_time
+
+    (s0, d0, k0, f0), (s1, d1, k1, f1) = START_TUNED
+    lo, hi, mid = for_start_time(s0 / 2), for_start_time(2 * s1), for_start_time((s0 + s1) / 2)
+    assert (lo.scale_down_delay_s, lo.burst_k, lo.standby_frac) == (d0, k0, f0)
+    assert (hi.scale_down_delay_s, hi.burst_k, hi.standby_frac) == (d1, k1, f1)
+    assert mid.burst_k == pytest.approx((k0 + k1) / 2)
+    assert lo.calm_scale_down_delay_s <= lo.scale_down_delay_s
