@@ -31,6 +31,9 @@ class GapProbe:
     def fast(self, *args: Any) -> Any:
         return self.policy.fast(*args)
 
+    def take_batch_limits(self) -> Any:
+        return self.policy.take_batch_limits()
+
     def apply(self, snapshot: Snapshot, adds: Any) -> Any:
         return self.policy.apply(snapshot, adds)
 

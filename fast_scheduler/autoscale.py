@@ -124,7 +124,7 @@ def for_start_time(start_s: float, base: AutoscaleSettings | None = None) -> Aut
     st = base or AutoscaleSettings()
     (s0, *a), (s1, *b) = START_TUNED[0], START_TUNED[-1]
     w = min(1.0, max(0.0, (start_s - s0) / (s1 - s0)))
-    delay, burst_k, standby = (x + w * (y - x) for x, y in zip(a, b, strict=True))
+    delay, burst_k, standby = (x * (1 - w) + y * w for x, y in zip(a, b, strict=True))
     return replace(st, scale_down_delay_s=delay, burst_k=burst_k, standby_frac=standby,
                    calm_scale_down_delay_s=min(delay, st.calm_scale_down_delay_s))
 

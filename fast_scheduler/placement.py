@@ -38,6 +38,9 @@ class ReplicaRequest:
     """The part of ``mem_bytes`` that replicas of the same model share on one device."""
     quota_limit_frac: float = 1.0
     batch: int = 1
+    device_type: str = ""
+    """The device type its config was planned for (its table's); it goes only onto devices of that
+    type (``fits_device_type``). "": any device."""
 
     @property
     def area(self) -> float:
@@ -71,14 +74,16 @@ class Device:
     bands: tuple[Band, ...] = ()
     sm_capacity_pct: int = 100
     stored_models: tuple[tuple[str, int], ...] = ()
+    device_type: str = ""
+    """Its type (a GPU model's name); "": untyped (takes any request)."""
     """(``fastgshare/model`` identity, weight bytes) the device's model store holds for live users,
     from the node agent's registry (``keys.device_models``); it may hold models of replicas this
     snapshot does not list (another namespace, a profiling shadow)."""
 
     @cached_property
-    def kind(self) -> tuple[int, int, tuple[tuple[str, int], ...]]:
+    def kind(self) -> tuple[int, int, tuple[tuple[str, int], ...], str]:
         """What makes two empty devices interchangeable for placement."""
-        return (self.mem_bytes, self.sm_capacity_pct, self.stored_models)
+        return (self.mem_bytes, self.sm_capacity_pct, self.stored_models, self.device_type)
 
     @cached_property
     def area_used(self) -> float:
@@ -265,7 +270,14 @@ def fits_admission(req: ReplicaRequest, dev: Device) -> str | None:
     return None
 
 
-DEFAULT_FILTERS: tuple[Filter, ...] = (fits_memory, fits_sm_time, fits_admission)
+def fits_device_type(req: ReplicaRequest, dev: Device) -> str | None:
+    """A replica planned with one device type's table goes onto that type (a mixed cluster)."""
+    if req.device_type and dev.device_type and req.device_type != dev.device_type:
+        return "device type"
+    return None
+
+
+DEFAULT_FILTERS: tuple[Filter, ...] = (fits_device_type, fits_memory, fits_sm_time, fits_admission)
 
 
 def beside_holders(req: ReplicaRequest, dev: Device) -> str | None:

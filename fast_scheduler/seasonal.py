@@ -22,6 +22,7 @@ answers depend only on what it was given.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -158,7 +159,11 @@ class SeasonalForecaster:
         bs = self.settings.bin_s
         h = self._hist.get(function)
         if h is None:
-            h = self._hist[function] = _History(np.zeros(self._size))
+            # Functions re-detect at staggered times (a stable hash of the name), so that 10,000 of
+            # them do not all run their FFT on the same tick.
+            stagger = (zlib.crc32(function.encode()) % 997) / 997
+            h = self._hist[function] = _History(np.zeros(self._size),
+                                                checked_s=now_s - self.settings.redetect_s * stagger)
         t0 = now_s - span_s
         b0, b1 = int(math.floor(t0 / bs + 1e-9)), int(math.ceil(now_s / bs - 1e-9))
         size = h.bins.size

@@ -41,6 +41,11 @@ class SimFunction:
     slo_ms: float
     min_replicas: int = 1
     max_replicas: int = 1000
+    device_type: str = ""
+    """The device type ``table`` is for: its replicas are placed only there. "": any device."""
+    serve_tables: tuple[tuple[str, ProfileTable], ...] = ()
+    """What its replicas serve at on each device type of a mixed cluster, where not ``table``
+    (a policy blind to types plans with ``table`` and is served at the device's own)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,9 @@ class SimSettings:
     gpus: int = 512
     gpus_per_node: int = 8
     device_mem_bytes: int = 32 * 2**30
+    device_types: tuple[tuple[str, int, int], ...] = ()
+    """A mixed cluster: (type, devices, memory bytes) per type, in device order (``gpus`` and
+    ``device_mem_bytes`` are then unused); empty: ``gpus`` untyped devices."""
     move_cold_start: bool = True
     """A replica moved by a re-pack starts on its new device (``cold_start_s``) while the copy on
     its old device serves and keeps that device in use (make-before-break, as
@@ -153,6 +161,8 @@ class SimResult:
     replicas_started: int = 0
     replicas: list[int] = field(default_factory=list)
     """Ready (serving) replicas per step, all functions."""
+    gpus_by_type: dict[str, list[int]] = field(default_factory=dict)
+    """GPUs in use per step by device type (a mixed cluster only)."""
 
     def summary(self) -> dict[str, float]:
         arrived = sum(f.arrived for f in self.functions.values())
@@ -208,12 +218,12 @@ class _Replica:
 
 
 def empty_cluster(settings: SimSettings) -> Snapshot:
-    return Snapshot(
-        tuple(
-            Device(f"gpu{i:04d}", f"node{i // settings.gpus_per_node:03d}", settings.device_mem_bytes)
-            for i in range(settings.gpus)
-        )
-    )
+    kinds = settings.device_types or (("", settings.gpus, settings.device_mem_bytes),)
+    types = [(t, mem) for t, n, mem in kinds for _ in range(n)]
+    return Snapshot(tuple(
+        Device(f"gpu{i:04d}", f"node{i // settings.gpus_per_node:03d}", mem, device_type=t)
+        for i, (t, mem) in enumerate(types)
+    ))
 
 
 def simulate(
@@ -225,6 +235,8 @@ def simulate(
     by_name = {s.name: s for s in specs}
     res = SimResult(policy.name, trace.name, dt, functions={s.name: FunctionResult() for s in specs})
     snap = empty_cluster(cfg)
+    type_of = {d.device_id: d.device_type for d in snap.devices}
+    serve = {s.name: dict(s.serve_tables) for s in specs}
     replicas: dict[str, _Replica] = {}
     queues: dict[str, deque[list[float]]] = {s.name: deque() for s in specs}
     since_tick = dict.fromkeys(by_name, 0.0)
@@ -243,15 +255,15 @@ def simulate(
     def raise_batches(now: float) -> None:
         """The policy's batch raises, onto the function's ready replicas of each raised config."""
         for n, limits in take_raises().items() if take_raises is not None else ():
-            tab = by_name[n].table
             for r in replicas.values():
                 b = limits.get(r.config, 0)
                 if r.req.function != n or b <= r.config.batch or r.ready_s > now or r.rate_scale != 1.0:
                     continue
+                tab = serve[n].get(type_of[r.device_id], by_name[n].table)
                 if not r.batch_curves:
                     r.batch_curves = (r.curve,)
                 for bb in tab.batches:
-                    if r.batch_curves[0].rate_rps and bb > max(r.batch_limit, r.config.batch) and bb <= b:
+                    if bb > max(r.batch_limit, r.config.batch) and bb <= b:
                         p = tab.estimate(r.config.sm_pct, r.config.quota_request_frac, bb)
                         r.batch_curves += (LatencyCurve.from_point(
                             p.throughput_rps, p.latency_p50_ms, p.latency_p99_ms, cfg.latency),)
@@ -302,6 +314,7 @@ def simulate(
                             spec.table.weight_bytes,
                             conf.quota_limit_frac,
                             conf.batch,
+                            spec.device_type,
                         )
                     )
         if not adds and not removed and not repack:
@@ -333,7 +346,7 @@ def simulate(
         for a in adds:
             if a.replica_id in placed_on:
                 conf = a.config
-                tab = by_name[a.function].table
+                tab = serve[a.function].get(type_of[placed_on[a.replica_id]], by_name[a.function].table)
                 ready_s = now + (cfg.cold_start_s if k else 0.0)  # the run starts warm
                 if a.quota_request_frac < tab.quota_grid[0] - 1e-9:
                     # Below the table (a standby's token request): the curve of its limit, served
@@ -512,6 +525,9 @@ def simulate(
                 fr.served_by_step.append(fr.served - served_before)
                 fr.late_by_step.append((fr.served - served_before) - (fr.within_slo - ok_before))
         res.gpus.append(len(used_ids))
+        if cfg.device_types:
+            for t, _n, _m in cfg.device_types:
+                res.gpus_by_type.setdefault(t, []).append(sum(1 for d in used_ids if type_of[d] == t))
         res.replicas.append(sum(1 for rs in fn_reps.values() for r in rs if r.ready_s <= now))
         if used_ids:
             zero = [0.0, 0.0]
