@@ -58,7 +58,10 @@ class GcReport:
 
 @contextlib.contextmanager
 def _try_lock(path: Path) -> Iterator[bool]:
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:  # read-only: the lock file is usually a function user's (see the runtime's open_lock_file)
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_CREAT | os.O_RDONLY, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -273,10 +273,25 @@ def build_on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 # ---- the store -------------------------------------------------------------------------------
 
 
+def open_lock_file(path: Path) -> int:
+    """A descriptor of ``path`` to ``flock``, made if absent. Read-only: a lock needs no write
+    access, and as root each function runs as a user of its own, so the store's lock file is
+    usually another function's (opened read-write, the second function to load a model was
+    refused and crash-looped)."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        pass
+    try:
+        return os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o644)
+    except FileExistsError:  # made by another replica meanwhile
+        return os.open(path, os.O_RDONLY)
+
+
 @contextlib.contextmanager
 def _flock(path: Path, wait_s: float | None = None) -> Iterator[bool]:
     """Hold an exclusive lock on ``path``; yields False if it could not be had within ``wait_s``."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    fd = open_lock_file(path)
     try:
         if wait_s is None:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -358,7 +373,11 @@ class ModelStore:
 
     def _register(self, path: Path, identity: str) -> _Lease:
         users = path.with_suffix(USERS_SUFFIX)
-        users.mkdir(exist_ok=True)
+        try:  # every function that uses the model records itself here, each as its own user
+            users.mkdir()
+            os.chmod(users, 0o1777)
+        except FileExistsError:
+            pass
         # One record per claim: a process that loads two models (or one twice) holds two locks.
         user_file = users / f"{safe_name(self.replica)}@{os.getpid()}-{len(self.leases)}.json"
         fd = os.open(user_file, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)

@@ -272,3 +272,45 @@ def test_a_gpu_holder_socket_of_another_user_is_not_trusted(tmp_path: Path,
         os.chown(sock, 2_000_000_123, 2_000_000_123)
         assert fr._gpu_tensors({"FASTGSHARE_DEVICE": "gpu:GPU-1"}, tmp_path / "m.safetensors") is None
     assert "owned by uid 2000000123" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to act as two function users")
+def test_a_second_function_user_locks_the_store_the_first_one_made() -> None:
+    """As root, each function runs as a user of its own: the store's lock file (and a model's
+    user-record folder) made by one must serve the next (opened read-write, it was refused and the
+    second function to load a model crash-looped)."""
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="store-users-"))  # pytest's own tmp root is root's alone
+    top.chmod(0o755)
+    store = top / "store"
+    store.mkdir()
+    store.chmod(0o1777)
+
+    def as_user(uid: int) -> int:  # a forked child drops to ``uid`` and locks, as a replica does
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgid(uid)
+                os.setuid(uid)
+                with fr._flock(store / fr.STORE_LOCK, wait_s=5) as ok:
+                    assert ok
+                users = store / "m.users"
+                try:
+                    users.mkdir()
+                    users.chmod(0o1777)
+                except FileExistsError:
+                    pass
+                (users / f"rec-{uid}").write_text("x")
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        return os.waitpid(pid, 0)[1]
+
+    try:
+        assert [as_user(uid) for uid in (2_000_009_001, 2_000_009_002)] == [0, 0]
+        assert (store / fr.STORE_LOCK).stat().st_uid == 2_000_009_001  # the second used the first's
+        assert len(list((store / "m.users").iterdir())) == 2
+    finally:
+        shutil.rmtree(top)
