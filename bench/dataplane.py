@@ -12,11 +12,11 @@ request not answered 200) or fails three rates in a row; a step passes when its 
 ``--p99-bound-ms`` (10) and every request got a 200; a failed step runs once more, the better kept.
 A p99 need not rise with the rate: below ~100 rps every request of a replica pays two arbiter
 calls that a faster stream shares (the token's linger), so a path can fail at 50 rps and pass at
-500. Reported per path: the highest
-passing rate; at a fixed low rate (``--probe-rps``, ``--probe-rounds`` rounds interleaved over the
-paths, the round of median p50 kept) the p50/p99 of the reference, the worker alone, the sidecar
-and provider + sidecar, and what provider + sidecar add to the worker alone;
-CPU seconds per request of each process (reference server, provider, sidecar, worker, Redis, the
+500. Reported per path: the highest passing rate; at a fixed low rate (``--probe-rps``,
+``--probe-rounds`` rounds interleaved over the paths, the round of median p50 kept) the p50/p99
+of the reference, the worker alone, the sidecar and provider + sidecar, and what provider +
+sidecar add to the worker alone (the difference within each round, median over the rounds); CPU
+seconds per request of each process (reference server, provider, sidecar, worker, Redis, the
 generator), read from ``/proc/<pid>/stat`` before and after each step. ``--provider-classes`` and
 ``--provider-workers`` compare provider configurations in one run: each is a platform of its own,
 all up at once, their probes and ramp steps interleaved. Table on stdout, JSON (default
@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -411,13 +412,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ref.terminate()
         ref.wait(10)
     added: dict[str, dict[str, float]] = {}
-    for st in stacks:
-        w, sc, pv = (probes[name_of(p, st)] for p in ("worker", "sidecar", "provider"))
+    for st in stacks:  # per round (the paths of one round ran back to back), then the median
+        w, sc, pv = (rounds_of[name_of(p, st)] for p in ("worker", "sidecar", "provider"))
+
+        def diff(a: list[Step], b: list[Step], q: str) -> float:
+            pairs = zip(a, b, strict=True)
+            return round(statistics.median(getattr(x, q) - getattr(y, q) for x, y in pairs), 3)
+
         added[st.label or "provider"] = {
-            "provider_sidecar_p50": round(pv.p50_ms - w.p50_ms, 3),
-            "provider_sidecar_p99": round(pv.p99_ms - w.p99_ms, 3),
-            "sidecar_p50": round(sc.p50_ms - w.p50_ms, 3),
-            "sidecar_p99": round(sc.p99_ms - w.p99_ms, 3)}
+            "provider_sidecar_p50": diff(pv, w, "p50_ms"), "provider_sidecar_p99": diff(pv, w, "p99_ms"),
+            "sidecar_p50": diff(sc, w, "p50_ms"), "sidecar_p99": diff(sc, w, "p99_ms")}
     result |= {
         "machine": machine() | {"load_average_before_after": [round(x, 2) for x in
                                                               load_before + os.getloadavg()]},

@@ -167,9 +167,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "annotations": {"fastgshare/model": MODELS.get(name, f"{name}-seed0")}})
             print(f"{name}: first start (stores the weights) ...", flush=True)
             t0 = time.monotonic()
-            while client.invoke(name, b"{}").status_code != 200:
+            while (resp := client.invoke(name, b"{}")).status_code != 200:
                 if time.monotonic() - t0 > 300:
-                    raise RuntimeError(f"{name} did not start in 300 s")
+                    raise RuntimeError(f"{name} did not start in 300 s: {resp.status_code} "
+                                       f"{resp.text[:300]}")
                 time.sleep(0.2)
             result.setdefault("first_start_s", {})[name] = round(time.monotonic() - t0, 2)
             rows = []
