@@ -138,7 +138,8 @@ def test_an_idle_kept_alive_connection_outlives_the_read_timeout(provider_port: 
     conn.close()
 
 
-def test_a_client_that_drips_its_headers_is_cut_off(provider_port: int, request: pytest.FixtureRequest) -> None:
+def test_a_client_that_drips_its_headers_is_cut_off(provider_port: int,
+                                                    request: pytest.FixtureRequest) -> None:
     """uvicorn (the default): the head of a request must be complete within the read timeout of
     its first byte, and a connection that sends nothing is closed as well; the gevent and gthread
     workers bound each read instead."""

@@ -8,7 +8,7 @@ from bench.replica_start import PHASES, _log_times
 
 LOG = """\
 2026-12-04T23:51:21.498149Z [sidecar] info: sidecar at nice 0
-2026-12-04T23:51:21.510824Z [sidecar] info: sidecar for m.openfaas-fn replica m-1 listening on 127.0.0.1:1, device cpu:0
+2026-12-04T23:51:21.510824Z [sidecar] info: sidecar for m replica m-1 listening on 127.0.0.1:1
 2026-12-04T23:51:21.524734Z [sidecar.worker] info: worker pid 26532 started on port 34605, cores [0, 1]
 2026-12-04T23:51:23.678905Z worker ready on 127.0.0.1:34605 in 2.09s, handler /x, cores [0, 1]
 2026-12-04T23:51:23.700832Z [sidecar.worker] info: worker pid 26532 ready
