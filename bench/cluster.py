@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench.cluster_refs import Foresight, GapProbe
-from bench.cluster_seeds import load_tables, print_seeds, seed_summary, worst_seed
+from bench.cluster_seeds import load_tables, measured_start_s, print_seeds, seed_summary, worst_seed
 from bench.common import RESULTS, parser, write_json
 from fast_profiler.table import ProfilePoint, ProfileTable, synthetic_table
 from fast_scheduler.autoscale import (
@@ -58,7 +58,6 @@ from fast_scheduler.placement import (
     place,
     standby_room,
 )
-from fast_scheduler.seasonal import SeasonalForecaster
 
 MIB = 2**20
 ORDER = ["exclusive", "time_sharing", "mps_equal", "fastgshare_original", "this"]
@@ -296,7 +295,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cold-start-s", type=float, default=SimSettings.cold_start_s,
                     help="start-to-ready of a replica in the simulator (default %(default)s s; feed the "
                          "measured one, bench.replica_start)")
-    ap.add_argument("--no-seasonal", action="store_true", help="this policy without its seasonal forecaster")
+    ap.add_argument("--start-json", type=Path, default=None,
+                    help="take the start time from a bench.replica_start result (the slowest model's "
+                         "median start-to-ready, its 'routed' phase) instead of --cold-start-s")
+    ap.add_argument("--no-seasonal", action="store_true",
+                    help="the autoscaled policies without the seasonal forecaster")
     args = ap.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else [int(x) for x in args.seeds.split(",") if x]
     if args.seed not in (None, 1) and args.json == RESULTS / "cluster.json":
@@ -305,12 +308,14 @@ def main(argv: list[str] | None = None) -> None:
         n_fn, duration_s, lo, hi, gpus, dt_fns = 20, 180.0, 5.0, 60.0, 192, 2000
     else:
         n_fn, duration_s, lo, hi, gpus, dt_fns = 24, 1200.0, 40.0, 300.0, 512, 10000
-    settings = SimSettings(gpus=gpus, cold_start_s=args.cold_start_s)
+    start_s = measured_start_s(args.start_json) if args.start_json else args.cold_start_s
+    settings = SimSettings(gpus=gpus, cold_start_s=start_s)
     tabs = load_tables(args.tables) if args.tables else None
     result: dict[str, Any] = {
         "synthetic_tables": tabs is None,
         "tables": str(args.tables) if args.tables else "synthetic",
         "cold_start_s": settings.cold_start_s,
+        "cold_start_from": str(args.start_json) if args.start_json else "--cold-start-s",
         "seasonal": not args.no_seasonal,
         "seed": seeds[0],
         "seeds": seeds,
@@ -403,11 +408,9 @@ def run_seed(specs: list[SimFunction], rates: dict[str, float], seed: int, durat
               f"{100 * entry['fast_reaction_window_share']:.1f} %)")
         if series is not None:
             series[tr.name] = {"lower_bound": lbs}
-        base = for_start_time(settings.cold_start_s,
-                              AutoscaleSettings(device_mem_bytes=settings.device_mem_bytes))
+        base = for_start_time(settings.cold_start_s, AutoscaleSettings(
+            device_mem_bytes=settings.device_mem_bytes, seasonal_forecast=seasonal))
         for pol in all_policies(specs, base):
-            if pol.name == "this" and seasonal:
-                pol.seasonal = SeasonalForecaster()
             t0 = time.perf_counter()
             probe = GapProbe(pol, specs) if pol.name == "this" else None
             res = simulate(specs, tr, probe or pol, settings)

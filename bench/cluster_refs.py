@@ -95,7 +95,7 @@ class Foresight:
     def __init__(self, specs: list[SimFunction], trace: Any, ahead_steps: int, delay_s: float,
                  mem_bytes: int) -> None:
         st = AutoscaleSettings(device_mem_bytes=mem_bytes, burst_k=0.0, volatility_k=0.0,
-                               standby_frac=0.0, scale_down_delay_s=delay_s,
+                               standby_frac=0.0, scale_down_delay_s=delay_s, seasonal_forecast=False,
                                calm_scale_down_delay_s=delay_s)
         self.policy, self.trace, self.ahead = this_policy(specs, st), trace, ahead_steps
         self.name = "foresight"

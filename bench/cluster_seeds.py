@@ -32,6 +32,16 @@ def load_tables(folder: Path) -> dict[str, tuple[ProfileTable, float]]:
     return out
 
 
+def measured_start_s(path: Path) -> float:
+    """The start time a ``bench.replica_start`` result measured: the slowest model's median time
+    from the scale request to its replica routed and answering (``median[model]["routed"]``, s)."""
+    d = json.loads(Path(path).read_text())
+    starts = [float(m["routed"]) for m in (d.get("median") or {}).values() if "routed" in m]
+    if not starts:
+        raise SystemExit(f"{path}: no median start-to-ready ('routed') in it")
+    return max(starts)
+
+
 def seed_summary(entry: dict[str, Any]) -> dict[str, Any]:
     """One trace of one seed: each policy's GPUs and SLO, the bound and the foresight reference."""
     pols = {k: {m: v.get(m) for m in ("gpus_mean", "slo_attainment", "slo_attainment_min_function")}

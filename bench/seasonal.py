@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.cluster import make_specs
 from bench.common import parser, write_json
+from fast_scheduler.autoscale import AutoscaleSettings
 from fast_scheduler.evaluation.policies import this_policy
 from fast_scheduler.evaluation.simulator import SimSettings, simulate
 from fast_scheduler.evaluation.traces import (
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{'seas.':>7s} {'SM-time reac.':>13s} {'seas.':>7s}  verdict")
     for tr in traces:
         t0 = time.perf_counter()
-        reactive = simulate(specs, tr, this_policy(specs), settings)
+        off = AutoscaleSettings(seasonal_forecast=False)
+        reactive = simulate(specs, tr, this_policy(specs, off), settings)
         fc = SeasonalForecaster()
         seasonal = simulate(specs, tr, this_policy(specs, seasonal=fc), settings)
         rows = []

@@ -105,13 +105,20 @@ class AutoscaleSettings:
     """On a step, the fast path raises the batch limit of the running replicas (``burst_batch``,
     ``Decision.batch_limits``) at once, besides starting replicas: a larger batch serves more per
     second with no cold start; the limit goes back once the new replicas are ready."""
+    seasonal_forecast: bool = True
+    """Learn each function's period from its own history (``seasonal.SeasonalForecaster``) and
+    pre-scale ahead of a predicted step (``AutoscaleContext.predicted_rps``); functions with no
+    period are decided reactively, unchanged."""
+    seasonal_ahead_s: float = 11.0
+    """How far ahead the seasonal forecast looks: a tick plus a replica's start (what a replica
+    started now serves)."""
     limit_over_request: float = 1.0
     """Quota limit as a multiple of the request (capped at 1): >1 lets the arbiter lend idle time."""
     latency: LatencyModel = DEFAULT_MODEL
     """The latency curve through each table point (shared with the simulator)."""
 
 
-START_TUNED: tuple[tuple[float, float, float, float], ...] = ((1.0, 10.0, 0.1, 0.75), (5.0, 30.0, 0.35, 1.5))
+START_TUNED: tuple[tuple[float, float, float, float], ...] = ((1.0, 5.0, 0.1, 0.75), (5.0, 30.0, 0.35, 1.5))
 """(replica start-to-ready s, ``scale_down_delay_s``, ``burst_k``, ``standby_frac``) tuned on the
 cluster bench (three seeds, docs/scheduler.md) at two start times; ``for_start_time`` interpolates.
 What each guards against is a step served by what ran before it for a sub-tick plus a start: the
@@ -356,9 +363,10 @@ def decide_replicas(
     new_fp, new_cap, _ = cs.totals(replicas)
 
     def note() -> str:  # built only when a decision says it (most ticks hold)
+        season = f", season ahead {ctx.predicted_rps:.1f}" if ctx.predicted_rps is not None else ""
         return (
             f"target {target:.1f} rps (rate {obs:.1f}, level {level:.1f}, trend {trend:+.2f}/s, "
-            f"error {err:.1f}, peak {peak:.1f}); {describe_replicas(replicas)}"
+            f"error {err:.1f}, peak {peak:.1f}{season}); {describe_replicas(replicas)}"
         )
 
     if not feasible:

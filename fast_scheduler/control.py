@@ -48,6 +48,7 @@ from fast_scheduler.placement import (  # the refusal memory: re-exported, loop.
     place,
     place_standby,
 )
+from fast_scheduler.seasonal import SeasonalForecaster
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class FunctionMemory:
     refused: dict[ReplicaRequest, RefusedStandby] = field(default_factory=dict)
     """Standby requests (by the request with its id blanked) with the devices that refused them,
     whether or not another device took them (``place_standby``)."""
+    seasonal: SeasonalForecaster | None = None
+    """Its rate history and period (``AutoscaleSettings.seasonal_forecast``), fed each tick."""
 
 
 @dataclass(frozen=True)
@@ -307,11 +310,17 @@ def plan_tick(
         if fast and (mem.state is None or mem.table_key is not table or window_s <= 0):
             continue
         mem.fast_count, mem.fast_at_s = f.invocation_count, now_s
+        predicted = None
         if fast:
             rate = fast_rate
         else:
+            span_s = now_s - mem.at_s
             rate = observed_rate(mem.count, mem.at_s, f.invocation_count, now_s)
             mem.count, mem.at_s = f.invocation_count, now_s
+            if settings.seasonal_forecast:  # the rate ahead, where the function has a period
+                mem.seasonal = mem.seasonal or SeasonalForecaster()
+                mem.seasonal.observe(key, now_s, rate, span_s)
+                predicted = mem.seasonal.ahead(key, now_s, settings.seasonal_ahead_s)
         observed[key] = rate
         if mem.state is None or mem.table_key is not table:
             dev0, room = (devices[0] if devices else None), settings.standby_frac > 0
@@ -327,7 +336,8 @@ def plan_tick(
             current += [cfg] * n
         planned, standby = split_standby(current)  # standby groups are kept apart from the plan
         ctx = AutoscaleContext(
-            f.name, now_s, rate, table, f.slo_ms, planned, lo, f.max_replicas - len(standby), fixed
+            f.name, now_s, rate, table, f.slo_ms, planned, lo, f.max_replicas - len(standby), fixed,
+            predicted,
         )
         if fast:
             fd, fst = fast_scale_up(ctx, mem.state, window_s, settings)

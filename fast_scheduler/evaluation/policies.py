@@ -79,10 +79,8 @@ class AutoscaledPolicy:
     unchanged (``place_standby``); 0: no memory, every standby request scanned over every device."""
     seasonal: SeasonalForecaster | None = None
     """Learns each function's period from the rates it observes and pre-scales ahead of a predicted
-    step (``AutoscaleContext.predicted_rps``); None: reactive only."""
-    seasonal_ahead_s: float = 11.0
-    """How far ahead the seasonal forecast looks: a tick plus a cold start (what a replica started
-    now serves)."""
+    step (``AutoscaleContext.predicted_rps``); None: one is made when
+    ``settings.seasonal_forecast`` (reactive only without)."""
     states: dict[str, AutoscaleState] = field(default_factory=dict)
     batch_limits: dict[str, dict[ShareConfig, int]] = field(default_factory=dict)
     """Batch raises of the last fast sub-tick, per function, until ``take_batch_limits``."""
@@ -102,6 +100,8 @@ class AutoscaledPolicy:
     """Devices examined for standby requests (the placement work refusals cost)."""
 
     def __post_init__(self) -> None:
+        if self.seasonal is None and self.settings.seasonal_forecast:
+            self.seasonal = SeasonalForecaster()
         # One choice set per (table, SLO), shared by every function that has them.
         shared: dict[tuple[int, float], ChoiceSet] = {}
         for s in self.specs:
@@ -129,7 +129,7 @@ class AutoscaledPolicy:
             predicted = None
             if self.seasonal is not None:
                 self.seasonal.observe(s.name, now_s, observed_rps.get(s.name, 0.0), span_s)
-                predicted = self.seasonal.ahead(s.name, now_s, self.seasonal_ahead_s)
+                predicted = self.seasonal.ahead(s.name, now_s, self.settings.seasonal_ahead_s)
             ctx = AutoscaleContext(
                 s.name,
                 now_s,

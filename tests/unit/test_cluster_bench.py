@@ -101,3 +101,16 @@ def test_policy_settings_follow_the_replica_start_time():
     assert (hi.scale_down_delay_s, hi.burst_k, hi.standby_frac) == (d1, k1, f1)
     assert mid.burst_k == pytest.approx((k0 + k1) / 2)
     assert lo.calm_scale_down_delay_s <= lo.scale_down_delay_s
+
+
+def test_start_time_from_a_replica_start_result(tmp_path):
+    import json
+
+    from bench.cluster_seeds import measured_start_s
+
+    p = tmp_path / "replica_start.json"
+    p.write_text(json.dumps({"median": {"a": {"routed": 1.2, "worker load": 1.0}, "b": {"routed": 2.5}}}))
+    assert measured_start_s(p) == 2.5
+    p.write_text(json.dumps({"median": {}}))
+    with pytest.raises(SystemExit):
+        measured_start_s(p)

@@ -102,3 +102,27 @@ def test_timer_trace_is_half_periodic_and_keeps_means():
             assert p is not None and p.bins * 5 in TIMER_PERIODS_S
         else:
             assert p is None
+
+
+def test_the_live_tick_pre_scales_a_periodic_function():
+    """``control.plan_tick`` feeds each tick's rate to the function's forecaster: a function that
+    bursts every 120 s is planned for the burst 10 s before it comes, and for its calm rate between."""
+    from fast_scheduler.autoscale import AutoscaleSettings
+    from fast_scheduler.control import plan_tick
+    from tests.unit.test_control import CPU, TABLE, view
+
+    mem: dict = {}
+    count = 0.0
+    before = between = None
+    for k in range(0, 161):  # 5 s ticks over 800 s; a 20 s burst at 40 rps every 120 s, else 2 rps
+        now = 5.0 * k
+        r = plan_tick(now, [view(count)], [CPU], {"openfaas-fn/f": TABLE}, mem, AutoscaleSettings())
+        count += (40.0 if (now % 120.0) < 20.0 else 2.0) * 5.0
+        d = r.decisions.get("openfaas-fn/f")
+        if d is not None and now > 600 and now % 120.0 == 110.0:  # 10 s before a burst
+            before = d
+        if d is not None and now > 600 and now % 120.0 == 60.0:
+            between = d
+    assert mem["openfaas-fn/f"].seasonal.periods()["openfaas-fn/f"] is not None
+    assert before is not None and "season ahead" in before.reason and before.target_rps >= 40.0
+    assert between is not None and between.target_rps < 40.0
