@@ -127,10 +127,18 @@ shorter the start, the less capacity held between bursts and the sooner spare re
 
 def for_start_time(start_s: float, base: AutoscaleSettings | None = None) -> AutoscaleSettings:
     """``base`` with its burst settings for replicas that start in ``start_s`` (``START_TUNED``,
-    linear between its points, clamped outside them)."""
+    piecewise linear between its points, clamped outside them)."""
     st = base or AutoscaleSettings()
-    (s0, *a), (s1, *b) = START_TUNED[0], START_TUNED[-1]
-    w = min(1.0, max(0.0, (start_s - s0) / (s1 - s0)))
+    pts = sorted(START_TUNED)
+    lo, hi = pts[0], pts[-1]
+    for p, q in zip(pts, pts[1:], strict=False):  # the segment holding start_s (piecewise linear)
+        if start_s <= q[0]:
+            lo, hi = p, q
+            break
+    else:
+        lo = hi
+    (s0, *a), (s1, *b) = lo, hi
+    w = min(1.0, max(0.0, (start_s - s0) / (s1 - s0))) if s1 > s0 else 1.0
     delay, burst_k, standby = (x * (1 - w) + y * w for x, y in zip(a, b, strict=True))
     return replace(st, scale_down_delay_s=delay, burst_k=burst_k, standby_frac=standby,
                    calm_scale_down_delay_s=min(delay, st.calm_scale_down_delay_s))
