@@ -410,7 +410,7 @@ def start_supervisor(redis_url: str, stop: threading.Event) -> threading.Thread:
     parent-death signal fires when the thread that forked them ends."""
     from fast_manager import function_users
     from fast_manager.replica_supervisor import ReplicaSupervisor
-    from gateway_plugin.settings import DEFAULT_STATE_DIR
+    from fastgshare.local_state import DEFAULT_STATE_DIR
 
     raw = os.environ.get("FASTGSHARE_STATE_DIR")
     state_dir = Path(raw).expanduser() if raw else DEFAULT_STATE_DIR.expanduser()

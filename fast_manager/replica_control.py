@@ -59,7 +59,7 @@ def control_token(key: bytes, replica_id: str) -> str:
 
 
 class Replica(Protocol):
-    """What a change needs of a replica record (``gateway_plugin.local_replicas.Replica``)."""
+    """What a change needs of a replica record (``fastgshare.local_replicas.Replica``)."""
 
     replica_id: str
     batch: int

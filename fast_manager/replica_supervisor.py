@@ -1,6 +1,6 @@
 """The node agent's replica supervisor (local mode): the kubelet of this machine.
 
-It makes the replica processes match the desired state in Redis (``gateway_plugin.local_state``):
+It makes the replica processes match the desired state in Redis (``fastgshare.local_state``):
 starts missing replicas, restarts crashed ones (with a backoff), probes their health and writes
 their readiness into their records, and re-adopts, at start, the replicas a previous node agent
 left running. The provider only reads those records; a provider restart or crash touches no
@@ -38,13 +38,9 @@ from fast_manager.model_store_fs import MODEL_STORE_DIR_ENV
 from fast_manager.replica_control import BatchControl, control_key, control_token
 from fast_manager.replica_plan import ReplicaView, plan, restart_backoff_s
 from fast_manager.start_failures import StartFailureLog
-from fastgshare import keys
+from fastgshare import keys, local_state
 from fastgshare.cores import pick_cores
-from fastgshare.redis_server import free_port
-from fastgshare.resources import GpuShare
-from gateway_plugin import local_state
-from gateway_plugin.backend import Placement
-from gateway_plugin.local_replicas import (
+from fastgshare.local_replicas import (
     STOP_GRACE_S,
     Replica,
     alive,
@@ -53,7 +49,10 @@ from gateway_plugin.local_replicas import (
     replica_preexec,
     stop_process_group,
 )
-from gateway_plugin.local_state import FunctionRecord
+from fastgshare.local_state import FunctionRecord
+from fastgshare.redis_server import free_port
+from fastgshare.resources import GpuShare
+from fastgshare.specs import Placement
 
 log = logging.getLogger("node_agent.replicas")
 

@@ -65,7 +65,7 @@ MAX_BATCH = 1024
 """Largest batch a run-time change may set."""
 DRAIN_TIMEOUT_S = 30.0
 """On SIGTERM, how long the requests already taken may take to finish before the worker is stopped
-anyway (below ``gateway_plugin.local_replicas.STOP_GRACE_S``, after which the group is killed)."""
+anyway (below ``fastgshare.local_replicas.STOP_GRACE_S``, after which the group is killed)."""
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",

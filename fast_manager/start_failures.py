@@ -1,7 +1,7 @@
 """Why a replica failed to start, from its log: the line a user needs in the 503 the provider
-answers once a function's last starts all failed (``gateway_plugin.local_state.StartFailures``).
+answers once a function's last starts all failed (``fastgshare.local_state.StartFailures``).
 
-``StartFailureLog`` is the supervisor's record of them in Redis (``gateway_plugin.local_state``).
+``StartFailureLog`` is the supervisor's record of them in Redis (``fastgshare.local_state``).
 Starts, probes and stops nothing: it is told what the supervisor saw.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 import urllib3
 
-from gateway_plugin import local_state
+from fastgshare import local_state
 
 log = logging.getLogger("fastgshare.local.start-failures")
 

@@ -259,7 +259,7 @@ class Platform:
     def stop(self) -> None:
         """Provider, then the node agent (which drains and stops its replicas), then Redis.
         Safe to call twice."""
-        from gateway_plugin.local_replicas import STOP_GRACE_S, stop_recorded_replicas
+        from fastgshare.local_replicas import STOP_GRACE_S, stop_recorded_replicas
 
         self._terminate("scheduler")
         self._terminate("profiler")

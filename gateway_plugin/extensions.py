@@ -20,8 +20,9 @@ from fast_profiler.shadow import profile_of
 from fastgshare.errors import ValidationError
 from fastgshare.handler_archive import ArchiveError, unpack
 from fastgshare.resources import parse_share
+from fastgshare.specs import Placement, ReplicaConfig
 from gateway_plugin import types
-from gateway_plugin.backend import Backend, FunctionState, Placement, ReplicaConfig
+from gateway_plugin.backend import Backend, FunctionState
 from gateway_plugin.body import read_body
 from gateway_plugin.errors import Invalid
 from gateway_plugin.handlers import accepted, json_response

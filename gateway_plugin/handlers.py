@@ -23,8 +23,9 @@ import fastgshare
 from fast_manager.settings_check import check_function_env
 from fast_profiler.shadow import PROFILE_OF_LABEL, profile_of
 from fastgshare.errors import ValidationError
+from fastgshare.specs import FunctionSpec
 from gateway_plugin import types
-from gateway_plugin.backend import Backend, FunctionSpec, FunctionState, LogLine
+from gateway_plugin.backend import Backend, FunctionState, LogLine
 from gateway_plugin.body import read_body
 from gateway_plugin.errors import Conflict, Invalid, NotFound
 from gateway_plugin.metrics import ProviderMetrics, function_label

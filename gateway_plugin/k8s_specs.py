@@ -19,8 +19,9 @@ from typing import Any
 
 from fastgshare.redis_acl import SIDECAR_USER as SIDECAR_REDIS_USER
 from fastgshare.resources import GpuShare, ScaleBounds, merged_labels
+from fastgshare.specs import FunctionSpec, Placement, ReplicaConfig
 
-from .backend import FunctionSpec, LogLine, Placement, ReplicaConfig, ReplicaStatus, SecretValue
+from .backend import LogLine, ReplicaStatus, SecretValue
 from .errors import FunctionCannotStart
 
 FUNCTION_LABEL = "faas_function"
@@ -420,7 +421,7 @@ def as_replica_status(pod: Mapping[str, Any]) -> ReplicaStatus:
 
 START_FAILURES_TO_REFUSE = 3
 """A pod whose container restarted this often without becoming ready counts as unable to start
-(as ``gateway_plugin.local_state.START_FAILURES_TO_REFUSE`` in local mode)."""
+(as ``fastgshare.local_state.START_FAILURES_TO_REFUSE`` in local mode)."""
 NEVER_STARTS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                           "CreateContainerConfigError", "CreateContainerError"})
 """Waiting reasons of a container that waiting alone does not cure."""

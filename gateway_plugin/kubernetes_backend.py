@@ -26,18 +26,10 @@ from kubernetes.client.exceptions import ApiException
 
 from fastgshare.errors import ValidationError
 from fastgshare.resources import parse_share
+from fastgshare.specs import DEFAULT_NAMESPACE, FunctionSpec, Placement, ReplicaConfig
 
 from . import k8s_specs as specs
-from .backend import (
-    DEFAULT_NAMESPACE,
-    FunctionSpec,
-    FunctionState,
-    LogLine,
-    Placement,
-    ReplicaConfig,
-    ReplicaStatus,
-    SecretValue,
-)
+from .backend import FunctionState, LogLine, ReplicaStatus, SecretValue
 from .errors import BackendFailure, Conflict, Invalid, NoReplicaReady, NotFound, ProviderError
 from .k8s_endpoints import SERVICE_NAME_LABEL, EndpointsTable
 

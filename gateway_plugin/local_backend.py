@@ -20,23 +20,15 @@ from pathlib import Path
 
 import redis
 
-from fastgshare import keys
+from fastgshare import keys, local_state
+from fastgshare.local_replicas import Replica
+from fastgshare.local_state import FunctionRecord
 from fastgshare.resources import GPU_MEM
-from gateway_plugin import local_state
-from gateway_plugin.backend import (
-    DEFAULT_NAMESPACE,
-    FunctionSpec,
-    FunctionState,
-    LogLine,
-    ReplicaConfig,
-    ReplicaStatus,
-    SecretValue,
-)
+from fastgshare.specs import DEFAULT_NAMESPACE, FunctionSpec, ReplicaConfig
+from gateway_plugin.backend import FunctionState, LogLine, ReplicaStatus, SecretValue
 from gateway_plugin.errors import Conflict, Invalid, NotFound
 from gateway_plugin.local_logs import read_logs
-from gateway_plugin.local_replicas import Replica
 from gateway_plugin.local_routing import RoutingTable
-from gateway_plugin.local_state import FunctionRecord
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUNTIME = REPO_ROOT / "function_templates" / "python3-torch" / "index.py"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from gateway_plugin import local_state
+from fastgshare import local_state
 from gateway_plugin.errors import FunctionCannotStart, NoReplicaReady
 
 log = logging.getLogger("fastgshare.local.routing")

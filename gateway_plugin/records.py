@@ -21,7 +21,7 @@ from fast_profiler import store
 from fast_profiler.shadow import code_identity, profile_is_stale
 from fastgshare import keys
 from fastgshare.handler_archive import ArchiveError, folder_digest
-from gateway_plugin.backend import FunctionSpec
+from fastgshare.specs import FunctionSpec
 from gateway_plugin.errors import Invalid
 from gateway_plugin.types import ImageRegistration
 

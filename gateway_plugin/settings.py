@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_STATE_DIR = Path("~/.fastgshare")
+from fastgshare.local_state import DEFAULT_STATE_DIR
+
 """Where local mode keeps its state when ``FASTGSHARE_STATE_DIR`` is unset."""
 
 

@@ -27,13 +27,8 @@ from typing import Any
 
 from fastgshare.errors import ValidationError
 from fastgshare.resources import ScaleBounds, merged_labels, parse_quantity, parse_scale, parse_share
-from gateway_plugin.backend import (
-    DEFAULT_NAMESPACE,
-    FunctionSpec,
-    FunctionState,
-    LogLine,
-    SecretValue,
-)
+from fastgshare.specs import DEFAULT_NAMESPACE, FunctionSpec
+from gateway_plugin.backend import FunctionState, LogLine, SecretValue
 from gateway_plugin.errors import Invalid
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

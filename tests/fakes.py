@@ -19,15 +19,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from gateway_plugin.backend import (
-    DEFAULT_NAMESPACE,
-    FunctionSpec,
-    FunctionState,
-    LogLine,
-    ReplicaConfig,
-    ReplicaStatus,
-    SecretValue,
-)
+from fastgshare.specs import DEFAULT_NAMESPACE, FunctionSpec, ReplicaConfig
+from gateway_plugin.backend import FunctionState, LogLine, ReplicaStatus, SecretValue
 from gateway_plugin.errors import Conflict, Invalid, NoReplicaReady, NotFound
 
 # ---- a replica on loopback -------------------------------------------------------------------

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway_plugin.backend import FunctionSpec, SecretValue
+from fastgshare.specs import FunctionSpec
+from gateway_plugin.backend import SecretValue
 from gateway_plugin.k8s_specs import PodSettings
 
 pytestmark = pytest.mark.e2e

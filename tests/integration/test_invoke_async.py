@@ -21,9 +21,9 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from fastgshare.resources import GpuShare
+from fastgshare.specs import FunctionSpec
 from gateway_plugin.app import create_app
 from gateway_plugin.asgi import provider_asgi
-from gateway_plugin.backend import FunctionSpec
 from gateway_plugin.settings import ProviderSettings
 from tests.fakes import ClosingReplica, EchoServer, FakeBackend
 

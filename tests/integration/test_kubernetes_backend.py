@@ -24,8 +24,9 @@ import pytest
 from kubernetes import client
 
 from fastgshare.resources import GpuShare, ScaleBounds
+from fastgshare.specs import FunctionSpec, Placement, ReplicaConfig
 from gateway_plugin import k8s_specs as specs
-from gateway_plugin.backend import FunctionSpec, Placement, ReplicaConfig, SecretValue
+from gateway_plugin.backend import SecretValue
 from gateway_plugin.errors import BackendFailure, Conflict, Invalid, NoReplicaReady, NotFound
 from gateway_plugin.kubernetes_backend import (
     KubernetesBackend,

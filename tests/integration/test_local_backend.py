@@ -15,7 +15,7 @@ import requests
 
 from fastgshare import keys
 from fastgshare.resources import GpuShare
-from gateway_plugin.backend import FunctionSpec, ReplicaConfig
+from fastgshare.specs import FunctionSpec, ReplicaConfig
 from gateway_plugin.errors import Invalid
 from gateway_plugin.local_backend import LocalBackend
 from tests.integration.local_helpers import Supervised

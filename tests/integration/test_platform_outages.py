@@ -17,8 +17,8 @@ import pytest
 import redis
 import requests
 
+from fastgshare import local_state
 from fastgshare.platform import Platform, PlatformInfo
-from gateway_plugin import local_state
 from tests.integration.platform_helpers import register_images
 from tests.waiting import wait_for
 

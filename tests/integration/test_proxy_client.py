@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fastgshare.specs import FunctionSpec
 from gateway_plugin.app import create_app
-from gateway_plugin.backend import FunctionSpec
 from gateway_plugin.settings import ProviderSettings
 from tests.fakes import ClosingReplica, FakeBackend
 

@@ -20,14 +20,13 @@ import pytest
 import redis
 import requests
 
-from fastgshare import keys
+from fastgshare import keys, local_state
+from fastgshare.local_replicas import Replica, stop_process_group
+from fastgshare.local_state import FunctionRecord
 from fastgshare.redis_server import free_port
-from gateway_plugin import local_state
+from fastgshare.specs import FunctionSpec
 from gateway_plugin.app import create_app
-from gateway_plugin.backend import FunctionSpec
 from gateway_plugin.local_backend import LocalBackend
-from gateway_plugin.local_replicas import Replica, stop_process_group
-from gateway_plugin.local_state import FunctionRecord
 from gateway_plugin.settings import ProviderSettings
 from tests.fakes import EchoServer
 from tests.integration.local_helpers import Supervised

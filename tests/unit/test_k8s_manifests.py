@@ -18,8 +18,9 @@ import yaml
 
 from fastgshare.redis_acl import RedisPasswords, kubernetes_secrets
 from fastgshare.resources import GpuShare, ScaleBounds
+from fastgshare.specs import FunctionSpec, Placement, ReplicaConfig
 from gateway_plugin import k8s_specs as specs
-from gateway_plugin.backend import FunctionSpec, Placement, ReplicaConfig, SecretValue
+from gateway_plugin.backend import SecretValue
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 

@@ -8,10 +8,10 @@ import pytest
 from fastgshare.cores import pick_cores
 from fastgshare.errors import ValidationError
 from fastgshare.resources import GpuShare, ScaleBounds
+from fastgshare.spec_codec import spec_from_dict, spec_to_dict
+from fastgshare.specs import FunctionSpec
 from fastgshare.stack import parse_stack
-from gateway_plugin.backend import FunctionSpec
 from gateway_plugin.local_logs import parse_line
-from gateway_plugin.spec_codec import spec_from_dict, spec_to_dict
 
 
 def test_stack_to_deployment_body(tmp_path: Path):

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from fastgshare.resources import ScaleBounds
+from fastgshare.specs import FunctionSpec
 from gateway_plugin import types
-from gateway_plugin.backend import FunctionSpec, FunctionState, LogLine
+from gateway_plugin.backend import FunctionState, LogLine
 from gateway_plugin.errors import Invalid
 from gateway_plugin.settings import ProviderSettings, provider_settings_from_env
 

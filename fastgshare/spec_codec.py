@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from fastgshare.resources import GpuShare, ScaleBounds
-from gateway_plugin.backend import FunctionSpec
+from fastgshare.specs import FunctionSpec
 
 SPEC_VERSION = 1
 

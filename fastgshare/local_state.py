@@ -11,16 +11,20 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from fastgshare import keys
+from fastgshare.local_replicas import Replica
 from fastgshare.resources import GpuShare
-from gateway_plugin.backend import FunctionSpec, Placement, ReplicaConfig
-from gateway_plugin.local_replicas import Replica
-from gateway_plugin.spec_codec import spec_from_dict, spec_to_dict
+from fastgshare.spec_codec import spec_from_dict, spec_to_dict
+from fastgshare.specs import FunctionSpec, Placement, ReplicaConfig
 
+DEFAULT_STATE_DIR = Path("~/.fastgshare")
+"""Where local mode keeps its state when ``FASTGSHARE_STATE_DIR`` names none (the provider's and the
+node agent's default; ``fastgshare up`` always names one)."""
 WAKE_LIST_MAX = 16
 """The supervisor's wake-up list is trimmed to this many entries (one is enough to wake it)."""
 START_FAILURES_TO_REFUSE = 3
