@@ -129,6 +129,14 @@ class SidecarSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """Largest request body accepted; larger gets 413."""
 
+    worker_nice: int = 0
+    """How much nicer than its sidecar the worker runs (``FASTGSHARE_WORKER_NICE``, 0..19; 0: the
+    same priority). Lowering one's own priority needs no privilege."""
+    sidecar_nice: int = 0
+    """How much the sidecar raises its own priority at start (``FASTGSHARE_SIDECAR_NICE``, a
+    niceness change from -20 to 0): a sidecar woken by a hand-over then gets a CPU ahead of busy
+    workers. Needs ``CAP_SYS_NICE`` (best effort); the worker still starts at the sidecar's
+    original niceness (plus ``worker_nice``)."""
     control_token: str = ""
     """Who may change this replica's batch at run time (``PUT /_/batch``, header
     ``X-Fastgshare-Control``): the node agent, which derived it; empty: nobody."""
@@ -271,6 +279,8 @@ def sidecar_settings_from_env(env: Mapping[str, str]) -> SidecarSettings:
         run_as=parse_run_as(env.get("FASTGSHARE_RUN_AS", "")),
         undumpable=_on_off(env, "FASTGSHARE_SIDECAR_UNDUMPABLE", False),
         control_token=env.get("FASTGSHARE_CONTROL_TOKEN", "").strip(),
+        worker_nice=_int(env, "FASTGSHARE_WORKER_NICE", 0, 0, 19),
+        sidecar_nice=_int(env, "FASTGSHARE_SIDECAR_NICE", 0, -20, 0),
         worker_port=_int(env, "FASTGSHARE_WORKER_PORT", 0, 0, 65535),
         queue_max=_int(env, "FASTGSHARE_QUEUE_MAX", DEFAULT_QUEUE_MAX, 0, MAX_QUEUE),
         queue_timeout_s=_float(env, "FASTGSHARE_QUEUE_TIMEOUT_S", DEFAULT_QUEUE_TIMEOUT_S,

@@ -51,7 +51,7 @@ from fast_manager.sidecar_gate import FifoGate
 from fast_manager.sidecar_http import WorkerClient, WorkerHttpError
 from fast_manager.sidecar_metrics import ReplicaMetrics
 from fast_manager.sidecar_server import LeanServer, Request, Response
-from fast_manager.sidecar_worker import WorkerProcess, raise_own_priority, sidecar_nice
+from fast_manager.sidecar_worker import WorkerProcess, raise_own_priority
 from fast_manager.token_factory import make_token_client
 from fast_manager.tokens import Lease, TokenClient
 from fastgshare.errors import ValidationError
@@ -543,7 +543,7 @@ def main() -> None:
         log.error("bad sidecar environment: %s", e)
         sys.exit(2)
     # Linux niceness is per thread: raised here, before any thread or child exists.
-    base_nice, why = raise_own_priority(sidecar_nice())
+    base_nice, why = raise_own_priority(settings.sidecar_nice)
     log.info("%s", why)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(serve(settings, os.environ, base_nice))

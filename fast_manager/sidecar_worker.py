@@ -39,41 +39,12 @@ STOP_GRACE_S = 5.0
 """Time between SIGTERM and SIGKILL when the worker is stopped."""
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
-DEFAULT_WORKER_NICE = 0
-"""The worker's niceness above its sidecar's (see ``worker_nice``)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def worker_nice() -> int:
-    """How much nicer than its sidecar the worker runs (``FASTGSHARE_WORKER_NICE``, default
-    ``DEFAULT_WORKER_NICE``; 0 = the same priority). Lowering one's own priority needs no
-    privilege."""
-    try:
-        return max(0, min(19, int(os.environ.get("FASTGSHARE_WORKER_NICE",
-                                                 DEFAULT_WORKER_NICE))))
-    except ValueError:
-        return DEFAULT_WORKER_NICE
-
-
-DEFAULT_SIDECAR_NICE = 0
-"""The sidecar's own niceness change at start (see ``sidecar_nice``)."""
-
-
-def sidecar_nice() -> int:
-    """How much the sidecar raises its own priority at start (``FASTGSHARE_SIDECAR_NICE``, a
-    niceness change from -20 to 0, default ``DEFAULT_SIDECAR_NICE``): a sidecar woken by a
-    hand-over then gets a CPU ahead of busy workers. Needs ``CAP_SYS_NICE`` (best effort); the
-    worker still starts at the sidecar's original niceness (plus ``FASTGSHARE_WORKER_NICE``)."""
-    try:
-        return max(-20, min(0, int(os.environ.get("FASTGSHARE_SIDECAR_NICE",
-                                                  DEFAULT_SIDECAR_NICE))))
-    except ValueError:
-        return DEFAULT_SIDECAR_NICE
 
 
 def raise_own_priority(change: int) -> tuple[int | None, str]:
@@ -245,7 +216,7 @@ class WorkerProcess:
                 sys.executable, str(s.runtime), env=env, cwd=str(s.runtime.parent),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_child_setup(s.cpu_cores, self.memory.procs_file(), worker_nice(),
+                preexec_fn=_child_setup(s.cpu_cores, self.memory.procs_file(), s.worker_nice,
                                         self._base_nice, s.run_as, self._binds),
             )
         except (OSError, subprocess.SubprocessError) as e:  # the restart loop retries, logged
