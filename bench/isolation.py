@@ -46,7 +46,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench import replicas as rp
-from fast_manager.arbiter import ArbiterParams, make_token_client
+from fast_manager.arbiter import ArbiterParams, arbiter_token_client
 from fastgshare.redis_acl import PLATFORM_USER, ensure_passwords, write_acl_file
 from fastgshare.redis_server import EmbeddedRedis
 from fastgshare.stats import percentile
@@ -125,9 +125,9 @@ def _water_fill(executors: list[Executor], slots: int) -> list[float]:
 
 async def run_case(url: str, case: Case, device: str, params: ArbiterParams,
                    warm_s: float, measure_s: float) -> list[dict[str, float]]:
-    clients = [make_token_client(SimpleNamespace(
+    clients = [arbiter_token_client(
         device_id=device, replica_id=e.name, sm_pct=e.sm_pct, quota_request_frac=e.request,
-        quota_limit_frac=e.limit, redis_url=url), params=params) for e in case.executors]
+        quota_limit_frac=e.limit, redis_url=url, params=params) for e in case.executors]
     intervals: list[list[tuple[float, float]]] = [[] for _ in case.executors]
     start = time.perf_counter()
     end = start + warm_s + measure_s
@@ -178,9 +178,9 @@ async def acquire_latency(url: str, params: ArbiterParams, n: int) -> dict[str, 
 
     out = {}
     for label, linger_s in (("round_trip", 0.0), ("with_slice_reuse", 0.002)):
-        client = make_token_client(SimpleNamespace(
+        client = arbiter_token_client(
             device_id=f"lat-{label}", replica_id="solo", sm_pct=100, quota_request_frac=1.0,
-            quota_limit_frac=1.0, redis_url=url), params=params)
+            quota_limit_frac=1.0, redis_url=url, params=params)
         assert isinstance(client, RedisTokenClient)
         client._linger_s = linger_s
         samples = []

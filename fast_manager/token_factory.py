@@ -13,6 +13,7 @@ The sidecar calls ``make_token_client(settings)`` once at start, inside its runn
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from fast_manager.arbiter.model import ArbiterParams
 from fast_manager.settings import SidecarSettings
@@ -35,10 +36,27 @@ def arbiter_params(settings: SidecarSettings) -> ArbiterParams:
     return dataclasses.replace(p, **changes)
 
 
-def make_token_client(settings: SidecarSettings) -> TokenClient:
-    """The token client for this replica's device and share (call inside the event loop)."""
+def replica_cores(settings: SidecarSettings) -> tuple[int, ...]:
+    """The core set the arbiter keeps disjoint between holders: on a CPU device the cores the
+    worker is pinned to, or, unpinned, every core this process may run on (the worker inherits
+    them); on a GPU none (admission by SM share)."""
+    if settings.is_gpu:
+        return ()
+    return tuple(settings.cpu_cores or ()) or tuple(sorted(os.sched_getaffinity(0)))
+
+
+def make_token_client(settings: SidecarSettings,
+                      params: ArbiterParams | None = None) -> TokenClient:
+    """The token client for this replica's device and share (call inside the event loop);
+    ``params``: the device constants (default: ``arbiter_params(settings)``)."""
     if not settings.arbiter or not settings.redis_url:
         return UnmanagedTokens()
-    from fast_manager.arbiter import make_token_client as make_arbiter_client
+    from fast_manager.arbiter import arbiter_token_client
 
-    return make_arbiter_client(settings, params=arbiter_params(settings))
+    share = settings.share
+    return arbiter_token_client(
+        redis_url=settings.redis_url, device_id=settings.device,
+        replica_id=f"{settings.namespace}/{settings.function}/{settings.replica}",
+        sm_pct=share.sm_pct, quota_request_frac=share.quota_request_frac,
+        quota_limit_frac=share.quota_limit_frac, cores=replica_cores(settings),
+        params=params or arbiter_params(settings))

@@ -128,11 +128,10 @@ def test_timeout_returns_none_and_leaves_the_queue(redis_url: str,
 
 HOLDER = """
 import asyncio, sys
-from fast_manager.arbiter import make_token_client, ArbiterParams
-from types import SimpleNamespace as S
+from fast_manager.arbiter import arbiter_token_client, ArbiterParams
 async def main():
-    c = make_token_client(S(device_id="dev", replica_id="doomed", sm_pct=100,
-        quota_request_frac=0.5, quota_limit_frac=1.0, redis_url=sys.argv[1]),
+    c = arbiter_token_client(device_id="dev", replica_id="doomed", sm_pct=100,
+        quota_request_frac=0.5, quota_limit_frac=1.0, redis_url=sys.argv[1],
         params=ArbiterParams(**eval(sys.argv[2])))
     assert await c.acquire(5.0) is not None
     print("held", flush=True)

@@ -12,9 +12,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from fast_manager.arbiter import make_token_client, model
+from fast_manager.arbiter import model
 from fast_manager.device_faults import FaultChannel
 from fast_manager.settings import SidecarSettings
+from fast_manager.token_factory import make_token_client
 from fastgshare import keys
 from fastgshare.redis_acl import PLATFORM_USER, SIDECAR_USER, ensure_passwords, write_acl_file
 from fastgshare.redis_server import EmbeddedRedis
