@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from fastgshare import keys
+from fastgshare import keys, local_state
 from fastgshare.platform import Platform, PlatformInfo
 from tests.integration.platform_helpers import register_images, start_platform
 from tests.waiting import wait_for
@@ -93,6 +93,13 @@ def test_lifecycle(platform, api):
     assert api.post(f"{url}/system/scale-function/linear",
                     json={"serviceName": "linear", "replicas": 0}).status_code == 202
     wait_for(lambda: fn_status(api, url, "linear")["availableReplicas"] == 0, what="scale to zero")
+
+    # A request during the drain is served by the leaving replica, as designed: wait until the
+    # node agent has stopped it and dropped its record, so that this one must wake the function.
+    store = redis.Redis.from_url(info.redis_url)
+    wait_for(lambda: not local_state.read_replicas(store, "openfaas-fn", "linear"),
+             what="the last replica drained and stopped")
+    store.close()
     resp = requests.post(f"{url}/function/linear", json={"x": [0, 0, 0, 1]}, timeout=120)
     assert resp.status_code == 200, resp.text
     assert resp.json()["y"] == [4.0, 8.0]
