@@ -40,12 +40,12 @@ from typing import Any
 from bench.common import ROOT, machine, parser, register_image, write_json
 
 PHASES = ("sidecar up", "listening", "worker spawn", "worker load", "noticed", "routed")
-_MARKS = {  # phase -> a substring of the replica log line that ends it ("": its first line)
-    "sidecar up": "",
-    "listening": "listening on",
-    "worker spawn": "] info: worker pid",
-    "worker load": "worker ready on",
-    "noticed": "ready\n",
+_MARKS = {  # phase -> (logger, text) its first line has ("": any); ("", ""): the log's first line
+    "sidecar up": ("", ""),
+    "listening": ("[sidecar]", "listening on"),
+    "worker spawn": ("[sidecar.worker]", "info: worker pid"),
+    "worker load": ("", "worker ready on"),
+    "noticed": ("[sidecar.worker]", " ready\n"),
 }
 MODELS = {"mobilenet": "mobilenet-seed0", "resnet50": "resnet50-seed0"}
 
@@ -65,9 +65,8 @@ def _log_times(log: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in log.splitlines(keepends=True):
         stamp, _, rest = line.partition(" ")
-        for phase, mark in _MARKS.items():
-            if phase not in out and mark in (rest if mark != "ready\n" else
-                                             (rest if "[sidecar.worker]" in rest else "")):
+        for phase, (logger, text) in _MARKS.items():
+            if phase not in out and rest.startswith(logger) and text in rest:
                 try:
                     out[phase] = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
                 except ValueError:

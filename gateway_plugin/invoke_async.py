@@ -49,6 +49,7 @@ from gateway_plugin.proxy import (
     STREAM_CHUNK_BYTES,
     WHOLE_BODY_MAX_BYTES,
     Invoker,
+    replica_address,
 )
 from gateway_plugin.settings import ProviderSettings
 
@@ -70,15 +71,7 @@ class _Pool:
     __slots__ = ("host", "port", "prefix", "host_header", "idle", "closed")
 
     def __init__(self, base_url: str) -> None:
-        rest = base_url.split("://", 1)[-1]
-        netloc, _, path = rest.partition("/")
-        host, _, port = netloc.rpartition(":")
-        if not host or not port.isdigit():
-            host, port = netloc, "80"
-        self.host = host.strip("[]")
-        self.port = int(port)
-        self.prefix = ("/" + path).rstrip("/") if path else ""
-        self.host_header = netloc
+        self.host, self.port, self.prefix, self.host_header = replica_address(base_url)
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.closed = False
 

@@ -122,6 +122,12 @@ class _ConnectFailed(Exception):
     """Connecting to a replica failed: nothing was sent (safe to try another one)."""
 
 
+def replica_address(base_url: str) -> tuple[str, int, str, str]:
+    """A replica's base URL -> (host, port, path prefix, Host header), for both invoke paths."""
+    parts = urlsplit(base_url)
+    return parts.hostname or "127.0.0.1", parts.port or 80, parts.path.rstrip("/"), parts.netloc
+
+
 class _Replica:
     """Where one replica's sidecar listens, and its idle kept-alive sockets (last in, first out:
     a warm one is reused; a list's append and pop are atomic, threads or greenlets)."""
@@ -129,11 +135,7 @@ class _Replica:
     __slots__ = ("host", "port", "prefix", "host_header", "idle")
 
     def __init__(self, base_url: str) -> None:
-        parts = urlsplit(base_url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
-        self.prefix = parts.path.rstrip("/")
-        self.host_header = parts.netloc
+        self.host, self.port, self.prefix, self.host_header = replica_address(base_url)
         self.idle: list[socket.socket] = []
 
 
