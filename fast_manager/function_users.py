@@ -31,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -72,11 +73,28 @@ class Isolation:
         return self.area / "fn" / str(uid)
 
 
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def reachable_by_others(path: Path) -> bool:
+    """Whether another user can pass through every folder down to ``path`` (o+x on each)."""
+    try:
+        return all(os.stat(d).st_mode & 0o001 for d in (path, *path.parents))
+    except OSError:
+        return False
+
+
 def isolation_from_env(env: Mapping[str, str], euid: int, state_dir: Path) -> Isolation | None:
     """Function users are on when the platform runs as root, unless
-    ``FASTGSHARE_FUNCTION_USERS=off``; None: workers run as the platform's user (single-user
-    trust model, README)."""
+    ``FASTGSHARE_FUNCTION_USERS=off``, or the project itself lies where no other user can enter
+    (a checkout under a 0700 folder: a function user could not reach the worker runtime); None:
+    workers run as the platform's user (single-user trust model, README)."""
     if euid != 0 or env.get("FASTGSHARE_FUNCTION_USERS", "").strip().lower() in _OFF:
+        return None
+    if not reachable_by_others(PROJECT_ROOT):
+        log.warning("function users are off: %s lies under a folder other users cannot enter; "
+                    "workers run as the platform's user (single-user trust model)", PROJECT_ROOT)
         return None
     raw = env.get("FASTGSHARE_FUNCTIONS_DIR", "").strip()
     tag = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
