@@ -85,16 +85,17 @@ def reachable_by_others(path: Path) -> bool:
         return False
 
 
-def isolation_from_env(env: Mapping[str, str], euid: int, state_dir: Path) -> Isolation | None:
+def isolation_from_env(env: Mapping[str, str], euid: int, state_dir: Path,
+                       project_root: Path = PROJECT_ROOT) -> Isolation | None:
     """Function users are on when the platform runs as root, unless
     ``FASTGSHARE_FUNCTION_USERS=off``, or the project itself lies where no other user can enter
     (a checkout under a 0700 folder: a function user could not reach the worker runtime); None:
     workers run as the platform's user (single-user trust model, README)."""
     if euid != 0 or env.get("FASTGSHARE_FUNCTION_USERS", "").strip().lower() in _OFF:
         return None
-    if not reachable_by_others(PROJECT_ROOT):
+    if not reachable_by_others(project_root):
         log.warning("function users are off: %s lies under a folder other users cannot enter; "
-                    "workers run as the platform's user (single-user trust model)", PROJECT_ROOT)
+                    "workers run as the platform's user (single-user trust model)", project_root)
         return None
     raw = env.get("FASTGSHARE_FUNCTIONS_DIR", "").strip()
     tag = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]

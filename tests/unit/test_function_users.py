@@ -31,16 +31,18 @@ from fastgshare.redis_acl import (
     ({"FASTGSHARE_FUNCTION_USERS": "on"}, 1000, False),
 ])
 def test_function_users_are_on_exactly_when_root(env, euid, on) -> None:
-    assert (isolation_from_env(env, euid, Path("/s")) is not None) == on
+    assert (isolation_from_env(env, euid, Path("/s"), Path("/")) is not None) == on
 
 
 def test_the_functions_area_is_per_state_dir_unless_configured() -> None:
-    a, b = (isolation_from_env({}, 0, Path(p)) for p in ("/s1", "/s2"))
+    a, b = (isolation_from_env({}, 0, Path(p), Path("/")) for p in ("/s1", "/s2"))
     assert a and b and a.area != b.area and a.area.parent == RUN_ROOT
     assert a.uid_base == DEFAULT_UID_BASE and a.user_dir(7) == a.area / "fn" / "7"
     c = isolation_from_env({"FASTGSHARE_FUNCTIONS_DIR": "/x", "FASTGSHARE_FUNCTION_UID_BASE": "5"},
-                           0, Path("/s1"))
+                           0, Path("/s1"), Path("/"))
     assert c and c.area == Path("/x") and c.uid_base == 5
+    if not reachable_by_others(Path("/root")):  # 0700: a checkout there cannot host function users
+        assert isolation_from_env({}, 0, Path("/s1"), Path("/root/repo")) is None
 
 
 def test_mps_gpu_replicas_share_one_identity() -> None:
