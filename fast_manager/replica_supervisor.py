@@ -60,6 +60,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUNTIME = REPO_ROOT / "function_templates" / "python3-torch" / "index.py"
 RECONCILE_PERIOD_S = 0.25
 """Longest pause between two passes; a change of desired state wakes the loop at once."""
+STARTING_POLL_S = 0.02
+"""While a replica is starting, how often its health is asked between passes: its readiness
+reaches the provider this much after the worker is up, not up to a whole period later (a
+warm-pool start takes well under a second; issue 18)."""
 HEALTH_TIMEOUT_S = 0.5
 """Timeout of one sidecar health probe."""
 DEREGISTER_DELAY_S = 0.5
@@ -77,7 +81,7 @@ class ReplicaSupervisor:
                  stop_grace_s: float = STOP_GRACE_S,
                  deregister_delay_s: float = DEREGISTER_DELAY_S,
                  sidecar_redis_url: str | None = None, isolation: Isolation | None = None,
-                 model_store_dir: Path | None = None) -> None:
+                 model_store_dir: Path | None = None, warm_socket: Path | None = None) -> None:
         self._redis = client
         self._state_dir = Path(state_dir)
         self._redis_url = sidecar_redis_url or redis_url
@@ -86,6 +90,8 @@ class ReplicaSupervisor:
         """Function users (platform as root), or None: workers run as the platform's user."""
         self._model_store_dir = Path(model_store_dir or self._state_dir / "models")
         self._python = python
+        self._warm_socket = warm_socket
+        """The node's warm pool (``fast_manager.warm_pool``): sidecars fork their worker from it."""
         self._runtime = Path(runtime_path)
         self._stop_grace_s = stop_grace_s
         self._deregister_delay_s = deregister_delay_s
@@ -119,9 +125,7 @@ class ReplicaSupervisor:
                     if down:
                         down = False
                         log.warning("redis reachable again: reconciling replicas")
-                    # Woken by a change of desired state, else one period at most.
-                    if self._redis.blpop([keys.supervisor_wake()], timeout=RECONCILE_PERIOD_S):
-                        self._redis.delete(keys.supervisor_wake())
+                    self._wait_next_pass()
                 except redis.RedisError as e:
                     if not down:
                         down = True
@@ -133,6 +137,24 @@ class ReplicaSupervisor:
                     stop.wait(RECONCILE_PERIOD_S)
         finally:
             self.stop_all()
+
+    def _wait_next_pass(self) -> None:
+        """Until a change of desired state wakes the loop, or one period at most; replicas that
+        are starting meanwhile are probed every ``STARTING_POLL_S``."""
+        deadline = time.monotonic() + RECONCILE_PERIOD_S
+        while True:
+            starting = [r for reps in self._replicas.values() for r in reps
+                        if not r.ready and not r.draining]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            wait_s = min(left, STARTING_POLL_S) if starting else left
+            if self._redis.blpop([keys.supervisor_wake()], timeout=max(0.01, wait_s)):
+                self._redis.delete(keys.supervisor_wake())
+                return
+            for rep in starting:
+                if self._running(rep) and self._probe(rep):
+                    self._set_ready(rep, True)
 
     def adopt(self) -> None:
         """Take over the replicas a previous node agent left running, if they are ours and speak
@@ -194,11 +216,7 @@ class ReplicaSupervisor:
         for rep in reps:
             ready = self._probe(rep)
             if ready != rep.ready:
-                rep.ready = ready
-                local_state.write_replica(self._redis, rep)
-                if ready and rep.generation == fn.generation:
-                    self._crashes[ref] = 0
-                    self._start_failures.reset(ref)
+                self._set_ready(rep, ready)
             if not ready and rep.generation == fn.generation:
                 self._start_failures.check_worker(ref, fn.generation, rep.replica_id, rep.url)
         for rep in reps:  # a group's batch changed in place: the running replicas take it
@@ -224,6 +242,16 @@ class ReplicaSupervisor:
                                                 f"could not start a replica: {e}")
                     self._next_start_s[ref] = now_s + restart_backoff_s(99)
                     break
+
+    def _set_ready(self, rep: Replica, ready: bool) -> None:
+        rep.ready = ready
+        local_state.write_replica(self._redis, rep)
+        ref = (rep.namespace, rep.name)
+        if ready and rep.generation == self._generations.get(ref):
+            self._crashes[ref] = 0
+            self._start_failures.reset(ref)
+            log.info("replica %s ready %.2f s after its start", rep.replica_id,
+                     time.time() - rep.started_at_s)
 
     def _batch_applied(self, rep: Replica, batch: int) -> None:
         rep.batch = batch
@@ -408,6 +436,8 @@ class ReplicaSupervisor:
         if config is not None and config.batch > 1:  # the scheduler's batch for this group
             env["FASTGSHARE_BATCH"] = str(config.batch)
         env["FASTGSHARE_CONTROL_TOKEN"] = control_token(self._control_key, replica_id)
+        if self._warm_socket is not None:
+            env["FASTGSHARE_WARM_SOCKET"] = str(self._warm_socket)
         log_dir = self._log_dir(spec.namespace, spec.name)
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / f"{replica_id}.log", "ab") as out:
