@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -53,6 +54,9 @@ from fast_manager.model_store_redis import publish
 from fastgshare import keys
 from fastgshare.errors import ValidationError
 from fastgshare.redis_server import die_with_parent
+
+if TYPE_CHECKING:
+    from fast_manager import warm_pool
 
 log = logging.getLogger("node_agent")
 
@@ -415,16 +419,40 @@ def start_supervisor(redis_url: str, stop: threading.Event) -> threading.Thread:
     raw = os.environ.get("FASTGSHARE_STATE_DIR")
     state_dir = Path(raw).expanduser() if raw else DEFAULT_STATE_DIR.expanduser()
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    pool = start_warm_pool(state_dir)
     supervisor = ReplicaSupervisor(
         client, state_dir, redis_url,
         # The sidecars' restricted Redis user (``fastgshare.redis_acl``); the agent's own is the
         # platform's, which no function-facing process may hold.
         sidecar_redis_url=os.environ.get("FASTGSHARE_SIDECAR_REDIS_URL") or None,
         isolation=function_users.isolation_from_env(os.environ, os.geteuid(), state_dir),
-        model_store_dir=store_dir_from_env(os.environ))
-    thread = threading.Thread(target=supervisor.run, args=(stop,), name="replica-supervisor")
+        model_store_dir=store_dir_from_env(os.environ),
+        warm_socket=pool.socket_path if pool is not None else None)
+
+    def run() -> None:
+        try:
+            supervisor.run(stop)
+        finally:  # after every replica stopped: their workers, forked by the pool, are gone
+            if pool is not None:
+                pool.stop()
+
+    thread = threading.Thread(target=run, name="replica-supervisor")
     thread.start()
     return thread
+
+
+def start_warm_pool(state_dir: Path) -> warm_pool.PoolKeeper | None:
+    """The node's warm pool (``fast_manager.warm_pool``) unless ``FASTGSHARE_WARM_POOL=off``."""
+    from fast_manager import warm_pool
+
+    if os.environ.get(warm_pool.ENV_SWITCH, "on").strip().lower() in ("off", "0", "false", "no"):
+        log.info("warm pool off (%s): workers start cold", warm_pool.ENV_SWITCH)
+        return None
+    pool = warm_pool.PoolKeeper(warm_pool.socket_path_in(state_dir), warm_pool.DEFAULT_RUNTIME,
+                                state_dir / "logs" / "warm-pool.log")
+    if pool.start():
+        log.info("warm pool up on %s: workers are forked from it", pool.socket_path)
+    return pool
 
 
 if __name__ == "__main__":

@@ -117,6 +117,9 @@ class SidecarSettings:
     run_as: tuple[int, int] | None = None
     """``FASTGSHARE_RUN_AS=uid:gid``: the unprivileged user and group the worker runs as (set by
     the node agent when the platform runs as root); None: the sidecar's own user."""
+    warm_socket: Path | None = None
+    """The node's warm pool (``FASTGSHARE_WARM_SOCKET``): the worker is forked from it, torch
+    already imported (``fast_manager.warm_pool``); unset or refused: the worker starts cold."""
     worker_port: int = 0
     """Port of the worker on loopback; 0 picks a free one at each (re)start."""
     queue_max: int = DEFAULT_QUEUE_MAX
@@ -278,6 +281,7 @@ def sidecar_settings_from_env(env: Mapping[str, str]) -> SidecarSettings:
         arbiter_max_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MAX_TOKEN_MS", MAX_ARBITER_S * 1000),
         mps_pipe_dir=env.get("FASTGSHARE_MPS_PIPE_DIR") or None,
         run_as=parse_run_as(env.get("FASTGSHARE_RUN_AS", "")),
+        warm_socket=Path(env["FASTGSHARE_WARM_SOCKET"]) if env.get("FASTGSHARE_WARM_SOCKET") else None,
         undumpable=_on_off(env, "FASTGSHARE_SIDECAR_UNDUMPABLE", False),
         control_token=env.get("FASTGSHARE_CONTROL_TOKEN", "").strip(),
         worker_nice=_int(env, "FASTGSHARE_WORKER_NICE", 0, 0, 19),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from fast_manager.logline import format_lines
 from fast_manager.memory import RSS_POLL_S, MemoryEnforcement, MemoryGuard, join_cgroup
 from fast_manager.settings import SidecarSettings
 from fast_manager.sidecar_http import probe_ready
+from fast_manager.warm_start import Setup, WarmProcess, encode_request, fork_worker
 from fast_manager.worker_env import worker_env
 from fast_manager.worker_sandbox import enter as enter_sandbox
 from fast_manager.worker_sandbox import exposures, needed_paths, traversable
@@ -37,6 +39,8 @@ STABLE_AFTER_S = 60.0
 """A worker that lived this long is healthy again: the next crash restarts at once."""
 STOP_GRACE_S = 5.0
 """Time between SIGTERM and SIGKILL when the worker is stopped."""
+WorkerProc = asyncio.subprocess.Process | WarmProcess
+"""A cold worker (our child) or one the node's warm pool forked (``fast_manager.warm_start``)."""
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 
@@ -64,16 +68,18 @@ def raise_own_priority(change: int) -> tuple[int | None, str]:
                   f"(+ FASTGSHARE_WORKER_NICE)")
 
 
-def _child_setup(cores: tuple[int, ...], cgroup_procs: str | None,
-                 nice: int = 0, base_nice: int | None = None,
-                 run_as: tuple[int, int] | None = None,
-                 binds: tuple[tuple[str, str], ...] = ()) -> Callable[[], None]:
+def child_setup(cores: tuple[int, ...], cgroup_procs: str | None,
+                nice: int = 0, base_nice: int | None = None,
+                run_as: tuple[int, int] | None = None,
+                binds: tuple[tuple[str, str], ...] = (),
+                parent_death: bool = True) -> Callable[[], None]:
     """``nice``: the worker's niceness above the sidecar's; above ``base_nice`` instead when the
     sidecar raised its own priority (the worker is put back where the sidecar started).
     ``run_as``: (uid, gid) the worker drops to, after everything that needs the sidecar's
     privileges (cgroup, priority) and before exec; a failure to drop fails the start.
     ``binds``: folders the worker cannot enter as that user and the children it needs of them
-    (``fast_manager.worker_sandbox``)."""
+    (``fast_manager.worker_sandbox``). ``parent_death``: SIGKILL when the parent dies (a warm
+    pool's worker has the pool as its parent and a lifeline to its sidecar instead)."""
     def setup() -> None:  # runs in the child between fork and exec: no locks, no logging
         if cgroup_procs:  # before exec, so the runtime and torch are charged to the limit
             join_cgroup(cgroup_procs)
@@ -92,8 +98,9 @@ def _child_setup(cores: tuple[int, ...], cgroup_procs: str | None,
             os.setuid(run_as[0])  # real, effective and saved: no way back
         # The worker must not outlive a SIGKILLed sidecar (it would hold its cores and memory).
         # After the user change, which clears the parent-death signal.
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if parent_death:
+            with contextlib.suppress(Exception):
+                ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     return setup
 
 
@@ -109,7 +116,7 @@ class WorkerProcess:
         self.memory = memory or MemoryGuard(MemoryEnforcement.OFF, None, why="not requested")
         self._base_env = dict(base_env)
         self._out = out or sys.stdout
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: WorkerProc | None = None
         self._ready = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -211,23 +218,34 @@ class WorkerProcess:
         env = worker_env(s, self._base_env)
         env["FASTGSHARE_WORKER_PORT"] = str(self.port)
         self.memory.worker_started()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(s.runtime), env=env, cwd=str(s.runtime.parent),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_child_setup(s.cpu_cores, self.memory.procs_file(), s.worker_nice,
-                                        self._base_nice, s.run_as, self._binds),
-            )
-        except (OSError, subprocess.SubprocessError) as e:  # the restart loop retries, logged
-            log.error("worker did not start (%s)%s", e, (
-                f"; it runs as uid {s.run_as[0]} with {self._binds or 'no namespace'}"
-                if s.run_as else ""))
-            return None
+        setup = Setup(s.cpu_cores, self.memory.procs_file(), s.worker_nice, self._base_nice,
+                      s.run_as, self._binds)
+        proc: WorkerProc | None = None
+        how = "cold"
+        if s.warm_socket is not None:
+            proc, why = await fork_worker(s.warm_socket, encode_request(
+                sys.executable, s.runtime, s.runtime.parent, env, setup))
+            how = "forked by the warm pool"
+            if proc is None:
+                how = "cold"
+                log.warning("worker starts cold: %s", why)
+        if proc is None:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, str(s.runtime), env=env, cwd=str(s.runtime.parent),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    preexec_fn=child_setup(*dataclasses.astuple(setup)),
+                )
+            except (OSError, subprocess.SubprocessError) as e:  # the restart loop retries, logged
+                log.error("worker did not start (%s)%s", e, (
+                    f"; it runs as uid {s.run_as[0]} with {self._binds or 'no namespace'}"
+                    if s.run_as else ""))
+                return None
         self._proc = proc
-        log.info("worker pid %d started on port %d, cores %s, device %s, user %s", proc.pid,
+        log.info("worker pid %d started on port %d, cores %s, device %s, user %s, %s", proc.pid,
                  self.port, list(s.cpu_cores) or "inherited", s.device,
-                 f"{s.run_as[0]}:{s.run_as[1]}" if s.run_as else "the sidecar's")
+                 f"{s.run_as[0]}:{s.run_as[1]}" if s.run_as else "the sidecar's", how)
         pump = asyncio.create_task(self._pump(proc))
         probe = asyncio.create_task(self._probe(proc))
         watch = (asyncio.create_task(self._watch_rss(proc))
@@ -248,7 +266,7 @@ class WorkerProcess:
             log.error("worker pid %d: %s", proc.pid, self.memory.message())
         return code
 
-    async def _watch_rss(self, proc: asyncio.subprocess.Process) -> None:
+    async def _watch_rss(self, proc: WorkerProc) -> None:
         while proc.returncode is None:
             rss = self.memory.over_limit(proc.pid)
             if rss is not None:
@@ -258,7 +276,7 @@ class WorkerProcess:
                 return
             await asyncio.sleep(RSS_POLL_S)
 
-    async def _probe(self, proc: asyncio.subprocess.Process) -> None:
+    async def _probe(self, proc: WorkerProc) -> None:
         deadline = time.monotonic() + self._settings.ready_timeout_s
         while proc.returncode is None:
             if time.monotonic() > deadline:
@@ -270,7 +288,7 @@ class WorkerProcess:
                 return
             await asyncio.sleep(READY_POLL_S)
 
-    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
+    async def _pump(self, proc: WorkerProc) -> None:
         assert proc.stdout is not None
         while True:
             try:

@@ -16,7 +16,7 @@ from fastgshare.errors import ValidationError
 def test_the_worker_starts_with_the_extra_niceness() -> None:
     out = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], check=True,
                          capture_output=True, text=True,
-                         preexec_fn=sidecar_worker._child_setup((), None, 3))
+                         preexec_fn=sidecar_worker.child_setup((), None, 3))
     assert int(out.stdout) == min(19, os.nice(0) + 3)
 
 
