@@ -219,11 +219,11 @@ class ReplicaSupervisor:
                 self._set_ready(rep, ready)
             if not ready and rep.generation == fn.generation:
                 self._start_failures.check_worker(ref, fn.generation, rep.replica_id, rep.url)
-        for rep in reps:  # a group's batch changed in place: the running replicas take it
+        for rep in reps:  # a group's batch (or its batch limit) changed in place: running replicas take it
             config = fn.configs.get(rep.config_id)
             if (config is not None and rep.ready and not rep.draining
                     and rep.generation == fn.generation):
-                self._batches.want(rep, config.batch)
+                self._batches.want(rep, config.run_batch)
         groups = fn.groups()
         decision = plan({cid: n for cid, (_, n, _) in groups.items()}, fn.generation,
                         [ReplicaView(r.replica_id, r.generation, r.config_id, r.ready,
@@ -433,8 +433,11 @@ class ReplicaSupervisor:
         if spec.share.slo_ms is not None:  # the worker forms batches by this deadline (B_max below)
             env["FASTGSHARE_SLO_MS"] = f"{spec.share.slo_ms:g}"
         config = fn.configs.get(config_id)
-        if config is not None and config.batch > 1:  # the scheduler's batch for this group
-            env["FASTGSHARE_BATCH"] = str(config.batch)
+        if config is not None:
+            # The scheduler's batch for this group, 1 included: its table measured the group's
+            # config at exactly that batch (without it an SLO alone lets the worker batch up to
+            # its default, and the batch lever's raise from 1 would lower it).
+            env["FASTGSHARE_BATCH"] = str(config.run_batch)
         env["FASTGSHARE_CONTROL_TOKEN"] = control_token(self._control_key, replica_id)
         if self._warm_socket is not None:
             env["FASTGSHARE_WARM_SOCKET"] = str(self._warm_socket)
@@ -449,7 +452,7 @@ class ReplicaSupervisor:
         rep = Replica(replica_id, spec.namespace, spec.name, fn.generation, proc.pid, port,
                       device_id, cores, share.sm_pct, time.time(), config_id=config_id,
                       weight=max(1, round(share.sm_pct * share.quota_limit_frac)), proc=proc,
-                      batch=config.batch if config is not None else 0)
+                      batch=config.run_batch if config is not None else 0)
         local_state.write_replica(self._redis, rep)
         log.info("started replica %s pid %d port %d cores %s", replica_id, proc.pid, port, cores)
         return rep

@@ -64,7 +64,8 @@ class FunctionRecord:
             "spec": spec_to_dict(self.spec), "replicas": self.replicas,
             "created_at": self.created_at.isoformat(), "generation": self.generation,
             "configs": [{"config_id": c.config_id, "share": asdict(c.share), "replicas": c.replicas,
-                         "placement": asdict(c.placement), "batch": c.batch}
+                         "placement": asdict(c.placement), "batch": c.batch,
+                         **({} if c.batch_limit is None else {"batch_limit": c.batch_limit})}
                         for c in self.configs.values()],
         })
 
@@ -76,7 +77,8 @@ class FunctionRecord:
         for c in data.get("configs", []):
             rec.configs[c["config_id"]] = ReplicaConfig(
                 c["config_id"], GpuShare(**c["share"]), int(c["replicas"]),
-                Placement(**c.get("placement", {})), int(c.get("batch", 1)))
+                Placement(**c.get("placement", {})), int(c.get("batch", 1)),
+                None if c.get("batch_limit") is None else int(c["batch_limit"]))
         return rec
 
     def groups(self) -> dict[str, tuple[GpuShare, int, Placement]]:

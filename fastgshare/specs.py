@@ -58,3 +58,12 @@ class ReplicaConfig:
     placement: Placement = field(default_factory=Placement)
     batch: int = 1
     """The worker's dynamic batch size for this group (``FASTGSHARE_BATCH``; 1: no batching)."""
+    batch_limit: int | None = None
+    """The batch its replicas run at for now, in place of ``batch`` (the scheduler's first lever
+    of a burst): running replicas take it without a restart, new ones start with it; None: ``batch``.
+    A change of it alone is no new configuration (same group id, no rollout)."""
+
+    @property
+    def run_batch(self) -> int:
+        """The batch the group's replicas run at now: ``batch_limit`` when set, else ``batch``."""
+        return self.batch if self.batch_limit is None else self.batch_limit

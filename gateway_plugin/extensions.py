@@ -30,9 +30,9 @@ from gateway_plugin.records import PlatformRecords
 from gateway_plugin.settings import ProviderSettings
 
 MAX_CONFIGURATIONS = 64
-MAX_BATCH = 256
-"""Largest dynamic batch size a configuration may ask of its workers."""
 """Replica groups one function may have; more is surely a scheduler bug."""
+MAX_BATCH = 256
+"""Largest dynamic batch size a configuration may ask of its workers (``batch`` and ``batchLimit``)."""
 
 
 def make_replicas_json(state: FunctionState) -> dict[str, Any]:
@@ -47,7 +47,8 @@ def make_replicas_json(state: FunctionState) -> dict[str, Any]:
         "share": state.spec.share.as_annotations(),
         "configurations": [
             {"configId": c.config_id, "replicas": c.replicas, "share": c.share.as_annotations(),
-             "node": c.placement.node, "gpuUuid": c.placement.gpu_uuid, "batch": c.batch}
+             "node": c.placement.node, "gpuUuid": c.placement.gpu_uuid, "batch": c.batch,
+             "batchLimit": c.batch_limit}
             for c in state.configs
         ],
         "replicaStatus": [
@@ -60,7 +61,11 @@ def make_replicas_json(state: FunctionState) -> dict[str, Any]:
 
 
 def as_configurations(body: Any) -> list[ReplicaConfig]:
-    """``{"configurations": [{"configId", "replicas", "share": {annotation: value}, ...}]}``."""
+    """``{"configurations": [{"configId", "replicas", "share": {annotation: value}, ...}]}``.
+
+    ``batchLimit`` (optional; null or absent: none) is the batch the group's replicas run at for
+    now in place of ``batch``: a change of it alone reaches the running replicas without a restart
+    (the scheduler's batch lever on a burst), where a change of ``batch`` is the group's own."""
     if not isinstance(body, dict) or not isinstance(body.get("configurations"), list):
         raise ValidationError("configurations", "a JSON object with a list 'configurations'")
     raw = body["configurations"]
@@ -84,8 +89,13 @@ def as_configurations(body: Any) -> list[ReplicaConfig]:
         batch = item.get("batch", 1)
         if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
             raise ValidationError(f"{where}.batch", f"an integer 1..{MAX_BATCH}", batch)
+        limit = item.get("batchLimit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or not 1 <= limit <= MAX_BATCH):
+            raise ValidationError(f"{where}.batchLimit",
+                                  f"an integer 1..{MAX_BATCH}, or null for the group's batch", limit)
         out.append(ReplicaConfig(config_id, parse_share({str(k): str(v) for k, v in share.items()}),
-                                 replicas, placement, batch))
+                                 replicas, placement, batch, limit))
     if len({c.config_id for c in out}) != len(out):
         raise ValidationError("configurations", "unique configId values")
     return out

@@ -27,9 +27,13 @@ from .errors import FunctionCannotStart
 FUNCTION_LABEL = "faas_function"
 """Label OpenFaaS (faas-netes) puts on a function's Deployment, pods and Service."""
 CONFIG_LABEL = "fastgshare/config"
+"""Label naming the replica configuration a Deployment runs (empty for the base one)."""
 BATCH_KEY = "fastgshare/batch"
 """Annotation of a configuration's Deployment: its workers' dynamic batch size."""
-"""Label naming the replica configuration a Deployment runs (empty for the base one)."""
+BATCH_LIMIT_KEY = "fastgshare/batch-limit"
+"""Annotation of a configuration's Deployment, on the Deployment only (not its pod template, so a
+change starts no rollout): the scheduler's batch limit (``ReplicaConfig.batch_limit``), recorded
+and reported but applied to no pod here (docs/kubernetes.md)."""
 SPEC_ANNOTATION = "fastgshare/spec"
 """Deployment annotation holding the desired ``FunctionSpec`` as JSON (the provider keeps none)."""
 NODE_KEY = "fastgshare/node"
@@ -228,6 +232,8 @@ def make_deployment(spec: FunctionSpec, *, replicas: int, pod: PodSettings,
     selector = {FUNCTION_LABEL: spec.name, CONFIG_LABEL: config_id}
     labels = {**spec.labels, **selector}
     batch = {BATCH_KEY: str(config.batch)} if config and config.batch > 1 else {}
+    limit = ({BATCH_LIMIT_KEY: str(config.batch_limit)}
+             if config and config.batch_limit is not None else {})
     pod_annotations = {
         **spec.annotations, **_share_annotations(share, placement), **batch,
         "prometheus.io/scrape": "true", "prometheus.io/port": str(SIDECAR_PORT),
@@ -298,7 +304,7 @@ def make_deployment(spec: FunctionSpec, *, replicas: int, pod: PodSettings,
         "metadata": {
             "name": name, "namespace": spec.namespace, "labels": labels,
             "annotations": {**spec.annotations, **_share_annotations(share, placement), **batch,
-                            SPEC_ANNOTATION: spec_as_json(spec)},
+                            **limit, SPEC_ANNOTATION: spec_as_json(spec)},
         },
         "spec": {
             "replicas": replicas,

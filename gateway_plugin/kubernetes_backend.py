@@ -313,10 +313,15 @@ class KubernetesBackend:
             batch = max(1, int(annotations.get(specs.BATCH_KEY, "1")))
         except ValueError:
             batch = 1
+        try:
+            raw_limit = annotations.get(specs.BATCH_LIMIT_KEY)
+            limit = None if raw_limit is None else max(1, int(raw_limit))
+        except ValueError:
+            limit = None
         return ReplicaConfig(
             config_id, share, int((dep.get("spec") or {}).get("replicas") or 0),
             Placement(annotations.get(specs.NODE_KEY, ""),
-                            annotations.get(specs.GPU_UUID_KEY, "")), batch)
+                            annotations.get(specs.GPU_UUID_KEY, "")), batch, limit)
 
     def apply_configurations(self, namespace: str, name: str,
                              configs: Sequence[ReplicaConfig]) -> None:
