@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--standby-frac", type=float, default=d.standby_frac,
                    help="standby replicas (token quota, limit 1: they serve on borrowed idle time) "
                         "for this fraction of the target (0: off)")
+    p.add_argument("--jump-sigmas", type=float, default=d.jump_sigmas,
+                   help="a rate this many Poisson standard deviations above capacity (fast path) or the "
+                        "forecast (ticks) is a step, taken at once")
+    p.add_argument("--batch-lever", choices=("on", "off"), default="on" if d.batch_lever else "off",
+                   help="on a step, raise the batch limit of the running replicas at once, and lower it "
+                        "once the new replicas are ready")
     p.add_argument("--standby-retry-s", type=float, default=LoopSettings.standby_retry_s,
                    help="the devices that refused a standby request are scanned for it again once they "
                         "change, or after this long (0: every tick, every device)")
@@ -57,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     auth = (os.environ.get("FASTGSHARE_USER", "admin"), password) if password else None
     auto = AutoscaleSettings(scale_down_delay_s=args.scale_down_delay_s, idle_to_zero_s=args.idle_to_zero_s,
                              horizon_s=args.horizon_s, burst_k=args.burst_k,
-                             burst_memory_s=args.burst_memory_s, standby_frac=args.standby_frac)
+                             burst_memory_s=args.burst_memory_s, standby_frac=args.standby_frac,
+                             jump_sigmas=args.jump_sigmas, batch_lever=args.batch_lever == "on")
     settings = LoopSettings(interval_s=args.interval_s, fast_interval_s=args.fast_interval_s,
                             standby_retry_s=args.standby_retry_s, repack_every_ticks=args.repack_every_ticks,
                             repack_timeout_s=args.repack_timeout_s, namespace=args.namespace, autoscale=auto)

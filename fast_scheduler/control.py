@@ -92,6 +92,8 @@ class FunctionView:
     model: str = ""
     mem_bytes: int = 0
     weight_bytes: int = 0
+    batch_limits: Mapping[str, int] = field(default_factory=dict)
+    """The groups whose batch is raised now (config id -> the provider's ``batchLimit``)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class GroupSpec:
     device_id: str
     node: str
     gpu_uuid: str
+    batch_limit: int | None = None
+    """The batch its replicas run at for now in place of ``config.batch`` (the provider's
+    ``batchLimit``: the batch lever, ``with_batch_limits``); None: ``config.batch``."""
 
 
 @dataclass(frozen=True)
@@ -466,3 +471,68 @@ def _free(snap: Snapshot, replica_id: str) -> Snapshot:
 
 def _annotate(d: Decision, extra: str) -> Decision:
     return replace(d, reason=d.reason + extra)
+
+
+# ---- the batch lever ------------------------------------------------------------------------
+
+
+def with_batch_limits(result: TickResult, functions: Sequence[FunctionView],
+                      devices: Sequence[DeviceView]) -> TickResult:
+    """``result`` with each function's group batch limits (``GroupSpec.batch_limit``) set as the
+    batch lever wants them after this pass (``batch_limits_after``), on every action that sends
+    groups, plus an action re-sending a function's groups unchanged where only its limits change.
+
+    A pass over the whole result, after the autoscaler and the re-pack, because any action that
+    sends a function's groups replaces them all: one that left a limit out would lower it."""
+    devs = {d.device_id: d for d in devices}
+    actions = {f"{a.namespace}/{a.name}": a for a in result.actions}
+    for f in functions:
+        key = f"{f.namespace}/{f.name}"
+        a = actions.get(key)
+        d = result.decisions.get(key)
+        if not f.batch_limits and (d is None or not d.batch_limits):
+            continue  # most functions, most passes: nothing raised, nothing to lower
+        groups = a.groups if a is not None and a.groups is not None else current_groups(f, devs)
+        base = a.base_replicas if a is not None and a.base_replicas is not None else f.base_replicas
+        limits = batch_limits_after(f, groups, base, d.batch_limits if d is not None else ())
+        if (a is None or a.groups is None) and limits == dict(f.batch_limits):
+            continue
+        specs = tuple(replace(g, batch_limit=limits.get(g.config_id)) for g in groups)
+        actions[key] = Action(f.name, f.namespace, specs, a.base_replicas if a is not None else None)
+    return replace(result, actions=tuple(actions.values()))
+
+
+def batch_limits_after(f: FunctionView, groups: Sequence[GroupSpec], base_replicas: int,
+                       raised: Sequence[tuple[ShareConfig, int]]) -> dict[str, int]:
+    """Config id -> batch limit of ``f``'s groups once this pass is applied (``groups``, and
+    ``base_replicas`` base replicas).
+
+    ``raised`` (``Decision.batch_limits``, the fast path's raise on a step) raises each group
+    that runs replicas now (one of them ready) of a raised config, at once: the replicas already
+    running serve the step at a larger batch while the new ones start. A raise stays while any
+    of the function's planned replicas (its groups but standby ones, and its base) is not ready,
+    and goes once all are: the new replicas serve, the groups run at their own batch again. A
+    group without a running replica is not raised (its replicas start at its own batch); a
+    group this pass drops loses its limit with it."""
+    ids = {g.config_id for g in groups}
+    ready: Counter[str] = Counter(r.config_id for r in f.running if r.ready)
+    starting = ready[""] < base_replicas or any(
+        ready[g.config_id] < g.replicas for g in groups if not is_standby(g.config))
+    out = {gid: n for gid, n in f.batch_limits.items() if gid in ids} if starting or raised else {}
+    up = dict(raised)
+    for gid, (cfg, _n, _dev) in f.groups.items():
+        b = up.get(cfg)
+        if b is not None and gid in ids and ready[gid] > 0:
+            out[gid] = max(b, out.get(gid, 0))
+    return out
+
+
+def current_groups(f: FunctionView, devices: Mapping[str, DeviceView]) -> tuple[GroupSpec, ...]:
+    """``f``'s groups as the provider has them now, with their limits: what an action re-sends
+    to change a limit alone."""
+    out = []
+    for gid, (cfg, n, dev_id) in sorted(f.groups.items()):
+        dv = devices.get(dev_id)
+        out.append(GroupSpec(gid, cfg, n, dev_id, dv.node if dv else "", dv.gpu_uuid if dv else "",
+                             f.batch_limits.get(gid)))
+    return tuple(out)

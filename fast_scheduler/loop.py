@@ -32,8 +32,10 @@ from fast_scheduler.control import (
     DeviceView,
     FunctionMemory,
     FunctionView,
+    GroupSpec,
     RunningReplica,
     TickResult,
+    with_batch_limits,
 )
 from fast_scheduler.placement import STANDBY_RETRY_S
 from fast_scheduler.repack import MoveEvent, RepackSettings, RepackState, plan_tick_repacking
@@ -102,6 +104,7 @@ def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> F
     slo = merged.get(SLO_MS)
     base = _config(merged)
     groups: dict[str, tuple[ShareConfig, int, str]] = {}
+    limits: dict[str, int] = {}
     running: list[RunningReplica] = []
     total = int(fn.get("replicas", 0) or 0)
     if reps:
@@ -113,6 +116,8 @@ def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> F
             gid = str(c["configId"])
             dev = f"gpu:{c['gpuUuid']}" if c.get("gpuUuid") else ""
             groups[gid] = (cfg, int(c.get("replicas", 0)), dev)
+            if c.get("batchLimit") is not None:  # the batch lever, raised by an earlier pass
+                limits[gid] = int(c["batchLimit"])
         for r in reps.get("replicaStatus") or []:
             cid = str(r.get("configId") or "")
             running.append(RunningReplica(str(r.get("device") or ""), by_id.get(cid, base), cid,
@@ -129,8 +134,36 @@ def as_function_view(fn: Mapping[str, Any], reps: Mapping[str, Any] | None) -> F
         min_replicas=int(merged.get(SCALE_MIN, 1)),
         max_replicas=int(merged.get(SCALE_MAX, DEFAULT_MAX_REPLICAS)),
         invocation_count=demand_count(fn), base_config=base, base_replicas=base_n,
-        groups=groups, running=tuple(running), model=str(merged.get(MODEL, "")),
+        groups=groups, running=tuple(running), model=str(merged.get(MODEL, "")), batch_limits=limits,
     )
+
+
+def group_json(g: GroupSpec) -> dict[str, Any]:
+    """One group as ``PUT /system/fastgshare/configurations`` takes it; ``batchLimit`` only when
+    raised (absent: the group's own batch)."""
+    out: dict[str, Any] = {
+        "configId": g.config_id, "replicas": g.replicas, "node": g.node, "gpuUuid": g.gpu_uuid,
+        "batch": g.config.batch, "share": {"fastgshare/gpu_sm_partition": str(g.config.sm_pct),
+                                           "fastgshare/gpu_quota_request": f"{g.config.quota_request_frac:g}",
+                                           "fastgshare/gpu_quota_limit": f"{g.config.quota_limit_frac:g}"}}
+    if g.batch_limit is not None:
+        out["batchLimit"] = g.batch_limit
+    return out
+
+
+def log_batch_limits(a: Action, f: FunctionView | None, path: str) -> None:
+    """Say when an action raises or lowers a group's batch limit (the batch lever)."""
+    if a.groups is None or f is None:
+        return
+    now = {g.config_id: g.batch_limit for g in a.groups if g.batch_limit is not None}
+    if now == dict(f.batch_limits):
+        return
+    batch = {g.config_id: g.config.batch for g in a.groups}
+    moved = [f"{gid} b{f.batch_limits.get(gid, batch.get(gid, 0))}->b{now.get(gid, batch.get(gid, 0))}"
+             for gid in sorted(set(now) | set(f.batch_limits)) if now.get(gid) != f.batch_limits.get(gid)]
+    log.info("%s/%s [%s]: batch lever: %s (%s)", a.namespace, a.name, path, ", ".join(moved),
+             "raised on a step" if set(now.items()) - set(f.batch_limits.items())
+             else "back: the new replicas are ready")
 
 
 def shadow_functions(fns: list[Mapping[str, Any]],
@@ -242,12 +275,14 @@ class SchedulerLoop:
         rt = plan_tick_repacking(now_s, views, devices, tables, self.memory, st.autoscale, self.repack,
                                  RepackSettings(st.repack_every_ticks, st.repack_timeout_s), fast=fast,
                                  standby_retry_s=st.standby_retry_s)
-        result = rt.result
+        # The batch lever: a step's raise sent at once, lowered once the new replicas are ready.
+        result = with_batch_limits(rt.result, views, devices)
+        by_key = {f"{v.namespace}/{v.name}": v for v in views}
         for a in result.actions:
             self._apply(a)
+            log_batch_limits(a, by_key.get(f"{a.namespace}/{a.name}"), "fast" if fast else "tick")
         for e in rt.events:
             log.info("%s/%s: %s", e.move.namespace, e.move.name, e.message)
-        by_key = {f"{v.namespace}/{v.name}": v for v in views}
         self._expose(result, by_key, wall_s, "fast" if fast else "tick",
                      repack_record(self.repack, rt.events, now_s))
         return result
@@ -255,12 +290,7 @@ class SchedulerLoop:
     def _apply(self, a: Action) -> None:
         try:
             if a.groups is not None:
-                self.provider.apply_configurations(a.name, [
-                    {"configId": g.config_id, "replicas": g.replicas, "node": g.node, "gpuUuid": g.gpu_uuid,
-                     "batch": g.config.batch, "share": {"fastgshare/gpu_sm_partition": str(g.config.sm_pct),
-                               "fastgshare/gpu_quota_request": f"{g.config.quota_request_frac:g}",
-                               "fastgshare/gpu_quota_limit": f"{g.config.quota_limit_frac:g}"}}
-                    for g in a.groups], a.namespace)
+                self.provider.apply_configurations(a.name, [group_json(g) for g in a.groups], a.namespace)
             if a.base_replicas is not None:
                 self.provider.scale(a.name, a.base_replicas, a.namespace)
         except ProviderError as e:  # next tick retries from what the provider reports
