@@ -10,9 +10,12 @@ one and follows the new replica from the outside:
 - ``sidecar up``: the scale request -> the sidecar's first log line: the node agent's reaction,
   the interpreter and the sidecar's imports;
 - ``listening``: -> the sidecar listens (its log line): Redis, token client, memory guard;
-- ``worker spawn``: -> the worker process is started by the sidecar (log line);
-- ``worker load``: -> the worker says it is ready (its log line): interpreter, torch import, the
-  handler's ``load()`` with weights from the store;
+- ``worker spawn``: -> the worker process is started by the sidecar (log line); with the node's
+  warm pool (``fast_manager.warm_pool``, on by default) it is forked from the pool, torch already
+  imported, before the sidecar's own imports (``fast_manager.sidecar_start``), so this phase may
+  end before ``listening``;
+- ``worker load``: -> the worker says it is ready (its log line): interpreter and torch import
+  (cold only), the handler's ``load()`` with weights from the store, and its warm-up inference;
 - ``noticed``: -> the sidecar has seen the worker ready (its probe);
 - ``routed``: -> the provider lists the replica ready and the first invocation through it
   answered 200 (the first inference included);
@@ -136,23 +139,12 @@ def plot(rows: dict[str, dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = parser("replica_start", __doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--trials", type=int, default=None, help="scale-ups per model (5; quick 2)")
-    args = ap.parse_args(argv)
-    trials = args.trials or (2 if args.quick else 5)
+def _one_platform(args: Any, trials: int, result: dict[str, Any], label: str) -> None:
+    """Each model on one embedded platform: deployed, first started, then ``trials`` scale-ups."""
+    import redis
+
     from fastgshare.platform import Platform
     from fastgshare.provider_client import ProviderClient
-
-    load_before = os.getloadavg()
-    print("floor: a fresh interpreter, and import torch in one ...", flush=True)
-    runs = 3 if args.quick else 5
-    python_s = _fresh_process_s("pass", runs)
-    torch_s = _fresh_process_s("import torch", runs) - python_s
-    result: dict[str, Any] = {"python_start_s": round(python_s, 3), "torch_import_s": round(torch_s, 3),
-                              "trials": {}, "median": {}}
-    import redis
 
     state_dir = Path(tempfile.mkdtemp(prefix="bench-replica-start-"))
     platform = Platform(state_dir, port=0)
@@ -164,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             register_image(store, f"bench/{name}", ROOT / "functions" / name)
             client.deploy({"service": name, "image": f"bench/{name}",
                            "annotations": {"fastgshare/model": MODELS.get(name, f"{name}-seed0")}})
-            print(f"{name}: first start (stores the weights) ...", flush=True)
+            print(f"{name}{label}: first start (stores the weights) ...", flush=True)
             t0 = time.monotonic()
             while (resp := client.invoke(name, b"{}")).status_code != 200:
                 if time.monotonic() - t0 > 300:
@@ -179,19 +171,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"  trial {k + 1}/{trials}: " + "  ".join(
                     f"{p} {row[p]:.2f}" for p in PHASES if p in row)
                     + f"  first {row['first_ms']:.0f} ms, then {row['steady_ms']:.0f} ms", flush=True)
-            result["trials"][name] = rows
+            result.setdefault("trials", {})[name] = rows
             keys = sorted({k for r in rows for k in r})
-            result["median"][name] = {k: round(statistics.median(r[k] for r in rows if k in r), 3)
-                                      for k in keys}
+            result.setdefault("median", {})[name] = {
+                k: round(statistics.median(r[k] for r in rows if k in r), 3) for k in keys}
             client.remove(name)
     finally:
         platform.stop()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = parser("replica_start", __doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--trials", type=int, default=None, help="scale-ups per model (5; quick 2)")
+    ap.add_argument("--pool", default="on,off",
+                    help="with the node's warm pool (on), without it (off: every worker starts "
+                         "cold, the baseline), or both in this order (default on,off)")
+    args = ap.parse_args(argv)
+    trials = args.trials or (2 if args.quick else 5)
+
+    load_before = os.getloadavg()
+    print("floor: a fresh interpreter, and import torch in one ...", flush=True)
+    runs = 3 if args.quick else 5
+    python_s = _fresh_process_s("pass", runs)
+    torch_s = _fresh_process_s("import torch", runs) - python_s
+    result: dict[str, Any] = {"python_start_s": round(python_s, 3), "torch_import_s": round(torch_s, 3),
+                              "trials": {}, "median": {}, "pool": args.pool}
+    for pool in args.pool.split(","):
+        os.environ["FASTGSHARE_WARM_POOL"] = pool  # the node agent reads it at its start
+        # The platform as it runs by default (pool on) is the result; cold is the baseline.
+        _one_platform(args, trials, result if pool == "on" else result.setdefault(
+            "baseline_cold", {}), "" if pool == "on" else " (cold: no warm pool)")
+    os.environ.pop("FASTGSHARE_WARM_POOL", None)
+    cold_median = result.get("baseline_cold", {}).get("median", {})
+    for name in args.models.split(","):
+        warm, cold = result["median"].get(name), cold_median.get(name)
+        if warm and cold and warm.get("routed") and cold.get("routed"):
+            result.setdefault("warm_over_cold", {})[name] = round(warm["routed"] / cold["routed"], 3)
     result["machine"] = machine() | {"load_average_before_after": [
         round(x, 2) for x in load_before + os.getloadavg()]}
     print_table(result)
     write_json(args.json, result)
     png = args.json.with_suffix(".png")
-    plot(result["median"], png)
+    plot(result["median"] | {f"{k} (cold)": v for k, v in cold_median.items()}, png)
     print(f"wrote {png}")
     return result
 
@@ -200,10 +222,13 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"\nfloor: interpreter {r['python_start_s']:.2f} s, import torch {r['torch_import_s']:.2f} s "
           f"(load average before/after {r['machine']['load_average_before_after']})")
     print("\nseconds after the scale request at which each phase ended (median):")
-    print(f"{'model':<12}" + "".join(f"{p:>14}" for p in PHASES) + f"{'1st inf ms':>12}{'then ms':>9}")
-    for name, med in r["median"].items():
-        print(f"{name:<12}" + "".join(f"{med.get(p, float('nan')):14.2f}" for p in PHASES)
+    print(f"{'model':<18}" + "".join(f"{p:>14}" for p in PHASES) + f"{'1st inf ms':>12}{'then ms':>9}")
+    rows = r["median"] | {f"{k} (cold)": v for k, v in r.get("baseline_cold", {}).get("median", {}).items()}
+    for name, med in rows.items():
+        print(f"{name:<18}" + "".join(f"{med.get(p, float('nan')):14.2f}" for p in PHASES)
               + f"{med.get('first_ms', float('nan')):12.0f}{med.get('steady_ms', float('nan')):9.0f}")
+    for name, ratio in r.get("warm_over_cold", {}).items():
+        print(f"{name}: routed with the warm pool / cold, same run: {ratio:.2f}")
     print("target: routed <= 1 s for a stored model (issue 18)")
 
 

@@ -445,7 +445,7 @@ class ReplicaSupervisor:
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / f"{replica_id}.log", "ab") as out:
             proc = subprocess.Popen(
-                [self._python, "-m", "fast_manager.sidecar"], env=env, cwd=str(REPO_ROOT),
+                [self._python, "-m", "fast_manager.sidecar_start"], env=env, cwd=str(REPO_ROOT),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=replica_preexec,
             )

@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,15 +45,14 @@ from prometheus_client import disable_created_metrics
 from fast_manager.device_faults import FAULT_HEADER, FaultChannel, is_collateral
 from fast_manager.logline import setup_logging
 from fast_manager.memory import MemoryEnforcement, MemoryGuard
-from fast_manager.settings import SidecarSettings, sidecar_settings_from_env
+from fast_manager.settings import SidecarSettings
 from fast_manager.sidecar_gate import FifoGate
 from fast_manager.sidecar_http import WorkerClient, WorkerHttpError
 from fast_manager.sidecar_metrics import ReplicaMetrics
 from fast_manager.sidecar_server import LeanServer, Request, Response
-from fast_manager.sidecar_worker import WorkerProcess, raise_own_priority
+from fast_manager.sidecar_worker import WorkerProcess, prepare
 from fast_manager.token_factory import make_token_client
 from fast_manager.tokens import Lease, TokenClient
-from fastgshare.errors import ValidationError
 from fastgshare.headers import BUSY_HEADER, HOLD_HEADER, WAIT_HEADER
 
 log = logging.getLogger("sidecar")
@@ -481,19 +479,21 @@ async def route(sidecar: Sidecar, request: Request) -> Response:
 
 
 async def start_sidecar(settings: SidecarSettings, env: Mapping[str, str],
-                        tokens: TokenClient | None = None, worker_base_nice: int | None = None
-                        ) -> tuple[Sidecar, LeanServer, int]:
+                        tokens: TokenClient | None = None, worker_base_nice: int | None = None,
+                        worker: WorkerProcess | None = None) -> tuple[Sidecar, LeanServer, int]:
     """Start the worker and the HTTP server; returns the port actually bound.
     ``worker_base_nice``: the niceness the worker starts from when this process raised its own
-    priority (``raise_own_priority``)."""
+    priority (``raise_own_priority``). ``worker``: made (and maybe forked) already (``prepare``)."""
     tokens = tokens if tokens is not None else make_token_client(settings)
-    memory = (MemoryGuard(MemoryEnforcement.OFF, None, why="GPU memory is limited by MPS")
-              if settings.is_gpu else
-              MemoryGuard.open(settings.share.mem_bytes,
-                               f"fastgshare-{settings.replica}-{os.getpid()}", settings.mem_enforce))
-    sidecar = Sidecar(settings, tokens,
-                      WorkerProcess(settings, env, memory=memory, base_nice=worker_base_nice),
-                      batch=batch_size(env))
+    if worker is None:
+        memory = (MemoryGuard(MemoryEnforcement.OFF, None, why="GPU memory is limited by MPS")
+                  if settings.is_gpu else
+                  MemoryGuard.open(settings.share.mem_bytes,
+                                   f"fastgshare-{settings.replica}-{os.getpid()}",
+                                   settings.mem_enforce))
+        worker = WorkerProcess(settings, env, memory=memory, base_nice=worker_base_nice)
+    memory = worker.memory
+    sidecar = Sidecar(settings, tokens, worker, batch=batch_size(env))
     sidecar.faults = FaultChannel(settings.redis_url, settings.device, settings.replica,
                                   sidecar.on_neighbour_fault)
     server = LeanServer(lambda request: route(sidecar, request),
@@ -521,8 +521,9 @@ async def stop_sidecar(sidecar: Sidecar, server: LeanServer) -> None:
 
 
 async def serve(settings: SidecarSettings, env: Mapping[str, str],
-                worker_base_nice: int | None = None) -> None:
-    sidecar, server, _ = await start_sidecar(settings, env, worker_base_nice=worker_base_nice)
+                worker_base_nice: int | None = None, worker: WorkerProcess | None = None) -> None:
+    sidecar, server, _ = await start_sidecar(settings, env, worker_base_nice=worker_base_nice,
+                                             worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -536,17 +537,14 @@ async def serve(settings: SidecarSettings, env: Mapping[str, str],
 
 def main() -> None:
     setup_logging()
+    run(*prepare(os.environ))
+
+
+def run(settings: SidecarSettings, base_nice: int | None, worker: WorkerProcess) -> None:
+    """Serve until SIGTERM, then drain (``prepare``'s results: ``fast_manager.sidecar_start``)."""
     disable_created_metrics()  # the *_created series double the scrape for no use here
-    try:
-        settings = sidecar_settings_from_env(os.environ)
-    except ValidationError as e:
-        log.error("bad sidecar environment: %s", e)
-        sys.exit(2)
-    # Linux niceness is per thread: raised here, before any thread or child exists.
-    base_nice, why = raise_own_priority(settings.sidecar_nice)
-    log.info("%s", why)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(serve(settings, os.environ, base_nice))
+        runner.run(serve(settings, os.environ, base_nice, worker))
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

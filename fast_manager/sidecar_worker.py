@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -22,12 +23,21 @@ from collections.abc import Callable, Mapping
 
 from fast_manager.logline import format_lines
 from fast_manager.memory import RSS_POLL_S, MemoryEnforcement, MemoryGuard, join_cgroup
-from fast_manager.settings import SidecarSettings
+from fast_manager.settings import SidecarSettings, sidecar_settings_from_env
 from fast_manager.sidecar_http import probe_ready
-from fast_manager.warm_start import Setup, WarmProcess, encode_request, fork_worker
+from fast_manager.warm_start import (
+    MAX_MESSAGE,
+    UNKNOWN_EXIT,
+    Forked,
+    Setup,
+    encode_request,
+    request_fork,
+)
 from fast_manager.worker_env import worker_env
 from fast_manager.worker_sandbox import enter as enter_sandbox
 from fast_manager.worker_sandbox import exposures, needed_paths, traversable
+from fastgshare.errors import ValidationError
+from fastgshare.procs import alive
 
 log = logging.getLogger("sidecar.worker")
 
@@ -39,8 +49,6 @@ STABLE_AFTER_S = 60.0
 """A worker that lived this long is healthy again: the next crash restarts at once."""
 STOP_GRACE_S = 5.0
 """Time between SIGTERM and SIGKILL when the worker is stopped."""
-WorkerProc = asyncio.subprocess.Process | WarmProcess
-"""A cold worker (our child) or one the node's warm pool forked (``fast_manager.warm_start``)."""
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 
@@ -104,6 +112,71 @@ def child_setup(cores: tuple[int, ...], cgroup_procs: str | None,
     return setup
 
 
+class WarmProcess:
+    """A worker the node's warm pool forked (not our child), with what ``WorkerProcess`` uses of
+    an asyncio process: its exit code comes from the pool on the connection, which is also the
+    worker's lifeline (``fast_manager.warm_start``)."""
+
+    def __init__(self, forked: Forked, stdout: asyncio.StreamReader) -> None:
+        self.pid = forked.pid
+        self.returncode: int | None = None
+        self.stdout = stdout
+        self._conn = forked.conn
+        self._done = asyncio.Event()
+        self._task = asyncio.create_task(self._follow(), name=f"warm-worker-{forked.pid}")
+
+    @classmethod
+    async def follow(cls, forked: Forked) -> WarmProcess:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**16, loop=loop)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+                                     os.fdopen(forked.out_fd, "rb", buffering=0))
+        return cls(forked, reader)
+
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
+        code: int | None = None
+        try:
+            while True:
+                raw = await loop.sock_recv(self._conn, MAX_MESSAGE)
+                if not raw:
+                    break
+                msg = json.loads(raw)
+                if "exit" in msg:
+                    code = int(msg["exit"])
+                    break
+        except (OSError, ValueError):
+            pass
+        if code is None:  # the pool went first: wait for the worker itself (not our child)
+            while alive(self.pid):
+                await asyncio.sleep(0.05)
+            code = UNKNOWN_EXIT
+        self.returncode = code
+        self._conn.close()
+        self._done.set()
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _signal(self, sig: int) -> None:
+        if self.returncode is not None:
+            return  # its pid may be another process's by now
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+
+WorkerProc = asyncio.subprocess.Process | WarmProcess
+"""A cold worker (our child) or one the node's warm pool forked."""
+
+
 class WorkerProcess:
     """One worker child at a time, kept alive until ``stop``."""
 
@@ -125,6 +198,8 @@ class WorkerProcess:
         self.last_exit_code: int | None = None
         self.on_state_change: Callable[[bool], None] = lambda up: None
         self._binds: tuple[tuple[str, str], ...] = ()
+        self._early: tuple[dict[str, str], Setup, Forked | None, str] | None = None
+        """The first worker, asked of the warm pool before the loop (``fork_early``)."""
         if settings.run_as is not None:
             self._binds = exposures(needed_paths(settings.runtime), traversable)
             if self._binds:
@@ -212,7 +287,8 @@ class WorkerProcess:
                         code, pause, self.restarts)
             await asyncio.sleep(pause)
 
-    async def _run_once(self) -> int | None:
+    def _launch(self) -> tuple[dict[str, str], Setup]:
+        """Pick the next worker's port; its environment and pre-exec setup."""
         s = self._settings
         self.port = s.worker_port or free_port()
         env = worker_env(s, self._base_env)
@@ -220,15 +296,43 @@ class WorkerProcess:
         self.memory.worker_started()
         setup = Setup(s.cpu_cores, self.memory.procs_file(), s.worker_nice, self._base_nice,
                       s.run_as, self._binds)
+        return env, setup
+
+    def fork_early(self) -> None:
+        """Ask the node's warm pool for the first worker now, before this process's event loop
+        and its heavier imports exist (``fast_manager.sidecar_start``): the worker loads while
+        the sidecar starts. The first run then follows it; nothing happens without a pool."""
+        if self._settings.warm_socket is None:
+            return
+        env, setup = self._launch()
+        forked, why = request_fork(self._settings.warm_socket, self._encode(env, setup))
+        if forked is not None:
+            log.info("worker pid %d forked by the warm pool for port %d, before the sidecar's "
+                     "own start", forked.pid, self.port)
+        self._early = (env, setup, forked, why)
+
+    def _encode(self, env: dict[str, str], setup: Setup) -> bytes:
+        s = self._settings
+        return encode_request(sys.executable, s.runtime, s.runtime.parent, env, setup)
+
+    async def _run_once(self) -> int | None:
+        s = self._settings
+        forked: Forked | None = None
+        why = ""
+        if self._early is not None:  # asked before the loop (fork_early): its port is set
+            (env, setup, forked, why), self._early = self._early, None
+        else:
+            env, setup = self._launch()
+            if s.warm_socket is not None:
+                forked, why = await asyncio.to_thread(request_fork, s.warm_socket,
+                                                      self._encode(env, setup))
         proc: WorkerProc | None = None
         how = "cold"
-        if s.warm_socket is not None:
-            proc, why = await fork_worker(s.warm_socket, encode_request(
-                sys.executable, s.runtime, s.runtime.parent, env, setup))
+        if forked is not None:
+            proc = await WarmProcess.follow(forked)
             how = "forked by the warm pool"
-            if proc is None:
-                how = "cold"
-                log.warning("worker starts cold: %s", why)
+        elif s.warm_socket is not None:
+            log.warning("worker starts cold: %s", why)
         if proc is None:
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -300,3 +404,24 @@ class WorkerProcess:
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             self._out.write(format_lines(time.time(), text))
             self._out.flush()
+
+
+def prepare(env: Mapping[str, str]) -> tuple[SidecarSettings, int | None, WorkerProcess]:
+    """A sidecar's first steps, before its event loop: settings (exit 2 when invalid), its
+    priority, the worker's memory guard, and the worker itself, asked of the node's warm pool at
+    once when there is one (``WorkerProcess.fork_early``)."""
+    try:
+        settings = sidecar_settings_from_env(env)
+    except ValidationError as e:
+        logging.getLogger("sidecar").error("bad sidecar environment: %s", e)
+        sys.exit(2)
+    # Linux niceness is per thread: raised here, before any thread or child exists.
+    base_nice, why = raise_own_priority(settings.sidecar_nice)
+    logging.getLogger("sidecar").info("%s", why)
+    memory = (MemoryGuard(MemoryEnforcement.OFF, None, why="GPU memory is limited by MPS")
+              if settings.is_gpu else
+              MemoryGuard.open(settings.share.mem_bytes,
+                               f"fastgshare-{settings.replica}-{os.getpid()}", settings.mem_enforce))
+    worker = WorkerProcess(settings, env, memory=memory, base_nice=base_nice)
+    worker.fork_early()
+    return settings, base_nice, worker

@@ -46,9 +46,11 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 from fast_manager.settings import TEMPLATE_RUNTIME as DEFAULT_RUNTIME
+from fast_manager.settings import is_sidecar_only
 from fast_manager.warm_start import MAX_MESSAGE, Setup
 
 log = logging.getLogger("warm_pool")
@@ -332,6 +334,14 @@ def answers(socket_path: Path) -> bool:
     return True
 
 
+def pool_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The pool's environment: the node agent's without the platform's variables and credentials.
+    A forked worker's ``/proc/self/environ`` is the pool's (its own variables live in memory), and
+    the worker runs the function's code."""
+    return {k: v for k, v in env.items()
+            if not (k.startswith(("FASTGSHARE_", "REDIS")) or is_sidecar_only(k))}
+
+
 class PoolKeeper:
     """The node agent's handle on its pool: started in its own session with a parent-death
     signal (it does not outlive the agent; the workers it forked do, until their sidecars go),
@@ -339,8 +349,9 @@ class PoolKeeper:
 
     def __init__(self, socket_path: Path, runtime: Path, log_path: Path,
                  python: str = sys.executable, preload_modules: str = ",".join(DEFAULT_PRELOAD),
-                 ) -> None:
+                 env: Mapping[str, str] | None = None) -> None:
         self.socket_path = socket_path
+        self._env = pool_env(os.environ if env is None else env)
         self._cmd = [python, "-m", "fast_manager.warm_pool", "--socket", str(socket_path),
                      "--runtime", str(runtime), "--preload", preload_modules]
         self._log_path = log_path
@@ -378,8 +389,10 @@ class PoolKeeper:
 
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as out:
-            self._proc = subprocess.Popen(self._cmd, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, preexec_fn=replica_preexec,
+            self._proc = subprocess.Popen(self._cmd, env=self._env, stdout=out,
+                                          stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL,
+                                          preexec_fn=replica_preexec,
                                           cwd=str(Path(__file__).resolve().parent.parent))
 
     def _keep(self) -> None:

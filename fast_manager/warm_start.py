@@ -11,16 +11,14 @@ cannot be told from a cold one only when it starts cold: another runtime, anothe
 variable read when torch is imported that differs; the sidecar then starts it cold and logs why),
 and later ``{"exit": code}`` when the worker ended. The connection is the worker's lifeline: when
 the sidecar's end closes, the pool kills the worker, and the worker kills itself should the pool be
-gone. Must not import torch (the sidecar imports this).
+gone. The worker itself is followed by ``sidecar_worker.WarmProcess``. Must not import torch nor
+asyncio: the sidecar asks for its worker before its own heavier imports (``sidecar_start``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-import signal
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,99 +67,38 @@ def encode_request(python: str, runtime: Path, cwd: Path, env: Mapping[str, str]
                        "env": dict(env), "setup": setup.to_json()}).encode()
 
 
-class WarmProcess:
-    """A worker forked by the pool, with what ``WorkerProcess`` uses of an asyncio process."""
+@dataclass
+class Forked:
+    """A worker the pool forked: its pid, the connection (its lifeline; the pool reports its exit
+    there) and the read end of its output pipe."""
 
-    def __init__(self, pid: int, conn: socket.socket, stdout: asyncio.StreamReader) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self.stdout = stdout
-        self._conn = conn
-        self._done = asyncio.Event()
-        self._task = asyncio.create_task(self._follow(), name=f"warm-worker-{pid}")
-
-    async def _follow(self) -> None:
-        loop = asyncio.get_running_loop()
-        code: int | None = None
-        try:
-            while True:
-                raw = await loop.sock_recv(self._conn, MAX_MESSAGE)
-                if not raw:
-                    break
-                msg = json.loads(raw)
-                if "exit" in msg:
-                    code = int(msg["exit"])
-                    break
-        except (OSError, ValueError):
-            pass
-        if code is None:  # the pool went first: wait for the worker itself (not our child)
-            while _alive(self.pid):
-                await asyncio.sleep(0.05)
-            code = UNKNOWN_EXIT
-        self.returncode = code
-        self._conn.close()
-        self._done.set()
-
-    async def wait(self) -> int:
-        await self._done.wait()
-        assert self.returncode is not None
-        return self.returncode
-
-    def _signal(self, sig: int) -> None:
-        if self.returncode is not None:
-            return  # its pid may belong to another process by now
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
+    pid: int
+    conn: socket.socket
+    out_fd: int
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (the pool's child, the pool stopped reaping) is as good as gone
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
-
-
-async def fork_worker(socket_path: Path, request: bytes) -> tuple[WarmProcess | None, str]:
-    """Ask the pool for a worker. Returns it (its output on its ``stdout``), or None and why."""
-    loop = asyncio.get_running_loop()
+def request_fork(socket_path: Path, request: bytes) -> tuple[Forked | None, str]:
+    """Ask the pool for a worker (blocking, ``ANSWER_TIMEOUT_S`` at most). Returns it, or None
+    and why."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    conn.setblocking(False)
+    conn.settimeout(ANSWER_TIMEOUT_S)
     read_fd, write_fd = os.pipe()
     try:
-        await asyncio.wait_for(loop.sock_connect(conn, str(socket_path)), ANSWER_TIMEOUT_S)
-        conn.setblocking(True)
-        conn.settimeout(ANSWER_TIMEOUT_S)
-        # The message and the pipe's write end in one sendmsg (a local, unfilled buffer).
-        await asyncio.to_thread(socket.send_fds, conn, [request], [write_fd])
+        conn.connect(str(socket_path))
+        socket.send_fds(conn, [request], [write_fd])  # the message and the pipe, in one piece
         os.close(write_fd)
         write_fd = -1
-        conn.setblocking(False)
-        raw = await asyncio.wait_for(loop.sock_recv(conn, MAX_MESSAGE), ANSWER_TIMEOUT_S)
+        raw = conn.recv(MAX_MESSAGE)
         answer = json.loads(raw) if raw else {"refused": "the pool closed the connection"}
-    except (OSError, TimeoutError, ValueError) as e:
-        conn.close()
-        os.close(read_fd)
+    except (OSError, ValueError) as e:
+        answer = {"refused": f"the warm pool at {socket_path} did not answer "
+                             f"({e or type(e).__name__})"}
+    finally:
         if write_fd >= 0:
             os.close(write_fd)
-        return None, f"the warm pool at {socket_path} did not answer ({e or type(e).__name__})"
     if "pid" not in answer:
         conn.close()
         os.close(read_fd)
         return None, str(answer.get("refused") or answer)
-    reader = asyncio.StreamReader(limit=2**16, loop=loop)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
-                                 os.fdopen(read_fd, "rb", buffering=0))
-    return WarmProcess(int(answer["pid"]), conn, reader), ""
+    conn.setblocking(False)
+    return Forked(int(answer["pid"]), conn, read_fd), ""

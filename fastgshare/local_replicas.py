@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 
 from fastgshare import keys
+from fastgshare.procs import alive
 
 STOP_GRACE_S = 45.0
 """Time a replica gets between SIGTERM (to its sidecar alone: it drains what it holds, then stops
@@ -68,15 +69,6 @@ class Replica:
             "config_id": self.config_id, "weight": self.weight, "ready": self.ready,
             "draining": self.draining, "batch": self.batch,
         })
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 def is_our_sidecar(pid: int, replica_id: str) -> bool:

@@ -76,7 +76,7 @@ class Running:
         return requests.get(f"{self.url}/_/stats", timeout=5).json()
 
 
-def _start(tmp_path: Path, handler: str, **env: str) -> Running:
+def _start(tmp_path: Path, handler: str, entry: str = "fast_manager.sidecar", **env: str) -> Running:
     fn = tmp_path / "fn"
     fn.mkdir()
     (fn / "handler.py").write_text(textwrap.dedent(handler))
@@ -88,7 +88,7 @@ def _start(tmp_path: Path, handler: str, **env: str) -> Running:
                     FASTGSHARE_SECRETS_DIR=str(secrets), FASTGSHARE_FUNCTION="t",
                     FASTGSHARE_REPLICA="t-1", **env)
     log = tmp_path / "sidecar.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fast_manager.sidecar"], env=full_env,
+    proc = subprocess.Popen([sys.executable, "-m", entry], env=full_env,
                             cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     running = Running(proc, url, log)

@@ -22,6 +22,7 @@ from tests.integration.test_sidecar import CORE, TORCH_HANDLER, Running, _start,
 
 WARM_HANDLER = TORCH_HANDLER.replace('''    if event.path == "/crash":''', '''    if event.path == "/proc":
         return {"pid": os.getpid(), "ppid": os.getppid(), "env": dict(os.environ),
+                "proc_environ": open("/proc/self/environ", "rb").read().decode("latin-1"),
                 "hashseed": hash("fastgshare") }
     if event.path == "/crash":''')
 
@@ -53,9 +54,16 @@ def _wait_log(r: Running, text: str, timeout_s: float = 30) -> str:
     raise AssertionError(f"{text!r} not in the sidecar's log:\n{r.log.read_text()}")
 
 
+SECRET = "redis://platform:topsecret@127.0.0.1:1"
+
+
 def _start_pool(tmp: Path) -> warm_pool.PoolKeeper:
+    """A pool started as the node agent starts it, from an environment with the platform's Redis
+    credential in it."""
     pool = warm_pool.PoolKeeper(warm_pool.socket_path_in(tmp), warm_pool.DEFAULT_RUNTIME,
-                                tmp / "warm-pool.log")
+                                tmp / "warm-pool.log",
+                                env=dict(os.environ, REDIS_URL=SECRET,
+                                         FASTGSHARE_SIDECAR_REDIS_URL=SECRET))
     assert pool.start(), (tmp / "warm-pool.log").read_text()
     return pool
 
@@ -68,7 +76,9 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[warm_pool.PoolKee
 
 
 def _warm(tmp: Path, pool: warm_pool.PoolKeeper, **env: str) -> Running:
-    return _start(tmp, WARM_HANDLER, FASTGSHARE_CPU_CORES=str(CORE),
+    """A sidecar as local mode starts it (``sidecar_start``: the worker asked of the pool before
+    the event loop; a restart asks from the loop)."""
+    return _start(tmp, WARM_HANDLER, "fast_manager.sidecar_start", FASTGSHARE_CPU_CORES=str(CORE),
                   FASTGSHARE_WARM_SOCKET=str(pool.socket_path), **env)
 
 
@@ -97,6 +107,8 @@ def test_forked_worker_serves_like_a_cold_one(tmp_path: Path, pool) -> None:
         for kept_from_the_worker in ("FASTGSHARE_WARM_SOCKET", "FASTGSHARE_PORT", "REDIS_URL"):
             assert kept_from_the_worker not in env
         assert "model loaded" in r.log.read_text()  # its output reaches the sidecar's log
+        # What the function's code can read of its own process holds no platform credential.
+        assert "topsecret" not in proc["proc_environ"] and "REDIS_URL" not in proc["proc_environ"]
     finally:
         _stop(r)
 
@@ -166,8 +178,9 @@ def _hash_with_seed(seed: str) -> int:
     return int(out.stdout)
 
 
-def test_no_pool_answering_starts_the_worker_cold(tmp_path: Path) -> None:
-    r = _start(tmp_path, WARM_HANDLER, FASTGSHARE_WARM_SOCKET=str(tmp_path / "none.sock"))
+@pytest.mark.parametrize("entry", ["fast_manager.sidecar", "fast_manager.sidecar_start"])
+def test_no_pool_answering_starts_the_worker_cold(tmp_path: Path, entry: str) -> None:
+    r = _start(tmp_path, WARM_HANDLER, entry, FASTGSHARE_WARM_SOCKET=str(tmp_path / "none.sock"))
     try:
         assert "worker starts cold: the warm pool at" in _wait_log(r, "worker starts cold")
         assert requests.post(r.url + "/", json={}, timeout=10).status_code == 200
