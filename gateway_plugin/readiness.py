@@ -22,6 +22,11 @@ from gateway_plugin.errors import STATE_STORE_RETRY_AFTER_S, ProviderError, Stat
 REDIS_DOWN: tuple[type[Exception], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
 """What a Redis client raises while the server is down, restarting or loading its data."""
+STATE_STORE_TIMEOUT_S = 5.0
+"""Longest wait for one Redis command of the provider's state-store clients: a Redis that hangs
+(stopped, swapping) makes the control plane answer 503 after this, instead of holding the request
+and its thread or coroutine with it."""
+STATE_STORE_CONNECT_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 1.0
 """Longest wait for Redis's PING in a readiness check."""
 CACHE_S = 0.5
@@ -89,3 +94,9 @@ class Readiness:
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
+
+
+def state_store_client(redis_url: str) -> redis.Redis:
+    """The provider's client of its state store, with ``STATE_STORE_TIMEOUT_S``."""
+    return redis.Redis.from_url(redis_url, socket_timeout=STATE_STORE_TIMEOUT_S,
+                                socket_connect_timeout=STATE_STORE_CONNECT_TIMEOUT_S)

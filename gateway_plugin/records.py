@@ -23,6 +23,7 @@ from fastgshare import keys
 from fastgshare.handler_archive import ArchiveError, folder_digest
 from fastgshare.specs import FunctionSpec
 from gateway_plugin.errors import Invalid
+from gateway_plugin.readiness import state_store_client
 from gateway_plugin.types import ImageRegistration
 
 log = logging.getLogger(__name__)
@@ -101,4 +102,4 @@ class PlatformRecords:
 
 def platform_records_for(redis_url: str | None) -> PlatformRecords | None:
     """The records over ``redis_url``; None when the provider has no Redis configured."""
-    return PlatformRecords(redis.Redis.from_url(redis_url)) if redis_url else None
+    return PlatformRecords(state_store_client(redis_url)) if redis_url else None

@@ -19,11 +19,10 @@ def make_backend(settings: ProviderSettings) -> Backend:
     if settings.backend_kind == "local":
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL must be set for the local backend (`fastgshare up` sets it)")
-        import redis
-
         from gateway_plugin.local_backend import LocalBackend
+        from gateway_plugin.readiness import state_store_client
 
-        client = redis.Redis.from_url(settings.redis_url)
+        client = state_store_client(settings.redis_url)
         return LocalBackend(client, settings.state_dir)
     if settings.backend_kind == "kubernetes":
         import os

@@ -169,3 +169,27 @@ def test_a_memory_limit_no_device_here_holds_is_refused(platform, api):
     assert resp.status_code == 400 and resp.text.startswith("fastgshare/gpu_mem"), resp.text
     assert "largest device" in resp.text
     assert api.get(f"{info.url}/system/function/huge").status_code == 404
+
+
+def test_a_hung_redis_makes_the_control_plane_answer_503_instead_of_hanging(platform, api):
+    """Redis stopped (SIGSTOP: it holds its connections and answers nothing): the provider's
+    state-store commands time out (``STATE_STORE_TIMEOUT_S``) and the control plane answers 503
+    naming the state store; once Redis runs again, 200."""
+    from gateway_plugin.readiness import STATE_STORE_TIMEOUT_S
+
+    p, info = platform
+    url = info.url
+    wait_for(lambda: api.get(f"{url}/system/functions", timeout=10).status_code == 200,
+             what="the control plane answering before the test")
+    pid = p.redis_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = api.get(f"{url}/system/functions", timeout=60)
+        waited_s = time.monotonic() - t0
+        assert r.status_code == 503 and "state store (Redis)" in r.text, r.text
+        assert waited_s < 4 * STATE_STORE_TIMEOUT_S, f"answered only after {waited_s:.1f} s"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: api.get(f"{url}/system/functions", timeout=10).status_code == 200,
+             timeout_s=30, what="200 once Redis runs again")
