@@ -419,7 +419,7 @@ def start_supervisor(redis_url: str, stop: threading.Event) -> threading.Thread:
     raw = os.environ.get("FASTGSHARE_STATE_DIR")
     state_dir = Path(raw).expanduser() if raw else DEFAULT_STATE_DIR.expanduser()
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
-    pool = start_warm_pool(state_dir)
+    pool = warm_pool_for(state_dir)
     supervisor = ReplicaSupervisor(
         client, state_dir, redis_url,
         # The sidecars' restricted Redis user (``fastgshare.redis_acl``); the agent's own is the
@@ -431,6 +431,10 @@ def start_supervisor(redis_url: str, stop: threading.Event) -> threading.Thread:
 
     def run() -> None:
         try:
+            # Started here, not before the heartbeat: its imports take a second or two, and the
+            # first replicas wait for it (they would start cold, slower) but the devices do not.
+            if pool is not None and pool.start():
+                log.info("warm pool up on %s: workers are forked from it", pool.socket_path)
             supervisor.run(stop)
         finally:  # after every replica stopped: their workers, forked by the pool, are gone
             if pool is not None:
@@ -441,18 +445,16 @@ def start_supervisor(redis_url: str, stop: threading.Event) -> threading.Thread:
     return thread
 
 
-def start_warm_pool(state_dir: Path) -> warm_pool.PoolKeeper | None:
-    """The node's warm pool (``fast_manager.warm_pool``) unless ``FASTGSHARE_WARM_POOL=off``."""
+def warm_pool_for(state_dir: Path) -> warm_pool.PoolKeeper | None:
+    """The node's warm pool (``fast_manager.warm_pool``; not started yet) unless
+    ``FASTGSHARE_WARM_POOL=off``."""
     from fast_manager import warm_pool
 
     if os.environ.get(warm_pool.ENV_SWITCH, "on").strip().lower() in ("off", "0", "false", "no"):
         log.info("warm pool off (%s): workers start cold", warm_pool.ENV_SWITCH)
         return None
-    pool = warm_pool.PoolKeeper(warm_pool.socket_path_in(state_dir), warm_pool.DEFAULT_RUNTIME,
+    return warm_pool.PoolKeeper(warm_pool.socket_path_in(state_dir), warm_pool.DEFAULT_RUNTIME,
                                 state_dir / "logs" / "warm-pool.log")
-    if pool.start():
-        log.info("warm pool up on %s: workers are forked from it", pool.socket_path)
-    return pool
 
 
 if __name__ == "__main__":
