@@ -91,7 +91,12 @@ def low_table(name: str, device_type: str) -> ProfileTable:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, PlatformInfo, str]]:
-    p, info = start_platform(tmp_path_factory.mktemp("platform"), {IMAGE: HANDLER})
+    with pytest.MonkeyPatch.context() as mp:
+        # Cold starts: the windows this test reads lie between the fast decision and the added
+        # replica's readiness, which a warm-pool start (well under a second) leaves too short to
+        # read. What is tested is when the decision comes, not how fast a replica starts.
+        mp.setenv("FASTGSHARE_WARM_POOL", "off")
+        p, info = start_platform(tmp_path_factory.mktemp("platform"), {IMAGE: HANDLER})
     client = redis.Redis.from_url(info.redis_url)
     devs = wait_for(lambda: read_devices(client), 30, "the node agent's device")
     d = devs[0]
