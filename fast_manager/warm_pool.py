@@ -165,8 +165,8 @@ class WarmPool:
         try:
             request = json.loads(raw)
             why = self.refusal(request, fds)
-        except (ValueError, TypeError, KeyError) as e:
-            request, why = {}, f"malformed request: {e}"
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            request, why = {}, f"malformed request: {type(e).__name__}: {e}"
         if why:
             log.info("refused: %s", why)
             self._answer(conn, {"refused": why})
@@ -175,7 +175,13 @@ class WarmPool:
                 os.close(fd)
             return
         t0 = time.perf_counter()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:  # no memory or process left: the sidecar starts it cold, and says why
+            self._answer(conn, {"refused": f"the pool could not fork: {e}"})
+            conn.close()
+            os.close(fds[0])
+            return
         if pid == 0:  # the worker; never returns
             self._become_worker(conn, fds[0], request)
         os.close(fds[0])

@@ -236,3 +236,26 @@ def test_long_state_folder_gets_a_short_socket_path(tmp_path: Path) -> None:
     short = warm_pool.socket_path_in(tmp_path)
     assert short == tmp_path / "run" / "warm-pool.sock"
 
+
+
+def test_a_malformed_request_is_refused_and_the_pool_keeps_serving(pool) -> None:
+    import json
+    import socket
+    import sys
+
+    for raw in (b"not json", json.dumps({"python": sys.executable}).encode(),
+                json.dumps({"python": sys.executable, "runtime": str(warm_pool.DEFAULT_RUNTIME),
+                            "env": ["not", "a", "mapping"]}).encode()):
+        r, w = os.pipe()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+                s.settimeout(10)
+                s.connect(str(pool.socket_path))
+                socket.send_fds(s, [raw], [w])
+                answer = json.loads(s.recv(65536))
+        finally:
+            os.close(r)
+            os.close(w)
+        assert "refused" in answer, (raw, answer)
+    assert warm_pool.answers(pool.socket_path)
+    assert pool._proc is not None and pool._proc.poll() is None
