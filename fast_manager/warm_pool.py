@@ -94,6 +94,9 @@ class WarmPool:
         self.runtime = runtime.resolve()
         self.python = sys.executable
         self.import_env = import_time_env(os.environ)
+        self.unusable = _cuda_initialised()
+        """Why no worker may be forked ("" when any may): a CUDA context in the pool would be
+        unusable in every child."""
         self.children: dict[int, socket.socket] = {}
         """pid -> its sidecar's connection."""
         self._sel = selectors.DefaultSelector()
@@ -194,6 +197,8 @@ class WarmPool:
 
     def refusal(self, request: dict, fds: list[int]) -> str:
         """Why this request must start cold ("" when it may be forked)."""
+        if self.unusable:
+            return self.unusable
         if len(fds) != 1:
             return "the request carries no output pipe"
         if request["python"] != self.python:
@@ -288,6 +293,14 @@ class WarmPool:
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
+
+
+def _cuda_initialised() -> str:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return ("CUDA was initialised while the pool imported its modules (a preloaded module "
+                "touched the GPU): a forked worker could not use it")
+    return ""
 
 
 def _worker_process_setup(setup: Setup) -> None:
@@ -446,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     pool.listen()
     log.info("ready on %s in %.2f s: %s imported, runtime %s", args.socket,
              time.perf_counter() - t0, ", ".join(modules), pool.runtime)
+    if pool.unusable:
+        log.error("every worker will start cold: %s", pool.unusable)
     try:
         pool.serve(stop)
     finally:
