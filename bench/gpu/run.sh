@@ -174,8 +174,9 @@ step "isolation on $DEVICE" 140 90 \
   $PY -m bench.gpu.main isolation --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
 step "sharing modes on $DEVICE" 120 60 \
   $PY -m bench.gpu.main sharing --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
-# Issue 18: start-to-ready of a stored model's replica by phase, with a CUDA context under MPS
-step "replica start-to-ready by phase (ResNet-50, stored model)" 90 40 \
+# Issue 18: start-to-ready of a stored model's replica by phase, with a CUDA context under MPS,
+# forked from the node's warm pool and cold (no pool) in the same run (the pool is untested on a GPU)
+step "replica start-to-ready by phase (ResNet-50, stored model; warm pool and cold)" 150 60 \
   $PY -m bench.replica_start --quick --models resnet50 --json "$RES/replica_start.json"
 if [[ $DRY == 0 ]]; then
   # 6 points each: a measured point takes 10-20 s on an H200 (2026-11-28: 12 points did not fit 100 s);
