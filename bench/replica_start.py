@@ -121,18 +121,20 @@ def plot(rows: dict[str, dict[str, float]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 0.9 + 0.7 * len(rows)))
     colors = plt.get_cmap("tab10")
+    labelled: set[str] = set()
     for i, med in enumerate(rows.values()):
         prev = 0.0
-        for j, phase in enumerate(PHASES):
-            end = med.get(phase)
-            if end is None:
-                continue
-            ax.barh(i, end - prev, left=prev, color=colors(j), label=phase if i == 0 else None)
+        # In the order the phases ended (a warm-pool worker is forked before the sidecar listens).
+        ends = sorted((med[p], j, p) for j, p in enumerate(PHASES) if p in med)
+        for end, j, phase in ends:
+            ax.barh(i, end - prev, left=prev, color=colors(j),
+                    label=None if phase in labelled else phase)
+            labelled.add(phase)
             prev = end
     ax.axvline(1.0, color="k", ls="--", lw=1, label="target 1 s")
     ax.set_yticks(range(len(rows)), list(rows))
     ax.set_xlabel("seconds after the scale request (median of the trials)")
-    ax.set_title("replica start-to-ready by phase, stored model, CPU")
+    ax.set_title("replica start-to-ready by phase, stored model: warm pool and cold")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
