@@ -34,6 +34,9 @@ class GapProbe:
     def take_batch_limits(self) -> Any:
         return self.policy.take_batch_limits()
 
+    def observe_recent(self, *args: Any) -> None:
+        self.policy.observe_recent(*args)
+
     def apply(self, snapshot: Snapshot, adds: Any) -> Any:
         return self.policy.apply(snapshot, adds)
 
@@ -90,14 +93,20 @@ class Foresight:
     observed rate would go), with no headroom for what it cannot know (no burst headroom,
     volatility term or standby; it has no fast path). With ``delay_s`` (the scale-down delay) 0 it
     is what the machinery costs when the forecast is perfect; the gap from it to ``this`` is what
-    not knowing the future costs."""
+    not knowing the future costs.
+
+    ``start_s`` (the replicas' start) sets its re-pack cadence as it sets this policy's
+    (``repack.every_ticks_for_start``), so the two pack alike; ``repack_every_ticks`` overrides it
+    (6: the reference of the runs before the cadence followed the start)."""
 
     def __init__(self, specs: list[SimFunction], trace: Any, ahead_steps: int, delay_s: float,
-                 mem_bytes: int) -> None:
+                 mem_bytes: int, start_s: float = 5.0, repack_every_ticks: int | None = None) -> None:
         st = AutoscaleSettings(device_mem_bytes=mem_bytes, burst_k=0.0, volatility_k=0.0,
                                standby_frac=0.0, scale_down_delay_s=delay_s, seasonal_forecast=False,
-                               calm_scale_down_delay_s=delay_s)
+                               calm_scale_down_delay_s=delay_s, start_s=start_s)
         self.policy, self.trace, self.ahead = this_policy(specs, st), trace, ahead_steps
+        if repack_every_ticks is not None:
+            self.policy.repack_every_ticks = repack_every_ticks
         self.name = "foresight"
 
     def desired(self, now_s: float, observed: Any, current: Any) -> Any:

@@ -47,7 +47,8 @@ def seed_summary(entry: dict[str, Any]) -> dict[str, Any]:
     pols = {k: {m: v.get(m) for m in ("gpus_mean", "slo_attainment", "slo_attainment_min_function")}
             for k, v in entry["policies"].items()}
     return {"lower_bound_gpus": entry["lower_bound_gpus"], "foresight_gpus": entry.get("foresight_gpus"),
-            "foresight_slo_attainment": entry.get("foresight_slo_attainment"), "policies": pols}
+            "foresight_slo_attainment": entry.get("foresight_slo_attainment"),
+            "foresight_previous_gpus": entry.get("foresight_previous_gpus"), "policies": pols}
 
 
 def worst_seed(by_seed: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -61,6 +62,8 @@ def worst_seed(by_seed: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[
         seed, e = min(rows, key=lambda r: r[1]["policies"]["this"]["slo_attainment"])
         ratios = {sd: r["policies"]["this"]["gpus_mean"] / r["foresight_gpus"]
                   for sd, r in rows if r.get("foresight_gpus")}
+        previous = {sd: r["policies"]["this"]["gpus_mean"] / r["foresight_previous_gpus"]
+                    for sd, r in rows if r.get("foresight_previous_gpus")}
         fewest = all(r["policies"]["this"]["gpus_mean"] < r["policies"][k]["gpus_mean"]
                      for _, r in rows for k in r["policies"] if k != "this")
         this = e["policies"]["this"]
@@ -71,6 +74,7 @@ def worst_seed(by_seed: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[
             "worst_gpus_vs_foresight": max(ratios.values(), default=math.nan),
             "slo_per_seed": {sd: r["policies"]["this"]["slo_attainment"] for sd, r in rows},
             "gpus_vs_foresight_per_seed": ratios,
+            "gpus_vs_previous_foresight_per_seed": previous,
             "fewer_gpus_than_every_baseline_every_seed": fewest,
             "meets_slo": this["slo_attainment"] >= TARGET_SLO,
             "meets_gpus": max(ratios.values(), default=math.inf) <= TARGET_VS_FORESIGHT.get(t, 1.15),
@@ -81,14 +85,16 @@ def worst_seed(by_seed: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[
 def print_seeds(result: dict[str, Any]) -> None:
     """The per-seed table of this policy and the worst seed per trace."""
     by_seed = result["by_seed"]
-    print(f"\n{'trace':8s} {'seed':>4s} {'this GPUs':>9s} {'x foresight':>11s} {'SLO %':>7s} "
-          f"{'worst fn %':>10s} {'best baseline GPUs':>18s}")
+    print(f"\n{'trace':8s} {'seed':>4s} {'this GPUs':>9s} {'x foresight':>11s} {'x prev. ref':>11s} "
+          f"{'SLO %':>7s} {'worst fn %':>10s} {'best baseline GPUs':>18s}")
     for seed, traces in by_seed.items():
         for t, e in traces.items():
             this = e["policies"]["this"]
             base = min((v["gpus_mean"], k) for k, v in e["policies"].items() if k != "this")
             fs = e.get("foresight_gpus") or math.nan
+            prev = e.get("foresight_previous_gpus") or fs
             print(f"{t:8s} {seed:>4s} {this['gpus_mean']:9.1f} {this['gpus_mean'] / fs:11.2f} "
+                  f"{this['gpus_mean'] / prev:11.2f} "
                   f"{100 * this['slo_attainment']:7.2f} {100 * this['slo_attainment_min_function']:10.2f} "
                   f"{base[0]:11.1f} ({base[1]})")
     print("\nworst seed per trace (this policy; targets: SLO >= 99 %, GPUs <= 1.05x / 1.15x / 1.15x "

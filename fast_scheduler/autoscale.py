@@ -19,6 +19,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from fast_profiler.table import ProfileTable
 from fast_scheduler.choices import (
@@ -46,6 +47,11 @@ class AutoscaleSettings:
     under Poisson arrivals, and the forecast is net of sampling noise."""
     volatility_k: float = 2.0
     """Extra capacity per unit of the smoothed absolute forecast error (bursty demand gets more)."""
+    volatility_max_frac: float = math.inf
+    """The volatility headroom is at most this fraction of the forecast. With short starts a step
+    is met by the fast path within a sub-tick plus a start, so capacity held between steps for the
+    size of past errors (2x a smoothed error after a 3x step: tens of percent) buys little SLO for
+    its GPUs; a few percent more for every volatile function cuts the tail of all its requests."""
     volatility_smoothing: float = 0.1
     """Weight of the newest absolute forecast error in its smoothed value (a slow memory of bursts)."""
     jump_sigmas: float = 3.0
@@ -112,24 +118,46 @@ class AutoscaleSettings:
     seasonal_ahead_s: float = 11.0
     """How far ahead the seasonal forecast looks: a tick plus a replica's start (what a replica
     started now serves)."""
+    start_s: float = 5.0
+    """A replica's start-to-ready, as the policy plans for it (``for_start_time`` sets it): how long
+    a step found short is served by what runs (``backlog_drain_s``)."""
+    backlog_drain_s: float = 0.0
+    """The fast path adds capacity to drain, within this many seconds, the backlog a step leaves
+    queued: (observed - capacity) x (its window + ``start_s``). Requests queue FIFO, so a backlog
+    left to the spare capacity of a plan at the rate makes every later request late until it is
+    gone. 0: off (capacity for the rate only)."""
     limit_over_request: float = 1.0
     """Quota limit as a multiple of the request (capped at 1): >1 lets the arbiter lend idle time."""
     latency: LatencyModel = DEFAULT_MODEL
     """The latency curve through each table point (shared with the simulator)."""
 
 
-START_TUNED: tuple[tuple[float, float, float, float], ...] = ((1.0, 5.0, 0.1, 0.75), (5.0, 30.0, 0.35, 1.5))
-"""(replica start-to-ready s, ``scale_down_delay_s``, ``burst_k``, ``standby_frac``) tuned on the
-cluster bench (three seeds, docs/scheduler.md) at two start times; ``for_start_time`` interpolates.
-What each guards against is a step served by what ran before it for a sub-tick plus a start: the
-shorter the start, the less capacity held between bursts and the sooner spare replicas go."""
+START_TUNED: tuple[tuple[float, dict[str, float]], ...] = (
+    (1.0, {"scale_down_delay_s": 0.0, "burst_k": 0.1, "standby_frac": 0.75, "headroom_frac": 0.03,
+           "volatility_max_frac": 0.1, "smoothing": 0.3, "scale_down_margin_frac": 0.02,
+           "backlog_drain_s": 10.0}),
+    (5.0, {"scale_down_delay_s": 30.0, "burst_k": 0.35, "standby_frac": 1.5, "headroom_frac": 0.02,
+           "volatility_max_frac": 1.0, "smoothing": 0.5, "scale_down_margin_frac": 0.15,
+           "backlog_drain_s": 0.0}),
+)
+"""(replica start-to-ready s, the settings tuned for it) on the cluster bench (three seeds,
+docs/scheduler.md) at two start times; ``for_start_time`` interpolates. What they guard against is
+a step served by what ran before it for a sub-tick plus a start: the shorter the start, the less
+capacity held between bursts, the sooner spare replicas go (no delay: a 1 s start brings them back
+within the fast path's second), the tighter the re-plan band, and the smoother the level (a step
+is the fast path's, not the level's). 5 s: the defaults of earlier runs (``volatility_max_frac`` 1:
+no cap in practice; ``backlog_drain_s`` 0: off)."""
+
+_BY_INVERSE = frozenset({"backlog_drain_s"})
+"""Interpolated as a rate (1 / x, 0 when off), so a point between "drain in 10 s" and "off" drains
+more slowly, never faster."""
 
 
 def for_start_time(start_s: float, base: AutoscaleSettings | None = None) -> AutoscaleSettings:
-    """``base`` with its burst settings for replicas that start in ``start_s`` (``START_TUNED``,
-    piecewise linear between its points, clamped outside them)."""
+    """``base`` with the settings of ``START_TUNED`` for replicas that start in ``start_s`` (piecewise
+    linear between its points, clamped outside them), and ``start_s`` itself."""
     st = base or AutoscaleSettings()
-    pts = sorted(START_TUNED)
+    pts = sorted(START_TUNED, key=lambda p: p[0])
     lo, hi = pts[0], pts[-1]
     for p, q in zip(pts, pts[1:], strict=False):  # the segment holding start_s (piecewise linear)
         if start_s <= q[0]:
@@ -137,11 +165,18 @@ def for_start_time(start_s: float, base: AutoscaleSettings | None = None) -> Aut
             break
     else:
         lo = hi
-    (s0, *a), (s1, *b) = lo, hi
+    (s0, a), (s1, b) = lo, hi
     w = min(1.0, max(0.0, (start_s - s0) / (s1 - s0))) if s1 > s0 else 1.0
-    delay, burst_k, standby = (x * (1 - w) + y * w for x, y in zip(a, b, strict=True))
-    return replace(st, scale_down_delay_s=delay, burst_k=burst_k, standby_frac=standby,
-                   calm_scale_down_delay_s=min(delay, st.calm_scale_down_delay_s))
+    out: dict[str, Any] = {}  # float settings only (``START_TUNED``)
+    for k, x in a.items():
+        y = b[k]
+        if k in _BY_INVERSE:
+            r = (1 / x if x > 0 else 0.0) * (1 - w) + (1 / y if y > 0 else 0.0) * w
+            out[k] = 1 / r if r > 0 else 0.0
+        else:
+            out[k] = x * (1 - w) + y * w
+    delay = out["scale_down_delay_s"]
+    return replace(st, **out, start_s=start_s, calm_scale_down_delay_s=min(delay, st.calm_scale_down_delay_s))
 
 
 def split_standby(
@@ -209,6 +244,12 @@ class AutoscaleContext:
     before what is started now can serve. None: no period found, the reactive policy alone. Given,
     the target is at least it (pre-scaling ahead of a predicted step) and burst headroom is off
     (the forecast, not a memory of past steps, says when the next one comes)."""
+    recent_rps: float | None = None
+    """The rate over the last ``recent_window_s`` of the tick's window (since the fast path's last
+    reading). A step in the last second before a tick is diluted in the tick's mean: given, a rate
+    there above the current capacity by more than ``jump_sigmas`` of that window is planned for at
+    once, as the fast path would have. None: the tick's rate alone."""
+    recent_window_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -310,18 +351,21 @@ def decide_replicas(
     stepped = gap > cfg.jump_sigmas * noise
     seasonal = ctx.predicted_rps is not None
     burst = cfg.burst_k * (gap - noise) if cfg.burst_k > 0 and stepped and not seasonal else 0.0
-    target = (
-        forecast * (1 + cfg.headroom_frac) + cfg.volatility_k * excess + burst if forecast > 0 else 0.0
-    )
+    volatile = min(cfg.volatility_k * excess, cfg.volatility_max_frac * forecast)
+    target = forecast * (1 + cfg.headroom_frac) + volatile + burst if forecast > 0 else 0.0
     if seasonal:  # pre-scale for the step the season predicts
         target = max(target, (ctx.predicted_rps or 0.0) * (1 + cfg.headroom_frac))
+    cur_fp, cur_cap, _ = cs.totals(ctx.current)
+    recent = ctx.recent_rps
+    if recent is not None and ctx.recent_window_s > 0 and recent - cur_cap > cfg.jump_sigmas * math.sqrt(
+            max(recent, 1e-9) / ctx.recent_window_s):
+        target = max(target, recent * (1 + cfg.headroom_frac))
     if burst > 0 and cfg.burst_round_up and cs.choices:
         unit = cs.choices[0].capacity_rps
         target = math.ceil(target / unit - 1e-9) * unit
     choice_set_now = cs
 
     lo, hi = ctx.min_replicas, ctx.max_replicas
-    cur_fp, cur_cap, _ = cs.totals(ctx.current)
 
     def done(
         replicas: tuple[ShareConfig, ...],
@@ -459,6 +503,8 @@ def fast_scale_up(
     if obs - cap <= cfg.jump_sigmas * noise or room <= 0:
         return None, st
     target = obs * (1 + cfg.headroom_frac)
+    if cfg.backlog_drain_s > 0:  # what queued while short, and queues until the new replicas serve
+        target += (obs - cap) * (window_s + cfg.start_s) / cfg.backlog_drain_s
     extra, ok = plan_for_rate(cs, target - cap, room)
     if cfg.fast_round_up and ok and extra:
         best = cs.choices[0]

@@ -56,6 +56,21 @@ class RepackSettings:
     """A move whose new replica is not ready after this long is abandoned."""
 
 
+REPACK_TUNED: tuple[tuple[float, int], ...] = ((1.0, 1), (5.0, 6))
+"""(replica start-to-ready s, re-pack every this many ticks) tuned on the cluster bench
+(docs/scheduler.md). A move holds its old device until its new copy has started
+(make-before-break): with 5 s starts a re-pack every tick costs more device time than it frees;
+with 1 s starts it frees 1-10 % of the GPUs (the Azure-like trace most)."""
+
+
+def every_ticks_for_start(start_s: float) -> int:
+    """The re-pack cadence for replicas that start in ``start_s`` (``REPACK_TUNED``, linear
+    between its points and rounded, clamped outside them)."""
+    (s0, n0), (s1, n1) = REPACK_TUNED[0], REPACK_TUNED[-1]
+    w = min(1.0, max(0.0, (start_s - s0) / (s1 - s0)))
+    return max(1, round(n0 + (n1 - n0) * w))
+
+
 @dataclass(frozen=True)
 class LiveMove:
     """One replica of ``from_group`` (on ``from_device``) being moved into ``to_group`` (on

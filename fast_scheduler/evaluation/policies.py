@@ -56,6 +56,7 @@ from fast_scheduler.placement import (
     place_standby,
     plan_repack,
 )
+from fast_scheduler.repack import every_ticks_for_start
 from fast_scheduler.seasonal import SeasonalForecaster
 
 ChoiceFilter = Callable[[SimFunction, AutoscaleSettings], tuple[ConfigChoice, ...]]
@@ -82,6 +83,9 @@ class AutoscaledPolicy:
     step (``AutoscaleContext.predicted_rps``); None: one is made when
     ``settings.seasonal_forecast`` (reactive only without)."""
     states: dict[str, AutoscaleState] = field(default_factory=dict)
+    recent: tuple[dict[str, float], float] | None = None
+    """The rates over the last sub-window before the coming tick, and its length
+    (``observe_recent``; ``AutoscaleContext.recent_rps``), used by that tick only."""
     batch_limits: dict[str, dict[ShareConfig, int]] = field(default_factory=dict)
     """Batch raises of the last fast sub-tick, per function, until ``take_batch_limits``."""
     last_tick_s: float | None = None
@@ -121,6 +125,7 @@ class AutoscaledPolicy:
         current: Mapping[str, tuple[ShareConfig, ...]],
     ) -> dict[str, tuple[ShareConfig, ...]]:
         self.ticks += 1
+        recent, self.recent = self.recent, None
         span_s = now_s - self.last_tick_s if self.last_tick_s is not None else 0.0
         self.now_s, self.last_tick_s = now_s, now_s
         out = {}
@@ -140,6 +145,8 @@ class AutoscaledPolicy:
                 s.min_replicas,
                 s.max_replicas,
                 predicted_rps=predicted,
+                recent_rps=recent[0].get(s.name, 0.0) if recent else None,
+                recent_window_s=recent[1] if recent else 0.0,
             )
             d, st = decide_replicas(ctx, self.states.get(s.name), self.settings)
             d = with_standby(d, st, s.max_replicas, self.settings)
@@ -174,6 +181,11 @@ class AutoscaledPolicy:
                 if d.batch_limits:
                     self.batch_limits[s.name] = dict(d.batch_limits)
         return out
+
+    def observe_recent(self, now_s: float, observed_rps: Mapping[str, float], window_s: float) -> None:
+        """The rates since the fast path's last reading, handed over just before a tick (that
+        ``desired`` plans for a step they show; ``AutoscaleContext.recent_rps``)."""
+        self.recent = (dict(observed_rps), window_s)
 
     def take_batch_limits(self) -> dict[str, dict[ShareConfig, int]]:
         """The batch raises decided since the last call (the simulator applies them at once)."""
@@ -219,13 +231,14 @@ class AutoscaledPolicy:
 def this_policy(specs: Sequence[SimFunction], settings: AutoscaleSettings | None = None,
                 seasonal: SeasonalForecaster | None = None) -> AutoscaledPolicy:
     """This project's policy: every (SM, quota, batch) config of the table and the tiling SM shares
-    (``candidate_points``, as the live loop offers them), band admission, packing + affinity, re-pack."""
+    (``candidate_points``, as the live loop offers them), band admission, packing + affinity, re-pack
+    at the cadence for its start time (``repack.every_ticks_for_start(settings.start_s)``)."""
     st = settings or AutoscaleSettings()
     room = st.standby_frac > 0
     return AutoscaledPolicy(
         "this", specs, st, restricted(lambda s: candidate_points(s.table, room)),
         lookup=restricted(lambda s: candidate_points(s.table)) if room else None,
-        repack_every_ticks=6, seasonal=seasonal,
+        repack_every_ticks=every_ticks_for_start(st.start_s), seasonal=seasonal,
     )
 
 

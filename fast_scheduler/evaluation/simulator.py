@@ -74,6 +74,9 @@ class SimSettings:
     borrow_idle: bool = True
     """Replicas whose quota limit is above their request serve past it, up to the limit, on the
     device's idle SM-time (what the arbiter lends); False: every replica at its request."""
+    recent_at_tick: bool = True
+    """Before each tick, hand a policy with a fast path the rates of the last sub-window
+    (``observe_recent``), which the tick's mean dilutes; False: the tick's rates only."""
     batch_lever: bool = True
     """Apply the batch raises a policy asks for (``take_batch_limits``): the running replicas serve
     at a batch up to the raised limit (the one that serves their share of the rate best, from the
@@ -271,6 +274,7 @@ def simulate(
                 raised.add(n)
 
     fast = getattr(policy, "fast", None) if 0 < fast_every < every else None
+    recent = getattr(policy, "observe_recent", None) if fast is not None and cfg.recent_at_tick else None
     since_fast = dict.fromkeys(by_name, 0.0)
     last_fast_s: float | None = None
 
@@ -398,6 +402,9 @@ def simulate(
             # On the very first tick the policy sees the first interval's demand, as a warm platform would.
             if last_tick_s is None:
                 observed = {n: sum(trace.counts[n][:every]) / (every * dt) for n in by_name}
+            if recent is not None and last_fast_s is not None and now > last_fast_s:
+                # The last sub-window, which the tick's mean dilutes: a step there is planned for now.
+                recent(now, {n: since_fast[n] / (now - last_fast_s) for n in by_name}, now - last_fast_s)
             last_tick_s, since_tick = now, dict.fromkeys(by_name, 0.0)
             last_fast_s, since_fast = now, dict.fromkeys(by_name, 0.0)
             current = {n: tuple(r.config for r in replicas.values() if r.req.function == n) for n in by_name}

@@ -308,3 +308,42 @@ def test_quota_tiling_footprint(sm, quota, plain, tiled):
     cfg = ShareConfig(sm, quota, 1.0)
     assert tiled_area(cfg) == pytest.approx(plain)
     assert tiled_area(cfg, quota_tiling=True) == pytest.approx(tiled)
+
+
+def test_fast_path_adds_capacity_to_drain_the_backlog_of_a_step():
+    cur, st = after_ticks([50.0] * 3)
+    cap = st.choice_set.totals(cur)[1]
+    ctx = AutoscaleContext("f", 16.0, 300.0, TABLE, SLO, cur, 1, 50)
+    plain = AutoscaleSettings(fast_round_up=False)
+    d0, _ = fast_scale_up(ctx, st, 1.0, plain)
+    drain = AutoscaleSettings(fast_round_up=False, backlog_drain_s=10.0, start_s=1.0)
+    d1, _ = fast_scale_up(ctx, st, 1.0, drain)
+    assert d0 is not None and d1 is not None
+    # What queued over the 1 s window and queues for the 1 s start, drained within 10 s.
+    assert d1.target_rps == pytest.approx(d0.target_rps + (300.0 - cap) * (1.0 + 1.0) / 10.0)
+    assert d1.capacity_rps >= d1.target_rps > d0.target_rps
+
+
+def test_volatility_headroom_is_capped_at_a_fraction_of_the_forecast():
+    steps = [100.0, 300.0] * 6 + [100.0]  # a forecast error far beyond Poisson noise every tick
+    free = run(steps, AutoscaleSettings(burst_k=0.0))[-1]
+    capped = run(steps, AutoscaleSettings(burst_k=0.0, volatility_max_frac=0.1))[-1]
+    assert free.target_rps > 1.3 * 100.0  # uncapped: twice the smoothed error on top
+    assert capped.target_rps <= 100.0 * (1 + 0.02 + 0.1) + 1e-6 < free.target_rps
+
+
+@pytest.mark.parametrize(("recent", "scales_up"), [(None, False), (150.0, False), (400.0, True)])
+def test_a_step_in_the_last_sub_window_is_planned_for_on_the_tick(recent, scales_up):
+    # Four seconds at 100 rps and the last one at ``recent``: the tick's mean is within what runs,
+    # so only the last second looked at on its own shows a step beyond it (and its noise).
+    s = AutoscaleSettings(burst_k=0.0, volatility_k=0.0)
+    cur, st = after_ticks([100.0] * 4, s)
+    cap = st.choice_set.totals(cur)[1]
+    mean = (4 * 100.0 + (recent or 100.0)) / 5
+    assert mean < cap
+    ctx = AutoscaleContext("f", 20.0, mean, TABLE, SLO, cur, 1, 50, recent_rps=recent,
+                           recent_window_s=1.0 if recent is not None else 0.0)
+    d, _ = decide_replicas(ctx, st, s)
+    assert (d.capacity_rps > cap) == scales_up
+    if scales_up:
+        assert d.capacity_rps >= 400.0 * 1.02 - 1e-6

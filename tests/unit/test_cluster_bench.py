@@ -2,8 +2,9 @@
 
 import pytest
 
-from bench.cluster import _synthetic_tables, as_profiled, reaction_window_share
+from bench.cluster import _synthetic_tables, as_profiled, make_specs, reaction_window_share
 from fast_scheduler.evaluation.simulator import Trace
+from fast_scheduler.evaluation.traces import poisson_trace
 from fast_scheduler.latency import LatencyCurve, LatencyModel
 
 
@@ -95,12 +96,35 @@ def test_worst_seed_is_the_lowest_slo_and_checks_the_targets():
 def test_policy_settings_follow_the_replica_start_time():
     from fast_scheduler.autoscale import START_TUNED, for_start_time
 
-    (s0, d0, k0, f0), (s1, d1, k1, f1) = START_TUNED
+    (s0, a), (s1, b) = START_TUNED
     lo, hi, mid = for_start_time(s0 / 2), for_start_time(2 * s1), for_start_time((s0 + s1) / 2)
-    assert (lo.scale_down_delay_s, lo.burst_k, lo.standby_frac) == (d0, k0, f0)
-    assert (hi.scale_down_delay_s, hi.burst_k, hi.standby_frac) == (d1, k1, f1)
-    assert mid.burst_k == pytest.approx((k0 + k1) / 2)
+    for st, want in ((lo, a), (hi, b)):  # clamped outside the tuned points
+        assert {k: getattr(st, k) for k in want} == want
+    assert (lo.start_s, hi.start_s) == (s0 / 2, 2 * s1)
+    assert mid.burst_k == pytest.approx((a["burst_k"] + b["burst_k"]) / 2)
+    assert mid.headroom_frac == pytest.approx((a["headroom_frac"] + b["headroom_frac"]) / 2)
     assert lo.calm_scale_down_delay_s <= lo.scale_down_delay_s
+    # The backlog drain goes as a rate: half-way from "10 s" to "off" drains in 20 s, not 5 s.
+    assert a["backlog_drain_s"] > 0 and b["backlog_drain_s"] == 0
+    assert mid.backlog_drain_s == pytest.approx(2 * a["backlog_drain_s"])
+
+
+def test_repack_cadence_follows_the_start_time_for_policy_and_reference():
+    from bench.cluster_refs import Foresight
+    from fast_scheduler.autoscale import for_start_time
+    from fast_scheduler.evaluation.policies import this_policy
+    from fast_scheduler.repack import REPACK_TUNED, every_ticks_for_start
+
+    (s0, n0), (s1, n1) = REPACK_TUNED
+    assert (every_ticks_for_start(s0 / 2), every_ticks_for_start(s1 * 2)) == (n0, n1)
+    assert n0 <= every_ticks_for_start((s0 + s1) / 2) <= n1
+    specs, rates = make_specs(3, 1, 5.0, 10.0)
+    tr = poisson_trace(rates, 20.0, seed=1)
+    for start in (s0, s1):
+        pol = this_policy(specs, for_start_time(start))
+        fs = Foresight(specs, tr, 7, 0.0, 32 * 2**30, start)
+        assert pol.repack_every_ticks == fs.policy.repack_every_ticks == every_ticks_for_start(start)
+    assert Foresight(specs, tr, 7, 0.0, 32 * 2**30, s0, 6).policy.repack_every_ticks == 6
 
 
 def test_start_time_from_a_replica_start_result(tmp_path):

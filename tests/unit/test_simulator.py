@@ -239,3 +239,38 @@ def test_remembered_standby_refusals_change_no_placement_and_save_the_scans():
     assert full_pol.standby_scans == full_pol.standby_requests  # no memory: every request scanned
     assert mem_pol.standby_scans < full_pol.standby_scans
     assert 2 * mem_pol.standby_devices < full_pol.standby_devices
+
+
+@pytest.mark.parametrize("recent_at_tick, better", [(True, True), (False, False)])
+def test_a_step_just_before_a_tick_is_planned_for_on_that_tick(recent_at_tick, better):
+    # A 4x step one second before a tick: the tick's 5 s mean dilutes it, and the fast path's
+    # reading of that second is reset by the tick; handed to the tick, it is planned for at once.
+    tr = step_trace("r", 50.0, 200.0, 64, 120)
+    no_sb = AutoscaleSettings(standby_frac=0.0)
+
+    def run(on):
+        return simulate(STEP_SPEC, tr, this_policy(STEP_SPEC, no_sb),
+                        SimSettings(gpus=8, fast_interval_s=1.0, recent_at_tick=on)).summary()
+
+    base, res = run(False), run(recent_at_tick)
+    assert (res["slo_attainment"] > base["slo_attainment"] + 0.005) == better, (base, res)
+
+
+def test_the_last_sub_window_is_handed_over_before_each_tick():
+    seen = []
+
+    class Recorder(Fixed):
+        def fast(self, now_s, observed, current, window_s):
+            return {}
+
+        def observe_recent(self, now_s, observed, window_s):
+            seen.append((now_s, dict(observed), window_s))
+
+    rates = [10.0] * 9 + [30.0] + [10.0] * 10
+    tr = Trace("t", 1.0, {"r": [round(r) for r in rates]}, {"r": rates})
+    simulate(STEP_SPEC, tr, Recorder({"r": (ROOM,)}), SimSettings(gpus=2, fast_interval_s=1.0))
+    assert [s[0] for s in seen] == [5.0, 10.0, 15.0]  # every tick but the first
+    assert seen[1][1] == {"r": 30.0} and seen[1][2] == 1.0  # the second before the tick at 10 s
+    seen.clear()
+    simulate(STEP_SPEC, tr, Recorder({"r": (ROOM,)}), SimSettings(gpus=2, fast_interval_s=0.0))
+    assert seen == []  # no fast path: nothing to hand over
