@@ -229,9 +229,12 @@ class WorkerProcess:
             return False
         return True
 
-    def start(self) -> None:
+    def _undumpable(self) -> None:
         if self._settings.undumpable:  # before the first worker exists (settings.undumpable)
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_DUMPABLE, 0)
+
+    def start(self) -> None:
+        self._undumpable()
         self._task = asyncio.create_task(self._supervise(), name="worker-supervisor")
 
     async def kill(self, reason: str) -> None:
@@ -304,6 +307,7 @@ class WorkerProcess:
         the sidecar starts. The first run then follows it; nothing happens without a pool."""
         if self._settings.warm_socket is None:
             return
+        self._undumpable()
         env, setup = self._launch()
         forked, why = request_fork(self._settings.warm_socket, self._encode(env, setup))
         if forked is not None:
