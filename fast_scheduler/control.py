@@ -316,10 +316,13 @@ def plan_tick(
             continue
         mem.fast_count, mem.fast_at_s = f.invocation_count, now_s
         predicted = None
+        recent: tuple[float, float] | None = None
         if fast:
             rate = fast_rate
         else:
             span_s = now_s - mem.at_s
+            if 0 < window_s < span_s:  # a sub-tick read since the last tick: the tick's last part
+                recent = (fast_rate, window_s)
             rate = observed_rate(mem.count, mem.at_s, f.invocation_count, now_s)
             mem.count, mem.at_s = f.invocation_count, now_s
             if settings.seasonal_forecast:  # the rate ahead, where the function has a period
@@ -344,6 +347,8 @@ def plan_tick(
             f.name, now_s, rate, table, f.slo_ms, planned, lo, f.max_replicas - len(standby), fixed,
             predicted,
         )
+        if recent is not None:  # a step in it is planned for on this tick (``recent_rps``)
+            ctx = replace(ctx, recent_rps=recent[0], recent_window_s=recent[1])
         if fast:
             fd, fst = fast_scale_up(ctx, mem.state, window_s, settings)
             if fd is None:

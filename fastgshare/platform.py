@@ -164,8 +164,12 @@ class Platform:
                 self._spawn("profiler", [sys.executable, "-m", "fast_profiler", "watch",
                                          "--gateway", url])
             if self.scheduler:
+                # Replicas start in under a second from the node's warm pool (bench.replica_start),
+                # cold in 2-3 s on the CPU and more on a GPU: the scheduler's settings follow.
+                warm = os.environ.get("FASTGSHARE_WARM_POOL", "on").strip().lower() not in (
+                    "off", "0", "false", "no")
                 self._spawn("scheduler", [sys.executable, "-m", "fast_scheduler",
-                                          "--gateway", url])
+                                          "--gateway", url, "--start-s", "1" if warm else "5"])
         except BaseException:
             self.stop()
             raise

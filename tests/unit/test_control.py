@@ -397,3 +397,19 @@ def test_the_devices_that_refused_a_placed_standby_are_remembered_too():
         assert (None if isinstance(full, Rejection) else full.device_id) == placed_on
         if p is not None:
             snap = _swap(snap, p.device)
+
+
+def test_a_step_in_the_last_sub_window_before_a_tick_is_planned_for_on_that_tick():
+    """A sub-tick read 1 s before the tick: the tick sees the rate of that last second
+    (``recent_rps``) besides its 2 s mean, and a step there is planned for at once; without the
+    sub-tick's reading the same counters give the mean only."""
+    with_sub: dict[str, FunctionMemory] = {}
+    without: dict[str, FunctionMemory] = {}
+    for mem in (with_sub, without):
+        tick(mem, 0.0, view(0))
+        tick(mem, 2.0, view(10))  # 5 rps: the base replica serves it
+    assert not fast_tick(with_sub, 3.0, view(15)).actions  # still 5 rps: nothing to add
+    stepped = view(75)  # 60 rps over the last second, 32.5 over the tick's 2 s
+    d_sub = tick(with_sub, 4.0, stepped).decisions["openfaas-fn/f"]
+    d_mean = tick(without, 4.0, stepped).decisions["openfaas-fn/f"]
+    assert d_sub.capacity_rps >= 60 > d_mean.capacity_rps, (d_sub, d_mean)
