@@ -450,7 +450,7 @@ def warm_pool_for(state_dir: Path) -> warm_pool.PoolKeeper | None:
     ``FASTGSHARE_WARM_POOL=off``."""
     from fast_manager import warm_pool
 
-    if os.environ.get(warm_pool.ENV_SWITCH, "on").strip().lower() in ("off", "0", "false", "no"):
+    if not warm_pool.enabled(os.environ):
         log.info("warm pool off (%s): workers start cold", warm_pool.ENV_SWITCH)
         return None
     return warm_pool.PoolKeeper(warm_pool.socket_path_in(state_dir), warm_pool.DEFAULT_RUNTIME,

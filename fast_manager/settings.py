@@ -187,7 +187,8 @@ def _opt_float(env: Mapping[str, str], name: str, hi: float) -> float | None:
 _TIMEOUT_ALLOWED = f"seconds, 0 < t <= {MAX_TIMEOUT_S:g}"
 
 
-def _on_off(env: Mapping[str, str], name: str, default: bool) -> bool:
+def on_off(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A switch: ``on``/``1``/``true``/``yes`` or ``off``/``0``/``false``/``no``; unset: ``default``."""
     raw = env.get(name, "").strip().lower()
     if not raw:
         return default
@@ -274,7 +275,7 @@ def sidecar_settings_from_env(env: Mapping[str, str]) -> SidecarSettings:
         model=env.get("FASTGSHARE_MODEL") or None,
         secrets_dir=Path(secrets) if secrets else None,
         redis_url=env.get("REDIS_URL") or None,
-        arbiter=_on_off(env, "FASTGSHARE_ARBITER", True),
+        arbiter=on_off(env, "FASTGSHARE_ARBITER", True),
         mem_enforce=_choice(env, "FASTGSHARE_MEM_ENFORCE", MEM_ENFORCE_MODES),
         arbiter_window_s=_opt_float(env, "FASTGSHARE_ARBITER_WINDOW_S", MAX_ARBITER_S),
         arbiter_min_token_ms=_opt_float(env, "FASTGSHARE_ARBITER_MIN_TOKEN_MS", MAX_ARBITER_S * 1000),
@@ -282,7 +283,7 @@ def sidecar_settings_from_env(env: Mapping[str, str]) -> SidecarSettings:
         mps_pipe_dir=env.get("FASTGSHARE_MPS_PIPE_DIR") or None,
         run_as=parse_run_as(env.get("FASTGSHARE_RUN_AS", "")),
         warm_socket=Path(env["FASTGSHARE_WARM_SOCKET"]) if env.get("FASTGSHARE_WARM_SOCKET") else None,
-        undumpable=_on_off(env, "FASTGSHARE_SIDECAR_UNDUMPABLE", False),
+        undumpable=on_off(env, "FASTGSHARE_SIDECAR_UNDUMPABLE", False),
         control_token=env.get("FASTGSHARE_CONTROL_TOKEN", "").strip(),
         worker_nice=_int(env, "FASTGSHARE_WORKER_NICE", 0, 0, 19),
         sidecar_nice=_int(env, "FASTGSHARE_SIDECAR_NICE", 0, -20, 0),

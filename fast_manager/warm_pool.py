@@ -53,7 +53,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fast_manager.settings import TEMPLATE_RUNTIME as DEFAULT_RUNTIME
-from fast_manager.settings import is_sidecar_only
+from fast_manager.settings import is_sidecar_only, on_off
 from fast_manager.warm_start import MAX_MESSAGE, Setup
 
 log = logging.getLogger("warm_pool")
@@ -328,6 +328,12 @@ def _lifeline(conn: socket.socket) -> None:
 
 ENV_SWITCH = "FASTGSHARE_WARM_POOL"
 """``off``: the node agent runs no warm pool and every worker starts cold."""
+
+
+def enabled(env: Mapping[str, str]) -> bool:
+    """Whether the node agent runs a warm pool (``ENV_SWITCH``, on by default; ValidationError
+    naming it for another value)."""
+    return on_off(env, ENV_SWITCH, True)
 START_TIMEOUT_S = 30.0
 RESTART_PAUSE_S = 2.0
 

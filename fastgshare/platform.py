@@ -26,6 +26,7 @@ from pathlib import Path
 import redis
 import requests
 
+from fast_manager import warm_pool
 from fast_manager.function_users import Isolation, isolation_from_env
 from fastgshare.redis_acl import PLATFORM_USER, ensure_passwords, write_acl_file
 from fastgshare.redis_server import (
@@ -124,6 +125,7 @@ class Platform:
     """Function users (the platform runs as root), or None (functions run as this user)."""
 
     def start(self) -> PlatformInfo:
+        warm = warm_pool.enabled(os.environ)  # a bad value is refused before anything starts
         self.state_dir = Path(self.state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)  # secrets, Redis data and credentials: the platform's alone
@@ -166,10 +168,8 @@ class Platform:
             if self.scheduler:
                 # Replicas start in under a second from the node's warm pool (bench.replica_start),
                 # cold in 2-3 s on the CPU and more on a GPU: the scheduler's settings follow.
-                warm = os.environ.get("FASTGSHARE_WARM_POOL", "on").strip().lower() not in (
-                    "off", "0", "false", "no")
-                self._spawn("scheduler", [sys.executable, "-m", "fast_scheduler",
-                                          "--gateway", url, "--start-s", "1" if warm else "5"])
+                self._spawn("scheduler", [sys.executable, "-m", "fast_scheduler", "--gateway", url,
+                                          "--start-s", "1" if warm else "5"])
         except BaseException:
             self.stop()
             raise

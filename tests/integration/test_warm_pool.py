@@ -259,3 +259,12 @@ def test_a_malformed_request_is_refused_and_the_pool_keeps_serving(pool) -> None
         assert "refused" in answer, (raw, answer)
     assert warm_pool.answers(pool.socket_path)
     assert pool._proc is not None and pool._proc.poll() is None
+
+
+def test_the_switch_is_on_by_default_and_refuses_other_values() -> None:
+    from fastgshare.errors import ValidationError
+
+    assert warm_pool.enabled({}) and warm_pool.enabled({warm_pool.ENV_SWITCH: "on"})
+    assert not warm_pool.enabled({warm_pool.ENV_SWITCH: "off"})
+    with pytest.raises(ValidationError, match=warm_pool.ENV_SWITCH):
+        warm_pool.enabled({warm_pool.ENV_SWITCH: "maybe"})
