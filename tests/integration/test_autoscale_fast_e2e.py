@@ -63,7 +63,7 @@ from fastgshare.platform import Platform, PlatformInfo
 from gateway_plugin.types import STARTED_FIELD
 from tests.integration.platform_helpers import deploy_slo_function, start_platform
 from tests.integration.test_autoscale_e2e import HANDLER, IMAGE, REPO, replicas_of
-from tests.waiting import wait_for
+from tests.waiting import stepped_load, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +171,6 @@ def run_step(info: PlatformInfo, name: str, device_type: str,
             env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT)
     client = redis.Redis.from_url(info.redis_url)
     watch, stop = Watch(), threading.Event()
-    rate = [BASE_RPS]
 
     def poll() -> None:
         last = None
@@ -202,15 +201,8 @@ def run_step(info: PlatformInfo, name: str, device_type: str,
 
     stepped = threading.Event()
 
-    def load(pool: ThreadPoolExecutor) -> None:
-        t = time.monotonic()
-        while not stop.is_set():
-            pool.submit(call)
-            t += 1.0 / rate[0]
-            # The step starts the new rate at once, not after the base rate's gap (2 s).
-            woken = (stop if rate[0] == STEP_RPS else stepped).wait(max(0.0, t - time.monotonic()))
-            if woken and rate[0] != STEP_RPS:
-                rate[0], t = STEP_RPS, time.monotonic()
+    def load(pool: ThreadPoolExecutor) -> None:  # the step at once, not after the base gap (2 s)
+        stepped_load(lambda: pool.submit(call), BASE_RPS, STEP_RPS, stepped, stop)
 
     watcher = threading.Thread(target=poll, daemon=True)
     pool = ThreadPoolExecutor(48)

@@ -55,7 +55,7 @@ from fastgshare import keys
 from fastgshare.provider_client import ProviderClient, ProviderError
 from fastgshare.stats import percentile
 from tests.integration.platform_helpers import HANDLERS, deploy_slo_function, start_platform
-from tests.waiting import wait_for
+from tests.waiting import stepped_load, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,6 @@ class Seen:
 def test_a_step_is_absorbed_by_a_batch_raise_before_new_replicas_are_ready(tmp_path: Path) -> None:
     platform, info = start_platform(tmp_path / "state", {IMAGE: HANDLERS / "paced_batch"})
     seen, stop = Seen(), threading.Event()
-    rate = [BASE_RPS]
     threads: list[threading.Thread] = []
     pool = ThreadPoolExecutor(48)
     sched = None
@@ -134,13 +133,7 @@ def test_a_step_is_absorbed_by_a_batch_raise_before_new_replicas_are_ready(tmp_p
         stepped = threading.Event()
 
         def load() -> None:
-            t = time.monotonic()
-            while not stop.is_set():
-                pool.submit(call)
-                t += 1.0 / rate[0]
-                woken = (stop if rate[0] == STEP_RPS else stepped).wait(max(0.0, t - time.monotonic()))
-                if woken and rate[0] != STEP_RPS:
-                    rate[0], t = STEP_RPS, time.monotonic()
+            stepped_load(lambda: pool.submit(call), BASE_RPS, STEP_RPS, stepped, stop)
 
         def watch() -> None:
             last = None
