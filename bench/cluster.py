@@ -31,7 +31,6 @@ from fast_scheduler.autoscale import (
     AutoscaleState,
     decide_replicas,
     fast_scale_up,
-    for_start_time,
     split_standby,
     with_standby,
 )
@@ -58,6 +57,7 @@ from fast_scheduler.placement import (
     place,
     standby_room,
 )
+from fast_scheduler.start_tuning import for_start_time
 
 MIB = 2**20
 ORDER = ["exclusive", "time_sharing", "mps_equal", "fastgshare_original", "this"]

@@ -2,7 +2,7 @@
 
 ``--start-s S`` is how long a replica takes from its start to ready on this platform (default 5: a
 cold start, as on Kubernetes; ``fastgshare up`` passes 1 when its node runs a warm pool): the
-autoscaler's settings (``autoscale.for_start_time``: headroom, scale-down, burst capacity, backlog
+autoscaler's settings (``start_tuning.for_start_time``: headroom, scale-down, burst capacity, backlog
 drain) and the re-pack cadence (``repack.every_ticks_for_start``) follow it, as tuned on the cluster
 bench; a flag given explicitly overrides its part.
 ``--repack-every-ticks N`` (0: off) re-packs replicas make-before-break (``repack``).
@@ -22,9 +22,10 @@ from dataclasses import replace
 
 import redis
 
-from fast_scheduler.autoscale import AutoscaleSettings, for_start_time
+from fast_scheduler.autoscale import AutoscaleSettings
 from fast_scheduler.loop import LoopSettings, SchedulerLoop
 from fast_scheduler.repack import every_ticks_for_start
+from fast_scheduler.start_tuning import for_start_time
 from fastgshare.provider_client import ProviderClient
 
 

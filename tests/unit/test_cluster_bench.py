@@ -94,7 +94,7 @@ def test_worst_seed_is_the_lowest_slo_and_checks_the_targets():
 
 
 def test_policy_settings_follow_the_replica_start_time():
-    from fast_scheduler.autoscale import START_TUNED, for_start_time
+    from fast_scheduler.start_tuning import START_TUNED, for_start_time
 
     (s0, a), (s1, b) = START_TUNED
     lo, hi, mid = for_start_time(s0 / 2), for_start_time(2 * s1), for_start_time((s0 + s1) / 2)
@@ -111,9 +111,9 @@ def test_policy_settings_follow_the_replica_start_time():
 
 def test_repack_cadence_follows_the_start_time_for_policy_and_reference():
     from bench.cluster_refs import Foresight
-    from fast_scheduler.autoscale import for_start_time
     from fast_scheduler.evaluation.policies import this_policy
     from fast_scheduler.repack import REPACK_TUNED, every_ticks_for_start
+    from fast_scheduler.start_tuning import for_start_time
 
     (s0, n0), (s1, n1) = REPACK_TUNED
     assert (every_ticks_for_start(s0 / 2), every_ticks_for_start(s1 * 2)) == (n0, n1)

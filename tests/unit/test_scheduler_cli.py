@@ -2,8 +2,8 @@
 time); a flag given explicitly wins."""
 
 from fast_scheduler.__main__ import loop_settings, parser
-from fast_scheduler.autoscale import START_TUNED
 from fast_scheduler.repack import every_ticks_for_start
+from fast_scheduler.start_tuning import START_TUNED
 
 TUNED = dict(START_TUNED)
 
