@@ -14,26 +14,37 @@ and gets, when the option is on and the device is a GPU:
   model store stays shared; the casts are captured in the graph);
 - ``channels_last`` inputs for 4-D (image) models, ``torch.backends.cudnn.benchmark``;
 - one CUDA graph per batch-size bucket (``FASTGSHARE_FAST_PATH_BUCKETS``, default 1,2,4,8,16,32,64):
-  a batch is padded up to its bucket, the graph replayed, the padding's outputs dropped; batches
-  above the largest bucket run in chunks; ``FASTGSHARE_FAST_PATH_GRAPHS=off`` runs eagerly instead;
+  a batch is padded up to its bucket (zero rows), the graph replayed, the padding's outputs dropped;
+  batches above the largest bucket run in chunks; ``FASTGSHARE_FAST_PATH_GRAPHS=off`` runs eagerly
+  instead. ``warm()`` (in the handler's ``load()``) captures the buckets up to the worker's batch
+  (``FASTGSHARE_BATCH``, else the batcher's default B_max), largest first, all into one memory
+  pool; a larger bucket is captured on its first use, and one that runs out of device memory at
+  load is left to its first use. Autocast runs without its weight cache (no half copy of the
+  weights kept per graph);
 - pinned host staging buffers per bucket and non-blocking copies both ways, then one stream
-  synchronisation per batch (no CUDA events per request).
+  synchronisation per batch (no CUDA events per request); calls are serialised by a lock.
 
 On the CPU (and when the option is off) it runs the model eagerly under ``inference_mode`` with the
 batch as given (channels_last for 4-D inputs when the option is on): padding to buckets buys
 nothing without graphs. What runs on the CPU here: option parsing, bucket choice, path selection,
-channels_last, chunking. The CUDA graph, autocast and pinned-staging code is **untested on a
-GPU** (no GPU on the development machine); ``bench/gpu`` exercises it when one is lent.
+channels_last, chunking, and ``CudaRunner`` itself on a CPU device (staging, zero padding,
+chunking, the lock, ``warm``; ``tests/unit/test_fastpath_staged.py``). The stream, pinned memory,
+autocast to float16 and the CUDA graphs are **untested on a GPU** (no GPU on the development
+machine); ``bench/gpu`` exercises them when one is lent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from fastgshare_batch_policy import DEFAULT_MAX_BATCH
 
 ENV_FAST_PATH = "FASTGSHARE_FAST_PATH"
 ENV_BUCKETS = "FASTGSHARE_FAST_PATH_BUCKETS"
@@ -131,12 +142,20 @@ class EagerRunner:
 
 
 class CudaRunner:
-    """Autocast, channels_last, a CUDA graph and pinned staging per bucket. Untested on a GPU."""
+    """Autocast, channels_last, a CUDA graph and pinned staging per bucket. Untested on a GPU.
+
+    One call at a time (a lock: a bucket's buffers and graph serve one batch at a time). Every
+    graph allocates from one shared pool, captured largest bucket first (as vLLM does): safe because
+    replays never overlap and each replay's output is copied to the host before the next one runs.
+    On a CPU device (tests) the same staging, padding and chunking run without streams, pinning or
+    graphs, under CPU autocast.
+    """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], sample_shape: tuple[int, ...],
                  device: str, settings: FastPathSettings, input_dtype: torch.dtype) -> None:
         self.model = model
         self.device = torch.device(device)
+        self.on_gpu = self.device.type == "cuda"
         self.settings = settings
         self.sample_shape = tuple(sample_shape)
         self.input_dtype = input_dtype
@@ -145,78 +164,130 @@ class CudaRunner:
         if self.channels_last and isinstance(model, torch.nn.Module) and not shared_weights():
             # NHWC weights too (a private copy: skipped when the weights are the store's copy)
             model.to(memory_format=torch.channels_last)
-        self.path = "cuda-graphs" if settings.graphs else "cuda-eager"
-        self.stream = torch.cuda.Stream(self.device)
-        self.graphs_failed = False
-        self._slots: dict[int, dict[str, object]] = {}
-        torch.backends.cudnn.benchmark = True
+        self.graphs = settings.graphs and self.on_gpu
+        self.path = ("cuda-graphs" if self.graphs else "cuda-eager") if self.on_gpu else "staged-cpu"
+        self.lock = threading.Lock()
+        self._slots: dict[int, dict[str, Any]] = {}
+        self.stream: Any = None
+        self.pool: Any = None
+        if self.on_gpu:
+            torch.backends.cudnn.benchmark = True
+            self.stream = torch.cuda.Stream(self.device)
+            # the side stream starts after the default stream's work (the weights' conversion)
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=self.amp_dtype):
+        if self.channels_last:  # inside the graph: the input buffers stay plain NCHW copies
+            x = x.contiguous(memory_format=torch.channels_last)
+        # No autocast cache: it would keep a half copy of every weight alive per graph.
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False):
             return self.model(x)
 
-    def _slot(self, bucket: int) -> dict[str, object]:
+    def _on_stream(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.cuda.stream(self.stream) if self.on_gpu else contextlib.nullcontext()
+
+    def _sync(self) -> None:
+        if self.on_gpu:
+            self.stream.synchronize()
+
+    def _slot(self, bucket: int) -> dict[str, Any]:
         slot = self._slots.get(bucket)
         if slot is not None:
             return slot
         shape = (bucket, *self.sample_shape)
-        staging = torch.empty(shape, dtype=self.input_dtype, pin_memory=True)
+        # Zeros: a bucket's padding rows are copied to the device too, and garbage there (a token
+        # id out of an embedding's range) would be a device-side assert, fatal to the context.
+        staging = torch.zeros(shape, dtype=self.input_dtype, pin_memory=self.on_gpu)
         static_in = torch.zeros(shape, dtype=self.input_dtype, device=self.device)
-        if self.channels_last:
-            static_in = static_in.contiguous(memory_format=torch.channels_last)
         slot = {"staging": staging, "in": static_in}
-        with torch.inference_mode(), torch.cuda.stream(self.stream):
-            for _ in range(GRAPH_WARMUP_ITERS):  # cuDNN autotuning off the graph
+        with torch.inference_mode(), self._on_stream():
+            if self.on_gpu:
+                self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            for _ in range(GRAPH_WARMUP_ITERS if self.on_gpu else 1):  # cuDNN autotuning
                 out = self._forward(static_in)
-            self.stream.synchronize()
-            if self.settings.graphs and not self.graphs_failed:
+            self._sync()
+            if self.graphs:
                 try:
                     graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, stream=self.stream):
+                    with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
                         out = self._forward(static_in)
                     slot["graph"] = graph
                 except Exception as e:  # a model graphs cannot capture still runs, eagerly
-                    self.graphs_failed = True
+                    self.graphs = False
                     self.path = "cuda-eager"
                     print(f"fastgshare fast path: CUDA graph capture failed ({type(e).__name__}: "
                           f"{e}); running eagerly", file=sys.stderr, flush=True)
                     torch.cuda.synchronize()
                     out = self._forward(static_in)
             slot["out"] = out
-            slot["host_out"] = torch.empty(tuple(out.shape), dtype=out.dtype, pin_memory=True)
+            slot["host_out"] = torch.empty(tuple(out.shape), dtype=out.dtype,
+                                           pin_memory=self.on_gpu)
         self._slots[bucket] = slot
         return slot
 
-    def warm(self, buckets: Sequence[int] | None = None) -> None:
-        """Capture the graphs of ``buckets`` (default all) now, off the first requests."""
-        for b in buckets or self.settings.buckets:
-            self._slot(b)
+    def warm(self, max_batch: int | None = None) -> list[int]:
+        """Capture the graphs of the buckets a batch of up to ``max_batch`` rows uses (default:
+        ``FASTGSHARE_BATCH`` or the batcher's default B_max), largest first, off the first
+        requests; larger buckets are captured on first use. A bucket that runs out of device
+        memory here is left to its first use. Returns the buckets captured."""
+        limit = max_batch or default_warm_batch()
+        wanted = [b for b in self.settings.buckets if b < limit]
+        wanted.append(bucket_for(limit, self.settings.buckets))
+        done = []
+        with self.lock:
+            for b in sorted(set(wanted), reverse=True):
+                try:
+                    self._slot(b)
+                    done.append(b)
+                except torch.OutOfMemoryError as e:
+                    print(f"fastgshare fast path: bucket {b} did not fit ({e}); left to its "
+                          f"first use", file=sys.stderr, flush=True)
+                    if self.on_gpu:
+                        torch.cuda.empty_cache()
+        return done
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         slot = self._slot(bucket_for(n, self.settings.buckets))
         staging, static_in = slot["staging"], slot["in"]
-        assert isinstance(staging, torch.Tensor) and isinstance(static_in, torch.Tensor)
         staging[:n].copy_(x)  # the request's bytes land in pinned memory once
-        with torch.inference_mode(), torch.cuda.stream(self.stream):
-            static_in.copy_(staging, non_blocking=True)
-            graph = slot.get("graph")
-            if isinstance(graph, torch.cuda.CUDAGraph):
-                graph.replay()
-                out = slot["out"]
-            else:
-                out = self._forward(static_in)
-            host = slot["host_out"]
-            assert isinstance(out, torch.Tensor) and isinstance(host, torch.Tensor)
-            host.copy_(out, non_blocking=True)
-        self.stream.synchronize()  # one sync per batch; no per-request events
-        return host[:n].float()  # a copy: the pinned buffer serves the next batch
+        try:
+            with torch.inference_mode(), self._on_stream():
+                static_in.copy_(staging, non_blocking=True)
+                graph = slot.get("graph")
+                if graph is not None:
+                    graph.replay()
+                    out = slot["out"]
+                else:
+                    out = self._forward(static_in)
+                host = slot["host_out"]
+                host.copy_(out, non_blocking=True)
+        finally:  # one sync per batch, also after an error: the staging buffer is free again
+            self._sync()
+        # A copy of its own whatever the model's output dtype: the buffer serves the next batch.
+        return host[:n].to(torch.float32, copy=True)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.sample_shape:  # a copy into the staging buffer would
+            raise ValueError(                         # broadcast it instead of failing
+                f"input must be N x {' x '.join(map(str, self.sample_shape))}, got "
+                f"{list(x.shape)}")
         largest = self.settings.buckets[-1]
-        if x.shape[0] <= largest:
-            return self._run(x)
-        return torch.cat([self._run(x[a:b]) for a, b in chunks(x.shape[0], largest)])
+        with self.lock:
+            if x.shape[0] <= largest:
+                return self._run(x)
+            return torch.cat([self._run(x[a:b]) for a, b in chunks(x.shape[0], largest)])
+
+
+def default_warm_batch(env: Mapping[str, str] = os.environ) -> int:
+    """The largest batch this worker is expected to form: ``FASTGSHARE_BATCH`` when set, else the
+    batcher's default B_max (a runtime raise above it captures its bucket on first use)."""
+    try:
+        size = int(env.get("FASTGSHARE_BATCH", "") or 0)
+    except ValueError:
+        size = 0
+    return size if size >= 1 else DEFAULT_MAX_BATCH
 
 
 def fast_path(model: Callable[[torch.Tensor], torch.Tensor], sample_shape: tuple[int, ...],

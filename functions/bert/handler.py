@@ -85,7 +85,7 @@ def load():
     model = load_shared("bert", build, device=device).eval().to(device)
     runner = fast_path(_pooled, (SEQ_LEN,), device, input_dtype=torch.int64, default_on=True)
     if hasattr(runner, "warm"):
-        runner.warm()  # one CUDA graph per batch bucket, before the first request
+        runner.warm()  # the CUDA graphs of the worker's batch buckets, before requests
     run(SAMPLE)  # warm-up: the first call allocates; keep it off the first request
 
 

@@ -104,7 +104,7 @@ def load():
     runner = fast_path(model, (3, SIZE, SIZE), device, default_on=True)
     sample = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     if hasattr(runner, "warm"):
-        runner.warm()  # one CUDA graph per batch bucket, before the first request
+        runner.warm()  # the CUDA graphs of the worker's batch buckets, before requests
     runner(sample)  # warm-up: the first call allocates; keep it off the first request
 
 
