@@ -291,11 +291,13 @@ class Runtime:
     has ``handle_batch`` and the settings allow batches above 1."""
 
     def __init__(self, module, context: Context,
-                 settings: policy.BatchSettings | None = None) -> None:
+                 settings: policy.BatchSettings | None = None, loaded: bool = True) -> None:
         self.module = module
         self.context = context
         self.lock = threading.Lock()
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # set once the handler's load() has returned
+        if loaded:
+            self.ready.set()
         self.settings = settings or policy.BatchSettings()
         self.batcher = (self._new_batcher(self.settings) if self.settings.max_batch > 1
                         and callable(getattr(module, "handle_batch", None)) else None)
@@ -324,7 +326,9 @@ class Runtime:
 
     def execute(self, method: str, target: str, headers: dict[str, str],
                 body: bytes) -> tuple[int, dict[str, str], bytes, float, int]:
-        """(status, headers, body, busy_ms, batch size) for one request."""
+        """(status, headers, body, busy_ms, batch size) for one request; one that arrives
+        while ``load()`` runs waits for it (the sidecar only sends after ``/_/ready``)."""
+        self.ready.wait()
         event = make_event(method, target, headers, body)
         if self.batcher is not None:
             item = self.batcher.submit(event)
@@ -434,7 +438,7 @@ def main() -> None:
     faulthandler.enable()
     module = import_handler(handler_dir)
     apply_share_to_torch()  # after the handler's imports (torch), before load() does real work
-    runtime = Runtime(module, Context(), batch_settings())
+    runtime = Runtime(module, Context(), batch_settings(), loaded=False)
     server = WorkerServer(("127.0.0.1", port), make_request_handler(runtime))
     server.daemon_threads = True
     server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
