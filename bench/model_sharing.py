@@ -100,7 +100,7 @@ def weights_bytes(fn: str) -> int:
     return sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])
 
 
-def run_model(fn: str, n_max: int, tmp: Path, guard: str = "on") -> dict:
+def run_model(fn: str, n_max: int, tmp: Path, guard: str = "off") -> dict:
     out: dict = {"weights_bytes": weights_bytes(fn), "replicas": []}
     rows: dict[int, dict] = {n: {"n": n} for n in range(1, n_max + 1)}
     for shared in (True, False):
@@ -190,8 +190,9 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = parser("model_sharing", __doc__.splitlines()[0])
     p.add_argument("--replicas", type=int, default=None, help="max replicas (default 4; 2 quick)")
-    p.add_argument("--guard", choices=("on", "off"), default="on",
-                   help="FASTGSHARE_MODEL_GUARD of the shared replicas (default on)")
+    p.add_argument("--guard", choices=("on", "off"), default="off",
+                   help="FASTGSHARE_MODEL_GUARD of the shared replicas (default off, as the "
+                        "runtime's; the runs of 2026-11-27 were on)")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default all)")
     args = p.parse_args(argv)
     n_max = args.replicas or (2 if args.quick else 4)
