@@ -10,7 +10,7 @@
 # Never changes GPU settings (compute mode, clocks, MIG): it only starts the MPS control daemon when
 # none is running and it may (and stops only the one it started). Results: bench/results/gpu/.
 # Order = priority: the data plane (no-op through sidecar and provider, 1/4/N provider workers),
-# model sharing (CUDA IPC), the fast path against eager, MLPerf modes with the bare loop,
+# model sharing (CUDA IPC), MLPerf modes with the bare loop, the fast path against eager,
 # isolation, sharing modes, replica start, profiles.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -168,13 +168,13 @@ stop_mps() {
 trap stop_mps EXIT
 
 Q=$([[ $DRY == 1 ]] && echo --quick)
-# The fast path's answers against eager float32 (every row in its place; CUDA graphs, autocast and
-# pinned staging have never run on a GPU before), and its speed-up per batch size
-step "fast path vs eager (ResNet-50, BERT, MobileNet)" 90 30 \
-  $PY -m bench.gpu.fastpath_check $Q --json "$RES/fastpath_check.json"
 # MLPerf first of the GPU steps (issue 17): batching, binary queries and the bare loop of the same
 # model in the same run; isolation, sharing modes and profiles have earlier H200 runs recorded
 step "MLPerf-based sharing modes and bare loop on $DEVICE" 200 90 $PY -m bench.mlperf_gpu --out "$RES" $Q
+# The fast path's answers against eager float32 (every row in its place; CUDA graphs, autocast and
+# pinned staging had never run on a GPU), and its speed-up per batch size; JSON after each model
+step "fast path vs eager (ResNet-50, BERT, MobileNet)" 80 30 \
+  $PY -m bench.gpu.fastpath_check $Q --json "$RES/fastpath_check.json"
 step "isolation on $DEVICE" 140 90 \
   $PY -m bench.gpu.main isolation --device "$DEVICE" "${MPS_ARGS[@]}" --out "$RES" $Q
 step "sharing modes on $DEVICE" 120 60 \
