@@ -201,9 +201,9 @@ class CudaRunner:
         staging = torch.zeros(shape, dtype=self.input_dtype, pin_memory=self.on_gpu)
         static_in = torch.zeros(shape, dtype=self.input_dtype, device=self.device)
         slot = {"staging": staging, "in": static_in}
+        if self.on_gpu:  # the zeros above are queued on the default stream; the side stream waits
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.inference_mode(), self._on_stream():
-            if self.on_gpu:
-                self.stream.wait_stream(torch.cuda.current_stream(self.device))
             for _ in range(GRAPH_WARMUP_ITERS if self.on_gpu else 1):  # cuDNN autotuning
                 out = self._forward(static_in)
             self._sync()
