@@ -14,7 +14,8 @@ Input (POST body), one of:
 Output: ``{"top5": [{"class": id, "score": probability}, ...], "shape": [1, 3, 224, 224]}``.
 
 ``handle_batch`` (dynamic batching): the requests' inputs go through one forward pass; each answer
-is the one ``handle`` gives for that request alone. It opts in to the fast path
+is the one ``handle`` gives for that request alone (on a GPU's fast path, to half precision: the
+kernels cuDNN picks differ with the batch's bucket). It opts in to the fast path
 (``fastgshare_fastpath``: autocast fp16, channels_last, CUDA graphs per batch bucket;
 ``FASTGSHARE_FAST_PATH=off`` opts out).
 """
