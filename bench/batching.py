@@ -61,6 +61,17 @@ def configs(slo_ms: float) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
+def replica_spec(name: str, extra: dict[str, str], redis_url: str, function: str,
+                 cores: list[int], arbiter: str = "off") -> dict[str, str]:
+    """One replica of ``function`` alone on its device (all of ``cores``), for
+    ``bench.replicas.start_replicas``; ``extra``: the configuration's batching variables."""
+    return {"name": name, "REDIS_URL": redis_url,
+            "FASTGSHARE_HANDLER_DIR": str(rp.ROOT / "functions" / function),
+            "FASTGSHARE_DEVICE": f"cpu:{name}", "FASTGSHARE_CPU_CORES": ",".join(map(str, cores)),
+            "FASTGSHARE_QUOTA_REQUEST": "1", "FASTGSHARE_QUOTA_LIMIT": "1",
+            "FASTGSHARE_QUEUE_MAX": "4096", "FASTGSHARE_ARBITER": arbiter, **extra}
+
+
 def poisson_step(url: str, rate_rps: float, duration_s: float, seed: int,
                  body: str = "{}") -> dict[str, Any]:
     """One open-loop run: every request's latency (inf: no answer / error) and status."""
@@ -139,13 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     low: dict[str, dict[str, Any]] = {}
     final_batching: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d) / "redis", persist=False) as srv:
-        specs = [{"name": f"batching-{name}", "REDIS_URL": srv.url,
-                  "FASTGSHARE_HANDLER_DIR": str(rp.ROOT / "functions" / args.function),
-                  "FASTGSHARE_DEVICE": f"cpu:batching-{name}",
-                  "FASTGSHARE_CPU_CORES": ",".join(map(str, cores)),
-                  "FASTGSHARE_QUOTA_REQUEST": "1", "FASTGSHARE_QUOTA_LIMIT": "1",
-                  "FASTGSHARE_QUEUE_MAX": "4096", "FASTGSHARE_ARBITER": args.arbiter, **extra}
-                 for name, extra in cfgs]
+        specs = [replica_spec(f"batching-{name}", extra, srv.url, args.function, cores,
+                              args.arbiter) for name, extra in cfgs]
         reps = rp.start_replicas(specs, Path(d) / "replicas")
         urls = {name: rep.url for (name, _), rep in zip(cfgs, reps, strict=True)}
         try:

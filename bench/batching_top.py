@@ -76,12 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()
     trials: dict[str, dict[float, list[dict[str, Any]]]] = {n: {r: [] for r in rates} for n in names}
     with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d) / "redis", persist=False) as srv:
-        specs = [{"name": f"top-{n}", "REDIS_URL": srv.url,
-                  "FASTGSHARE_HANDLER_DIR": str(rp.ROOT / "functions" / args.function),
-                  "FASTGSHARE_DEVICE": f"cpu:top-{n}",
-                  "FASTGSHARE_CPU_CORES": ",".join(map(str, cores)),
-                  "FASTGSHARE_QUOTA_REQUEST": "1", "FASTGSHARE_QUOTA_LIMIT": "1",
-                  "FASTGSHARE_QUEUE_MAX": "4096", "FASTGSHARE_ARBITER": "off", **known[n]}
+        specs = [race.replica_spec(f"top-{n}", known[n], srv.url, args.function, cores)
                  for n in names]
         reps = rp.start_replicas(specs, Path(d) / "replicas")
         urls = {n: rep.url for n, rep in zip(names, reps, strict=True)}
