@@ -117,3 +117,46 @@ def test_image_body() -> None:
     with pytest.raises(fi.InputError, match="not a readable image"):
         fi.image_batch(SimpleNamespace(body=b"nope", headers={"Content-Type": "image/jpeg"}), 8,
                        (0,) * 3, (1,) * 3)
+
+
+class _FormatSpeed(torch.nn.Module):
+    """Sleeps ``slow_s`` when its input has the ``slow`` memory format: the CPU fast path must
+    measure the two formats and keep the faster one, per batch bucket."""
+
+    def __init__(self, slow_channels_last: bool, slow_s: float = 0.02) -> None:
+        super().__init__()
+        self.slow_channels_last, self.slow_s, self.seen = slow_channels_last, slow_s, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        self.seen.append(cl)
+        if cl == self.slow_channels_last:
+            import time
+
+            time.sleep(self.slow_s)
+        return x.flatten(1)[:, :4] * 2
+
+
+@pytest.mark.parametrize("slow_channels_last", [True, False])
+def test_cpu_fast_path_keeps_the_faster_memory_format_per_bucket(slow_channels_last) -> None:
+    model = _FormatSpeed(slow_channels_last)
+    runner = fp.fast_path(model, (3, 4, 4), "cpu", fp.settings_from_env({"FASTGSHARE_FAST_PATH": "on"}))
+    x = torch.rand(2, 3, 4, 4)
+    outs = [runner(x) for _ in range(10)]
+    assert all(torch.equal(o, x.flatten(1)[:, :4] * 2) for o in outs)  # every format answers alike
+    measured = 2 * (fp.EagerRunner.TIMED_TRIALS + 1)
+    assert model.seen[:measured] == [True, False] * (measured // 2)  # alternating while measuring
+    assert set(model.seen[measured:]) == {not slow_channels_last}  # then the faster one only
+    assert runner.formats() == {2: "contiguous" if slow_channels_last else "channels_last"}
+    runner(torch.rand(5, 3, 4, 4))  # another bucket (8) is measured on its own
+    assert runner.formats()[8] == "measuring"
+
+
+@pytest.mark.parametrize(("value", "channels_last"), [("channels_last", True), ("contiguous", False)])
+def test_cpu_fast_path_format_can_be_fixed(value, channels_last) -> None:
+    model = _FormatSpeed(slow_channels_last=channels_last)  # slow, but fixed by the variable
+    env = {"FASTGSHARE_FAST_PATH": "on", "FASTGSHARE_FAST_PATH_CPU_FORMAT": value}
+    runner = fp.fast_path(model, (3, 4, 4), "cpu", fp.settings_from_env(env))
+    for _ in range(8):
+        runner(torch.rand(1, 3, 4, 4))
+    assert set(model.seen) == {channels_last} and runner.formats() == {}
