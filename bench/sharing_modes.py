@@ -165,6 +165,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raw[mode] = [run([s], Path(d) / mode, warm_s, measure_s / 2)[0] for s in specs]
             else:
                 raw[mode] = run(specs, Path(d) / mode, warm_s, measure_s)
+    for r in raw["exclusive"]:  # every ratio is to these: a function that answered nothing alone
+        if not r["latencies_ms"]:  # is a broken setup, said as such (not a division by zero)
+            raise SystemExit(f"sharing_modes: {r['function']} answered no request alone "
+                             f"({r['errors']} errors): see its replica's log")
     solo = {r["function"]: {"rps": r["rps"], "bound_ms": args.slo_factor *
                             percentile(r["latencies_ms"], 50)} for r in raw["exclusive"]}
     modes = {m: summarise(m, raw[m], solo, gpu, ncores, 0.5 if m == "exclusive" else 1.0)

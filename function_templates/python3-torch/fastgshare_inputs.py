@@ -9,7 +9,8 @@ A request carries its input in one of three forms, told apart by ``Content-Type`
   harnesses send: preprocessed tensors, no parsing beyond a view of the bytes.
 - ``image/*`` (JPEG, PNG, ...): decoded, converted to RGB, resized and normalised by the handler's
   numbers (needs Pillow in the function's requirements).
-- anything else: JSON, read by the handler (``{"tensor": [[...]]}`` nested lists, ...).
+- anything else: JSON, read by the handler (``{"tensor": [[...]]}`` nested lists, ...). So is an
+  octet-stream body without ``X-Tensor-Shape``: generic clients label any bytes octet-stream.
 
 Bad input raises ``InputError`` (a ``ValueError``) with a message naming the header and what is
 allowed, which handlers answer with 400.
@@ -38,13 +39,18 @@ class InputError(ValueError):
 
 
 def header(event, name: str) -> str:
-    """A request header, whatever its case."""
+    """A request header, whatever its case ("" when absent)."""
+    value = _header_or_none(event, name)
+    return "" if value is None else str(value)
+
+
+def _header_or_none(event, name: str):
     headers = event.headers or {}
     value = headers.get(name)
     if value is None:
         low = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == low), "")
-    return str(value)
+        value = next((v for k, v in headers.items() if k.lower() == low), None)
+    return value
 
 
 def content_type(event) -> str:
@@ -52,7 +58,11 @@ def content_type(event) -> str:
 
 
 def is_binary(event) -> bool:
-    return content_type(event) == "application/octet-stream"
+    """An ``application/octet-stream`` body that says its shape (``X-Tensor-Shape``). Without the
+    header it is read as the handler's JSON: generic clients (aiohttp, requests with bytes, many
+    load generators) label any byte body octet-stream."""
+    return (content_type(event) == "application/octet-stream"
+            and _header_or_none(event, SHAPE_HEADER) is not None)
 
 
 def is_image(event) -> bool:

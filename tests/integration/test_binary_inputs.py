@@ -57,6 +57,16 @@ def test_mobilenet_binary_equals_json_and_fast_path_equals_plain(monkeypatch) ->
         assert abs(a["score"] - b["score"]) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["mobilenet", "resnet50", "bert"])
+def test_a_byte_body_labelled_octet_stream_without_a_shape_is_json(name: str) -> None:
+    """aiohttp, and so the profiler and the benchmarks' load, label ``{}`` sent as bytes
+    application/octet-stream: each example answers it as JSON (its sample), not with a 400 asking
+    for X-Tensor-Shape (which broke profiling the examples)."""
+    module = _load(name, f"{name}_octet")
+    assert _answer(module, b"{}", {"Content-Type": "application/octet-stream"}) == _answer(module, b"{}")
+    assert _answer(module, b"{}", {"Content-Type": "application/octet-stream"})[0] == 200
+
+
 @pytest.mark.slow
 def test_bert_token_ids_equal_text() -> None:
     bert = _load("bert", "bert_ids")

@@ -160,3 +160,14 @@ def test_cpu_fast_path_format_can_be_fixed(value, channels_last) -> None:
     for _ in range(8):
         runner(torch.rand(1, 3, 4, 4))
     assert set(model.seen) == {channels_last} and runner.formats() == {}
+
+
+def test_octet_stream_without_a_shape_is_read_as_json() -> None:
+    """aiohttp and requests label any byte body application/octet-stream: without X-Tensor-Shape
+    the handler reads its JSON; with the header (even empty) it is a tensor, or a 400 naming it."""
+    assert not fi.is_binary(_event(b"{}", Content_Type="application/octet-stream"))
+    assert fi.is_binary(_event(b"", Content_Type="application/octet-stream", X_Tensor_Shape=""))
+    assert fi.is_binary(_event(b"", **{"content-type": "application/octet-stream",
+                                       "x-tensor-shape": "3"}))
+    plain = SimpleNamespace(body=b"{}", headers={"Content-Type": "application/octet-stream"})
+    assert fi.image_batch(plain, 8, (0.5,) * 3, (0.5,) * 3) is None  # the handler's JSON path
