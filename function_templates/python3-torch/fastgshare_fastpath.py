@@ -187,20 +187,24 @@ class EagerRunner:
             x = x.to(self.device)
             if not (self.channels_last and x.dim() == 4):
                 return self.model(x).float().cpu()
-            bucket = bucket_for(x.shape[0], DEFAULT_BUCKETS) if x.shape[0] <= DEFAULT_BUCKETS[-1] \
-                else DEFAULT_BUCKETS[-1]
-            with self.lock:
+            bucket = bucket_for(x.shape[0], DEFAULT_BUCKETS)
+            cl = self._format_for(bucket)
+            if cl is not None:  # chosen (or fixed): nothing to measure, no lock
+                return self._run(x, cl)
+            with self.lock:  # measuring: one timed call at a time
                 cl = self._format_for(bucket)
-                timed = cl is None
-                if timed:
-                    cl = self._next_trial(bucket)
-                if cl:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                if cl is not None:
+                    return self._run(x, cl)
+                cl = self._next_trial(bucket)
                 t0 = time.perf_counter()
-                out = self.model(x).float().cpu()
-                if timed:
-                    self._record(bucket, bool(cl), (time.perf_counter() - t0) * 1000.0)
-            return out
+                out = self._run(x, cl)
+                self._record(bucket, cl, (time.perf_counter() - t0) * 1000.0)
+                return out
+
+    def _run(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x).float().cpu()
 
 
 class CudaRunner:
