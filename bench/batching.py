@@ -100,7 +100,7 @@ def batch_sizes(url: str) -> dict[str, Any]:
     return requests.get(f"{url}/_/stats", timeout=10).json().get("batching", {})
 
 
-def _mean_batch(before: dict[str, Any], after: dict[str, Any]) -> float | None:
+def mean_batch(before: dict[str, Any], after: dict[str, Any]) -> float | None:
     b = {int(k): v for k, v in (before.get("requests_by_size") or {}).items()}
     a = {int(k): v for k, v in (after.get("requests_by_size") or {}).items()}
     diff = {s: a.get(s, 0) - b.get(s, 0) for s in a}
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for name in order:
                     before = batch_sizes(urls[name])
                     step = poisson_step(urls[name] + "/", rate, step_s, args.seed + k)
-                    step["mean_batch"] = _mean_batch(before, batch_sizes(urls[name]))
+                    step["mean_batch"] = mean_batch(before, batch_sizes(urls[name]))
                     step["pass"] = step["p99_ms"] <= args.slo_ms and step["errors"] == 0
                     steps[name].append(step)
                     fails[name] = 0 if step["pass"] else fails[name] + 1

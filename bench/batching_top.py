@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for n in order:
                         before = race.batch_sizes(urls[n])
                         st = race.poisson_step(urls[n] + "/", rate, step_s, args.seed + k)
-                        st["mean_batch"] = race._mean_batch(before, race.batch_sizes(urls[n]))
+                        st["mean_batch"] = race.mean_batch(before, race.batch_sizes(urls[n]))
                         trials[n][rate].append(st)
                         log(f"  {n:8} {rate:7.1f} rps trial {t + 1}/{repeat}: p50 "
                             f"{st['p50_ms']:7.1f} p99 {st['p99_ms']:8.1f} ms, mean batch "

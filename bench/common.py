@@ -31,6 +31,25 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")}
 
 
+@contextlib.contextmanager
+def environ(changes: dict[str, str | None]) -> Iterator[None]:
+    """``os.environ`` with ``changes`` (None: unset) inside the block, as it was after it."""
+    old = {k: os.environ.get(k) for k in changes}
+    try:
+        for k, v in changes.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def write_json(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     result.setdefault("machine", machine())

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT, machine, register_image, wait_http, write_json
+from bench.common import RESULTS, ROOT, environ, machine, register_image, wait_http, write_json
 from fastgshare.stats import percentile
 
 NOOP = ROOT / "functions" / "noop"
@@ -225,19 +225,9 @@ def start_platform(state_dir: Path, provider_workers: int | None,
 
     wanted = {PROVIDER_WORKERS_ENV: None if provider_workers is None else str(provider_workers),
               WORKER_CLASS_ENV: worker_class}
-    old = {k: os.environ.get(k) for k in wanted}
-    for k, v in wanted.items():
-        if v is not None:
-            os.environ[k] = v
-    try:
+    with environ({k: v for k, v in wanted.items() if v is not None}):  # None: the default
         platform = Platform(state_dir, port=0)
         info = platform.start()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         register_image(redis.Redis.from_url(info.redis_url), "bench/noop", NOOP)
         resp = requests.post(f"{info.url}/system/functions", auth=info.auth, timeout=30,

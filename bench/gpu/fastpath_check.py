@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.common import environ
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "function_templates" / "python3-torch"
@@ -73,18 +74,10 @@ def check(fn: str, quick: bool, seconds: float) -> dict[str, Any]:
     import fastgshare_fastpath as fp
     import index
 
-    saved = {k: os.environ.get(k) for k in ("FASTGSHARE_FAST_PATH", "FASTGSHARE_MODEL")}
-    os.environ["FASTGSHARE_FAST_PATH"] = "off"  # the handler's own runner is the eager reference
-    os.environ.pop("FASTGSHARE_MODEL", None)  # private weights
-    try:
+    # the handler's own runner, fast path off, is the eager reference; private weights
+    with environ({"FASTGSHARE_FAST_PATH": "off", "FASTGSHARE_MODEL": None}):
         module = index.import_handler(ROOT / "functions" / fn, f"check_{fn}")
         module.load()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     ref = module.runner
     device = module.device
     shape, dtype = INPUTS[fn]
