@@ -34,20 +34,19 @@ def machine() -> dict[str, Any]:
 @contextlib.contextmanager
 def environ(changes: dict[str, str | None]) -> Iterator[None]:
     """``os.environ`` with ``changes`` (None: unset) inside the block, as it was after it."""
+    def apply(values: dict[str, str | None]) -> None:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
     old = {k: os.environ.get(k) for k in changes}
     try:
-        for k, v in changes.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        apply(changes)
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        apply(old)
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
